@@ -1,0 +1,122 @@
+"""The channel-dependency analysis: which channels must be kept or removed together."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+
+from ..io import LoadedModel
+from .context import Context, Unsupported
+from .groups import Analysis, CostedOp, Group, Source, UnionFind
+from .handlers import HANDLERS
+
+__all__ = ["analyze", "Analysis", "Group", "Source", "CostedOp", "node_names"]
+
+MAX_REASONS = 5
+
+
+def node_names(graph: onnx.GraphProto) -> list[str]:
+    """Node names, inventing stable ones (`{op_type}_{index}`) for unnamed or duplicate nodes."""
+    names, seen = [], set()
+    for index, node in enumerate(graph.node):
+        name = node.name if node.name and node.name not in seen else f"{node.op_type}_{index}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
+    """Walk the graph once in topological order, letting each op's handler tie, create or fix channels."""
+    ctx = Context(loaded)
+    keep_patterns = [re.compile(p) for p in keep or []]
+    graph = loaded.model.graph
+    for node, op in zip(graph.node, node_names(graph)):
+        domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+        handler = HANDLERS.get(node.op_type) if not domain else None
+        if ctx.fold_if_constant(node):
+            continue
+        try:
+            if handler is None:
+                label = f"{domain}::{node.op_type}" if domain else node.op_type
+                raise Unsupported(f"op type {label} is not understood")
+            handler(ctx, node, op)
+        except Unsupported as why:
+            _boundary(ctx, node, op, str(why))
+        if any(p.search(op) for p in keep_patterns):
+            for name in list(node.input) + list(node.output):
+                ctx.fix(ctx.get(name), f"{op}: kept by --keep")
+        for name in list(node.input) + list(node.output):
+            ids = ctx.get(name)
+            if ids is not None:
+                ctx.touch(op, ids)
+    for output in graph.output:
+        ctx.fix(ctx.get(output.name), f"reaches the model output {output.name!r}")
+    return _finish(ctx, loaded.name)
+
+
+def _boundary(ctx: Context, node: onnx.NodeProto, op: str, why: str) -> None:
+    """An op we cannot follow: everything it reads is pinned; its outputs carry no channels."""
+    ctx.notes.append(f"{op} ({node.op_type}): {why}")
+    for name in node.input:
+        ctx.fix(ctx.get(name), f"{op}: {why}")
+    for name in node.output:
+        ctx.ids.pop(name, None)
+
+
+def _finish(ctx: Context, name: str) -> Analysis:
+    n_elements = len(ctx.uf.parent)
+    roots = ctx.uf.roots() if n_elements else np.zeros(0, dtype=np.int64)
+    element_source = np.repeat(np.arange(len(ctx.sources)), [s.count for s in ctx.sources]).astype(np.int64)
+    # Sources whose elements were tied form one group.
+    source_uf = UnionFind()
+    source_uf.add(len(ctx.sources))
+    order = np.argsort(roots, kind="stable")
+    sorted_roots, sorted_sources = roots[order], element_source[order]
+    same = np.nonzero(sorted_roots[1:] == sorted_roots[:-1])[0]
+    for i in same.tolist():
+        source_uf.union(int(sorted_sources[i]), int(sorted_sources[i + 1]))
+    source_root = np.array([source_uf.find(i) for i in range(len(ctx.sources))], dtype=np.int64)
+    group_of_root = {}
+    for root in source_root.tolist():  # sources are in topological order, so are group ids
+        group_of_root.setdefault(root, len(group_of_root))
+    source_group = np.array([group_of_root[r] for r in source_root.tolist()], dtype=np.int64)
+    element_group = source_group[element_source] if n_elements else np.zeros(0, dtype=np.int64)
+    # Channels: union-find classes, numbered within each group by their first element.
+    element_channel = np.zeros(n_elements, dtype=np.int64)
+    n_groups = len(group_of_root)
+    widths = np.zeros(n_groups, dtype=np.int64)
+    first_of_class: dict[int, int] = {}
+    for element, root in enumerate(roots.tolist()):
+        channel = first_of_class.get(root)
+        if channel is None:
+            group = element_group[element]
+            channel = int(widths[group])
+            widths[group] += 1
+            first_of_class[root] = channel
+        element_channel[element] = channel
+
+    reasons: list[list[str]] = [[] for _ in range(n_groups)]
+    for elements, reason in ctx.fixed:
+        for group in np.unique(element_group[elements]).tolist():
+            if reason not in reasons[group] and len(reasons[group]) < MAX_REASONS:
+                reasons[group].append(reason)
+    ops: list[dict[str, None]] = [{} for _ in range(n_groups)]
+    tensors: list[dict[str, None]] = [{} for _ in range(n_groups)]
+    for op, ids in ctx.touched:
+        for group in np.unique(element_group[ids]).tolist():
+            ops[group][op] = None
+    for tensor, ids in ctx.ids.items():
+        for group in np.unique(element_group[ids]).tolist():
+            tensors[group][tensor] = None
+    sources_of: list[list[str]] = [[] for _ in range(n_groups)]
+    for source, group in zip(ctx.sources, source_group.tolist()):
+        sources_of[group].append(source.op)
+    groups = [
+        Group(id=g, width=int(widths[g]), sources=sources_of[g], ops=list(ops[g]), tensors=list(tensors[g]),
+              prunable=not reasons[g], reasons=reasons[g])
+        for g in range(n_groups)
+    ]
+    return Analysis(name=name, groups=groups, sources=ctx.sources, costed=ctx.costed, tensor_ids=dict(ctx.ids),
+                    element_channel=element_channel, element_group=element_group, notes=ctx.notes)

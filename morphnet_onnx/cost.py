@@ -1,0 +1,190 @@
+"""Resource costs in MorphNet's conventions: FLOPs, model size and roofline latency, in total, per op,
+and per channel group (what removing the group saves, what one more channel costs).
+
+FLOPs count 2 x MACs of Conv, ConvTranspose, Gemm and MatMul at batch 1 (bias, normalization and
+activations cost nothing, as in MorphNet). Every costed op is bilinear in its input and output
+channel counts, `coeff x n_in x n_out`, which makes the marginal cost of a channel exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .analysis import Analysis
+from .errors import MorphNetError
+from .io import LoadedModel
+
+# Peak GFLOP/s and memory bandwidth GB/s, from MorphNet's latency regularizer.
+HARDWARE: dict[str, tuple[float, float]] = {
+    "K80": (8740.0, 480.0),
+    "P4": (5500.0, 192.0),
+    "T4": (8100.0, 300.0),
+    "P100": (9300.0, 732.0),
+    "V100": (125000.0, 900.0),
+    "TPUv2": (22500.0, 300.0),
+}
+DEFAULT_HARDWARE = "V100"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    peak_gflops: float
+    bandwidth_gbs: float
+
+
+def parse_hardware(spec: str | None) -> Hardware:
+    """A name from the table (case-insensitive) or `PEAK_GFLOPS/BANDWIDTH_GBS`, e.g. `15000/900`."""
+    spec = spec or DEFAULT_HARDWARE
+    for name, (peak, bandwidth) in HARDWARE.items():
+        if name.lower() == spec.lower():
+            return Hardware(name, peak, bandwidth)
+    peak_text, sep, bandwidth_text = spec.partition("/")
+    try:
+        peak, bandwidth = float(peak_text), float(bandwidth_text)
+    except ValueError:
+        peak = bandwidth = -1.0
+    if not sep or peak <= 0 or bandwidth <= 0:
+        raise MorphNetError(
+            f"--hardware {spec!r}: expected one of {', '.join(HARDWARE)} or PEAK_GFLOPS/BANDWIDTH_GBS (e.g. 15000/900)")
+    return Hardware(f"{peak:g} GFLOP/s, {bandwidth:g} GB/s", peak, bandwidth)
+
+
+@dataclass
+class OpCost:
+    op: str
+    op_type: str
+    flops: float
+    weights: float  # weight elements of the bilinear part
+    latency_s: float
+    compute_bound: bool
+
+
+@dataclass
+class GroupCost:
+    removable_flops: float  # FLOPs that vanish when every channel of the group goes
+    marginal_flops: float  # FLOPs of one more channel, given the other widths
+    marginal_params: float
+    marginal_latency_s: float
+
+
+@dataclass
+class Costs:
+    flops: float
+    params: int
+    param_bytes: int
+    latency_s: float
+    hardware: Hardware
+    ops: list[OpCost]
+    groups: dict[int, GroupCost] = field(default_factory=dict)
+    prunable_flops: float = 0.0  # FLOPs that depend on some prunable group
+
+    @property
+    def macs(self) -> float:
+        return self.flops / 2
+
+
+def _op_latency(cost, n_in, n_out, hardware: Hardware) -> tuple[float, bool, float, float]:
+    flops = cost.flops_coeff * n_in * n_out
+    weight_bytes = cost.size_coeff * n_in * n_out * cost.dtype_bytes + cost.weight_bytes_extra
+    act_bytes = (cost.in_act_per_channel * n_in + cost.out_act_per_channel * n_out) * cost.dtype_bytes
+    compute_s = flops / (hardware.peak_gflops * 1e9)
+    memory_s = (weight_bytes + act_bytes) / (hardware.bandwidth_gbs * 1e9)
+    return max(compute_s, memory_s), compute_s >= memory_s, flops, weight_bytes + act_bytes
+
+
+def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | None = None) -> Costs:
+    """Totals, per-op costs and per-group marginal costs of a model at its current widths."""
+    hardware = hardware or parse_hardware(None)
+    n_groups = len(analysis.groups)
+    widths = np.array([g.width for g in analysis.groups], dtype=np.float64)
+    prunable = np.array([g.prunable for g in analysis.groups], dtype=bool)
+    removable = np.zeros(n_groups)
+    marginal_flops = np.zeros(n_groups)
+    marginal_params = np.zeros(n_groups)
+    marginal_latency = np.zeros(n_groups)
+    ops: list[OpCost] = []
+    prunable_flops = 0.0
+    for cost in analysis.costed:
+        n_in, n_out = cost.counts()
+        latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
+        ops.append(OpCost(cost.op, cost.op_type, flops, cost.size_coeff * n_in * n_out, latency, compute_bound))
+        in_g = _per_group(analysis, cost.in_ids, n_groups)
+        out_g = _per_group(analysis, cost.out_ids, n_groups)
+        touched = in_g + out_g > 0
+        if not touched.any():
+            continue
+        removable += cost.flops_coeff * (in_g * n_out + out_g * n_in - in_g * out_g)
+        marginal_flops += cost.flops_coeff * (in_g * n_out + out_g * n_in)
+        marginal_params += cost.size_coeff * (in_g * n_out + out_g * n_in)
+        # The roofline follows whichever term dominates; its derivative is that term's.
+        if compute_bound:
+            marginal_latency += cost.flops_coeff * (in_g * n_out + out_g * n_in) / (hardware.peak_gflops * 1e9)
+        else:
+            per_byte = cost.dtype_bytes / (hardware.bandwidth_gbs * 1e9)
+            marginal_latency += per_byte * (cost.size_coeff * (in_g * n_out + out_g * n_in)
+                                            + cost.in_act_per_channel * in_g + cost.out_act_per_channel * out_g)
+        if (touched & prunable).any():
+            prunable_flops += flops
+    safe = np.maximum(widths, 1)
+    groups = {
+        g.id: GroupCost(float(removable[g.id]), float(marginal_flops[g.id] / safe[g.id]),
+                        float(marginal_params[g.id] / safe[g.id]), float(marginal_latency[g.id] / safe[g.id]))
+        for g in analysis.groups
+    }
+    params, param_bytes = count_parameters(loaded.model)
+    return Costs(flops=float(sum(o.flops for o in ops)), params=params, param_bytes=param_bytes,
+                 latency_s=float(sum(o.latency_s for o in ops)), hardware=hardware, ops=ops, groups=groups,
+                 prunable_flops=prunable_flops)
+
+
+def _per_group(analysis: Analysis, ids: np.ndarray | None, n_groups: int) -> np.ndarray:
+    if ids is None:
+        return np.zeros(n_groups)
+    return np.bincount(analysis.element_group[ids], minlength=n_groups).astype(np.float64)
+
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+# Inputs that hold running statistics rather than learned parameters.
+BUFFER_INPUTS = {"BatchNormalization": (3, 4)}
+
+
+def count_parameters(model: onnx.ModelProto) -> tuple[int, int]:
+    """(learned parameters, bytes of all weights): float tensors of more than one element stored in the
+    model (initializers, Constant and ConstantOfShape weights), running statistics excluded from the
+    count but not from the bytes."""
+    elements: dict[str, tuple[int, int, int]] = {}  # name -> (count, dtype, bytes)
+    graph = model.graph
+    for tensor in graph.initializer:
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        elements[tensor.name] = (count, tensor.data_type, count * _itemsize(tensor.data_type))
+    shape_values = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                count = int(np.prod(value.dims)) if value.dims else 1
+                elements[node.output[0]] = (count, value.data_type, count * _itemsize(value.data_type))
+                shape_values[node.output[0]] = value
+        elif node.op_type == "ConstantOfShape" and node.input and node.input[0] in shape_values:
+            dims = onnx.numpy_helper.to_array(shape_values[node.input[0]]).reshape(-1)
+            fill = next((a.t for a in node.attribute if a.name == "value"), None)
+            dtype = fill.data_type if fill is not None else onnx.TensorProto.FLOAT
+            count = int(np.prod(dims)) if dims.size else 1
+            elements[node.output[0]] = (count, dtype, count * _itemsize(dtype))
+    buffers = {node.input[i] for node in graph.node for i in BUFFER_INPUTS.get(node.op_type, ())
+               if i < len(node.input)}
+    params = sum(c for name, (c, dtype, _) in elements.items()
+                 if dtype in FLOAT_TYPES and c > 1 and name not in buffers)
+    total_bytes = sum(b for c, dtype, b in elements.values() if dtype in FLOAT_TYPES)
+    return int(params), int(total_bytes)
+
+
+def _itemsize(dtype: int) -> int:
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize
+    except Exception:
+        return 4

@@ -1,0 +1,5 @@
+"""The one exception type users see. The CLI prints its message on one line and exits 2."""
+
+
+class MorphNetError(Exception):
+    """A problem with the user's input that they can act on (bad file, bad option, unmet budget)."""

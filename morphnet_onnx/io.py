@@ -1,0 +1,287 @@
+"""Loading models (external data, opset upgrade, static shapes) and writing files atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference, version_converter
+
+from .errors import MorphNetError
+
+MIN_OPSET = 11
+MAX_OPSET = 21
+# onnxruntime 1.19 refuses IR version 11 and above.
+MAX_IR_VERSION = 10
+
+InputShapes = dict[str, tuple[int, ...]]
+
+
+def parse_input_shapes(specs: list[str] | None) -> InputShapes:
+    """Parse `--input-shape name:1x3x224x224` options (a lone `1x3x224x224` names the only input)."""
+    shapes: InputShapes = {}
+    for spec in specs or []:
+        name, _, dims = spec.rpartition(":")
+        if not re.fullmatch(r"\d+(x\d+)*", dims):
+            raise MorphNetError(f"--input-shape {spec!r}: expected NAME:DxDxD, e.g. input:1x3x224x224")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))
+    return shapes
+
+
+@dataclass
+class LoadedModel:
+    """A model as loaded from disk, plus the static shapes (batch 1) the analysis works on."""
+
+    model: onnx.ModelProto
+    path: Path | None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: dict[str, int] = field(default_factory=dict)
+    upgraded_from: int | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path else (self.model.graph.name or "<model>")
+
+    @property
+    def opset(self) -> int:
+        return onnx_opset(self.model)
+
+
+def onnx_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def read_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
+    """Read an .onnx file (with or without external data); MorphNetError naming the file on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise MorphNetError(f"{path}: no such file")
+    if path.is_dir():
+        raise MorphNetError(f"{path}: is a directory, expected an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ... on garbage
+        raise MorphNetError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    if not model.graph.node:
+        raise MorphNetError(f"{path}: not an ONNX model (no graph nodes; truncated or another file type?)")
+    if load_weights and _has_external_data(model):
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise MorphNetError(f"{path}: cannot read its external data ({_first_line(exc)})") from exc
+    return model
+
+
+def _has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, int | None]:
+    """Upgrade models older than opset 11 with onnx's version converter; refuse ones newer than 21."""
+    opset = onnx_opset(model)
+    if opset > MAX_OPSET:
+        raise MorphNetError(f"{name}: opset {opset} is newer than the supported {MIN_OPSET}..{MAX_OPSET}")
+    if opset >= MIN_OPSET:
+        return model, None
+    try:
+        upgraded = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        raise MorphNetError(
+            f"{name}: opset {opset} could not be upgraded to {MIN_OPSET} ({_first_line(exc)}); "
+            "re-export the model at opset 11 or newer"
+        ) from exc
+    return upgraded, opset
+
+
+def graph_input_names(model: onnx.ModelProto) -> list[str]:
+    """Real model inputs: graph inputs that are not initializers (old IR versions list both)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def _static_input_dims(model: onnx.ModelProto, overrides: InputShapes, name: str) -> InputShapes:
+    """Every model input's shape with the batch dim at 1; other unknown dims must come from overrides."""
+    dims_by_input: InputShapes = {}
+    inputs = {i.name: i for i in model.graph.input}
+    real = graph_input_names(model)
+    if "" in overrides:
+        if len(real) != 1:
+            raise MorphNetError(f"{name}: --input-shape without a name needs a single-input model; inputs: {real}")
+        overrides = {real[0]: overrides[""]}
+    unknown = set(overrides) - set(real)
+    if unknown:
+        raise MorphNetError(f"{name}: --input-shape names no model input: {sorted(unknown)}; inputs: {real}")
+    for input_name in real:
+        tensor_type = inputs[input_name].type.tensor_type
+        if input_name in overrides:
+            dims_by_input[input_name] = overrides[input_name]
+            continue
+        if not tensor_type.HasField("shape"):
+            raise MorphNetError(f"{name}: input {input_name!r} has no shape; give --input-shape {input_name}:1x...")
+        dims = []
+        for axis, dim in enumerate(tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(dim.dim_value)
+            elif axis == 0:
+                dims.append(1)  # batch: costs are per example
+            else:
+                shown = "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                                 for d in tensor_type.shape.dim)
+                raise MorphNetError(
+                    f"{name}: input {input_name!r} has symbolic dims ({shown}); give them with "
+                    f"--input-shape {input_name}:1x3x224x224 (your sizes)"
+                )
+        dims_by_input[input_name] = tuple(dims)
+    return dims_by_input
+
+
+def skeleton(model: onnx.ModelProto, max_kept_elements: int = 64) -> onnx.ModelProto:
+    """A copy of the model without the weight bytes: big initializers become typed graph inputs.
+
+    Shape inference only needs their shapes, and serializing a 100 MB model for it would cost as much
+    as saving the file; small integer tensors (Reshape shapes, Split sizes) keep their values.
+    """
+    graph = model.graph
+    light = onnx.GraphProto(name=graph.name)
+    light.node.extend(graph.node)
+    light.output.extend(graph.output)
+    inits = {t.name for t in graph.initializer}
+    light.input.extend(i for i in graph.input if i.name not in inits)
+    for tensor in graph.initializer:
+        size = int(np.prod(tensor.dims)) if tensor.dims else 1
+        if size <= max_kept_elements and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            light.initializer.append(tensor)
+        else:
+            light.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    out = onnx.ModelProto()
+    out.ir_version = max(model.ir_version, 4)  # IR 3 would ignore initializers missing from the inputs
+    out.opset_import.extend(model.opset_import)
+    out.graph.CopyFrom(light)
+    return out
+
+
+def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name: str) -> tuple[dict, dict]:
+    """Shapes and dtypes of every tensor at batch 1 (dims shape inference cannot fix stay unknown: -1)."""
+    dims_by_input = _static_input_dims(model, input_shapes, name)
+    light = skeleton(model)
+    for value in light.graph.input:
+        if value.name in dims_by_input:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in dims_by_input[value.name]:
+                shape.dim.add().dim_value = d
+    del light.graph.value_info[:]
+    try:
+        inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise MorphNetError(f"{name}: shape inference failed ({_first_line(exc)})") from exc
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    g = inferred.graph
+    for value in list(g.input) + list(g.value_info) + list(g.output):
+        tt = value.type.tensor_type
+        dtypes[value.name] = tt.elem_type
+        if tt.HasField("shape"):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+    for tensor in model.graph.initializer:
+        shapes[tensor.name] = tuple(tensor.dims)
+        dtypes[tensor.name] = tensor.data_type
+    return shapes, dtypes
+
+
+def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,
+         load_weights: bool = True) -> LoadedModel:
+    """Load a model from a path or a ModelProto, upgrade old opsets, and infer static shapes at batch 1."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        model, path = path_or_model, None
+    else:
+        path = Path(path_or_model)
+        model = read_model(path, load_weights=load_weights)
+    name = str(path) if path else (model.graph.name or "<model>")
+    model, upgraded_from = upgrade_opset(model, name)
+    shapes, dtypes = infer_static_shapes(model, input_shapes or {}, name)
+    return LoadedModel(model=model, path=path, shapes=shapes, dtypes=dtypes, upgraded_from=upgraded_from)
+
+
+def tensor_value(tensor: onnx.TensorProto, base_dir: Path | None = None) -> np.ndarray:
+    """An initializer's value, reading external data on demand."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor, str(base_dir) if base_dir else "")
+    return numpy_helper.to_array(tensor)
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+TWO_GB = 2**31 - 1
+
+
+def write_atomic_bytes(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file through a temp file in the same folder and a rename: never half-written."""
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Path] = ()) -> None:
+    """Save atomically; models over 2 GB get their weights in `<name>.data` beside them.
+
+    Refuses to overwrite any of `inputs`: users lose their trained model otherwise.
+    """
+    path = Path(path)
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+            raise MorphNetError(f"{path}: refusing to overwrite the input model; choose another -o")
+    if not path.parent.exists():
+        raise MorphNetError(f"{path}: folder {path.parent} does not exist")
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    if model.ByteSize() < TWO_GB:
+        write_atomic_bytes(path, model.SerializeToString())
+        return
+    data_name = path.name + ".data"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_data = Path(tmp).with_name(Path(tmp).name + ".data")
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=tmp_data.name, size_threshold=1024)
+        # The model refers to its data file by name, so the data must land under its final name first.
+        os.replace(tmp_data, path.parent / data_name)
+        _relocate_external_data(tmp, data_name)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        tmp_data.unlink(missing_ok=True)
+        raise
+
+
+def _relocate_external_data(model_path: str, location: str) -> None:
+    model = onnx.load(model_path, load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    with open(model_path, "wb") as fh:
+        fh.write(model.SerializeToString())

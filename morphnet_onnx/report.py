@@ -1,0 +1,51 @@
+"""Human-readable output: tables and number formatting."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .inspection import Inspection
+
+
+def human(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23M' (SI prefixes, 3 significant digits)."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{prefix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def _ops_cell(sources: list[str], ops: list[str], limit: int = 3) -> str:
+    shown = sources[:limit]
+    extra = len(set(ops) - set(shown))
+    return ", ".join(shown) + (f" (+{extra} ops)" if extra else "")
+
+
+def print_inspection(report: Inspection, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    costs = report.costs
+    table = Table(title=f"Channel groups of {report.loaded.name}", title_justify="left")
+    table.add_column("id", justify="right")
+    table.add_column("width", justify="right")
+    table.add_column("source ops (members)")
+    table.add_column("prunable")
+    table.add_column("FLOPs share", justify="right")
+    table.add_column("FLOPs/channel", justify="right")
+    for group in report.analysis.groups:
+        gc = costs.groups[group.id]
+        status = "yes" if group.prunable else f"no: {group.reasons[0]}"
+        share = gc.removable_flops / costs.flops if costs.flops else 0.0
+        table.add_row(str(group.id), str(group.width), _ops_cell(group.sources, group.ops), status,
+                      f"{share:.1%}", human(gc.marginal_flops))
+    console.print(table)
+    n_prunable = len(report.analysis.prunable_groups)
+    console.print(
+        f"FLOPs {human(costs.flops)} (MACs {human(costs.macs)}), params {human(costs.params)}, "
+        f"weights {human(costs.param_bytes, 'B')}, latency {costs.latency_s * 1e3:.3g} ms on {costs.hardware.name}")
+    console.print(f"{n_prunable} of {len(report.analysis.groups)} groups prunable, holding "
+                  f"{report.prunable_flops_share:.1%} of the FLOPs")
+    if report.loaded.upgraded_from is not None:
+        console.print(f"[W] opset {report.loaded.upgraded_from} upgraded to {report.loaded.opset} for analysis")
+    for note in report.analysis.notes:
+        console.print(f"[W] not understood, channels kept: {note}")
