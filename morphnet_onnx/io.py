@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import MorphNetError
+from .folding import fold_shape_values
 
 MIN_OPSET = 11
 MAX_OPSET = 21
@@ -174,7 +175,12 @@ def skeleton(model: onnx.ModelProto, max_kept_elements: int = 64) -> onnx.ModelP
 
 
 def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name: str) -> tuple[dict, dict]:
-    """Shapes and dtypes of every tensor at batch 1 (dims shape inference cannot fix stay unknown: -1)."""
+    """Shapes and dtypes of every tensor at batch 1 (dims shape inference cannot fix stay unknown: -1).
+
+    onnx's shape inference stops at Reshapes whose target is computed at run time; with static input
+    shapes those targets are constants, so they are folded and inference runs again until nothing
+    new is learned.
+    """
     dims_by_input = _static_input_dims(model, input_shapes, name)
     light = skeleton(model)
     for value in light.graph.input:
@@ -184,10 +190,33 @@ def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name:
             for d in dims_by_input[value.name]:
                 shape.dim.add().dim_value = d
     del light.graph.value_info[:]
+    opset = onnx_opset(model)
+    known = {t.name: numpy_helper.to_array(t) for t in light.graph.initializer}
+    folded_count = -1
+    for _ in range(200):  # each round may unlock one more block of a channel-shuffle net
+        inferred = _infer(light, name)
+        shapes, dtypes = _collect_shapes(inferred)
+        if all(-1 not in s for s in shapes.values()):
+            break
+        values = fold_shape_values(light.graph, shapes, known, opset)
+        if len(values) == folded_count:
+            break
+        folded_count = len(values)
+        _pin_values(light, values, known)
+    for tensor in model.graph.initializer:
+        shapes[tensor.name] = tuple(tensor.dims)
+        dtypes[tensor.name] = tensor.data_type
+    return shapes, dtypes
+
+
+def _infer(light: onnx.ModelProto, name: str) -> onnx.ModelProto:
     try:
-        inferred = shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception as exc:
         raise MorphNetError(f"{name}: shape inference failed ({_first_line(exc)})") from exc
+
+
+def _collect_shapes(inferred: onnx.ModelProto) -> tuple[dict, dict]:
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, int] = {}
     g = inferred.graph
@@ -196,10 +225,27 @@ def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name:
         dtypes[value.name] = tt.elem_type
         if tt.HasField("shape"):
             shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-    for tensor in model.graph.initializer:
+    for tensor in g.initializer:
         shapes[tensor.name] = tuple(tensor.dims)
         dtypes[tensor.name] = tensor.data_type
     return shapes, dtypes
+
+
+def _pin_values(light: onnx.ModelProto, values: dict[str, np.ndarray], known: dict[str, np.ndarray]) -> None:
+    """Replace the nodes whose outputs were all folded by initializers holding those values."""
+    graph = light.graph
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        folded = node.output and all(o in values and o not in known and o not in outputs for o in node.output)
+        if not folded:
+            keep.append(node)
+            continue
+        for out in node.output:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(values[out]), out))
+            known[out] = values[out]
+    del graph.node[:]
+    graph.node.extend(keep)
 
 
 def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -22,23 +24,30 @@ def _ops_cell(sources: list[str], ops: list[str], limit: int = 3) -> str:
     return ", ".join(shown) + (f" (+{extra} ops)" if extra else "")
 
 
+def make_console() -> Console:
+    """Wide enough for the tables when piped to a file."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
 def print_inspection(report: Inspection, console: Console | None = None) -> None:
-    console = console or Console(highlight=False)
+    console = console or make_console()
     costs = report.costs
     table = Table(title=f"Channel groups of {report.loaded.name}", title_justify="left")
     table.add_column("id", justify="right")
     table.add_column("width", justify="right")
-    table.add_column("source ops (members)")
-    table.add_column("prunable")
     table.add_column("FLOPs share", justify="right")
     table.add_column("FLOPs/channel", justify="right")
+    table.add_column("prunable", max_width=48)
+    table.add_column("source ops (+ other member ops)")
     for group in report.analysis.groups:
         gc = costs.groups[group.id]
         status = "yes" if group.prunable else f"no: {group.reasons[0]}"
         share = gc.removable_flops / costs.flops if costs.flops else 0.0
-        table.add_row(str(group.id), str(group.width), _ops_cell(group.sources, group.ops), status,
-                      f"{share:.1%}", human(gc.marginal_flops))
+        table.add_row(str(group.id), str(group.width), f"{share:.1%}", human(gc.marginal_flops), status,
+                      _ops_cell(group.sources, group.ops))
     console.print(table)
+    console.print("FLOPs share: the FLOPs that vanish if the whole group goes; FLOPs/channel: the cost of one "
+                  "more channel (MorphNet's marginal cost)")
     n_prunable = len(report.analysis.prunable_groups)
     console.print(
         f"FLOPs {human(costs.flops)} (MACs {human(costs.macs)}), params {human(costs.params)}, "

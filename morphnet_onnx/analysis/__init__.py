@@ -45,7 +45,8 @@ def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
         except Unsupported as why:
             _boundary(ctx, node, op, str(why))
         if any(p.search(op) for p in keep_patterns):
-            for name in list(node.input) + list(node.output):
+            # The op keeps its own channels; what it reads may still shrink with its producer.
+            for name in node.output:
                 ctx.fix(ctx.get(name), f"{op}: kept by --keep")
         for name in list(node.input) + list(node.output):
             ids = ctx.get(name)
