@@ -158,7 +158,9 @@ def skeleton(model: onnx.ModelProto, max_kept_elements: int = 64) -> onnx.ModelP
     graph = model.graph
     light = onnx.GraphProto(name=graph.name)
     light.node.extend(graph.node)
-    light.output.extend(graph.output)
+    for output in graph.output:
+        # Declared output shapes may be symbolic or stale: inference recomputes them from the inputs.
+        light.output.append(onnx.helper.make_tensor_value_info(output.name, output.type.tensor_type.elem_type, None))
     inits = {t.name for t in graph.initializer}
     light.input.extend(i for i in graph.input if i.name not in inits)
     for tensor in graph.initializer:

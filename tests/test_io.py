@@ -1,0 +1,146 @@
+"""Loading: symbolic dims, --input-shape, opset upgrade, external data, bad files; atomic writes."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from builders import Net
+from conftest import LIGHT_DIR
+from morphnet_onnx import MorphNetError, inspect
+from morphnet_onnx.io import load, parse_input_shapes, save_model, write_atomic_bytes
+
+
+def small_model(batch="N", spatial=8):
+    net = Net(input_shape=(1, 3, spatial, spatial), batch=batch)
+    x = net.relu(net.conv("input", 3, 8, name="c1"))
+    return net.model(net.conv(x, 8, 4, name="c2"))
+
+
+def test_symbolic_batch_counts_as_one():
+    loaded = load(small_model(batch="N"))
+    assert loaded.shapes["input"] == (1, 3, 8, 8)
+    assert loaded.shapes["c2_out"] == (1, 4, 8, 8)
+
+
+def test_other_symbolic_dims_need_input_shape():
+    model = small_model()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    with pytest.raises(MorphNetError, match=r"--input-shape input:1x3x224x224"):
+        load(model)
+    loaded = load(model, parse_input_shapes(["input:1x3x16x16"]))
+    assert loaded.shapes["c2_out"] == (1, 4, 16, 16)
+
+
+def test_input_shape_errors_name_the_problem():
+    with pytest.raises(MorphNetError, match="expected NAME:DxDxD"):
+        parse_input_shapes(["input:1x3xbig"])
+    with pytest.raises(MorphNetError, match="names no model input"):
+        load(small_model(), {"nope": (1, 3, 8, 8)})
+    assert parse_input_shapes(["1x3x8x8"]) == {"": (1, 3, 8, 8)}
+    assert load(small_model(), {"": (1, 3, 4, 4)}).shapes["c2_out"] == (1, 4, 4, 4)
+
+
+def test_old_opset_is_upgraded():
+    loaded = load(LIGHT_DIR / "light_resnet50.onnx")
+    assert loaded.upgraded_from == 9 and loaded.opset == 11
+
+
+def test_too_new_opset_is_refused(tmp_path):
+    model = small_model()
+    model.opset_import[0].version = 99
+    path = tmp_path / "new.onnx"
+    onnx.save(model, path)
+    with pytest.raises(MorphNetError, match=r"new.onnx: opset 99 is newer"):
+        load(path)
+
+
+def test_external_data_model_loads(tmp_path):
+    model = small_model()
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+              size_threshold=0)
+    assert (tmp_path / "ext.data").exists()
+    report = inspect(path)
+    assert report.costs.params == 3 * 8 * 9 + 8 + 8 * 4 * 9 + 4
+    assert report.costs.flops == 2 * 64 * (3 * 9 * 8 + 8 * 9 * 4)
+
+
+def test_missing_external_data_is_a_clear_error(tmp_path):
+    model = small_model()
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="ext.data", size_threshold=0)
+    os.remove(tmp_path / "ext.data")
+    with pytest.raises(MorphNetError, match=r"ext.onnx: cannot read its external data"):
+        load(path)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"not a model at all", "not a readable ONNX model"),
+    (b"", "not an ONNX model"),
+])
+def test_bad_files(tmp_path, content, match):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(MorphNetError, match=match):
+        load(path)
+
+
+def test_truncated_file(tmp_path):
+    data = (LIGHT_DIR / "light_resnet50.onnx").read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MorphNetError, match=r"cut.onnx: not"):
+        load(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(MorphNetError, match="no such file"):
+        load(tmp_path / "missing.onnx")
+    with pytest.raises(MorphNetError, match="is a directory"):
+        load(tmp_path)
+
+
+def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+
+    class Boom(Exception):
+        pass
+
+    def explode(*args, **kwargs):
+        raise Boom()
+
+    monkeypatch.setattr(os, "replace", explode)
+    with pytest.raises(Boom):
+        write_atomic_bytes(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_save_model_refuses_to_overwrite_the_input(tmp_path):
+    model = small_model()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    with pytest.raises(MorphNetError, match="refusing to overwrite the input"):
+        save_model(model, path, inputs=[path])
+    out = tmp_path / "copy.onnx"
+    save_model(model, out, inputs=[path])
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_save_model_uses_external_data_above_2gb(tmp_path, monkeypatch):
+    import morphnet_onnx.io as io_module
+
+    monkeypatch.setattr(io_module, "TWO_GB", 1000)  # pretend the small model is huge
+    model = small_model()
+    out = tmp_path / "big.onnx"
+    save_model(model, out)
+    assert (tmp_path / "big.onnx.data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    loaded = onnx.load(str(out))
+    onnx.checker.check_model(str(out), full_check=True)
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(loaded.graph.initializer[0]),
+                                  onnx.numpy_helper.to_array(model.graph.initializer[0]))

@@ -1,0 +1,76 @@
+"""Real topologies: the onnx wheel's light CNNs and torchvision exports (tools/export_torchvision.py).
+
+FLOPs must agree within 1% with an independent count: onnx's shape inference plus a separate
+formula for the light models, torch's FlopCounterMode (tests/data/torchvision/reference.json) for
+the torchvision exports.
+"""
+
+import json
+
+import pytest
+
+from builders import independent_flops
+from conftest import LIGHT_DIR, TORCHVISION_DIR, light_models
+from morphnet_onnx import inspect
+from morphnet_onnx.io import load
+
+REFERENCE = json.loads((TORCHVISION_DIR / "reference.json").read_text())
+TORCHVISION = sorted(TORCHVISION_DIR.glob("*.onnx"))
+TRANSFORMERS = ("vit_b_16", "convnext_tiny")
+
+
+def model_name(path):
+    return path.stem.rsplit("_", 1)[0]
+
+
+def test_light_models_and_torchvision_exports_are_present():
+    assert len(light_models()) == 9
+    assert len(TORCHVISION) == 44
+
+
+@pytest.mark.parametrize("path", light_models(), ids=lambda p: p.stem)
+def test_light_model_flops_match_independent_count(path):
+    report = inspect(path)
+    expected = independent_flops(load(path).model)
+    assert report.costs.flops == pytest.approx(expected, rel=0.01)
+    assert report.analysis.prunable_groups
+    assert not report.analysis.notes  # every op understood
+
+
+def test_light_resnet50_matches_the_published_count():
+    report = inspect(LIGHT_DIR / "light_resnet50.onnx")
+    assert report.costs.macs == pytest.approx(4.09e9, rel=0.005)
+    assert report.costs.params == pytest.approx(25.56e6, rel=0.005)
+    # stem + 2 inner groups per bottleneck x 16 + 4 residual streams + logits
+    assert len(report.analysis.groups) == 38 and len(report.analysis.prunable_groups) == 37
+
+
+@pytest.mark.parametrize("path", TORCHVISION, ids=lambda p: p.stem)
+def test_torchvision_flops_match_torch_flop_counter(path):
+    report = inspect(path)
+    reference = REFERENCE[model_name(path)]
+    assert report.costs.flops == pytest.approx(reference["flops"], rel=0.01)
+
+
+@pytest.mark.parametrize("path", TORCHVISION, ids=lambda p: p.stem)
+def test_torchvision_prunability(path):
+    report = inspect(path)
+    name = model_name(path)
+    assert not report.analysis.notes, report.analysis.notes
+    for group in report.analysis.groups:
+        assert group.prunable or group.reasons  # never unprunable without a reason
+    if name in TRANSFORMERS:
+        assert report.prunable_flops_share > 0.3  # MLP hidden layers at least
+    else:
+        assert report.prunable_flops_share > 0.95
+    # logits are never prunable
+    logits = [g for g in report.analysis.groups if any("model output" in r for r in g.reasons)]
+    assert logits
+
+
+def test_torchvision_params_close_to_torch():
+    for path in TORCHVISION:
+        if not path.stem.endswith("_bn"):
+            continue
+        report = inspect(path)
+        assert report.costs.params == pytest.approx(REFERENCE[model_name(path)]["params"], rel=0.01), path.stem
