@@ -77,6 +77,10 @@ def machine_info() -> dict:
         root = Path(__file__).resolve().parent.parent
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "morphnet_onnx"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if dirty:
+            commit += " + uncommitted changes in morphnet_onnx/"
     except (OSError, subprocess.CalledProcessError):
         pass
     return {
