@@ -180,7 +180,11 @@ class Context:
             return
         if ids.ndim != len(shape) or any(i not in (1, d) for i, d in zip(ids.shape, shape)):
             raise Unsupported(f"channel layout {ids.shape} does not fit {name!r} of shape {shape}")
-        self.ids[name] = compress(ids)
+        compressed = compress(ids)
+        if compressed.size == 1 and ids.size > 1:
+            # Every position holds one element: surgery could not tell which axis to cut.
+            self.fix(compressed, f"every channel of {name!r} is the same channel")
+        self.ids[name] = compressed
 
     # ---- elements ------------------------------------------------------------------------------
     def new_source(self, op: str, op_type: str, tensor: str, count: int) -> np.ndarray:

@@ -267,6 +267,8 @@ def slice_(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= ids.ndim
         if ids.shape[axis] > 1:
+            if step != 1:
+                raise Unsupported("strided slice over channels")
             index[axis] = slice(*slice(start, end, step).indices(full[axis]))
     ctx.set(node.output[0], ids[tuple(index)])
 
@@ -390,6 +392,12 @@ def _fix_inputs_and_cost(ctx, node, op, reason, flops, weight_elems):
                           out_ids=None, in_fixed=1, out_fixed=1))
 
 
+def removes_whole_groups(groups: int, in_per_group: int) -> bool:
+    """Grouped convs with many small groups (depthwise, ResNeXt) lose whole groups; those with a few
+    large groups keep their group count and lose the same in-group indices in every group."""
+    return groups >= in_per_group
+
+
 @handles("Conv", "ConvTranspose")
 def conv(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     """A Conv creates one channel per filter; its input channels are contracted.
@@ -430,7 +438,7 @@ def conv(ctx: Context, node: onnx.NodeProto, op: str) -> None:
                               in_ids=in_ids, out_ids=out_ids, in_fixed=c_in, in_act_per_channel=in_act,
                               out_act_per_channel=out_act, dtype_bytes=dtype_bytes,
                               weight_bytes_extra=bias_bytes))
-    elif groups >= in_per_group:
+    elif removes_whole_groups(groups, in_per_group):
         # Many small groups (depthwise, ResNeXt): whole groups go, each group's input channels tied
         # to its output channels; the cost is linear in the output channels alive.
         out_per_group = c_out // groups

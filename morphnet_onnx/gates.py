@@ -1,0 +1,102 @@
+"""Gate magnitudes (how alive each channel is) and gate zeroing.
+
+A channel's *gates* are the ops that scale it: every BatchNormalization/InstanceNormalization over
+it (scale gamma, shift beta) and every op with weights that writes it (filter row, bias). MorphNet
+regularizes the scales; a channel whose scales fall to ~0 outputs only the shifts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .analysis import Analysis, node_names
+from .analysis.context import along, attr
+from .io import LoadedModel, tensor_value
+
+NORMS = ("BatchNormalization", "InstanceNormalization")
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _initializers(loaded: LoadedModel) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in loaded.model.graph.initializer}
+
+
+def gate_ops(analysis: Analysis, loaded: LoadedModel):
+    """Yield (node, name, output element ids per output channel) for every gate in the model."""
+    graph = loaded.model.graph
+    for node, name in zip(graph.node, node_names(graph)):
+        if node.op_type not in NORMS + WEIGHTED or not node.output:
+            continue
+        out = node.output[0]
+        ids = analysis.tensor_ids.get(out)
+        if ids is None:
+            continue
+        axis = ids.ndim - 1 if node.op_type == "MatMul" or (node.op_type == "Gemm") else 1
+        positions = along(ids, axis, loaded.shapes[out][axis]) if out in loaded.shapes else None
+        if positions is not None:
+            yield node, name, positions
+
+
+def weight_rows(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
+    """The weight reshaped to [output channel, everything else]."""
+    if node.op_type == "Conv":
+        return weight.reshape(weight.shape[0], -1)
+    if node.op_type == "ConvTranspose":
+        groups = attr(node, "group", 1)
+        c_in, out_per_group = weight.shape[0], weight.shape[1]
+        w = weight.reshape(groups, c_in // groups, out_per_group, -1).transpose(0, 2, 1, 3)
+        return w.reshape(groups * out_per_group, -1)
+    if node.op_type == "Gemm":
+        return weight if attr(node, "transB", 0) else weight.T
+    return weight.T  # MatMul [K, N]
+
+
+def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.ndarray]:
+    """Per group, per channel: max |gamma| over the group's norms; groups without one use the max
+    L2 norm of the filters writing the channel (MorphNet's gamma and group-lasso criteria)."""
+    inits = _initializers(loaded)
+    base = loaded.path.parent if loaded.path else None
+    bn_mag = {g.id: np.full(g.width, -np.inf) for g in analysis.groups}
+    filt_mag = {g.id: np.full(g.width, -np.inf) for g in analysis.groups}
+    for node, _, positions in gate_ops(analysis, loaded):
+        groups = analysis.element_group[positions]
+        channels = analysis.element_channel[positions]
+        if node.op_type in NORMS:
+            scale = _value(node.input[1], inits, base, loaded)
+            if scale is None:
+                continue
+            for g in np.unique(groups):
+                sel = groups == g
+                np.maximum.at(bn_mag[g], channels[sel], np.abs(scale.reshape(-1)[sel]))
+        else:
+            weight = _value(node.input[1], inits, base, loaded)
+            if weight is None:
+                continue
+            norms = np.linalg.norm(weight_rows(node, weight).astype(np.float64), axis=1)
+            if len(norms) != len(positions):
+                continue
+            for g in np.unique(groups):
+                sel = groups == g
+                np.maximum.at(filt_mag[g], channels[sel], norms[sel])
+    out = {}
+    for group in analysis.groups:
+        mag = bn_mag[group.id] if np.isfinite(bn_mag[group.id]).any() else filt_mag[group.id]
+        out[group.id] = np.where(np.isfinite(mag), mag, 0.0)
+    return out
+
+
+def _value(name: str, inits, base, loaded: LoadedModel) -> np.ndarray | None:
+    if name in inits:
+        return tensor_value(inits[name], base)
+    for node in loaded.model.graph.node:  # Constant / ConstantOfShape weights (rare: light models)
+        if name in node.output:
+            if node.op_type == "Constant":
+                return numpy_helper.to_array(node.attribute[0].t)
+            if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+                shape = tensor_value(inits[node.input[0]], base)
+                fill = next((a.t for a in node.attribute if a.name == "value"), None)
+                value = numpy_helper.to_array(fill).reshape(-1)[0] if fill is not None else 0.0
+                return np.full([int(d) for d in shape], value, dtype=np.float32)
+    return None

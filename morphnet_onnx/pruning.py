@@ -1,0 +1,88 @@
+"""`prune`: apply a Structure to a model and write the smaller model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from .analysis import Analysis, analyze
+from .errors import MorphNetError
+from .gates import gate_magnitudes
+from .io import InputShapes, LoadedModel, load, save_model
+from .runtime import make_session
+from .structure import Structure, load_structure, round_structure, structure_from_dict
+from .surgery import SurgeryResult, apply_structure, materialize_weights
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    structure: Structure
+    analysis: Analysis
+    flops_before: float
+    flops_after: float
+    params_before: int
+    params_after: int
+    notes: list[str] = field(default_factory=list)
+    removed_ops: list[str] = field(default_factory=list)
+
+
+def verify_model(model: onnx.ModelProto, name: str) -> None:
+    """Every model we write passes onnx's full check and loads in onnxruntime."""
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise MorphNetError(f"internal: the pruned model {name} fails onnx's checker: "
+                            f"{str(exc).splitlines()[0][:300]}") from exc
+    make_session(model)
+
+
+def prepare(model, input_shapes: InputShapes | None = None, keep: list[str] | None = None,
+            seed: int | None = None) -> tuple[LoadedModel, Analysis]:
+    """Load (placeholder weights made real), analyze."""
+    loaded = load(model, input_shapes)
+    loaded.model = materialize_weights(loaded.model, seed)
+    return loaded, analyze(loaded, keep=keep)
+
+
+def prune_loaded(loaded: LoadedModel, analysis: Analysis, structure: Structure, round_to: int = 1) -> SurgeryResult:
+    if round_to > 1:
+        structure = round_structure(structure, analysis, gate_magnitudes(analysis, loaded), round_to)
+    return apply_structure(loaded, analysis, structure)
+
+
+def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | os.PathLike | None = None,
+          input_shapes: InputShapes | None = None, keep: list[str] | None = None, round_to: int = 1) -> PruneResult:
+    """Remove the channels a structure marks dead; write the result to `output` if given.
+
+    >>> result = prune("resnet50.onnx", "structure.json", "resnet50_pruned.onnx")   # doctest: +SKIP
+    >>> result.flops_after / result.flops_before                                      # doctest: +SKIP
+    0.52
+
+    `structure` is a path to a structure JSON file, its parsed dict, or a `Structure`.
+    """
+    from .cost import compute_costs
+
+    loaded, analysis = prepare(model, input_shapes, keep)
+    if isinstance(structure, Structure):
+        chosen = structure
+    elif isinstance(structure, dict):
+        chosen = structure_from_dict(structure, analysis, loaded)
+    else:
+        chosen = load_structure(structure, analysis, loaded)
+    result = prune_loaded(loaded, analysis, chosen, round_to)
+    name = str(output) if output else "model"
+    verify_model(result.model, name)
+    before = compute_costs(analysis, loaded)
+    after_loaded = load(result.model, input_shapes)
+    after = compute_costs(analyze(after_loaded), after_loaded)
+    if output is not None:
+        inputs = [loaded.path] if loaded.path else []
+        save_model(result.model, Path(output), inputs=inputs)
+    return PruneResult(model=result.model, structure=result.structure, analysis=analysis,
+                       flops_before=before.flops, flops_after=after.flops, params_before=before.params,
+                       params_after=after.params, notes=result.notes, removed_ops=result.removed_ops)

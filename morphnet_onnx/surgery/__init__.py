@@ -1,0 +1,409 @@
+"""Surgery: turn a Structure into a smaller ONNX model that computes exactly what the original
+computes with the removed channels' gates set to zero.
+
+One pass in topological order follows what removed channels hold (`values.py`); a second pass
+rewrites each kept op with its per-op cutter (`cutters.py`) and drops ops that only served removed
+channels: a group with no channel left removes its branch (a residual block collapses to its skip
+plus a constant, a dead Concat input disappears).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..analysis import Analysis, node_names
+from ..errors import MorphNetError
+from ..folding import NONDETERMINISTIC, evaluate_node, fold_shape_values
+from ..io import LoadedModel, tensor_value
+from ..structure import Structure
+from .cutters import CUTTERS, Rewrite, cut_default
+from .values import compress, evaluate
+
+NORMS = ("BatchNormalization", "InstanceNormalization")
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that may take a constant in place of a removed branch (numpy broadcasting over the batch).
+BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Where"}
+SHAPE_READERS = {"Shape", "Size"}
+
+
+@dataclass
+class SurgeryResult:
+    model: onnx.ModelProto
+    structure: Structure  # as applied: channels kept for exactness are alive here
+    notes: list[str] = field(default_factory=list)
+    removed_ops: list[str] = field(default_factory=list)
+
+
+def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx.ModelProto:
+    """Give every weight a real value surgery can slice: placeholder weights (ConstantOfShape, as in
+    onnx's light models) become Constant nodes, random when a seed is given (He-scaled; positive for
+    norm scales and variances), and ops computed from constants alone (a Reshape of a weight) are
+    folded into Constant nodes. Nodes keep their place and names."""
+    inits = {t.name: t for t in model.graph.initializer}
+    rng = np.random.default_rng(seed) if seed is not None else None
+    positive = {n.input[i] for n in model.graph.node if n.op_type in NORMS for i in (1, 4) if i < len(n.input)}
+    values: dict[str, np.ndarray] = {}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
+    for node in out.graph.node:
+        if node.op_type == "Constant" or not node.output or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in NONDETERMINISTIC or not node.input:
+            continue
+        if not all(not i or i in inits or i in values for i in node.input):
+            continue
+        if node.op_type == "ConstantOfShape":
+            shape = [int(d) for d in _lookup(node.input[0], inits, values).reshape(-1)]
+            fill = next((a.t for a in node.attribute if a.name == "value"), None)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(fill.data_type) if fill is not None else np.float32
+            fill_value = numpy_helper.to_array(fill).reshape(-1)[0] if fill is not None else 0
+            if rng is not None and np.issubdtype(dtype, np.floating) and shape:
+                if node.output[0] in positive:
+                    result = [rng.uniform(0.5, 1.5, shape).astype(dtype)]
+                else:
+                    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+                    result = [(rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(dtype)]
+            else:
+                result = [np.full(shape, fill_value, dtype)]
+        else:
+            result = evaluate_node(node, [_lookup(i, inits, values) if i else None for i in node.input], opset)
+            if result is None:
+                continue
+        for name, value in zip(node.output, result):
+            values[name] = value
+        if len(node.output) != 1:
+            continue
+        name, output = node.name, node.output[0]
+        node.Clear()
+        node.CopyFrom(onnx.helper.make_node("Constant", [], [output], name=name,
+                                            value=numpy_helper.from_array(np.asarray(values[output]), output)))
+    return out if values else model
+
+
+def _lookup(name, inits, values):
+    return values[name] if name in values else numpy_helper.to_array(inits[name])
+
+
+class Surgeon:
+    def __init__(self, loaded: LoadedModel, analysis: Analysis, structure: Structure) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.graph = loaded.model.graph
+        self.analysis = analysis
+        self.structure = Structure({g: m.copy() for g, m in structure.alive.items()})
+        self.opset = loaded.opset
+        self.names = node_names(self.graph)
+        self.shapes = loaded.shapes
+        self.ids = analysis.tensor_ids
+        self.base_dir = loaded.path.parent if loaded.path else None
+        self.consts = self._constants()
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self.static_spatial = self._static_spatial()
+        self.notes: list[str] = []
+        self._shape_values: dict[str, np.ndarray] | None = None
+
+    # ---- constants ---------------------------------------------------------------------------
+    def _constants(self) -> dict[str, object]:
+        consts: dict[str, object] = {t.name: t for t in self.graph.initializer}
+        for node in self.graph.node:
+            if node.op_type == "Constant" and node.output:
+                for a in node.attribute:
+                    if a.name == "value":
+                        consts[node.output[0]] = a.t
+                    elif a.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                        arr = np.array(onnx.helper.get_attribute_value(a),
+                                       dtype=np.float32 if "float" in a.name else np.int64)
+                        consts[node.output[0]] = numpy_helper.from_array(arr, node.output[0])
+        return consts
+
+    def const(self, name: str) -> np.ndarray | None:
+        item = self.consts.get(name)
+        if item is None:
+            return None
+        if isinstance(item, onnx.TensorProto):
+            item = tensor_value(item, self.base_dir)
+            self.consts[name] = item
+        return item
+
+    def shape_value(self, name: str) -> np.ndarray | None:
+        """Value of a constant or of shape arithmetic (at batch 1) in the original model."""
+        value = self.const(name)
+        if value is not None:
+            return value
+        if self._shape_values is None:
+            self._shape_values = fold_shape_values(self.graph, self.shapes, {}, self.opset)
+        return self._shape_values.get(name)
+
+    def _static_spatial(self) -> bool:
+        inits = {t.name for t in self.graph.initializer}
+        for value in self.graph.input:
+            if value.name in inits:
+                continue
+            dims = value.type.tensor_type.shape.dim
+            if any(not d.HasField("dim_value") for d in list(dims)[1:]):
+                return False
+        return True
+
+    # ---- masks ---------------------------------------------------------------------------------
+    def alive(self, tensor: str) -> np.ndarray | None:
+        """Alive flag per channel position (ids-shaped), None for tensors without channels."""
+        ids = self.ids.get(tensor)
+        if ids is None:
+            return None
+        return self.element_alive[ids]
+
+    def keep(self, tensor: str) -> dict[int, np.ndarray]:
+        """Kept indices per channel axis that loses positions."""
+        alive = self.alive(tensor)
+        if alive is None or alive.all():
+            return {}
+        ids = self.ids[tensor]
+        axes = [a for a in range(ids.ndim) if ids.shape[a] > 1]
+        if not axes:  # a single channel, removed
+            shape = self.shapes[tensor]
+            axis = 1 if len(shape) > 1 and shape[1] == 1 else len(shape) - 1
+            return {axis: np.zeros(0, dtype=np.int64)}
+        keep = {}
+        product = np.ones(alive.shape, dtype=bool)
+        for axis in axes:
+            others = tuple(a for a in range(ids.ndim) if a != axis)
+            kept = alive.any(axis=others)
+            if not kept.all():
+                keep[axis] = np.nonzero(kept)[0]
+            shape = [1] * ids.ndim
+            shape[axis] = ids.shape[axis]
+            product = product & kept.reshape(shape)
+        if not np.array_equal(product, np.broadcast_to(alive, product.shape)):
+            raise MorphNetError(f"internal: channels of {tensor!r} are not removable as a rectangle")
+        return keep
+
+    def is_empty(self, tensor: str) -> bool:
+        alive = self.alive(tensor)
+        return alive is not None and not alive.any()
+
+    def structural_problems(self) -> list[str]:
+        """Why the current alive set cannot be cut out (without computing any value): a model output
+        that would become constant, or a removed branch feeding an op that cannot take a constant."""
+        gone: set[str] = set()  # empty, or every position known (constant)
+        problems = []
+        for node, name in zip(self.graph.node, self.names):
+            if node.op_type in ("Constant", "ConstantOfShape"):
+                continue
+            live = [i for i in node.input if i and i not in self.consts and self.shape_value(i) is None]
+            gone_inputs = [i for i in live if i in gone]
+            if live and len(gone_inputs) == len(live) and node.op_type not in SHAPE_READERS:
+                gone.update(o for o in node.output if o)
+            else:
+                for tensor in gone_inputs:
+                    if self.is_empty(tensor):
+                        if node.op_type not in ("Concat",) + tuple(SHAPE_READERS):
+                            problems.append(f"{name} ({node.op_type}) reads the removed {tensor!r}")
+                    elif node.op_type not in BROADCASTING:
+                        problems.append(f"{name} ({node.op_type}) reads the constant left by a removed branch")
+                gone.update(o for o in node.output if self.is_empty(o))
+        problems += [f"model output {o!r} would be constant" for o in self.graph_outputs if o in gone]
+        return problems
+
+    # ---- pass 1: values of removed channels ------------------------------------------------------
+    def follow_values(self) -> set[int]:
+        """Compute what removed channels hold; return elements that must stay for exactness."""
+        self.val: dict[str, np.ndarray] = {}
+        self.known: dict[str, np.ndarray | bool] = {}  # per channel position (ids-shaped) or True
+        self.folds: dict[str, np.ndarray] = {}  # op name -> contribution to add to its output
+        revive: set[int] = set()
+        for node, name in zip(self.graph.node, self.names):
+            if node.op_type in SHAPE_READERS or node.op_type in ("Constant", "ConstantOfShape"):
+                continue
+            known = [i for i in node.input if i in self.known]
+            live = [i for i in node.input if i and i not in self.known and self.shape_value(i) is None]
+            outputs_dead = [o for o in node.output if self.has_dead(o)]
+            all_known = bool(known) and not live and all(self.fully_known(i) for i in known)
+            if all_known:
+                self._evaluate(node, name, full=True)
+                for out in node.output:
+                    if out in self.graph_outputs:
+                        raise MorphNetError(f"the structure removes everything that feeds the model output "
+                                            f"{out!r}: it would be a constant")
+            elif outputs_dead or any(self.has_dead(i) for i in node.input if i):
+                revive |= self._partial(node, name, outputs_dead)
+        return revive
+
+    def fully_known(self, tensor: str) -> bool:
+        known = self.known.get(tensor)
+        return known is True or (isinstance(known, np.ndarray) and bool(known.all()))
+
+    def has_dead(self, tensor: str) -> bool:
+        alive = self.alive(tensor)
+        return alive is not None and not alive.all()
+
+    def input_values(self, node) -> list[np.ndarray | None]:
+        values = []
+        for name in node.input:
+            if not name:
+                values.append(None)
+            elif name in self.val:
+                values.append(self.val[name])
+            else:
+                value = self.shape_value(name)
+                if value is None:  # a live activation: zeros stand in for it
+                    shape = self.shapes.get(name)
+                    dtype = onnx.helper.tensor_dtype_to_np_dtype(self.loaded.dtypes.get(name, 1) or 1)
+                    value = np.zeros([1] * len(shape) if shape else [], dtype=dtype)
+                values.append(value)
+        return values
+
+    def _evaluate(self, node, name, full: bool) -> None:
+        values = self.input_values(node)
+        shapes = [self.shapes.get(i) if i else None for i in node.input]
+        outs = evaluate(node, values, shapes, [self.shapes[o] for o in node.output if o], self.opset)
+        for out, value in zip(node.output, outs):
+            value = self._apply_gate(node, out, value)
+            self.val[out] = value
+            self.known[out] = True if full else self._dead_positions(out)
+
+    def _dead_positions(self, tensor: str) -> np.ndarray | bool:
+        alive = self.alive(tensor)
+        return False if alive is None else ~alive
+
+    def _apply_gate(self, node, out: str, value: np.ndarray) -> np.ndarray:
+        """A removed channel leaves a norm with its shift (beta) and a weighted op with its bias."""
+        if node.op_type not in NORMS + WEIGHTED or out != node.output[0]:
+            return value
+        if node.op_type in WEIGHTED and (len(node.input) < 2 or node.input[1] not in self.consts):
+            return value
+        alive = self.alive(out)
+        if alive is None or alive.all():
+            return value
+        shape = self.shapes[out]
+        axis = len(shape) - 1 if node.op_type in ("Gemm", "MatMul") else 1
+        shift = np.zeros(shape[axis], dtype=np.float32)
+        bias_index = 2 if node.op_type in NORMS + ("Conv", "ConvTranspose", "Gemm") else None
+        if bias_index is not None and len(node.input) > bias_index and node.input[bias_index]:
+            bias = self.const(node.input[bias_index])
+            if bias is not None and bias.size in (1, shape[axis]):
+                shift = np.broadcast_to(bias.reshape(-1), shape[axis]).astype(np.float32)
+        gate_shape = [1] * len(shape)
+        gate_shape[axis] = shape[axis]
+        shift = shift.reshape(gate_shape)
+        target = np.broadcast_shapes(value.shape, alive.shape, shift.shape)
+        full = np.where(np.broadcast_to(~alive, target), np.broadcast_to(shift, target), np.broadcast_to(value, target))
+        return compress(full.astype(value.dtype))
+
+    def _partial(self, node, name, outputs_dead) -> set[int]:
+        """Some channels of the op's inputs or outputs are removed: track or fold their values."""
+        revive: set[int] = set()
+        if node.op_type in WEIGHTED and len(node.input) > 1 and node.input[1] in self.consts:
+            x = node.input[0]
+            if self.has_dead(x) and not self.is_empty(node.output[0]):
+                revive |= self._fold(node, name, x)
+            if outputs_dead:
+                zero = np.zeros([1] * len(self.shapes[node.output[0]]), dtype=np.float32)
+                self.val[node.output[0]] = self._apply_gate(node, node.output[0], zero)
+                self.known[node.output[0]] = self._dead_positions(node.output[0])
+            return revive
+        if not outputs_dead:
+            # Removed input channels that vanish here (a reduction, a fixed op): nothing to carry.
+            return revive
+        self._evaluate(node, name, full=False)
+        return revive
+
+    def _fold(self, node, name, x: str) -> set[int]:
+        """Fold the removed input channels' values into the op's output (its bias, or an added map)."""
+        dead = ~self.alive(x)
+        value = self.val.get(x)
+        if value is None:
+            return set()
+        shape = np.broadcast_shapes(value.shape, dead.shape)
+        masked = np.where(np.broadcast_to(dead, shape), np.broadcast_to(value, shape), 0).astype(np.float32)
+        if not masked.any():
+            return set()
+        inputs = [masked, self.const(node.input[1])]
+        shapes = [self.shapes[x], inputs[1].shape]
+        contribution = evaluate(_without_bias(node), inputs, shapes, [self.shapes[node.output[0]]], self.opset)[0]
+        if not np.any(contribution):
+            return set()
+        out_ids = self.ids.get(node.output[0])
+        channel_axes = {a for a in range(out_ids.ndim) if out_ids.shape[a] > 1} if out_ids is not None else set()
+        channel_axes |= {1} if node.op_type in ("Conv", "ConvTranspose") else {len(self.shapes[node.output[0]]) - 1}
+        uniform = all(contribution.shape[a] == 1 for a in range(contribution.ndim) if a not in channel_axes)
+        if uniform or self.static_spatial:
+            self.folds[name] = contribution
+            return set()
+        self.notes.append(f"{name}: removed input channels hold a value that varies over space and the model's "
+                          f"spatial size is symbolic; those channels are kept")
+        return set(np.unique(self.analysis.tensor_ids[x][dead]).tolist())
+
+    # ---- pass 2: rewrite ----------------------------------------------------------------------
+    def rewrite(self) -> tuple[onnx.ModelProto, list[str]]:
+        rw = Rewrite(self)
+        removed = []
+        for node, name in zip(self.graph.node, self.names):
+            if node.op_type in ("Constant", "ConstantOfShape") and node.output[0] in self.consts:
+                rw.keep_node(node)
+                continue
+            outputs = [o for o in node.output if o]
+            gone = outputs and all(self.is_empty(o) or self.fully_known(o) for o in outputs)
+            if gone and not any(o in self.graph_outputs for o in outputs):
+                removed.append(name)
+                continue
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            if not self._substitute_known_inputs(new, name, rw):
+                raise MorphNetError(f"internal: {name} ({node.op_type}) would read a removed branch")
+            CUTTERS.get(node.op_type, cut_default)(rw, new, name)
+            rw.keep_node(new)
+            if name in self.folds:
+                rw.add_to_output(new, name, self.folds[name])
+        return rw.finish(), removed
+
+    def _substitute_known_inputs(self, node, name, rw) -> bool:
+        """Inputs from removed branches: dropped from a Concat, a constant in broadcasting ops."""
+        keep_inputs = []
+        for index, tensor in enumerate(node.input):
+            if not tensor or tensor in self.consts or tensor not in self.known or not self.fully_known(tensor):
+                keep_inputs.append(tensor)
+                continue
+            if self.is_empty(tensor):
+                if node.op_type == "Concat":
+                    continue
+                if node.op_type in SHAPE_READERS:
+                    keep_inputs.append(tensor)
+                    continue
+                return False
+            if node.op_type not in BROADCASTING:
+                return False
+            value = rw.slice_value(tensor, self.val[tensor])
+            keep_inputs.append(rw.add_constant(f"{tensor}__const", value))
+        del node.input[:]
+        node.input.extend(keep_inputs)
+        return True
+
+
+def _without_bias(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(copy.input) > 2:
+        del copy.input[2:]
+    return copy
+
+
+def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> SurgeryResult:
+    """Write the smaller model for `structure` (the input model is not modified)."""
+    surgeon = Surgeon(loaded, analysis, structure)
+    for _ in range(8):
+        surgeon.element_alive = surgeon.structure.element_alive(analysis)
+        revive = surgeon.follow_values()
+        if not revive:
+            break
+        for element in revive:
+            group, channel = analysis.element_group[element], analysis.element_channel[element]
+            surgeon.structure.alive[int(group)][int(channel)] = True
+    else:
+        raise MorphNetError("internal: channels kept for exactness did not settle")
+    model, removed = surgeon.rewrite()
+    return SurgeryResult(model=model, structure=surgeon.structure, notes=surgeon.notes, removed_ops=removed)
