@@ -237,8 +237,8 @@ def cut_elementwise(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
         return
     rank = len(rw.s.shapes[node.output[0]])
     for index, tensor in enumerate(node.input):
-        if not tensor or (tensor not in rw.s.consts and tensor not in rw.new_inits):
-            continue
+        if not tensor or tensor not in rw.s.consts:
+            continue  # activations, or constants already cut (left by removed branches)
         value = rw.value_of(tensor)
         aligned = value.reshape((1,) * (rank - value.ndim) + value.shape)
         changed = False
