@@ -161,11 +161,11 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     gated_loaded = LoadedModel(model=gated, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                upgraded_from=loaded.upgraded_from)
     result = prune_loaded(gated_loaded, analysis, structure)
-    verify_model(result.model, "pruned model")
+    pruned_session = verify_model(result.model, "pruned model")
     batch = 2 if _symbolic_batch(loaded.model) else loaded.shapes[_first_input(loaded.model)][0]
     feeds = random_feeds(loaded.model, loaded.shapes, batch, seed)
     expected = make_session(gated).run(None, feeds)
-    got = make_session(result.model).run(None, feeds)
+    got = pruned_session.run(None, feeds)
     worst = 0.0
     for a, b in zip(got, expected):
         scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0

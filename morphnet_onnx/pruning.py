@@ -30,15 +30,15 @@ class PruneResult:
     removed_ops: list[str] = field(default_factory=list)
 
 
-def verify_model(model: onnx.ModelProto, name: str) -> None:
-    """Every model we write passes onnx's full check and loads in onnxruntime."""
+def verify_model(model: onnx.ModelProto, name: str):
+    """Every model we write passes onnx's full check and loads in onnxruntime (the session is returned)."""
     try:
         if model.ByteSize() < 2**31 - 1:
             onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise MorphNetError(f"internal: the pruned model {name} fails onnx's checker: "
                             f"{str(exc).splitlines()[0][:300]}") from exc
-    make_session(model)
+    return make_session(model)
 
 
 def prepare(model, input_shapes: InputShapes | None = None, keep: list[str] | None = None,
@@ -49,21 +49,25 @@ def prepare(model, input_shapes: InputShapes | None = None, keep: list[str] | No
     return loaded, analyze(loaded, keep=keep)
 
 
-def prune_loaded(loaded: LoadedModel, analysis: Analysis, structure: Structure, round_to: int = 1) -> SurgeryResult:
+def prune_loaded(loaded: LoadedModel, analysis: Analysis, structure: Structure, round_to: int = 1,
+                 approximate_borders: bool = False) -> SurgeryResult:
     if round_to > 1:
         structure = round_structure(structure, analysis, gate_magnitudes(analysis, loaded), round_to)
-    return apply_structure(loaded, analysis, structure)
+    return apply_structure(loaded, analysis, structure, approximate_borders)
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | os.PathLike | None = None,
-          input_shapes: InputShapes | None = None, keep: list[str] | None = None, round_to: int = 1) -> PruneResult:
+          input_shapes: InputShapes | None = None, keep: list[str] | None = None, round_to: int = 1,
+          approximate_borders: bool = False) -> PruneResult:
     """Remove the channels a structure marks dead; write the result to `output` if given.
 
     >>> result = prune("resnet50.onnx", "structure.json", "resnet50_pruned.onnx")   # doctest: +SKIP
     >>> result.flops_after / result.flops_before                                      # doctest: +SKIP
     0.52
 
-    `structure` is a path to a structure JSON file, its parsed dict, or a `Structure`.
+    `structure` is a path to a structure JSON file, its parsed dict, or a `Structure`. The result
+    computes exactly what the model computes with the removed channels' gates at zero (norm scales,
+    or filters); channels for which that is impossible stay, unless `approximate_borders`.
     """
     from .cost import compute_costs
 
@@ -74,7 +78,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
         chosen = structure_from_dict(structure, analysis, loaded)
     else:
         chosen = load_structure(structure, analysis, loaded)
-    result = prune_loaded(loaded, analysis, chosen, round_to)
+    result = prune_loaded(loaded, analysis, chosen, round_to, approximate_borders)
     name = str(output) if output else "model"
     verify_model(result.model, name)
     before = compute_costs(analysis, loaded)

@@ -90,7 +90,10 @@ def _lookup(name, inits, values):
 
 
 class Surgeon:
-    def __init__(self, loaded: LoadedModel, analysis: Analysis, structure: Structure) -> None:
+    def __init__(self, loaded: LoadedModel, analysis: Analysis, structure: Structure,
+                 approximate_borders: bool = False) -> None:
+        self.approximate_borders = approximate_borders
+        self.approximated: list[str] = []
         self.loaded = loaded
         self.model = loaded.model
         self.graph = loaded.model.graph
@@ -331,12 +334,24 @@ class Surgeon:
         channel_axes = {a for a in range(out_ids.ndim) if out_ids.shape[a] > 1} if out_ids is not None else set()
         channel_axes |= {1} if node.op_type in ("Conv", "ConvTranspose") else {len(self.shapes[node.output[0]]) - 1}
         uniform = all(contribution.shape[a] == 1 for a in range(contribution.ndim) if a not in channel_axes)
-        if uniform or self.static_spatial:
+        if uniform:
             self.folds[name] = contribution
             return set()
-        self.notes.append(f"{name}: removed input channels hold a value that varies over space and the model's "
-                          f"spatial size is symbolic; those channels are kept")
-        return set(np.unique(self.analysis.tensor_ids[x][dead]).tolist())
+        if self.approximate_borders:
+            # The interior value is exact away from the padded borders.
+            center = tuple(size // 2 if a not in channel_axes else slice(None)
+                           for a, size in enumerate(contribution.shape))
+            interior = contribution[center]
+            self.folds[name] = interior.reshape([s if a in channel_axes else 1
+                                                 for a, s in enumerate(contribution.shape)])
+            self.approximated.append(name)
+            return set()
+        # Zero padding makes the removed channels' contribution differ at the borders: no bias can
+        # hold it, so those channels stay (exactness first; retraining can still remove them).
+        revive = set(np.unique(np.broadcast_to(self.analysis.tensor_ids[x], dead.shape)[dead]).tolist())
+        self.notes.append(f"{name}: {len(revive)} removed input channel(s) hold a nonzero constant that this "
+                          f"{node.op_type}'s padding makes vary over space; kept for exactness")
+        return revive
 
     # ---- pass 2: rewrite ----------------------------------------------------------------------
     def rewrite(self) -> tuple[onnx.ModelProto, list[str]]:
@@ -378,6 +393,9 @@ class Surgeon:
             if node.op_type not in BROADCASTING:
                 return False
             value = rw.slice_value(tensor, self.val[tensor])
+            if not self.static_spatial and any(size > 1 for size in value.shape[2:]):
+                raise MorphNetError(f"a removed branch leaves a constant that varies over space at {name}; "
+                                    f"export the model with static input shapes to prune it exactly")
             keep_inputs.append(rw.add_constant(f"{tensor}__const", value))
         del node.input[:]
         node.input.extend(keep_inputs)
@@ -392,11 +410,17 @@ def _without_bias(node: onnx.NodeProto) -> onnx.NodeProto:
     return copy
 
 
-def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> SurgeryResult:
-    """Write the smaller model for `structure` (the input model is not modified)."""
-    surgeon = Surgeon(loaded, analysis, structure)
+def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure,
+                    approximate_borders: bool = False) -> SurgeryResult:
+    """Write the smaller model for `structure` (the input model is not modified).
+
+    Removed channels holding a nonzero constant that a padded conv turns into a border pattern are
+    kept for exactness, unless `approximate_borders` folds their interior value into the bias.
+    """
+    surgeon = Surgeon(loaded, analysis, structure, approximate_borders)
     for _ in range(8):
         surgeon.element_alive = surgeon.structure.element_alive(analysis)
+        surgeon.approximated = []
         revive = surgeon.follow_values()
         if not revive:
             break
@@ -406,4 +430,9 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
     else:
         raise MorphNetError("internal: channels kept for exactness did not settle")
     model, removed = surgeon.rewrite()
-    return SurgeryResult(model=model, structure=surgeon.structure, notes=surgeon.notes, removed_ops=removed)
+    notes = surgeon.notes
+    if surgeon.approximated:
+        notes.append(f"approximated at the borders (interior value folded into the bias): "
+                     f"{', '.join(sorted(set(surgeon.approximated))[:5])}"
+                     + (f" and {len(set(surgeon.approximated)) - 5} more" if len(set(surgeon.approximated)) > 5 else ""))
+    return SurgeryResult(model=model, structure=surgeon.structure, notes=notes, removed_ops=removed)
