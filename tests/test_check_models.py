@@ -1,0 +1,30 @@
+"""`check` on real topologies: the onnx wheel's light CNNs and torchvision exports, both the
+BN-kept and the BN-folded variants. Models dominated by huge classifier weights (VGG, AlexNet,
+ZFNet) and ViT take 10-25 s each; they run in tools/zoo_check.py (docs/coverage.md), not here."""
+
+import pytest
+
+from conftest import LIGHT_DIR, TORCHVISION_DIR
+from morphnet_onnx.checking import check
+
+HEAVY = ("vgg", "alexnet", "zfnet", "wide_resnet", "vit_b_16")
+LIGHT = [p for p in sorted(LIGHT_DIR.glob("light_*.onnx")) if not any(h in p.stem for h in HEAVY)]
+TORCHVISION = [p for p in sorted(TORCHVISION_DIR.glob("*.onnx")) if not any(h in p.stem for h in HEAVY)]
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+@pytest.mark.parametrize("path", LIGHT + TORCHVISION, ids=lambda p: p.stem)
+def test_check_passes(path, fraction):
+    result = check(path, fraction=fraction, seed=1)
+    assert result.passed, result
+    assert result.flops_after < result.flops_before
+    if "convnext" not in path.stem:
+        assert result.prunable_flops_share > 0.9
+    if fraction == 1.0 and "shufflenet" not in path.stem:
+        assert result.groups_removed > 0  # whole branches go
+
+
+def test_convnext_fails_safe_with_reasons():
+    """LayerNorm over channels pins the residual stream; the MLP hidden layers still prune."""
+    result = check(TORCHVISION_DIR / "convnext_tiny_folded.onnx", fraction=0.5)
+    assert result.passed and 0.5 < result.prunable_flops_share < 1.0
