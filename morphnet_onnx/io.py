@@ -128,7 +128,11 @@ def _static_input_dims(model: onnx.ModelProto, overrides: InputShapes, name: str
     for input_name in real:
         tensor_type = inputs[input_name].type.tensor_type
         if input_name in overrides:
-            dims_by_input[input_name] = overrides[input_name]
+            dims = list(overrides[input_name])
+            declared = tensor_type.shape.dim if tensor_type.HasField("shape") else []
+            if declared and dims and not declared[0].HasField("dim_value"):
+                dims[0] = 1  # the batch: costs are per example
+            dims_by_input[input_name] = tuple(dims)
             continue
         if not tensor_type.HasField("shape"):
             raise MorphNetError(f"{name}: input {input_name!r} has no shape; give --input-shape {input_name}:1x...")
@@ -192,6 +196,7 @@ def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name:
             for d in dims_by_input[value.name]:
                 shape.dim.add().dim_value = d
     del light.graph.value_info[:]
+    light.graph.value_info.extend(_declared_custom_outputs(model))
     opset = onnx_opset(model)
     known = {t.name: numpy_helper.to_array(t) for t in light.graph.initializer}
     folded_count = -1
@@ -205,10 +210,44 @@ def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name:
             break
         folded_count = len(values)
         _pin_values(light, values, known)
+    _fill_from_declared(model, shapes, dtypes)
     for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(tensor.dims)
         dtypes[tensor.name] = tensor.data_type
     return shapes, dtypes
+
+
+def _declared_custom_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """onnx cannot infer through custom-domain ops: keep what the model declares for their outputs
+    (static dims only, a symbolic batch as 1) so inference goes on after them."""
+    produced = {o for n in model.graph.node if n.domain not in ("", "ai.onnx") for o in n.output}
+    declared = []
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        tt = value.type.tensor_type
+        if value.name not in produced or not tt.HasField("shape") or not tt.shape.dim:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (1 if axis == 0 else -1)
+                for axis, d in enumerate(tt.shape.dim)]
+        if -1 not in dims:
+            declared.append(onnx.helper.make_tensor_value_info(value.name, tt.elem_type, dims))
+    return declared
+
+
+def _fill_from_declared(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> None:
+    """Shapes inference could not find (after custom ops) come from the model's own value_info,
+    when it declares them statically (a symbolic batch counts as 1)."""
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        known = shapes.get(value.name)
+        if known is not None and -1 not in known:
+            continue
+        tt = value.type.tensor_type
+        if not tt.HasField("shape") or not tt.shape.dim:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (1 if axis == 0 else -1)
+                for axis, d in enumerate(tt.shape.dim)]
+        if -1 not in dims:
+            shapes[value.name] = tuple(dims)
+            dtypes.setdefault(value.name, tt.elem_type)
 
 
 def _infer(light: onnx.ModelProto, name: str) -> onnx.ModelProto:

@@ -273,3 +273,19 @@ def test_networkx_graph_links_groups_to_ops():
     assert len(group_nodes) == 2
     assert graph.has_edge(group_nodes[0], "c1") and graph.has_edge(group_nodes[0], "c2")
     assert graph.edges[group_nodes[0], "c1"]["role"] == "source"
+
+
+def test_shapes_after_a_custom_op_come_from_its_declared_output():
+    import onnx
+
+    net = Net()
+    x = net.conv("input", 3, 8, name="c1")
+    y = net.op("FusedThing", [x], name="fused", domain="com.example")
+    z = net.relu(net.conv(y, 8, 8, name="c2"))
+    out = net.conv(z, 8, 2, name="head")
+    model = net.model(out)
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info(y, 1, ["N", 8, 8, 8]))
+    analysis, g = groups_by_source(model)
+    assert g["c2"].prunable and not g["c1"].prunable
+    assert any("com.example::FusedThing" in r for r in g["c1"].reasons)

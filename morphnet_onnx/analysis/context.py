@@ -8,17 +8,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..folding import MAX_FOLD_ELEMENTS, NONDETERMINISTIC, evaluate_node
 from ..io import LoadedModel, tensor_value
 from .groups import CostedOp, Source, UnionFind
 
 # Reshape/Flatten trace channel positions through a full index tensor; beyond this many elements
 # (at batch 1) the op is treated as not understood rather than using gigabytes.
 MAX_TRACE_ELEMENTS = 1 << 25
-
-# Folding constants evaluates small ops only (shape arithmetic, unsqueezed parameters).
-MAX_FOLD_ELEMENTS = 1 << 16
-NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                    "Bernoulli", "Dropout"}
 
 DTYPE_BYTES = {
     onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
@@ -132,17 +128,10 @@ class Context:
         elif sum(self.constants[n].size for n in node.input if n) <= MAX_FOLD_ELEMENTS:
             inputs = [self.value(n) if n else None for n in node.input]
             if all(v is not None for v, n in zip(inputs, node.input) if n):
-                try:
-                    from onnx.reference import ReferenceEvaluator
-
-                    evaluator = ReferenceEvaluator(_single_node_model(node, self.loaded.opset))
-                    feeds = {n: v for n, v in zip(node.input, inputs) if n}
-                    outputs = evaluator.run(None, feeds)
-                    for out_name, out_value in zip(node.output, outputs):
-                        self._folded_values[out_name] = np.asarray(out_value)
-                    value = self._folded_values.get(info.name)
-                except Exception:
-                    value = None
+                outputs = evaluate_node(node, inputs, self.loaded.opset) or []
+                for out_name, out_value in zip(node.output, outputs):
+                    self._folded_values[out_name] = out_value
+                value = self._folded_values.get(info.name)
         self._folded_values[info.name] = value
         return value
 
@@ -263,11 +252,3 @@ def attr(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
-
-
-def _single_node_model(node: onnx.NodeProto, opset: int) -> onnx.ModelProto:
-    graph = onnx.helper.make_graph(
-        [node], "fold",
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.input if n],
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output if n])
-    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])

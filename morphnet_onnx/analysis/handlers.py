@@ -485,7 +485,7 @@ def gemm(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     rows, k = (a_shape[1], a_shape[0]) if trans_a else (a_shape[0], a_shape[1])
     n = out_shape[1]
     if not ctx.is_constant(b):
-        _fix_inputs_and_cost(ctx, node, op, "both operands computed at run time", 2.0 * rows * k * n, 0)
+        _fix_inputs_and_cost(ctx, node, op, "weight B computed at run time", 2.0 * rows * k * n, 0)
         return
     ids = ctx.get(a)
     in_ids = along(ids, 0 if trans_a else 1, k)
@@ -512,9 +512,13 @@ def matmul(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     k = a_shape[-1]
     rows = int(np.prod(out_shape[:-1]))
     n = out_shape[-1]
-    if not ctx.is_constant(b) or len(b_shape) != 2:
+    if not ctx.is_constant(b):
         _fix_inputs_and_cost(ctx, node, op, "MatMul of two activations (attention) is not pruned",
-                             2.0 * rows * k * n, 0 if not ctx.is_constant(b) else k * n)
+                             2.0 * rows * k * n, 0)
+        return
+    if len(b_shape) != 2:
+        _fix_inputs_and_cost(ctx, node, op, f"MatMul by a {len(b_shape)}-D constant is not pruned",
+                             2.0 * rows * k * n, k * n)
         return
     ids = ctx.get(a)
     in_ids = along(ids, len(a_shape) - 1, k)
