@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from .analysis import Analysis
 from .cost import compute_costs
+from .errors import MorphNetError
 from .gates import NORMS, WEIGHTED, gate_ops, weight_rows
 from .io import InputShapes, LoadedModel, load
 from .pruning import prepare, prune_loaded, verify_model
@@ -156,6 +157,8 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     """
     start = time.perf_counter()
     loaded, analysis = prepare(model, input_shapes, keep, seed=seed)
+    if not analysis.prunable_groups:
+        raise MorphNetError(f"{loaded.name}: nothing to prune (no prunable channel group; see `inspect`)")
     structure = random_structure(loaded, analysis, fraction, seed)
     gated = zero_gates(loaded.model, loaded, analysis, structure)
     gated_loaded = LoadedModel(model=gated, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,

@@ -76,3 +76,55 @@ def test_missing_file_and_debug_traceback(tmp_path):
 def test_bad_input_shape_option(tmp_path):
     result = run_cli("inspect", str(LIGHT_DIR / "light_squeezenet.onnx"), "--input-shape", "data_0:1x3xX")
     assert result.returncode == 2 and "expected NAME:DxDxD" in result.stderr
+
+
+def test_check_and_prune_commands(tmp_path, capsys):
+    model = REPO / "models" / "tiny_resnet.onnx"
+    assert main(["check", str(model), "--fraction", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("PASSED") and "removed whole" in out
+    assert main(["check", str(model), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passed"] is True and 0 < doc["prunable_flops_share"] <= 1
+    assert doc["flops_after"] < doc["flops_before"]
+    structure = tmp_path / "s.json"
+    structure.write_text(json.dumps({"conv2": 3, "conv8": 20}))
+    out_model = tmp_path / "small.onnx"
+    assert main(["prune", str(model), "--structure", str(structure), "-o", str(out_model),
+                 "--approximate-borders", "--save-structure", str(tmp_path / "applied.json")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    onnx.checker.check_model(str(out_model), full_check=True)
+    assert json.loads((tmp_path / "applied.json").read_text())["alive_counts"]["conv2"] == 3
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"conv2": 99}', "above its width"),
+    ('{"groups": [{"id": 42, "alive": []}]}', "group 42 does not exist"),
+    ("{not json", "not valid JSON"),
+])
+def test_prune_bad_structure_exits_2_and_writes_nothing(tmp_path, content, match):
+    structure = tmp_path / "s.json"
+    structure.write_text(content)
+    out = tmp_path / "out.onnx"
+    result = run_cli("prune", str(REPO / "models" / "tiny_resnet.onnx"), "--structure", str(structure), "-o", str(out))
+    assert result.returncode == 2 and match in result.stderr and result.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_prune_never_overwrites_the_input(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes((REPO / "models" / "tiny_resnet.onnx").read_bytes())
+    structure = tmp_path / "s.json"
+    structure.write_text('{"conv2": 8}')
+    before = model.read_bytes()
+    result = run_cli("prune", str(model), "--structure", str(structure), "-o", str(model))
+    assert result.returncode == 2 and "refusing to overwrite" in result.stderr
+    assert model.read_bytes() == before
+
+
+def test_check_nothing_to_prune(tmp_path):
+    net = Net(input_shape=(1, 16))
+    path = tmp_path / "linear.onnx"
+    onnx.save(net.model(net.gemm("input", 16, 4, name="fc")), path)
+    result = run_cli("check", str(path))
+    assert result.returncode == 2 and "nothing to prune" in result.stderr

@@ -72,7 +72,7 @@ BLOCKS = st.lists(st.sampled_from(["chain", "residual", "inception", "depthwise"
                   min_size=1, max_size=5)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks=BLOCKS, dims=st.sampled_from([1, 2, 3]), bn=st.booleans(), seed=st.integers(0, 10_000),
        width=st.integers(4, 9), fraction=st.sampled_from([0.3, 0.6, 1.0]))
 def test_random_architectures_prune_exactly(blocks, dims, bn, seed, width, fraction):

@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Zoo sweep: run `morphnet-onnx check` over many models (DEV-ONLY tool; results go in docs/coverage.md).
+
+For every model, `check` runs at each fraction (default 0.5 and 1.0, seed 0) in its own subprocess::
+
+    <python> -m morphnet_onnx.cli check MODEL --fraction F --seed 0 --json
+
+so that a crash, a hang or an out-of-memory kill of one model cannot stop the sweep (timeout per
+run, default 600 s). Exit codes of the child: 0 passed, 1 with a JSON document on stdout = check
+FAILED, 2 = bad input or unsupported model (one line on stderr), anything else (or 1 without JSON,
+the CLI's "internal error") = crash.
+
+Model sources (combine freely; each file is run once):
+
+* ``--light``: the onnx wheel's light CNNs (``<site-packages>/onnx/backend/test/data/light/light_*.onnx``);
+* ``--torchvision-light``: the committed graph-only exports ``tests/data/torchvision/*.onnx``
+  (placeholder weights; ``check`` makes random weights for them);
+* ``--dir DIR`` (repeatable): every ``.onnx`` in DIR, e.g. ``/work/cache/torchvision`` (real
+  torchvision exports made by ``tools/export_torchvision.py``: ``{model}_bn.onnx`` keeps
+  BatchNormalization, ``{model}_folded.onnx`` has it folded into Conv);
+* positional ``MODEL`` paths.
+
+Run from the repository root with the project's venv::
+
+    .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --markdown /tmp/tv.md --json /tmp/tv.json
+    .venv/bin/python tools/zoo_check.py --light --markdown /tmp/light.md
+    .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --models 'resnet|vgg' --timeout 300
+
+The Markdown table is printed at the end (and written with ``--markdown``); ``--json`` writes every
+run's parsed result, return code, stderr and wall time. Both files are rewritten after every model,
+so a sweep that is interrupted keeps what it had. Progress goes to stderr.
+
+Exit status: 0 when every model passed at every fraction, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_NOTE = 160
+
+
+# ---------------------------------------------------------------------------- model discovery
+
+def light_dir() -> Path:
+    import onnx  # noqa: PLC0415  (only to find the wheel)
+
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@dataclass
+class Model:
+    path: Path
+    name: str
+    variant: str
+
+
+def describe(path: Path, source: str) -> Model:
+    stem = path.stem
+    if source == "light":
+        return Model(path, stem.removeprefix("light_"), "onnx light")
+    if source == "torchvision-light":
+        base, _, suffix = stem.rpartition("_")
+        if base and suffix in ("bn", "folded"):
+            return Model(path, base, f"{suffix} (graph only)")
+        return Model(path, stem, "graph only")
+    base, _, suffix = stem.rpartition("_")
+    if base and suffix in ("bn", "folded"):
+        return Model(path, base, suffix)
+    return Model(path, stem, "-")
+
+
+def collect(args: argparse.Namespace) -> list[Model]:
+    found: list[Model] = []
+    if args.light:
+        found += [describe(p, "light") for p in sorted(light_dir().glob("light_*.onnx"))]
+    if args.torchvision_light:
+        found += [describe(p, "torchvision-light") for p in sorted((REPO / "tests" / "data" / "torchvision").glob("*.onnx"))]
+    for folder in args.dir or []:
+        folder = Path(folder)
+        if not folder.is_dir():
+            sys.exit(f"zoo_check: --dir {folder}: not a folder")
+        found += [describe(p, "dir") for p in sorted(folder.glob("*.onnx"))]
+    for item in args.model:
+        found.append(describe(Path(item), "file"))
+    seen, unique = set(), []
+    for m in found:
+        key = m.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(m)
+    if args.models:
+        pattern = re.compile(args.models)
+        unique = [m for m in unique if pattern.search(m.path.name)]
+    return unique
+
+
+# ---------------------------------------------------------------------------- one run
+
+@dataclass
+class Run:
+    fraction: float
+    status: str  # pass, FAIL, unsupported, crash, timeout
+    returncode: int | None
+    wall_s: float
+    peak_rss_mb: float | None
+    result: dict | None = None
+    error: str = ""  # stderr (last line) for unsupported/crash, or the reason for a FAIL
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_check(path: Path, fraction: float, seed: int, timeout: float, extra: list[str]) -> Run:
+    cmd = [sys.executable, "-m", "morphnet_onnx.cli", "check", str(path), "--fraction", repr(fraction),
+           "--seed", str(seed), "--json", *extra]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO,
+                                start_new_session=True)
+        status_word, rusage, timed_out = None, None, False
+        while True:
+            pid, status_word, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - start > timeout:
+                timed_out = True
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                pid, status_word, rusage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+        rc = os.waitstatus_to_exitcode(status_word)
+        proc.returncode = rc  # already reaped: keep Popen from waiting again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    peak = rusage.ru_maxrss / 1024 if rusage is not None else None  # Linux: KiB
+    last_err = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
+    if timed_out:
+        return Run(fraction, "timeout", None, wall, peak, error=f"timeout after {timeout:.0f} s")
+    parsed = None
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            parsed = json.loads(line)
+            break
+        except json.JSONDecodeError:
+            continue
+    if rc == 0 and parsed is not None:
+        return Run(fraction, "pass" if parsed.get("passed") else "FAIL", rc, wall, peak, parsed)
+    if rc == 1 and parsed is not None:
+        return Run(fraction, "FAIL", rc, wall, peak, parsed, error=f"max_error {parsed.get('max_error'):.3g} > 1")
+    if rc == 2:
+        return Run(fraction, "unsupported", rc, wall, peak, error=last_err.removeprefix("morphnet-onnx: error: "))
+    if rc < 0:
+        last_err = f"killed by signal {-rc}" + (f" ({last_err})" if last_err else "")
+    return Run(fraction, "crash", rc, wall, peak, parsed,
+               error=(last_err or f"exit code {rc}").removeprefix("morphnet-onnx: "))
+
+
+# ---------------------------------------------------------------------------- report
+
+def human(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
+def suspicious(runs: list[Run]) -> list[str]:
+    """Things that passed but look wrong."""
+    found = []
+    for r in runs:
+        res = r.result
+        if not res or r.status != "pass" or r.fraction <= 0:
+            continue
+        tag = f"f={r.fraction:g}"
+        if res["groups_pruned"] == 0:
+            found.append(f"{tag}: nothing pruned")
+        elif res["flops_after"] >= res["flops_before"] and res["prunable_flops_share"] > 0:
+            found.append(f"{tag}: FLOPs not reduced")
+        if res["groups_pruned"] and res["max_error"] == 0 and r.fraction < 1.0:
+            found.append(f"{tag}: max_error exactly 0")
+    return found
+
+
+@dataclass
+class Row:
+    model: Model
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.runs) and all(r.status == "pass" for r in self.runs)
+
+    def run(self, fraction: float) -> Run | None:
+        return next((r for r in self.runs if r.fraction == fraction), None)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.name, "variant": self.model.variant, "path": str(self.model.path),
+                "file_mb": round(self.model.path.stat().st_size / 2**20, 1) if self.model.path.exists() else None,
+                "passed": self.passed, "suspicious": suspicious(self.runs),
+                "runs": [r.to_dict() for r in self.runs]}
+
+
+def cell_status(run: Run | None) -> str:
+    if run is None:
+        return "-"
+    return {"pass": "yes", "FAIL": "**FAIL**", "unsupported": "unsupported", "crash": "**crash**",
+            "timeout": "**timeout**"}[run.status]
+
+
+def escape(text: str) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= MAX_NOTE else text[: MAX_NOTE - 1] + "…"
+
+
+def notes_cell(row: Row) -> str:
+    parts = []
+    for r in row.runs:
+        if r.status != "pass":
+            parts.append(f"f={r.fraction:g} {r.status}: {r.error}")
+    parts += [f"suspicious {s}" for s in suspicious(row.runs)]
+    seen = []
+    for r in row.runs:
+        for note in (r.result or {}).get("notes", []):
+            if note not in seen:
+                seen.append(note)
+    if seen:
+        parts.append(f"{len(seen)} note(s): " + "; ".join(seen))
+    return escape("; ".join(parts)) if parts else ""
+
+
+def markdown(rows: list[Row], fractions: list[float]) -> str:
+    f_lo, f_hi = fractions[0], fractions[-1]
+    head = ["model", "variant"] + [f"passed {f:g}" for f in fractions] + [
+        "prunable FLOPs", f"FLOPs before -> after {f_lo:g}", f"groups pruned/removed {f_hi:g}",
+        "max error " + " / ".join(f"{f:g}" for f in fractions), "seconds " + " + ".join(f"{f:g}" for f in fractions),
+        "notes"]
+    align = ["---", "---"] + [":-:"] * len(fractions) + ["--:", "--:", "--:", "--:", "--:", "---"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        lo, hi = row.run(f_lo), row.run(f_hi)
+        any_res = next((r.result for r in row.runs if r.result), None)
+        share = f"{any_res['prunable_flops_share']:.1%}" if any_res else "-"
+        flops = (f"{human(lo.result['flops_before'])} -> {human(lo.result['flops_after'])}"
+                 if lo and lo.result else "-")
+        groups = f"{hi.result['groups_pruned']}/{hi.result['groups_removed']}" if hi and hi.result else "-"
+        errs = " / ".join(f"{r.result['max_error']:.2g}" if r and r.result else "-" for r in map(row.run, fractions))
+        secs = " + ".join(f"{r.wall_s:.1f}" if r else "-" for r in map(row.run, fractions))
+        cells = [row.model.name, row.model.variant] + [cell_status(row.run(f)) for f in fractions] + [
+            share, flops, groups, errs, secs, notes_cell(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_line(rows: list[Row], fractions: list[float]) -> str:
+    per_fraction = ", ".join(f"{sum(1 for r in rows if (x := r.run(f)) and x.status == 'pass')} at {f:g}"
+                             for f in fractions)
+    counts: dict[str, int] = {}
+    for row in rows:
+        for r in row.runs:
+            if r.status != "pass":
+                counts[r.status] = counts.get(r.status, 0) + 1
+    bad = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    total = sum(r.wall_s for row in rows for r in row.runs)
+    return (f"{sum(r.passed for r in rows)} of {len(rows)} models passed at every fraction ({per_fraction})"
+            + (f"; failed runs: {bad}" if bad else "") + f"; {total / 60:.1f} min of checks")
+
+
+def environment() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    versions = {}
+    for mod in ("onnx", "onnxruntime", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            versions[mod] = None
+    return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_in_morphnet_onnx": bool(git("status", "--porcelain", "--", "morphnet_onnx")),
+            "python": platform.python_version(), "cpus": os.cpu_count(), **versions}
+
+
+def write_outputs(args, rows: list[Row], fractions: list[float], env: dict, argv: list[str]) -> str:
+    table = markdown(rows, fractions)
+    line = summary_line(rows, fractions)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n\n" + line + "\n")
+    if args.json:
+        doc = {"command": argv, "environment": env, "fractions": fractions, "seed": args.seed,
+               "timeout_s": args.timeout, "summary": line, "models": [r.to_dict() for r in rows]}
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    return table + "\n\n" + line
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="*", help="extra .onnx files")
+    parser.add_argument("--light", action="store_true", help="the onnx wheel's light_*.onnx CNNs")
+    parser.add_argument("--torchvision-light", action="store_true", help="tests/data/torchvision/*.onnx (graph only)")
+    parser.add_argument("--dir", action="append", metavar="DIR", help="every .onnx in DIR (repeatable)")
+    parser.add_argument("--models", metavar="REGEX", help="only files whose name matches (re.search)")
+    parser.add_argument("--fractions", default="0.5,1.0", help="comma-separated (default 0.5,1.0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per check run (default 600)")
+    parser.add_argument("--markdown", metavar="OUT.md", help="write the table and summary line")
+    parser.add_argument("--json", metavar="OUT.json", help="write every run's details")
+    parser.add_argument("--check-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for every check run, e.g. --check-arg=--input-shape=1x3x224x224")
+    args = parser.parse_args(argv)
+
+    fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
+    models = collect(args)
+    if not models:
+        parser.error("no models: give --light, --torchvision-light, --dir DIR or MODEL paths")
+    env = environment()
+    print(f"zoo_check: {len(models)} models x fractions {fractions}, seed {args.seed}, timeout {args.timeout:g} s; "
+          f"commit {env['commit']}{' (+uncommitted morphnet_onnx changes)' if env['uncommitted_in_morphnet_onnx'] else ''}",
+          file=sys.stderr, flush=True)
+    rows: list[Row] = []
+    for i, model in enumerate(models, 1):
+        row = Row(model)
+        rows.append(row)
+        for fraction in fractions:
+            run = run_check(model.path, fraction, args.seed, args.timeout, args.check_arg)
+            row.runs.append(run)
+            rss = f", peak {run.peak_rss_mb:.0f} MB" if run.peak_rss_mb else ""
+            detail = f" ({run.error})" if run.error else ""
+            print(f"[{i}/{len(models)}] {model.path.name} f={fraction:g}: {run.status}{detail}, "
+                  f"{run.wall_s:.1f} s{rss}", file=sys.stderr, flush=True)
+        write_outputs(args, rows, fractions, env, argv)
+    print(write_outputs(args, rows, fractions, env, argv))
+    return 0 if all(r.passed for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
