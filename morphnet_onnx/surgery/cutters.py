@@ -250,11 +250,23 @@ def cut_elementwise(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
             rw.set_input(node, index, aligned.reshape(aligned.shape[rank - value.ndim:]))
 
 
-@cuts("Split")
-def cut_split(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
+def _axis_keep(rw: Rewrite, node: onnx.NodeProto) -> tuple[tuple[int, ...], int, np.ndarray | None]:
+    """(input shape, the op's `axis`, kept indices of the input along it) for Split and Gather."""
     in_shape = rw.s.shapes[node.input[0]]
     axis = attr(node, "axis", 0) % len(in_shape)
-    keep = _keep_on(rw, node.input[0], axis)
+    return in_shape, axis, _keep_on(rw, node.input[0], axis)
+
+
+def _set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
+    for a in node.attribute:
+        if a.name == name:
+            del a.ints[:]
+            a.ints.extend(values)
+
+
+@cuts("Split")
+def cut_split(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
+    in_shape, axis, keep = _axis_keep(rw, node)
     if keep is None:
         return
     sizes, start = [], 0
@@ -266,10 +278,7 @@ def cut_split(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
     if len(node.input) > 1 and node.input[1]:
         rw.set_input(node, 1, np.array(sizes, dtype=np.int64))
     elif any(a.name == "split" for a in node.attribute):
-        for a in node.attribute:
-            if a.name == "split":
-                del a.ints[:]
-                a.ints.extend(sizes)
+        _set_ints(node, "split", sizes)
     else:  # equal split by output count (opset 18 num_outputs, or implicit)
         if len(set(sizes)) != 1:
             if rw.s.opset >= 13:
@@ -312,20 +321,13 @@ def cut_slice(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
         rw.set_input(node, 1, np.array(starts, dtype=np.int64))
         rw.set_input(node, 2, np.array(ends, dtype=np.int64))
     else:
-        for a in node.attribute:
-            if a.name == "starts":
-                del a.ints[:]
-                a.ints.extend(starts)
-            elif a.name == "ends":
-                del a.ints[:]
-                a.ints.extend(ends)
+        _set_ints(node, "starts", starts)
+        _set_ints(node, "ends", ends)
 
 
 @cuts("Gather")
 def cut_gather(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
-    in_shape = rw.s.shapes[node.input[0]]
-    axis = attr(node, "axis", 0) % len(in_shape)
-    keep = _keep_on(rw, node.input[0], axis)
+    in_shape, axis, keep = _axis_keep(rw, node)
     if keep is None:
         return
     indices = rw.s.shape_value(node.input[1])
