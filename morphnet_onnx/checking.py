@@ -22,7 +22,7 @@ from .io import InputShapes, LoadedModel, load
 from .pruning import prepare, prune_loaded, verify_model
 from .runtime import make_session, random_feeds
 from .structure import Structure
-from .surgery import Surgeon
+from .surgery import Surgeon, repair_structure
 
 
 @dataclass
@@ -66,24 +66,7 @@ def random_structure(loaded: LoadedModel, analysis: Analysis, fraction: float, s
             count = min(count, group.width - 1)
         dead = rng.choice(group.width, size=count, replace=False)
         structure.alive[group.id][dead] = False
-    # Channels tied across many layers (ShuffleNet's shuffles) can empty a tensor without emptying its
-    # group, and groups that may vanish alone may not all vanish together: give back whole groups
-    # until the structure can be cut out.
-    surgeon = Surgeon(loaded, analysis, structure)
-    surgeon.element_alive = structure.element_alive(analysis)
-    while surgeon.structural_problems():
-        pruned = [g.id for g in analysis.prunable_groups if not structure.alive[g.id].all()]
-        for group_id in reversed(pruned):
-            saved = structure.alive[group_id].copy()
-            structure.alive[group_id][:] = True
-            surgeon.element_alive = structure.element_alive(analysis)
-            if not surgeon.structural_problems():
-                break
-            structure.alive[group_id] = saved
-        else:
-            structure.alive[pruned[-1]][:] = True
-        surgeon.element_alive = structure.element_alive(analysis)
-    return structure
+    return repair_structure(loaded, analysis, structure)
 
 
 def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, structure: Structure) -> onnx.ModelProto:

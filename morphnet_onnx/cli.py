@@ -57,7 +57,144 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=_check)
+
+    p = sub.add_parser("shrink", help="MorphNet: train with the resource regularizer, write the smaller model")
+    _add_model_options(p)
+    _add_training_options(p)
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-flops", metavar="0.5x|2.1G", help="target FLOPs, relative (0.5x) or absolute")
+    budget.add_argument("--budget-size", metavar="0.5x|1.2M", help="target weight count, relative or absolute")
+    budget.add_argument("--budget-latency", metavar="0.5x|1.2ms", help="target roofline latency (see --hardware)")
+    budget.add_argument("--strength", type=float, metavar="LAMBDA", help="manual mode: fixed regularization strength")
+    p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso"], default="auto",
+                   help="gamma: L1 on BatchNorm scales; group-lasso: filter L2 norms (BN folded); auto: by model")
+    p.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")
+    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
+    p.add_argument("--structure", metavar="OUT.json", help="also write the learned structure")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    p.set_defaults(run=_shrink)
+
+    p = sub.add_parser("train", help="plain training (no regularizer): the baseline for MorphNet results")
+    _add_model_options(p)
+    _add_training_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy (or mse) with onnxruntime")
+    p.add_argument("model")
+    p.add_argument("--data", required=True, metavar="VAL.npz")
+    p.add_argument("--loss", choices=["ce", "mse"], default="ce")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_evaluate)
     return parser
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="TRAIN.npz", help="one array per model input (or x) plus labels")
+    p.add_argument("--data-module", metavar="pkg.mod:fn", help="a function returning an iterable of batches")
+    p.add_argument("--val", metavar="VAL.npz", help="validation data (accuracy printed at the end)")
+    p.add_argument("--loss", choices=["ce", "mse"], default="ce")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint here every --checkpoint-every steps")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_options(args: argparse.Namespace):
+    from pathlib import Path
+
+    from .training.trainer import TrainOptions
+
+    for name in ("epochs", "batch_size", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise MorphNetError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be 1 or more")
+    if args.steps is not None and args.steps < 1:
+        raise MorphNetError(f"--steps {args.steps}: must be 1 or more")
+    if args.lr <= 0:
+        raise MorphNetError(f"--lr {args.lr}: must be above 0")
+    if args.resume and not args.checkpoint_dir:
+        raise MorphNetError("--resume needs --checkpoint-dir")
+    return TrainOptions(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
+                        seed=args.seed, threads=args.threads, loss=args.loss,
+                        checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume,
+                        progress=not args.no_progress and sys.stderr.isatty())
+
+
+def _print_learned(result, args, label: str) -> None:
+    from .report import human
+
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+        return
+    print(f"wrote {args.output}: FLOPs {human(result.flops_before)} -> {human(result.flops_after)} "
+          f"({result.flops_after / result.flops_before:.1%}), params {human(result.params_before)} -> "
+          f"{human(result.params_after)}; {result.steps} steps in {result.seconds:.0f} s")
+    if result.resource != "flops":
+        print(f"{result.resource}: {result.cost_before:.4g} -> {result.cost_after:.4g} "
+              f"({result.cost_after / result.cost_before:.1%})")
+    if result.validation is not None:
+        v = result.validation
+        print(f"validation ({v.examples} examples): " + (f"top-1 {v.accuracy:.2%}, top-5 {v.top5:.2%}"
+                                                          if v.accuracy is not None else f"mse {v.mse:.4g}"))
+    for note in result.notes:
+        print(f"[W] {note}")
+
+
+def _shrink(args: argparse.Namespace) -> int:
+    from .learning import Budget, shrink
+
+    budget = None
+    for resource in ("flops", "size", "latency"):
+        text = getattr(args, f"budget_{resource}")
+        if text is not None:
+            budget = Budget(resource, text)
+    result = shrink(args.model, args.data, args.output, val=args.val, budget=budget, strength=args.strength,
+                    regularizer=args.regularizer, threshold=args.threshold, hardware=args.hardware,
+                    options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
+                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure)
+    _print_learned(result, args, "shrink")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .learning import train
+
+    result = train(args.model, args.data, args.output, val=args.val, options=_train_options(args),
+                   data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape))
+    _print_learned(result, args, "train")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .learning import evaluate
+
+    result = evaluate(args.model, args.data, loss=args.loss, input_shapes=parse_input_shapes(args.input_shape),
+                      batch=args.batch_size)
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+    elif result.accuracy is not None:
+        print(f"{args.model}: top-1 {result.accuracy:.2%}, top-5 {result.top5:.2%} on {result.examples} examples")
+    else:
+        print(f"{args.model}: mse {result.mse:.6g} on {result.examples} examples")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

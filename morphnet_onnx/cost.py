@@ -81,6 +81,7 @@ class Costs:
     ops: list[OpCost]
     groups: dict[int, GroupCost] = field(default_factory=dict)
     prunable_flops: float = 0.0  # FLOPs that depend on some prunable group
+    weights: float = 0.0  # weight elements of the costed ops (MorphNet's model size)
 
     @property
     def macs(self) -> float:
@@ -96,8 +97,10 @@ def _op_latency(cost, n_in, n_out, hardware: Hardware) -> tuple[float, bool, flo
     return max(compute_s, memory_s), compute_s >= memory_s, flops, weight_bytes + act_bytes
 
 
-def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | None = None) -> Costs:
-    """Totals, per-op costs and per-group marginal costs of a model at its current widths."""
+def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | None = None,
+                  alive: np.ndarray | None = None) -> Costs:
+    """Totals, per-op costs and per-group marginal costs of a model at its current widths, or with
+    only the `alive` elements (a bool per analysis element) kept: MorphNet's alive counts."""
     hardware = hardware or parse_hardware(None)
     n_groups = len(analysis.groups)
     widths = np.array([g.width for g in analysis.groups], dtype=np.float64)
@@ -109,7 +112,7 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
     ops: list[OpCost] = []
     prunable_flops = 0.0
     for cost in analysis.costed:
-        n_in, n_out = cost.counts()
+        n_in, n_out = cost.counts(alive)
         latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
         ops.append(OpCost(cost.op, cost.op_type, flops, cost.size_coeff * n_in * n_out, latency, compute_bound))
         in_g = _per_group(analysis, cost.in_ids, n_groups)
@@ -138,7 +141,7 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
     params, param_bytes = count_parameters(loaded.model)
     return Costs(flops=float(sum(o.flops for o in ops)), params=params, param_bytes=param_bytes,
                  latency_s=float(sum(o.latency_s for o in ops)), hardware=hardware, ops=ops, groups=groups,
-                 prunable_flops=prunable_flops)
+                 prunable_flops=prunable_flops, weights=float(sum(o.weights for o in ops)))
 
 
 def _per_group(analysis: Analysis, ids: np.ndarray | None, n_groups: int) -> np.ndarray:

@@ -20,9 +20,13 @@ Model sources (combine freely; each file is run once):
   BatchNormalization, ``{model}_folded.onnx`` has it folded into Conv);
 * positional ``MODEL`` paths.
 
+``--snapshot`` runs the package as committed at HEAD (``git archive`` into a temporary folder, used as
+the children's working directory so that its ``morphnet_onnx`` is the one imported) instead of the
+working tree, whose files may change while a long sweep runs.
+
 Run from the repository root with the project's venv::
 
-    .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --markdown /tmp/tv.md --json /tmp/tv.json
+    .venv/bin/python tools/zoo_check.py --snapshot --dir /work/cache/torchvision --markdown /tmp/tv.md --json /tmp/tv.json
     .venv/bin/python tools/zoo_check.py --light --markdown /tmp/light.md
     .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --models 'resnet|vgg' --timeout 300
 
@@ -41,6 +45,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,27 +129,35 @@ class Run:
         return dict(self.__dict__)
 
 
-def run_check(path: Path, fraction: float, seed: int, timeout: float, extra: list[str]) -> Run:
-    cmd = [sys.executable, "-m", "morphnet_onnx.cli", "check", str(path), "--fraction", repr(fraction),
+def run_check(path: Path, fraction: float, seed: int, timeout: float, extra: list[str], root: Path) -> Run:
+    cmd = [sys.executable, "-m", "morphnet_onnx.cli", "check", str(path.resolve()), "--fraction", repr(fraction),
            "--seed", str(seed), "--json", *extra]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO,
+        # cwd is the first entry of the child's sys.path (`-m`): the morphnet_onnx package under
+        # `root` is the one imported, whatever the venv's editable install points at.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=root,
                                 start_new_session=True)
         status_word, rusage, timed_out = None, None, False
-        while True:
-            pid, status_word, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - start > timeout:
-                timed_out = True
-                try:
+        try:
+            while True:
+                pid, status_word, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() - start > timeout:
+                    timed_out = True
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                pid, status_word, rusage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
+                    pid, status_word, rusage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.05)
+        except BaseException:  # interrupted or killed ourselves: take the child down too
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+                os.waitpid(proc.pid, 0)
+            except OSError:
+                pass
+            proc.returncode = -9
+            raise
         wall = time.perf_counter() - start
         rc = os.waitstatus_to_exitcode(status_word)
         proc.returncode = rc  # already reaped: keep Popen from waiting again
@@ -286,6 +299,16 @@ def summary_line(rows: list[Row], fractions: list[float]) -> str:
             + (f"; failed runs: {bad}" if bad else "") + f"; {total / 60:.1f} min of checks")
 
 
+def make_snapshot() -> tuple[Path, str]:
+    """The package as committed at HEAD, in a temporary folder (uncommitted edits left out)."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    folder = Path(tempfile.mkdtemp(prefix=f"zoo_check_{commit[:7]}_"))
+    archive = subprocess.run(["git", "archive", commit, "morphnet_onnx"], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder, commit
+
+
 def environment() -> dict:
     def git(*args: str) -> str:
         try:
@@ -302,6 +325,7 @@ def environment() -> dict:
     return {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "commit": git("rev-parse", "--short", "HEAD"),
             "uncommitted_in_morphnet_onnx": bool(git("status", "--porcelain", "--", "morphnet_onnx")),
+            "uncommitted_changes_used": bool(git("status", "--porcelain", "--", "morphnet_onnx")),
             "python": platform.python_version(), "cpus": os.cpu_count(), **versions}
 
 
@@ -331,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per check run (default 600)")
     parser.add_argument("--markdown", metavar="OUT.md", help="write the table and summary line")
     parser.add_argument("--json", metavar="OUT.json", help="write every run's details")
+    parser.add_argument("--snapshot", action="store_true",
+                        help="run morphnet_onnx as committed at HEAD (git archive to a temporary folder), not "
+                             "the working tree: other people's uncommitted edits cannot change results mid-sweep")
     parser.add_argument("--check-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every check run, e.g. --check-arg=--input-shape=1x3x224x224")
     args = parser.parse_args(argv)
@@ -340,23 +367,41 @@ def main(argv: list[str] | None = None) -> int:
     if not models:
         parser.error("no models: give --light, --torchvision-light, --dir DIR or MODEL paths")
     env = environment()
+    root = REPO
+    if args.snapshot:
+        root, commit = make_snapshot()
+        env["snapshot"] = str(root)
+        env["commit"] = commit[:7]
+        env["uncommitted_changes_used"] = False
+        print(f"zoo_check: running morphnet_onnx as committed at {commit[:7]}, copied to {root}",
+              file=sys.stderr, flush=True)
     print(f"zoo_check: {len(models)} models x fractions {fractions}, seed {args.seed}, timeout {args.timeout:g} s; "
-          f"commit {env['commit']}{' (+uncommitted morphnet_onnx changes)' if env['uncommitted_in_morphnet_onnx'] else ''}",
+          f"commit {env['commit']}{' (+uncommitted morphnet_onnx changes)' if env['uncommitted_in_morphnet_onnx'] and not args.snapshot else ''}",
           file=sys.stderr, flush=True)
     rows: list[Row] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the running child goes too
+    try:
+        sweep(args, models, fractions, env, argv, root, rows)
+    finally:
+        if args.snapshot:
+            shutil.rmtree(root, ignore_errors=True)
+    print(write_outputs(args, rows, fractions, env, argv))
+    return 0 if all(r.passed for r in rows) else 1
+
+
+def sweep(args, models: list[Model], fractions: list[float], env: dict, argv: list[str], root: Path,
+          rows: list[Row]) -> None:
     for i, model in enumerate(models, 1):
         row = Row(model)
         rows.append(row)
         for fraction in fractions:
-            run = run_check(model.path, fraction, args.seed, args.timeout, args.check_arg)
+            run = run_check(model.path, fraction, args.seed, args.timeout, args.check_arg, root)
             row.runs.append(run)
             rss = f", peak {run.peak_rss_mb:.0f} MB" if run.peak_rss_mb else ""
             detail = f" ({run.error})" if run.error else ""
             print(f"[{i}/{len(models)}] {model.path.name} f={fraction:g}: {run.status}{detail}, "
                   f"{run.wall_s:.1f} s{rss}", file=sys.stderr, flush=True)
         write_outputs(args, rows, fractions, env, argv)
-    print(write_outputs(args, rows, fractions, env, argv))
-    return 0 if all(r.passed for r in rows) else 1
 
 
 if __name__ == "__main__":

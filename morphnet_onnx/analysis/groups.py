@@ -54,10 +54,15 @@ class CostedOp:
     dtype_bytes: int = 4
     weight_bytes_extra: float = 0.0  # biases etc. (small, kept fixed)
 
-    def counts(self) -> tuple[float, float]:
-        n_in = float(len(self.in_ids)) if self.in_ids is not None else float(self.in_fixed)
-        n_out = float(len(self.out_ids)) if self.out_ids is not None else float(self.out_fixed)
-        return n_in, n_out
+    def counts(self, alive: np.ndarray | None = None) -> tuple[float, float]:
+        """Input and output channel counts, at full width or with only `alive` elements kept."""
+        return self._count(self.in_ids, self.in_fixed, alive), self._count(self.out_ids, self.out_fixed, alive)
+
+    @staticmethod
+    def _count(ids: np.ndarray | None, fixed: int, alive: np.ndarray | None) -> float:
+        if ids is None:
+            return float(fixed)
+        return float(len(ids)) if alive is None else float(np.count_nonzero(alive[ids]))
 
 
 class UnionFind:

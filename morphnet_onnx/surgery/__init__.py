@@ -410,6 +410,28 @@ def _without_bias(node: onnx.NodeProto) -> onnx.NodeProto:
     return copy
 
 
+def repair_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> Structure:
+    """Give back whole groups until the structure can be cut out: channels tied across many layers
+    (ShuffleNet's shuffles) can empty a tensor without emptying its group, and groups that may vanish
+    alone may not all vanish together."""
+    structure = Structure({g: m.copy() for g, m in structure.alive.items()})
+    surgeon = Surgeon(loaded, analysis, structure)
+    surgeon.element_alive = structure.element_alive(analysis)
+    while surgeon.structural_problems():
+        pruned = [g.id for g in analysis.prunable_groups if not structure.alive[g.id].all()]
+        for group_id in reversed(pruned):
+            saved = structure.alive[group_id].copy()
+            structure.alive[group_id][:] = True
+            surgeon.element_alive = structure.element_alive(analysis)
+            if not surgeon.structural_problems():
+                break
+            structure.alive[group_id] = saved
+        else:
+            structure.alive[pruned[-1]][:] = True
+        surgeon.element_alive = structure.element_alive(analysis)
+    return structure
+
+
 def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure,
                     approximate_borders: bool = False) -> SurgeryResult:
     """Write the smaller model for `structure` (the input model is not modified).

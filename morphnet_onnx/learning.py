@@ -1,0 +1,466 @@
+"""Structure learning and training: `shrink` (MorphNet), `train` (the baseline), `evaluate`.
+
+shrink = load -> analyze -> regularize + train (onnxruntime-training) -> decide (alive channels,
+budget enforced) -> surgery -> write. The budget mode adapts lambda during training until the
+alive structure meets the budget, then holds it; `strength` gives lambda by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .analysis import Analysis
+from .cost import Costs, compute_costs, parse_hardware
+from .errors import MorphNetError
+from .io import InputShapes, LoadedModel, load, save_model
+from .pruning import prepare, verify_model
+from .regularizers import REGULARIZERS, GroupRegularizer, channel_weights, group_regularizers, group_vectors
+from .runtime import make_session
+from .structure import Structure
+from .surgery import apply_structure, repair_structure
+from .training.data import Dataset, input_specs, load_module_batches, load_npz
+from .training.trainer import StepInfo, Trainer, TrainOptions
+
+RESOURCES = ("flops", "size", "latency")
+UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+@dataclass
+class Budget:
+    resource: str  # flops | size | latency
+    text: str
+
+    def target(self, full_cost: float) -> float:
+        text = self.text.strip().lower()
+        if text.endswith("x"):
+            value = _number(text[:-1], self.text)
+            if not 0 < value:
+                raise MorphNetError(f"--budget-{self.resource} {self.text}: must be above 0")
+            return value * full_cost
+        if self.resource == "latency":
+            match = re.fullmatch(r"([0-9.e+-]+)\s*(s|ms|us)", text)
+            if not match:
+                raise MorphNetError(f"--budget-latency {self.text}: expected e.g. 0.5x or 1.2ms")
+            return _number(match.group(1), self.text) * TIME_UNITS[match.group(2)]
+        match = re.fullmatch(r"([0-9.e+-]+)\s*([kmgt]?)", text)
+        if not match:
+            raise MorphNetError(f"--budget-{self.resource} {self.text}: expected e.g. 0.5x or 2.1G")
+        return _number(match.group(1), self.text) * UNITS[match.group(2)]
+
+
+def _number(text: str, whole: str) -> float:
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise MorphNetError(f"budget {whole!r}: {text!r} is not a number") from exc
+
+
+def resource_cost(costs: Costs, resource: str) -> float:
+    return {"flops": costs.flops, "size": costs.weights, "latency": costs.latency_s}[resource]
+
+
+def marginal_costs(costs: Costs, resource: str) -> dict[int, float]:
+    key = {"flops": "marginal_flops", "size": "marginal_params", "latency": "marginal_latency_s"}[resource]
+    return {gid: getattr(gc, key) for gid, gc in costs.groups.items()}
+
+
+class BudgetController:
+    """Every `every` steps: threshold the gates, cost the alive structure, adapt lambda, and return
+    the per-channel cost weights lambda x (MorphNet's marginal cost) / (full cost).
+
+    Budget mode: lambda grows while the alive structure costs more than the budget; once it fits,
+    lambda holds while the cost stays within [band x budget, budget] and eases off below that."""
+
+    def __init__(self, analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], resource: str,
+                 target: float | None, strength: float | None, threshold: float, hardware, every: int = 25,
+                 initial: float = 0.05, growth: float = 1.15, band: float = 0.9) -> None:
+        self.analysis, self.loaded, self.regs = analysis, loaded, regs
+        self.resource, self.target, self.threshold, self.hardware = resource, target, threshold, hardware
+        self.every, self.growth, self.band = every, growth, band
+        self.full = resource_cost(compute_costs(analysis, loaded, hardware), resource)
+        self.strength = strength if strength is not None else initial
+        self.manual = strength is not None
+        self.met_at: int | None = None
+        self.cost = self.full
+        self.alive_share = 1.0
+        self.log: list[dict] = []
+
+    def alive_structure(self, params: dict[str, np.ndarray]) -> Structure:
+        structure = Structure.full(self.analysis)
+        for group_id, vector in group_vectors(self.regs, params).items():
+            structure.alive[group_id] = vector > self.threshold
+        return structure
+
+    def __call__(self, step: int, get_params):
+        if step % self.every and step > 0:
+            return None
+        structure = self.alive_structure(get_params())
+        alive = structure.element_alive(self.analysis)
+        costs = compute_costs(self.analysis, self.loaded, self.hardware, alive=alive)
+        self.cost = resource_cost(costs, self.resource)
+        total = sum(r.width for r in self.regs)
+        self.alive_share = sum(int(structure.alive[r.group_id].sum()) for r in self.regs) / max(total, 1)
+        if not self.manual and self.target is not None and step > 0:
+            if self.cost > self.target:
+                self.strength *= self.growth  # not there yet: push harder
+            else:
+                if self.met_at is None:
+                    self.met_at = step
+                if self.cost < self.band * self.target:
+                    # Well under budget: ease off, or the held pressure keeps shrinking the model
+                    # far below what the budget allows (measured: 0.2x for a 0.5x budget).
+                    self.strength /= self.growth ** 0.5
+        self.log.append({"step": step, "lambda": self.strength, "cost": self.cost, "alive_share": self.alive_share})
+        marginal = marginal_costs(costs, self.resource)
+        return (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
+
+    def state(self) -> dict:
+        return {"strength": self.strength, "met_at": self.met_at}
+
+    def load_state(self, state: dict) -> None:
+        self.strength = state.get("strength", self.strength)
+        self.met_at = state.get("met_at")
+
+
+def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], params: dict[str, np.ndarray],
+           threshold: float, resource: str, target: float | None, hardware) -> Structure:
+    """Alive channels from the trained gates; if the budget is not met yet, the channels with the
+    smallest gates go until it is; then whole groups come back where removing them is impossible."""
+    vectors = group_vectors(regs, params)
+    structure = Structure.full(analysis)
+    for group_id, vector in vectors.items():
+        structure.alive[group_id] = vector > threshold
+    for _ in range(4):
+        structure = repair_structure(loaded, analysis, structure)
+        if target is None:
+            return structure
+        cost = lambda s: resource_cost(compute_costs(analysis, loaded, hardware, alive=s.element_alive(analysis)),
+                                       resource)
+        if cost(structure) <= target:
+            return structure
+        candidates = sorted((float(vectors[g][c]), g, c) for g in vectors for c in np.nonzero(structure.alive[g])[0])
+        low, high = 0, len(candidates)
+        while low < high:  # fewest removals (smallest gates first) that meet the budget
+            mid = (low + high) // 2
+            trial = Structure({g: m.copy() for g, m in structure.alive.items()})
+            for _, g, c in candidates[:mid + 1]:
+                trial.alive[g][c] = False
+            if cost(trial) <= target:
+                high = mid
+            else:
+                low = mid + 1
+        for _, g, c in candidates[:low + 1]:
+            structure.alive[g][c] = False
+    return repair_structure(loaded, analysis, structure)
+
+
+# ---- data, weights, batch-norm statistics ----------------------------------------------------------
+
+def load_data(path, module: str | None, loaded: LoadedModel, task: str) -> Dataset:
+    specs = input_specs(loaded.model, loaded.shapes)
+    classes = _classes(loaded) if task == "ce" else None
+    if module:
+        return load_module_batches(module, specs, task, classes)
+    if path is None:
+        raise MorphNetError("give --data train.npz or --data-module package.module:function")
+    return load_npz(path, specs, task, classes)
+
+
+def _classes(loaded: LoadedModel) -> int | None:
+    shape = loaded.shapes.get(loaded.model.graph.output[0].name)
+    return int(shape[-1]) if shape else None
+
+
+def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of the model with trained values for its initializers or Constant weights."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name in params:
+            tensor.CopyFrom(numpy_helper.from_array(params[tensor.name].astype(
+                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)), tensor.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in params:
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(params[node.output[0]], node.output[0]))
+    return out
+
+
+def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max_batches: int = 100) -> onnx.ModelProto:
+    """Running statistics for every BatchNormalization, measured with batch statistics in the layers
+    before it (as in training): onnxruntime-training keeps them frozen, so they are set here."""
+    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    if not bns:
+        return model
+    stats = onnx.ModelProto()
+    stats.CopyFrom(model)
+    opset = next(i.version for i in stats.opset_import if i.domain in ("", "ai.onnx"))
+    if opset < 15:
+        stats = onnx.version_converter.convert_version(stats, 15)
+    graph = stats.graph
+    outputs = []
+    for index, node in enumerate(n for n in graph.node if n.op_type == "BatchNormalization"):
+        for a in list(node.attribute):
+            if a.name == "training_mode":
+                node.attribute.remove(a)
+        node.attribute.append(onnx.helper.make_attribute("training_mode", 1))
+        del node.output[1:]
+        node.output.extend([f"{node.output[0]}__rm{index}", f"{node.output[0]}__rv{index}"])
+        outputs.append((node, node.input[0], f"morphnet/bnstats_axes{index}"))
+    del graph.output[:]
+    del graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(stats)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.graph.value_info) + list(graph.input)}
+    names = []
+    for index, (node, x, axes) in enumerate(outputs):
+        reduce_axes = [a for a in range(ranks.get(x, 4)) if a != 1]
+        mean, sq, meansq = f"morphnet/bn_mean{index}", f"morphnet/bn_sq{index}", f"morphnet/bn_meansq{index}"
+        graph.node.append(onnx.helper.make_node("Mul", [x, x], [sq]))
+        for source, target in ((x, mean), (sq, meansq)):
+            if max(opset, 15) >= 18:
+                if not any(t.name == axes for t in graph.initializer):
+                    graph.initializer.append(numpy_helper.from_array(np.array(reduce_axes, dtype=np.int64), axes))
+                graph.node.append(onnx.helper.make_node("ReduceMean", [source, axes], [target], keepdims=0))
+            else:
+                graph.node.append(onnx.helper.make_node("ReduceMean", [source], [target], keepdims=0,
+                                                        axes=reduce_axes))
+        graph.output.extend([onnx.helper.make_tensor_value_info(mean, onnx.TensorProto.FLOAT, None),
+                             onnx.helper.make_tensor_value_info(meansq, onnx.TensorProto.FLOAT, None)])
+        names.append((mean, meansq))
+    session = make_session(stats)
+    input_names = [i.name for i in session.get_inputs()]
+    sums = None
+    count = 0
+    for batch in data.batches(batch, True, 12345):
+        values = session.run(None, {k: batch[k] for k in input_names})
+        sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+        count += 1
+        if count >= max_batches:
+            break
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    for index, node in enumerate(n for n in out.graph.node if n.op_type == "BatchNormalization"):
+        mean = sums[2 * index] / count
+        var = np.maximum(sums[2 * index + 1] / count - mean ** 2, 0)
+        for slot, value in ((3, mean), (4, var)):
+            name = node.input[slot]
+            if name in inits:
+                inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+    return out
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    examples: int
+    loss: str
+    accuracy: float | None = None
+    top5: float | None = None
+    mse: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batch: int = 256) -> Evaluation:
+    session = make_session(model)
+    names = [i.name for i in session.get_inputs()]
+    correct = correct5 = 0
+    squared = 0.0
+    n = len(data)
+    for start in range(0, n, batch):
+        feeds = {k: data.arrays[k][start:start + batch] for k in names}
+        out = session.run(None, feeds)[0]
+        labels = data.labels[start:start + batch]
+        if task == "ce":
+            correct += int(np.sum(np.argmax(out, axis=-1) == labels))
+            top = np.argsort(-out, axis=-1)[:, :5]
+            correct5 += int(np.sum(np.any(top == labels[:, None], axis=1)))
+        else:
+            squared += float(np.sum((out.reshape(labels.shape) - labels) ** 2))
+    if task == "ce":
+        return Evaluation(n, task, accuracy=correct / n, top5=correct5 / n)
+    return Evaluation(n, task, mse=squared / max(n * int(np.prod(data.labels.shape[1:] or (1,))), 1))
+
+
+def evaluate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike, loss: str = "ce",
+             input_shapes: InputShapes | None = None, batch: int = 256) -> Evaluation:
+    """Top-1 / top-5 accuracy (cross-entropy) or mse of a model on an .npz dataset.
+
+    >>> evaluate("small.onnx", "val.npz").accuracy     # doctest: +SKIP
+    0.862
+    """
+    loaded = load(model, input_shapes)
+    dataset = load_data(data, None, loaded, loss)
+    return evaluate_model(loaded.model, dataset, loss, batch)
+
+
+# ---- train and shrink -----------------------------------------------------------------------------------
+
+@dataclass
+class LearnResult:
+    model: onnx.ModelProto
+    structure: Structure | None
+    analysis: Analysis
+    cost_before: float
+    cost_after: float
+    resource: str
+    flops_before: float
+    flops_after: float
+    params_before: int
+    params_after: int
+    validation: Evaluation | None
+    steps: int
+    seconds: float
+    lambda_log: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "resource": self.resource, "cost_before": self.cost_before, "cost_after": self.cost_after,
+            "flops_before": self.flops_before, "flops_after": self.flops_after,
+            "params_before": self.params_before, "params_after": self.params_after,
+            "validation": self.validation.to_dict() if self.validation else None,
+            "steps": self.steps, "seconds": self.seconds, "notes": self.notes,
+        }
+
+
+def _progress(options: TrainOptions, controller: BudgetController | None, label: str):
+    """A rich progress bar showing loss, regularizer, cost vs budget and alive share."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[stats]}"), disable=not options.progress, transient=False)
+    task = progress.add_task(label, total=None, stats="")
+
+    def on_step(info: StepInfo) -> None:
+        if info.step % 10 and info.step != info.total:
+            return
+        stats = f"loss {info.task:.3f}"
+        if controller is not None:
+            budget = f"/{controller.target / controller.full:.2f}x" if controller.target else ""
+            stats += (f" reg {info.reg:.3f} {controller.resource} {controller.cost / controller.full:.2f}x{budget}"
+                      f" alive {controller.alive_share:.0%}")
+        progress.update(task, completed=info.step, total=info.total, stats=stats)
+
+    return progress, on_step
+
+
+def train(model, data=None, output=None, val=None, options: TrainOptions | None = None, data_module: str | None = None,
+          input_shapes: InputShapes | None = None) -> LearnResult:
+    """Plain training (no regularizer): the baseline every MorphNet result is compared with."""
+    options = options or TrainOptions()
+    loaded, analysis = prepare(model, input_shapes)
+    dataset = load_data(data, data_module, loaded, options.loss)
+    val_set = load_data(val, None, loaded, options.loss) if val else None
+    trainer = Trainer(loaded, options, target_shape=_target_shape(loaded, options))
+    progress, on_step = _progress(options, None, "train")
+    with progress:
+        result = trainer.run(dataset, on_step)
+    trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
+    verify_model(trained, str(output or "model"))
+    costs = compute_costs(analysis, loaded)
+    validation = evaluate_model(trained, val_set, options.loss) if val_set else None
+    if output is not None:
+        save_model(trained, Path(output), inputs=[loaded.path] if loaded.path else [])
+    return LearnResult(trained, None, analysis, costs.flops, costs.flops, "flops", costs.flops, costs.flops,
+                       costs.params, costs.params, validation, result.steps, result.seconds)
+
+
+def _target_shape(loaded: LoadedModel, options: TrainOptions) -> list[int] | None:
+    if options.loss != "mse":
+        return None
+    shape = list(loaded.shapes[loaded.model.graph.output[0].name])
+    shape[0] = options.batch_size
+    return shape
+
+
+def shrink(model, data=None, output=None, val=None, budget: Budget | None = None, strength: float | None = None,
+           regularizer: str = "auto", threshold: float = 1e-2, hardware: str | None = None,
+           options: TrainOptions | None = None, data_module: str | None = None, round_to: int = 1,
+           keep: list[str] | None = None, input_shapes: InputShapes | None = None,
+           structure_path=None) -> LearnResult:
+    """MorphNet: train with the resource-weighted regularizer, keep the channels worth their cost,
+    write the smaller model with its trained weights.
+
+    >>> shrink("resnet.onnx", "train.npz", "small.onnx", val="val.npz", budget=Budget("flops", "0.5x"))  # doctest: +SKIP
+    """
+    options = options or TrainOptions()
+    if (budget is None) == (strength is None):
+        raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")
+    if regularizer not in REGULARIZERS:
+        raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
+    hw = parse_hardware(hardware)
+    loaded, analysis = prepare(model, input_shapes, keep)
+    if not analysis.prunable_groups:
+        raise MorphNetError(f"{loaded.name}: nothing to prune (no prunable channel group; see `inspect`)")
+    resource = budget.resource if budget else "flops"
+    full_costs = compute_costs(analysis, loaded, hw)
+    full = resource_cost(full_costs, resource)
+    target = budget.target(full) if budget else None
+    if target is not None:
+        floor = resource_cost(compute_costs(analysis, loaded, hw, alive=_floor_alive(loaded, analysis)), resource)
+        if target < floor:
+            raise MorphNetError(f"budget {budget.text} ({target:.4g}) is below what the unprunable part of the model "
+                                f"costs ({floor:.4g} of {full:.4g} {resource}, every prunable group at its minimum); "
+                                f"raise the budget")
+        if target >= full:
+            raise MorphNetError(f"budget {budget.text} is not below the model's cost ({full:.4g} {resource}); "
+                                f"nothing to shrink")
+    regs = group_regularizers(analysis, loaded, regularizer)
+    if not regs:
+        raise MorphNetError(f"{loaded.name}: no prunable group has a {regularizer} gate "
+                            f"(BatchNormalization scale or weight filters)")
+    dataset = load_data(data, data_module, loaded, options.loss)
+    val_set = load_data(val, None, loaded, options.loss) if val else None
+    controller = BudgetController(analysis, loaded, regs, resource, target, strength, threshold, hw)
+    trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options))
+    progress, on_step = _progress(options, controller, "shrink")
+    with progress:
+        result = trainer.run(dataset, on_step)
+    trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
+    trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
+                                 upgraded_from=loaded.upgraded_from)
+    structure = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw)
+    if round_to > 1:
+        from .gates import gate_magnitudes
+        from .structure import round_structure
+
+        structure = round_structure(structure, analysis, gate_magnitudes(analysis, trained_loaded), round_to)
+    surgery = apply_structure(trained_loaded, analysis, structure, approximate_borders=True)
+    verify_model(surgery.model, str(output or "model"))
+    after_loaded = load(surgery.model, input_shapes)
+    from .analysis import analyze
+
+    after_costs = compute_costs(analyze(after_loaded), after_loaded, hw)
+    validation = evaluate_model(surgery.model, val_set, options.loss) if val_set else None
+    if output is not None:
+        save_model(surgery.model, Path(output), inputs=[loaded.path] if loaded.path else [])
+    if structure_path is not None:
+        surgery.structure.save(structure_path, analysis, loaded.name)
+    return LearnResult(surgery.model, surgery.structure, analysis, full, resource_cost(after_costs, resource), resource,
+                       full_costs.flops, after_costs.flops, full_costs.params, after_costs.params, validation,
+                       result.steps, result.seconds, controller.log, surgery.notes)
+
+
+def _floor_alive(loaded: LoadedModel, analysis: Analysis) -> np.ndarray:
+    """Elements alive in the smallest valid structure: groups that can vanish do, the others keep
+    one channel. What no budget can go below."""
+    from .checking import vanishable_groups
+
+    vanish = vanishable_groups(loaded, analysis)
+    structure = Structure.full(analysis)
+    for group in analysis.prunable_groups:
+        structure.alive[group.id][:] = False
+        if group.id not in vanish:
+            structure.alive[group.id][0] = True
+    return repair_structure(loaded, analysis, structure).element_alive(analysis)

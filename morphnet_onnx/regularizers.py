@@ -1,0 +1,164 @@
+"""MorphNet's resource-weighted regularizers, as ONNX subgraphs over the model's parameters.
+
+Each prunable group gets a regularization vector v (one entry per channel), the elementwise max of
+its members' vectors (MorphNet's default combine):
+- `gamma`: |scale| of every BatchNormalization/InstanceNormalization over the group's channels;
+- `group-lasso`: the L2 norm of every output filter writing the group's channels (for models
+  exported with BN folded into Conv).
+
+The loss adds sum_c w_c v_c, where w (a graph input fed every step) is lambda times MorphNet's
+per-channel cost: for each op, C x (alive channels on the other side), so that
+R_op = C (a_in r_out + a_out r_in) with the alive counts a held constant (no gradient through them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .analysis import Analysis
+from .analysis.context import attr
+from .gates import NORMS, gate_ops, weight_rows
+from .io import LoadedModel
+
+REGULARIZERS = ("auto", "gamma", "group-lasso")
+EPS = 1e-12
+
+
+@dataclass
+class Member:
+    """One parameter whose per-channel magnitude gates a group's channels."""
+
+    param: str
+    kind: str  # "gamma" or "rows"
+    op_type: str
+    trans_b: int
+    picks: list[np.ndarray]  # each: position in the member vector for every group channel
+    mask: np.ndarray  # 1 where the member covers the channel
+
+
+@dataclass
+class GroupRegularizer:
+    group_id: int
+    width: int
+    members: list[Member] = field(default_factory=list)
+
+
+def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "auto") -> list[GroupRegularizer]:
+    """The gates of every prunable group, by the chosen (or automatic) regularizer."""
+    by_group: dict[int, dict[str, list[Member]]] = {}
+    inits = {t.name for t in loaded.model.graph.initializer} | {
+        n.output[0] for n in loaded.model.graph.node if n.op_type == "Constant"}
+    prunable = {g.id for g in analysis.prunable_groups}
+    for node, _, positions in gate_ops(analysis, loaded):
+        if len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        member_kind = "gamma" if node.op_type in NORMS else "rows"
+        if member_kind == "rows" and node.op_type == "ConvTranspose":
+            continue
+        groups = analysis.element_group[positions]
+        channels = analysis.element_channel[positions]
+        for group_id in np.unique(groups).tolist():
+            if group_id not in prunable:
+                continue
+            width = analysis.groups[group_id].width
+            where = np.nonzero(groups == group_id)[0]
+            per_channel: list[list[int]] = [[] for _ in range(width)]
+            for position in where.tolist():
+                per_channel[channels[position]].append(position)
+            repeats = max(len(p) for p in per_channel)
+            picks = [np.array([p[min(k, len(p) - 1)] if p else 0 for p in per_channel], dtype=np.int64)
+                     for k in range(repeats)]
+            mask = np.array([1.0 if p else 0.0 for p in per_channel], dtype=np.float32)
+            member = Member(node.input[1], member_kind, node.op_type, attr(node, "transB", 0), picks, mask)
+            by_group.setdefault(group_id, {}).setdefault(member_kind, []).append(member)
+    result = []
+    for group in analysis.prunable_groups:
+        kinds = by_group.get(group.id, {})
+        if kind == "gamma" or (kind == "auto" and "gamma" in kinds):
+            members = kinds.get("gamma", [])
+        else:
+            members = kinds.get("rows", [])
+        if members:
+            result.append(GroupRegularizer(group.id, group.width, members))
+    return result
+
+
+def member_vector(member: Member, value: np.ndarray) -> np.ndarray:
+    if member.kind == "gamma":
+        return np.abs(value.reshape(-1))
+    node = helper.make_node(member.op_type, ["x", "w"], ["y"], transB=member.trans_b)
+    return np.sqrt(np.sum(weight_rows(node, value).astype(np.float64) ** 2, axis=1) + EPS)
+
+
+def group_vectors(regs: list[GroupRegularizer], params: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """The regularization vectors in numpy (what the ONNX subgraph computes), for decisions."""
+    out = {}
+    for reg in regs:
+        vector = np.zeros(reg.width)
+        for member in reg.members:
+            base = member_vector(member, params[member.param])
+            for pick in member.picks:
+                vector = np.maximum(vector, base[pick] * member.mask)
+        out[reg.group_id] = vector
+    return out
+
+
+def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix: str = "morphnet") -> str:
+    """Append the nodes computing the concatenated regularization vectors; return its name."""
+    counter = [0]
+
+    def name(base: str) -> str:
+        counter[0] += 1
+        return f"{prefix}/{base}_{counter[0]}"
+
+    def node(op: str, inputs: list[str], **attrs) -> str:
+        out = name(op.lower())
+        graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(value: np.ndarray) -> str:
+        tensor_name = name("const")
+        graph.initializer.append(numpy_helper.from_array(value, tensor_name))
+        return tensor_name
+
+    vectors = []
+    base_cache: dict[str, str] = {}
+    for reg in regs:
+        parts = []
+        for member in reg.members:
+            base = base_cache.get(member.param)
+            if base is None:
+                if member.kind == "gamma":
+                    base = node("Abs", [member.param])
+                else:
+                    squared = node("Mul", [member.param, member.param])
+                    rank = _rank(graph, member.param)
+                    keep_axis = (0 if member.trans_b else rank - 1) if member.op_type in ("Gemm", "MatMul") else 0
+                    axes = np.array([a for a in range(rank) if a != keep_axis], dtype=np.int64)
+                    summed = node("ReduceSum", [squared, const(axes)], keepdims=0)
+                    base = node("Sqrt", [node("Add", [summed, const(np.array(EPS, dtype=np.float32))])])
+                base_cache[member.param] = base
+            for pick in member.picks:
+                picked = node("Gather", [base, const(pick)], axis=0)
+                if not member.mask.all():
+                    picked = node("Mul", [picked, const(member.mask)])
+                parts.append(picked)
+        vectors.append(parts[0] if len(parts) == 1 else node("Max", parts))
+    return vectors[0] if len(vectors) == 1 else node("Concat", vectors, axis=0)
+
+
+def _rank(graph: onnx.GraphProto, param: str) -> int:
+    for tensor in graph.initializer:
+        if tensor.name == param:
+            return len(tensor.dims)
+    raise KeyError(param)
+
+
+def channel_weights(regs: list[GroupRegularizer], marginal: dict[int, float]) -> np.ndarray:
+    """The per-channel cost weights, laid out like the concatenated regularization vector."""
+    return np.concatenate([np.full(reg.width, marginal[reg.group_id], dtype=np.float32) for reg in regs]) \
+        if regs else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,116 @@
+"""The training graph: what onnxruntime-training gets instead of the user's model.
+
+- every input static at the training batch size (a symbolic batch crashes AveragePool's gradient);
+- BatchNormalization in training mode (batch statistics, 3 outputs), running stats frozen;
+- only real parameters trainable: weights and biases of Conv/ConvTranspose/Gemm/MatMul, norm scales
+  and shifts, PRelu slopes; every other initializer frozen;
+- an initializer shared by several trained ops copied apart (onnxruntime fails with "Duplicate
+  definition of ..._grad" otherwise); the first copy's trained value is written back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import version_converter
+
+from ..errors import MorphNetError
+from ..io import LoadedModel, graph_input_names
+
+TRAINABLE_INPUTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2), "PRelu": (1,),
+}
+# BN's training mode (3 outputs) exists from opset 14.
+MIN_TRAINING_OPSET = 15
+
+
+@dataclass
+class TrainingGraph:
+    model: onnx.ModelProto
+    trainable: list[str]
+    frozen: list[str]
+    copies: dict[str, str] = field(default_factory=dict)  # untied copy -> original initializer
+
+
+def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.model)
+    opset = loaded.opset
+    if opset < MIN_TRAINING_OPSET:
+        try:
+            model = version_converter.convert_version(model, MIN_TRAINING_OPSET)
+        except Exception as exc:
+            raise MorphNetError(f"{loaded.name}: cannot upgrade opset {opset} to {MIN_TRAINING_OPSET} for "
+                                f"training ({str(exc).splitlines()[0][:200]})") from exc
+    graph = model.graph
+    _constants_to_initializers(graph)
+    real_inputs = set(graph_input_names(model))
+    for value in graph.input:
+        if value.name in real_inputs:
+            dims = list(loaded.shapes[value.name])
+            dims[0] = batch
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in dims:
+                shape.dim.add().dim_value = d
+    inits = {t.name for t in graph.initializer}
+    del graph.value_info[:]
+    for output in graph.output:
+        output.type.tensor_type.ClearField("shape")
+    # Outputs get their static shapes at the training batch size (the checker wants shapes).
+    inferred = onnx.shape_inference.infer_shapes(model)
+    typed = {v.name: v for v in inferred.graph.output}
+    for output in graph.output:
+        if output.name in typed and typed[output.name].type.tensor_type.HasField("shape"):
+            output.CopyFrom(typed[output.name])
+    for node in graph.node:
+        if node.op_type == "BatchNormalization":
+            for a in list(node.attribute):
+                if a.name in ("training_mode", "spatial"):
+                    node.attribute.remove(a)
+            node.attribute.append(onnx.helper.make_attribute("training_mode", 1))
+            del node.output[1:]
+            node.output.extend([f"{node.output[0]}__batch_mean", f"{node.output[0]}__batch_var"])
+    trainable: list[str] = []
+    copies: dict[str, str] = {}
+    used: set[str] = set()
+    for node in graph.node:
+        for index in TRAINABLE_INPUTS.get(node.op_type, ()):
+            if index >= len(node.input) or node.input[index] not in inits:
+                continue
+            name = node.input[index]
+            if name in used:
+                copy = f"{name}__untied{len(copies) + 1}"
+                source = next(t for t in graph.initializer if t.name == name)
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(source)
+                tensor.name = copy
+                graph.initializer.append(tensor)
+                node.input[index] = copy
+                copies[copy] = name
+                name = copy
+            used.add(name)
+            if name not in trainable:
+                trainable.append(name)
+    # Frozen initializers read by several ops are fine; trainable ones are now single-use.
+    frozen = [t.name for t in graph.initializer if t.name not in set(trainable)]
+    return TrainingGraph(model=model, trainable=trainable, frozen=frozen, copies=copies)
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """Weights held by Constant nodes (folded or placeholder weights) become initializers, which
+    onnxruntime-training can train; the node order is otherwise kept."""
+    slots = {node.input[i] for node in graph.node for i in TRAINABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in slots and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)

@@ -1,0 +1,275 @@
+"""The training loop on onnxruntime-training: artifacts, a custom loss block (task loss + lambda x
+MorphNet's regularizer), learning-rate schedule, budget-driven lambda, checkpoints and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import MorphNetError
+from ..io import LoadedModel, write_atomic_bytes
+from ..regularizers import GroupRegularizer, add_regularizer
+from .data import Dataset
+from .graph import TrainingGraph, training_graph
+from .ort import api, artifacts, onnxblock
+
+COST_WEIGHTS = "morphnet_cost_weights"
+TASK_LOSS = "morphnet_task_loss"
+REG_VALUE = "morphnet_regularizer"
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 15
+    steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 64
+    lr: float = 3e-3
+    optimizer: str = "adamw"  # or "sgd"
+    schedule: str = "onecycle"  # or "cosine", "constant"
+    weight_decay: float = 1e-4
+    seed: int = 0
+    threads: int = 0
+    loss: str = "ce"  # or "mse"
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 500
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class StepInfo:
+    step: int
+    total: int
+    loss: float
+    task: float
+    reg: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    params: dict[str, np.ndarray]
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    controller_state: dict = field(default_factory=dict)
+
+
+def learning_rate(options: TrainOptions, step: int, total: int) -> float:
+    progress = step / max(total, 1)
+    if options.schedule == "constant":
+        return options.lr
+    if options.schedule == "cosine":
+        return options.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    # one-cycle: linear warm-up over 30% of training from lr/25, cosine down to lr/1e4
+    warm = 0.3
+    if progress < warm:
+        return options.lr / 25 + (options.lr - options.lr / 25) * progress / warm
+    return options.lr / 1e4 + (options.lr - options.lr / 1e4) * 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm)))
+
+
+def _logits_of(model: onnx.ModelProto) -> str:
+    """The first output, or the input of a trailing Softmax/LogSoftmax (cross-entropy wants logits)."""
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        if output in node.output and node.op_type in ("Softmax", "LogSoftmax"):
+            return node.input[0]
+    return output
+
+
+class MorphNetLoss(onnxblock.Block):
+    """task loss + sum(cost_weights * regularization vector): every term reduced to a scalar."""
+
+    def __init__(self, task: str, batch: int, target_shape: list[int] | None, regs: list[GroupRegularizer]) -> None:
+        super().__init__()
+        self.task = task
+        self.batch = batch
+        self.target_shape = target_shape
+        self.regs = regs
+
+    def build(self, *output_names):
+        graph = self.base.graph
+        logits = _logits_of(self.base) if self.task == "ce" else output_names[0]
+
+        def add(op, inputs, out, **attrs):
+            graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+            return out
+
+        if self.task == "ce":
+            graph.input.append(helper.make_tensor_value_info("labels", onnx.TensorProto.INT64, [self.batch]))
+            add("SoftmaxCrossEntropyLoss", [logits, "labels"], TASK_LOSS, reduction="mean")
+        else:
+            graph.input.append(helper.make_tensor_value_info("labels", onnx.TensorProto.FLOAT, self.target_shape))
+            diff = add("Sub", [output_names[0], "labels"], "morphnet/diff")
+            add("ReduceMean", [add("Mul", [diff, diff], "morphnet/sq")], TASK_LOSS, keepdims=0)
+        if not self.regs:
+            loss = add("Identity", [TASK_LOSS], "morphnet_loss")
+        else:
+            vector = add_regularizer(graph, self.regs)
+            width = sum(r.width for r in self.regs)
+            graph.input.append(helper.make_tensor_value_info(COST_WEIGHTS, onnx.TensorProto.FLOAT, [width]))
+            weighted = add("Mul", [vector, COST_WEIGHTS], "morphnet/weighted")
+            add("ReduceSum", [weighted], REG_VALUE, keepdims=0)
+            loss = add("Add", [TASK_LOSS, REG_VALUE], "morphnet_loss")
+        graph.output.append(helper.make_tensor_value_info(loss, onnx.TensorProto.FLOAT, []))
+        return loss
+
+
+@contextlib.contextmanager
+def _quiet_native_output():
+    """generate_artifacts logs every graph transformation on the process's stderr: hide it."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+
+
+def build_artifacts(tg: TrainingGraph, directory: Path, options: TrainOptions, regs: list[GroupRegularizer],
+                    target_shape: list[int] | None) -> None:
+    optimizer = (onnxblock.optim.AdamW(weight_decay=options.weight_decay) if options.optimizer == "adamw"
+                 else onnxblock.optim.SGD())
+    loss = MorphNetLoss(options.loss, options.batch_size, target_shape, regs)
+    cwd = os.getcwd()
+    os.chdir(directory)  # onnxblock writes temp files in the working directory
+    try:
+        with _quiet_native_output():
+            artifacts.generate_artifacts(tg.model, requires_grad=tg.trainable, frozen_params=tg.frozen, loss=loss,
+                                         optimizer=optimizer, artifact_directory=str(directory),
+                                         additional_output_names=[TASK_LOSS] + ([REG_VALUE] if regs else []))
+    except Exception as exc:
+        raise MorphNetError(f"onnxruntime-training cannot build the training graph: "
+                            f"{str(exc).strip().splitlines()[-1][:300]}") from exc
+    finally:
+        os.chdir(cwd)
+    # The eval graph keeps BN's 3 training outputs, which onnxruntime refuses outside training mode.
+    eval_path = directory / "eval_model.onnx"
+    model = onnx.load(str(eval_path))
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and len(node.output) > 1:
+            del node.output[1:]
+    onnx.save(model, str(eval_path))
+
+
+Controller = Callable[[int, dict[str, np.ndarray]], np.ndarray]
+
+
+class Trainer:
+    """One training run. `controller(step, params)` returns the cost weights to feed (or None)."""
+
+    def __init__(self, loaded: LoadedModel, options: TrainOptions, regs: list[GroupRegularizer] | None = None,
+                 controller=None, target_shape: list[int] | None = None) -> None:
+        self.loaded = loaded
+        self.options = options
+        self.regs = regs or []
+        self.controller = controller
+        self.target_shape = target_shape
+
+    def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None) -> TrainResult:
+        options = self.options
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+        per_epoch = data.batches_per_epoch(options.batch_size)
+        if per_epoch == 0:
+            raise MorphNetError(f"{data.name}: {len(data)} examples, fewer than one batch of {options.batch_size}; "
+                                f"lower --batch-size")
+        total = options.steps if options.steps else options.epochs * per_epoch
+        tg = training_graph(self.loaded, options.batch_size)
+        work = Path(tempfile.mkdtemp(prefix="morphnet-train-"))
+        start_step, meta = 0, {}
+        try:
+            build_artifacts(tg, work, options, self.regs, self.target_shape)
+            checkpoint = work / "checkpoint"
+            if options.resume and options.checkpoint_dir and (options.checkpoint_dir / "state.json").exists():
+                meta = json.loads((options.checkpoint_dir / "state.json").read_text())
+                checkpoint = options.checkpoint_dir / "checkpoint"
+                start_step = int(meta["step"])
+                if self.controller is not None and "controller" in meta:
+                    self.controller.load_state(meta["controller"])
+            state = api.CheckpointState.load_checkpoint(str(checkpoint))
+            session_options = onnxruntime.SessionOptions()
+            session_options.log_severity_level = 3
+            if options.threads:
+                session_options.intra_op_num_threads = options.threads
+            module = api.Module(str(work / "training_model.onnx"), state, str(work / "eval_model.onnx"),
+                                session_options=session_options)
+            optimizer = api.Optimizer(str(work / "optimizer_model.onnx"), module)
+            input_names = module.input_names()
+            module.train()
+            started = time.perf_counter()
+            history = []
+            step = start_step
+            weights = None
+            while step < total:
+                epoch, offset = divmod(step, per_epoch)
+                for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset):
+                    if step >= total:
+                        break
+                    if self.regs:
+                        update = self.controller(step, lambda: self._params(state)) if self.controller else None
+                        if update is not None:
+                            weights = update
+                        batch[COST_WEIGHTS] = weights
+                    lr = learning_rate(options, step, total)
+                    optimizer.set_learning_rate(lr)
+                    outputs = module(*[batch[name] for name in input_names])
+                    loss = float(outputs[0])
+                    if not np.isfinite(loss):
+                        raise MorphNetError(
+                            f"the loss became {loss} at step {step}: lower --lr (now {options.lr})"
+                            + (f"; the last good checkpoint is in {options.checkpoint_dir}" if options.checkpoint_dir
+                               and (options.checkpoint_dir / 'state.json').exists() else ""))
+                    optimizer.step()
+                    module.lazy_reset_grad()
+                    step += 1
+                    info = StepInfo(step, total, loss, float(outputs[1]),
+                                    float(outputs[2]) if len(outputs) > 2 else 0.0, lr)
+                    if step % 50 == 0 or step == total:
+                        history.append(info.__dict__)
+                    if on_step:
+                        on_step(info)
+                    if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total):
+                        self._save(state, options.checkpoint_dir, step)
+            trained = self._params(state, tg.trainable)
+            for copy in tg.copies:  # untied copies: the first one's value goes back
+                trained.pop(copy, None)
+            return TrainResult(params=trained, steps=step,
+                               seconds=time.perf_counter() - started, history=history,
+                               controller_state=self.controller.state() if self.controller else {})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _params(self, state, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Current values of the regularized parameters (or of `names`)."""
+        if names is None:
+            names = sorted({m.param for r in self.regs for m in r.members})
+        return {name: np.array(state.parameters[name].data) for name in names}
+
+    def _save(self, state, directory: Path, step: int) -> None:
+        """Checkpoint + step + controller state, replaced atomically (a kill never leaves half of it)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "checkpoint.tmp"
+        api.CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
+        os.replace(tmp, directory / "checkpoint")
+        meta = {"step": step, "controller": self.controller.state() if self.controller else {}}
+        write_atomic_bytes(directory / "state.json", json.dumps(meta))

@@ -1,0 +1,160 @@
+"""shrink / train / evaluate on small models and random data: budgets, data checks, checkpoints."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import REPO
+from morphnet_onnx import MorphNetError
+from morphnet_onnx.cli import main
+from morphnet_onnx.learning import Budget, evaluate, shrink, train
+from morphnet_onnx.pruning import prepare
+from morphnet_onnx.regularizers import add_regularizer, group_regularizers, group_vectors
+from morphnet_onnx.runtime import make_session
+from morphnet_onnx.training.trainer import TrainOptions
+
+TINY = REPO / "models" / "tiny_resnet.onnx"
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, 96)
+    np.savez(tmp_path / "train.npz", input=x, labels=labels)
+    np.savez(tmp_path / "val.npz", x=x[:40], labels=labels[:40])
+    return tmp_path
+
+
+def quick(**kw):
+    return TrainOptions(batch_size=16, progress=False, **kw)
+
+
+def test_torch_is_not_imported():
+    code = "import sys, morphnet_onnx.training.ort, morphnet_onnx.learning; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_shrink_meets_a_flops_budget_and_writes_a_valid_model(data):
+    out = data / "small.onnx"
+    result = shrink(TINY, data / "train.npz", out, val=data / "val.npz", budget=Budget("flops", "0.5x"),
+                    options=quick(steps=6), structure_path=data / "s.json")
+    assert result.flops_after <= 0.5 * result.flops_before
+    onnx.checker.check_model(str(out), full_check=True)
+    make_session(onnx.load(str(out)))
+    assert result.validation.examples == 40 and 0 <= result.validation.accuracy <= 1
+    doc = json.loads((data / "s.json").read_text())
+    assert doc["format"] == "morphnet-onnx-structure"
+
+
+def test_shrink_size_budget_absolute(data):
+    result = shrink(TINY, data / "train.npz", data / "small.onnx", budget=Budget("size", "20K"), options=quick(steps=4))
+    assert result.resource == "size" and result.cost_after <= 20_000
+
+
+def test_budget_below_the_unprunable_part_is_refused(data):
+    with pytest.raises(MorphNetError, match="below what the unprunable part"):
+        shrink(TINY, data / "train.npz", data / "x.onnx", budget=Budget("flops", "10"), options=quick(steps=2))
+    assert not (data / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("text,full,expected", [("0.5x", 100.0, 50.0), ("2.1G", 1.0, 2.1e9), ("300k", 1.0, 3e5)])
+def test_budget_parsing(text, full, expected):
+    assert Budget("flops", text).target(full) == pytest.approx(expected)
+
+
+def test_latency_budget_units():
+    assert Budget("latency", "1.5ms").target(1.0) == pytest.approx(1.5e-3)
+    with pytest.raises(MorphNetError, match="expected e.g."):
+        Budget("latency", "fast").target(1.0)
+
+
+def test_regularizer_subgraph_matches_numpy():
+    loaded, analysis = prepare(TINY)
+    regs = group_regularizers(analysis, loaded, "group-lasso")
+    graph = onnx.GraphProto()
+    graph.CopyFrom(loaded.model.graph)
+    out = add_regularizer(graph, regs)
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    model = onnx.helper.make_model(graph, opset_imports=loaded.model.opset_import)
+    model.ir_version = 8
+    got = make_session(model).run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})[0]
+    params = {t.name: onnx.numpy_helper.to_array(t) for t in loaded.model.graph.initializer}
+    expected = np.concatenate([group_vectors(regs, params)[r.group_id] for r in regs])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert {m.kind for r in group_regularizers(analysis, loaded, "auto") for m in r.members} == {"gamma"}
+
+
+def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
+    import contextlib
+
+    import morphnet_onnx.learning as learning
+
+    ckpt = data / "ckpt"
+
+    def dying_progress(options, controller, label):
+        def on_step(info):
+            if info.step == 5:
+                raise KeyboardInterrupt  # killed after the checkpoint at step 4
+        return contextlib.nullcontext(), on_step
+
+    with monkeypatch.context() as m:
+        m.setattr(learning, "_progress", dying_progress)
+        with pytest.raises(KeyboardInterrupt):
+            train(TINY, data / "train.npz", data / "a.onnx", options=quick(steps=7, checkpoint_dir=ckpt,
+                                                                          checkpoint_every=2))
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    assert not (data / "a.onnx").exists()
+    resumed = train(TINY, data / "train.npz", data / "b.onnx", options=quick(steps=7, checkpoint_dir=ckpt, resume=True))
+    assert resumed.steps == 7
+    straight = train(TINY, data / "train.npz", data / "c.onnx", options=quick(steps=7))
+    b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(data / "b.onnx")).graph.initializer}
+    c = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(data / "c.onnx")).graph.initializer}
+    for name in ("conv1.weight", "fc.weight", "bn1.weight"):
+        np.testing.assert_allclose(b[name], c[name], rtol=1e-4, atol=1e-6)
+
+
+def test_nan_loss_stops_with_a_clear_message(data):
+    with pytest.raises(MorphNetError, match="the loss became"):
+        train(TINY, data / "train.npz", data / "x.onnx", options=quick(steps=30, lr=1e6, schedule="constant"))
+    assert not (data / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("arrays,match", [
+    ({"wrong": np.zeros((4, 3, 32, 32), np.float32), "labels": np.zeros(4, np.int64)}, "no array for model input"),
+    ({"input": np.zeros((4, 3, 16, 16), np.float32), "labels": np.zeros(4, np.int64)}, "wants \\[3, 32, 32\\]"),
+    ({"input": np.zeros((4, 3, 32, 32), np.float64), "labels": np.zeros(4, np.int64)}, "save it as float32"),
+    ({"input": np.zeros((4, 3, 32, 32), np.float32), "labels": np.full(4, 12)}, "10 classes"),
+    ({"input": np.zeros((0, 3, 32, 32), np.float32), "labels": np.zeros(0, np.int64)}, "empty"),
+    ({"input": np.zeros((4, 3, 32, 32), np.float32)}, "no 'labels'"),
+])
+def test_bad_data_is_one_line_exit_2(tmp_path, arrays, match, capsys):
+    np.savez(tmp_path / "d.npz", **arrays)
+    code = main(["train", str(TINY), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o.onnx"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    import re
+    assert re.search(match, err), err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_shrink_train_evaluate(data, capsys):
+    out = data / "s.onnx"
+    assert main(["shrink", str(TINY), "--data", str(data / "train.npz"), "--val", str(data / "val.npz"),
+                 "--budget-flops", "0.6x", "--steps", "4", "--batch-size", "16", "-o", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["flops_after"] <= 0.6 * doc["flops_before"] and "accuracy" in doc["validation"]
+    assert main(["evaluate", str(out), "--data", str(data / "val.npz"), "--json"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1
+    assert main(["shrink", str(TINY), "--data", str(data / "train.npz"), "--strength", "1e-12", "--steps", "2",
+                 "--batch-size", "2", "-o", str(data / "t.onnx")]) == 0
+
+
+def test_evaluate_api(data):
+    result = evaluate(TINY, data / "val.npz")
+    assert result.examples == 40 and 0 <= result.top5 <= 1 and result.accuracy <= result.top5
