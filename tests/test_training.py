@@ -31,7 +31,8 @@ def data(tmp_path):
 
 
 def quick(**kw):
-    return TrainOptions(batch_size=16, progress=False, **kw)
+    kw.setdefault("batch_size", 16)
+    return TrainOptions(progress=False, **kw)
 
 
 def test_torch_is_not_imported():
@@ -158,3 +159,23 @@ def test_cli_shrink_train_evaluate(data, capsys):
 def test_evaluate_api(data):
     result = evaluate(TINY, data / "val.npz")
     assert result.examples == 40 and 0 <= result.top5 <= 1 and result.accuracy <= result.top5
+
+
+def test_mse_regression(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "r.npz", input=rng.standard_normal((32, 3, 32, 32)).astype(np.float32),
+             labels=rng.standard_normal((32, 10)).astype(np.float32))
+    result = train(TINY, tmp_path / "r.npz", tmp_path / "r.onnx", val=tmp_path / "r.npz",
+                   options=quick(steps=3, loss="mse"))
+    assert result.validation.mse > 0 and result.validation.accuracy is None
+    assert evaluate(tmp_path / "r.onnx", tmp_path / "r.npz", loss="mse").mse == pytest.approx(result.validation.mse)
+
+
+def test_data_module(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    result = shrink(TINY, None, tmp_path / "m.onnx", budget=Budget("flops", "0.7x"),
+                    options=quick(steps=2, batch_size=8), data_module="helpers.batches:tiny_batches")
+    assert result.flops_after <= 0.7 * result.flops_before
+    with pytest.raises(MorphNetError, match="cannot import"):
+        shrink(TINY, None, tmp_path / "m2.onnx", budget=Budget("flops", "0.7x"), options=quick(steps=2),
+               data_module="nope.missing:fn")
