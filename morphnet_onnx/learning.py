@@ -359,7 +359,8 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
           input_shapes: InputShapes | None = None) -> LearnResult:
     """Plain training (no regularizer): the baseline every MorphNet result is compared with."""
     options = options or TrainOptions()
-    loaded, analysis = prepare(model, input_shapes)
+    # Placeholder weights (ConstantOfShape) mean an untrained model: they start random.
+    loaded, analysis = prepare(model, input_shapes, seed=options.seed)
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
     trainer = Trainer(loaded, options, target_shape=_target_shape(loaded, options))
@@ -400,7 +401,7 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     if regularizer not in REGULARIZERS:
         raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
     hw = parse_hardware(hardware)
-    loaded, analysis = prepare(model, input_shapes, keep)
+    loaded, analysis = prepare(model, input_shapes, keep, seed=options.seed)
     if not analysis.prunable_groups:
         raise MorphNetError(f"{loaded.name}: nothing to prune (no prunable channel group; see `inspect`)")
     resource = budget.resource if budget else "flops"

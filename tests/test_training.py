@@ -179,3 +179,31 @@ def test_data_module(tmp_path, monkeypatch):
     with pytest.raises(MorphNetError, match="cannot import"):
         shrink(TINY, None, tmp_path / "m2.onnx", budget=Budget("flops", "0.7x"), options=quick(steps=2),
                data_module="nope.missing:fn")
+
+
+@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid", "InstanceNormalization", "LayerNormalization", "Resize"])
+def test_ops_without_gradients_are_rewritten_and_train(tmp_path, op):
+    from builders import Net
+
+    net = Net(input_shape=(1, 3, 8, 8), batch="N", seed=2)
+    x = net.conv("input", 3, 6, name="c1")
+    if op == "InstanceNormalization":
+        x = net.op(op, [x, net.const(np.linspace(0.5, 1.5, 6).astype(np.float32)),
+                        net.const(np.linspace(-0.2, 0.2, 6).astype(np.float32))])
+    elif op == "LayerNormalization":
+        x = net.op(op, [x, net.const(np.ones(8, np.float32)), net.const(np.zeros(8, np.float32))], axis=-1)
+    elif op == "Resize":
+        x = net.op(op, [x, "", net.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    else:
+        x = net.op(op, [x])
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [net.conv(x, 6, 4, name="c2")])], axis=1)
+    model = net.model(net.gemm(x, 4, 3, name="fc"))
+    onnx.save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", input=rng.standard_normal((8, 3, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 3, 8))
+    result = shrink(tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "o.onnx", strength=1e-12,
+                    options=quick(steps=2, batch_size=2))
+    written = onnx.load(str(tmp_path / "o.onnx"))
+    assert op in {n.op_type for n in written.graph.node}  # the rewrite stays out of the written model
+    assert result.steps == 2

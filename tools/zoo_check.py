@@ -30,6 +30,13 @@ Run from the repository root with the project's venv::
     .venv/bin/python tools/zoo_check.py --light --markdown /tmp/light.md
     .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --models 'resnet|vgg' --timeout 300
 
+``--sensitivity`` adds, for every run, a second child that rebuilds check's gated model (same fraction
+and seed) and compares its outputs for two different random inputs with check's own error measure
+(``max |y1 - y2| / (atol * max(1, max|y1|) + rtol * |y1|)``, atol 1e-4, rtol 1e-3). A value <= 1
+means the outputs for two different inputs would pass as equal: the data path does not reach the
+model output (dead or vanishing signal, e.g. randomly initialized weights), and that run's pass
+proves little. It imports morphnet_onnx internals (``checking.random_structure``, ``zero_gates``).
+
 The Markdown table is printed at the end (and written with ``--markdown``); ``--json`` writes every
 run's parsed result, return code, stderr and wall time. Both files are rewritten after every model,
 so a sweep that is interrupted keeps what it had. Progress goes to stderr.
@@ -124,6 +131,7 @@ class Run:
     peak_rss_mb: float | None
     result: dict | None = None
     error: str = ""  # stderr (last line) for unsupported/crash, or the reason for a FAIL
+    probe: dict | None = None  # --sensitivity: {"sensitivity", "output_spread", "output_max_abs"} or {"error"}
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -185,6 +193,59 @@ def run_check(path: Path, fraction: float, seed: int, timeout: float, extra: lis
         last_err = f"killed by signal {-rc}" + (f" ({last_err})" if last_err else "")
     return Run(fraction, "crash", rc, wall, peak, parsed,
                error=(last_err or f"exit code {rc}").removeprefix("morphnet-onnx: "))
+
+
+# ---------------------------------------------------------------------------- input sensitivity
+
+# Run in a child (cwd = the package root, like the checks). It rebuilds check's gated model (same
+# fraction and seed, so the same random structure), runs it on check's random input (seed) and on a
+# second random input (seed + 1), and measures the difference of the two outputs with check's own
+# error measure. Below 1, the outputs for two different inputs would pass the check as "equal": the
+# comparison cannot see the data path at the model output (only constants reach it), so a pass says
+# little about exactness. Uses morphnet_onnx internals (checking.random_structure, zero_gates, ...).
+PROBE = r"""
+import json, sys
+import numpy as np
+from morphnet_onnx.pruning import prepare
+from morphnet_onnx import checking
+from morphnet_onnx.runtime import make_session, random_feeds
+path, fraction, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+atol, rtol = 1e-4, 1e-3
+loaded, analysis = prepare(path, None, None, seed=seed)
+structure = checking.random_structure(loaded, analysis, fraction, seed)
+gated = checking.zero_gates(loaded.model, loaded, analysis, structure)
+first = checking._first_input(loaded.model)
+batch = 2 if checking._symbolic_batch(loaded.model) else loaded.shapes[first][0]
+session = make_session(gated)
+ref = session.run(None, random_feeds(loaded.model, loaded.shapes, batch, seed))
+other = session.run(None, random_feeds(loaded.model, loaded.shapes, batch, seed + 1))
+worst, spread, scale_max = 0.0, 0.0, 0.0
+for a, b in zip(other, ref):
+    if not b.size:
+        continue
+    scale = max(1.0, float(np.max(np.abs(b))))
+    diff = np.abs(a.astype(np.float64) - b)
+    worst = max(worst, float(np.max(diff / (atol * scale + rtol * np.abs(b)))))
+    spread = max(spread, float(np.max(diff)))
+    scale_max = max(scale_max, float(np.max(np.abs(b))))
+print(json.dumps({"sensitivity": worst, "output_spread": spread, "output_max_abs": scale_max}))
+"""
+
+
+def run_probe(path: Path, fraction: float, seed: int, timeout: float, root: Path) -> dict:
+    cmd = [sys.executable, "-c", PROBE, str(path.resolve()), repr(fraction), str(seed)]
+    try:
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    for line in reversed(done.stdout.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    last = next((line for line in reversed(done.stderr.strip().splitlines()) if line.strip()), "")
+    return {"error": last or f"exit code {done.returncode}"}
 
 
 # ---------------------------------------------------------------------------- report
@@ -252,6 +313,9 @@ def notes_cell(row: Row) -> str:
         if r.status != "pass":
             parts.append(f"f={r.fraction:g} {r.status}: {r.error}")
     parts += [f"suspicious {s}" for s in suspicious(row.runs)]
+    for r in row.runs:
+        if r.probe and "error" in r.probe:
+            parts.append(f"f={r.fraction:g} sensitivity probe error: {r.probe['error']}")
     seen = []
     for r in row.runs:
         for note in (r.result or {}).get("notes", []):
@@ -262,13 +326,23 @@ def notes_cell(row: Row) -> str:
     return escape("; ".join(parts)) if parts else ""
 
 
+def probe_cell(run: Run | None) -> str:
+    if run is None or run.probe is None:
+        return "-"
+    if "error" in run.probe:
+        return "error"
+    return f"{run.probe['sensitivity']:.2g}"
+
+
 def markdown(rows: list[Row], fractions: list[float]) -> str:
     f_lo, f_hi = fractions[0], fractions[-1]
+    probed = any(r.probe is not None for row in rows for r in row.runs)
     head = ["model", "variant"] + [f"passed {f:g}" for f in fractions] + [
         "prunable FLOPs", f"FLOPs before -> after {f_lo:g}", f"groups pruned/removed {f_hi:g}",
-        "max error " + " / ".join(f"{f:g}" for f in fractions), "seconds " + " + ".join(f"{f:g}" for f in fractions),
-        "notes"]
-    align = ["---", "---"] + [":-:"] * len(fractions) + ["--:", "--:", "--:", "--:", "--:", "---"]
+        "max error " + " / ".join(f"{f:g}" for f in fractions)] + (
+        ["input sensitivity " + " / ".join(f"{f:g}" for f in fractions)] if probed else []) + [
+        "seconds " + " + ".join(f"{f:g}" for f in fractions), "notes"]
+    align = ["---", "---"] + [":-:"] * len(fractions) + ["--:"] * (5 + probed) + ["---"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
         lo, hi = row.run(f_lo), row.run(f_hi)
@@ -279,8 +353,9 @@ def markdown(rows: list[Row], fractions: list[float]) -> str:
         groups = f"{hi.result['groups_pruned']}/{hi.result['groups_removed']}" if hi and hi.result else "-"
         errs = " / ".join(f"{r.result['max_error']:.2g}" if r and r.result else "-" for r in map(row.run, fractions))
         secs = " + ".join(f"{r.wall_s:.1f}" if r else "-" for r in map(row.run, fractions))
+        sens = [" / ".join(probe_cell(row.run(f)) for f in fractions)] if probed else []
         cells = [row.model.name, row.model.variant] + [cell_status(row.run(f)) for f in fractions] + [
-            share, flops, groups, errs, secs, notes_cell(row)]
+            share, flops, groups, errs] + sens + [secs, notes_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -295,8 +370,13 @@ def summary_line(rows: list[Row], fractions: list[float]) -> str:
                 counts[r.status] = counts.get(r.status, 0) + 1
     bad = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     total = sum(r.wall_s for row in rows for r in row.runs)
+    blind = ""
+    if any(r.probe is not None for row in rows for r in row.runs):
+        blind = "; input sensitivity <= 1 (output blind to the input) in " + ", ".join(
+            f"{sum(1 for row in rows if (x := row.run(f)) and x.probe and x.probe.get('sensitivity', 2) <= 1)} at {f:g}"
+            for f in fractions)
     return (f"{sum(r.passed for r in rows)} of {len(rows)} models passed at every fraction ({per_fraction})"
-            + (f"; failed runs: {bad}" if bad else "") + f"; {total / 60:.1f} min of checks")
+            + (f"; failed runs: {bad}" if bad else "") + blind + f"; {total / 60:.1f} min of checks")
 
 
 def make_snapshot() -> tuple[Path, str]:
@@ -358,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot", action="store_true",
                         help="run morphnet_onnx as committed at HEAD (git archive to a temporary folder), not "
                              "the working tree: other people's uncommitted edits cannot change results mid-sweep")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="also measure, per run, how much the gated model's output depends on its input "
+                             "(check's error measure between two random inputs; <= 1: the check is blind)")
     parser.add_argument("--check-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every check run, e.g. --check-arg=--input-shape=1x3x224x224")
     args = parser.parse_args(argv)
@@ -399,6 +482,10 @@ def sweep(args, models: list[Model], fractions: list[float], env: dict, argv: li
             row.runs.append(run)
             rss = f", peak {run.peak_rss_mb:.0f} MB" if run.peak_rss_mb else ""
             detail = f" ({run.error})" if run.error else ""
+            if args.sensitivity and run.result is not None:
+                run.probe = run_probe(model.path, fraction, args.seed, args.timeout, root)
+                detail += (f", sensitivity {run.probe['sensitivity']:.3g}" if "sensitivity" in run.probe
+                           else f", probe error: {run.probe['error']}")
             print(f"[{i}/{len(models)}] {model.path.name} f={fraction:g}: {run.status}{detail}, "
                   f"{run.wall_s:.1f} s{rss}", file=sys.stderr, flush=True)
         write_outputs(args, rows, fractions, env, argv)

@@ -17,6 +17,7 @@ from onnx import version_converter
 
 from ..errors import MorphNetError
 from ..io import LoadedModel, graph_input_names
+from .rewrites import rewrite_for_training, verify_rewrites
 
 TRAINABLE_INPUTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
@@ -32,6 +33,7 @@ class TrainingGraph:
     trainable: list[str]
     frozen: list[str]
     copies: dict[str, str] = field(default_factory=dict)  # untied copy -> original initializer
+    rewritten: list[str] = field(default_factory=list)  # ops replaced by differentiable equivalents
 
 
 def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
@@ -94,9 +96,25 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
             used.add(name)
             if name not in trainable:
                 trainable.append(name)
+    # Rewrites come last: the trainable set is decided on the user's ops (an InstanceNormalization
+    # scale stays trainable when the op becomes ReduceMean/Div/Mul).
+    rewritten = _rewrite_verified(model, loaded, batch)
     # Frozen initializers read by several ops are fine; trainable ones are now single-use.
     frozen = [t.name for t in graph.initializer if t.name not in set(trainable)]
-    return TrainingGraph(model=model, trainable=trainable, frozen=frozen, copies=copies)
+    return TrainingGraph(model=model, trainable=trainable, frozen=frozen, copies=copies, rewritten=rewritten)
+
+
+def _rewrite_verified(model: onnx.ModelProto, loaded: LoadedModel, batch: int) -> list[str]:
+    """Apply the differentiable rewrites in place and check the forward pass is unchanged."""
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    rewritten = rewrite_for_training(model, loaded.shapes)
+    if rewritten:
+        error = verify_rewrites(before, model, loaded.shapes, batch=batch)
+        if error > 1e-4:
+            raise MorphNetError(f"{loaded.name}: internal: the differentiable rewrite of {', '.join(rewritten)} "
+                                f"changes the outputs (relative difference {error:.2g})")
+    return rewritten
 
 
 def _constants_to_initializers(graph: onnx.GraphProto) -> None:

@@ -1,0 +1,396 @@
+"""Benchmark the cost of a MorphNet training step against a plain training step, in one process.
+
+Target (issue "shrink/train on onnxruntime-training"): a training step with the regularizer costs at
+most 1.05x a plain training step on the same model. Dev only: compare the plain step against PyTorch
+on CPU for the same net, when a Python with torch is at hand.
+
+    .venv/bin/python tools/bench_train_step.py [--steps 300] [--repeats 3] [--json OUT]
+
+Variants, built as `learning.train` and `learning.shrink` build them, alternated `--repeats` times:
+
+- plain:     `Trainer(loaded, options)`, no regularizer (what `train` runs);
+- morphnet:  the "auto" group regularizers + a `BudgetController` (flops budget 0.5x) that every 25
+             steps reads the gates, costs the alive structure and returns new per-channel weights
+             (what `shrink --budget-flops 0.5x` runs);
+- fixed:     the same regularizer graph, with the weights the controller returns at step 0 held for
+             the whole run: the graph's own overhead, without the controller (breakdown only).
+
+A step's time is the time between consecutive `on_step` callbacks (`time.perf_counter()`): batching,
+the controller call when one is due, forward + backward, optimizer step. The first `--warmup` steps
+are dropped; the window is then cut to whole controller periods (25 steps) so that the mean carries
+exactly one controller call per 25 steps. The verdict uses the mean (controller amortized); the
+median (which skips the controller steps) is reported too.
+
+torch: `--torch-python` (default /work/torchvenv/bin/python when it exists) runs an equivalent
+PyTorch net (see TORCH_SCRIPT; same layers and parameter count as models/make_mnist1d.py), AdamW,
+same batch and steps, in a subprocess, once per repeat, interleaved with the ORT runs.
+
+Exit status: 0 if the mean ratio morphnet/plain is at most --target (1.05), 1 otherwise, 2 on a
+missing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import morphnet_onnx
+from morphnet_onnx.cost import compute_costs, parse_hardware
+from morphnet_onnx.learning import Budget, BudgetController, load_data, resource_cost
+from morphnet_onnx.pruning import prepare
+from morphnet_onnx.regularizers import group_regularizers
+from morphnet_onnx.training.trainer import Trainer, TrainOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH_PYTHON = "/work/torchvenv/bin/python"
+EVERY = 25  # BudgetController's default period
+
+
+# ---- machine -----------------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    import onnxruntime
+
+    commit = None
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "morphnet_onnx"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if dirty:
+            commit += " + uncommitted changes in morphnet_onnx/"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {
+        "nproc": nproc, "cpu": cpu, "python": platform.python_version(), "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+        "morphnet_onnx": morphnet_onnx.__version__, "git_commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# ---- the ORT runs ------------------------------------------------------------------------------------
+
+class TimedController:
+    """Wraps a BudgetController: the time of each call (and of its parameter read) by step."""
+
+    def __init__(self, inner: BudgetController, hold_after_first: bool = False) -> None:
+        self.inner = inner
+        self.hold = hold_after_first
+        self.calls: list[dict] = []
+
+    def __call__(self, step: int, get_params):
+        if self.hold and step > 0:
+            return None  # "fixed": the step-0 weights stay fed
+        fetch = [0.0]
+
+        def timed_params():
+            start = time.perf_counter()
+            params = get_params()
+            fetch[0] += time.perf_counter() - start
+            return params
+
+        start = time.perf_counter()
+        result = self.inner(step, timed_params)
+        if result is not None:
+            self.calls.append({"step": step, "seconds": time.perf_counter() - start, "params_s": fetch[0]})
+        return result
+
+    def state(self) -> dict:
+        return self.inner.state()
+
+    def load_state(self, state: dict) -> None:
+        self.inner.load_state(state)
+
+
+class Setup:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.loaded, self.analysis = prepare(args.model)
+        self.dataset = load_data(args.data, None, self.loaded, "ce")
+        self.hw = parse_hardware(None)
+        self.full = resource_cost(compute_costs(self.analysis, self.loaded, self.hw), "flops")
+        self.target = Budget("flops", args.budget).target(self.full)
+        self.regs = group_regularizers(self.analysis, self.loaded, "auto")
+        self.options = TrainOptions(steps=args.steps, batch_size=args.batch_size, progress=False, seed=0,
+                                    threads=args.threads)
+        trainable = {m for n in self.loaded.model.graph.node
+                     for i, m in enumerate(n.input) if (n.op_type, i) in {("Conv", 1), ("Conv", 2), ("Gemm", 1),
+                                                                          ("Gemm", 2), ("BatchNormalization", 1),
+                                                                          ("BatchNormalization", 2)}}
+        self.params = int(sum(np.prod(t.dims) for t in self.loaded.model.graph.initializer if t.name in trainable))
+
+
+def window(steps: int, warmup: int) -> tuple[int, int]:
+    """[first, end) of 0-based step indices kept: after warm-up, whole controller periods only."""
+    periods = (steps - warmup) // EVERY
+    if periods < 1:
+        raise SystemExit(f"--steps {steps}: need at least --warmup + {EVERY} steps")
+    return warmup, warmup + periods * EVERY
+
+
+def run_variant(setup: Setup, variant: str) -> dict:
+    args = setup.args
+    controller = None
+    if variant == "plain":
+        trainer = Trainer(setup.loaded, setup.options)
+    else:
+        inner = BudgetController(setup.analysis, setup.loaded, setup.regs, "flops", setup.target, None,
+                                 args.threshold, setup.hw)
+        controller = TimedController(inner, hold_after_first=variant == "fixed")
+        trainer = Trainer(setup.loaded, setup.options, setup.regs, controller)
+    stamps: list[float] = []
+    gc.collect()
+    result = trainer.run(setup.dataset, lambda info: stamps.append(time.perf_counter()))
+    assert result.steps == args.steps == len(stamps)
+    # stamps[k] is taken after 0-based step k; step s (s >= 1) took stamps[s] - stamps[s - 1].
+    first, end = window(args.steps, args.warmup)
+    durations = np.diff(np.array(stamps))[first - 1:end - 1]  # steps first..end-1
+    out = {"variant": variant, "median_s": float(np.median(durations)), "mean_s": float(np.mean(durations)),
+           "min_s": float(np.min(durations)), "max_s": float(np.max(durations)), "window": [first, end],
+           "final_loss": result.history[-1]["task"] if result.history else None}
+    if controller is not None and variant == "morphnet":
+        calls = [c for c in controller.calls if first <= c["step"] < end]
+        steps = np.arange(first, end)
+        plain_steps = durations[steps % EVERY != 0]
+        ctl_steps = durations[steps % EVERY == 0]
+        out.update({
+            "controller_calls": len(calls),
+            "controller_mean_s": float(np.mean([c["seconds"] for c in calls])) if calls else 0.0,
+            "controller_params_mean_s": float(np.mean([c["params_s"] for c in calls])) if calls else 0.0,
+            "controller_total_s": float(sum(c["seconds"] for c in calls)),
+            "noncontroller_mean_s": float(np.mean(plain_steps)),
+            "noncontroller_median_s": float(np.median(plain_steps)),
+            "controller_step_mean_s": float(np.mean(ctl_steps)) if len(ctl_steps) else None,
+            "lambda_final": controller.inner.strength,
+            "cost_final_x": controller.inner.cost / controller.inner.full,
+        })
+    return out
+
+
+# ---- the torch run ----------------------------------------------------------------------------------
+
+TORCH_SCRIPT = r'''
+import json, sys, time
+import numpy as np
+import torch
+from torch import nn
+
+data, steps, batch, warmup, every, threads, seed = sys.argv[1], *map(int, sys.argv[2:8])
+torch.set_num_threads(threads)
+torch.manual_seed(seed)
+
+
+def conv_bn(c_in, c_out, k=3, stride=1):
+    return [nn.Conv1d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm1d(c_out, eps=1e-5)]
+
+
+class Block(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Sequential(*conv_bn(c_in, c_out, 3, stride), nn.ReLU())
+        self.conv2 = nn.Sequential(*conv_bn(c_out, c_out, 3))
+        self.down = (nn.Sequential(*conv_bn(c_in, c_out, 1, stride)) if stride != 1 or c_in != c_out
+                     else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.conv2(self.conv1(x)) + self.down(x))
+
+
+def resnet1d(classes=10):
+    layers = [*conv_bn(1, 32, 5), nn.ReLU()]
+    c = 32
+    for stage, w in enumerate((32, 64, 128)):
+        for i in range(2):
+            layers.append(Block(c, w, 2 if stage > 0 and i == 0 else 1))
+            c = w
+    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, classes)]
+    return nn.Sequential(*layers)
+
+
+with np.load(data) as d:
+    x_all, y_all = torch.from_numpy(d["x"]), torch.from_numpy(d["labels"])
+net = resnet1d()
+net.train()
+opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+loss_fn = nn.CrossEntropyLoss()
+per_epoch = len(y_all) // batch
+stamps = []
+step = 0
+while step < steps:
+    order = torch.from_numpy(np.random.default_rng(seed + step // per_epoch).permutation(len(y_all)))
+    for b in range(per_epoch):
+        if step >= steps:
+            break
+        index = order[b * batch:(b + 1) * batch]
+        xb, yb = x_all[index], y_all[index]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        opt.step()
+        float(loss)
+        step += 1
+        stamps.append(time.perf_counter())
+first, end = warmup, warmup + (steps - warmup) // every * every
+durations = np.diff(np.array(stamps))[first - 1:end - 1]
+print(json.dumps({"median_s": float(np.median(durations)), "mean_s": float(np.mean(durations)),
+                  "min_s": float(np.min(durations)), "max_s": float(np.max(durations)),
+                  "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "final_loss": float(loss)}))
+'''
+
+
+def run_torch(python: str, args) -> dict:
+    proc = subprocess.run([python, "-c", TORCH_SCRIPT, str(args.data), str(args.steps), str(args.batch_size),
+                           str(args.warmup), str(EVERY), str(args.torch_threads), "0"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torch run failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "models" / "resnet1d_mnist1d.onnx"))
+    parser.add_argument("--data", default=str(ROOT / "models" / "mnist1d_train.npz"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--budget", default="0.5x", help="flops budget of the controller (default 0.5x)")
+    parser.add_argument("--threshold", type=float, default=1e-2)
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    parser.add_argument("--no-fixed", action="store_true", help="skip the 'fixed' breakdown variant")
+    parser.add_argument("--torch-python", default=TORCH_PYTHON if Path(TORCH_PYTHON).exists() else None)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--target", type=float, default=1.05)
+    parser.add_argument("--json", metavar="OUT")
+    args = parser.parse_args(argv)
+    for path in (args.model, args.data):
+        if not Path(path).exists():
+            print(f"{path}: missing (see models/make_mnist1d.py)", file=sys.stderr)
+            return 2
+    window(args.steps, args.warmup)
+    torch_python = None if args.no_torch else args.torch_python
+    if torch_python and not Path(torch_python).exists():
+        print(f"--torch-python {torch_python}: missing", file=sys.stderr)
+        return 2
+
+    machine = machine_info()
+    setup = Setup(args)
+    variants = ["plain", "morphnet"] + ([] if args.no_fixed else ["fixed"])
+    runs: dict[str, list[dict]] = {v: [] for v in variants + ["torch"]}
+    print(f"# bench_train_step, {machine['date']}, morphnet-onnx {machine['morphnet_onnx']} ({machine['git_commit']})")
+    print(f"machine: {machine['nproc']} cores, {machine['cpu']}; Python {machine['python']}, onnx {machine['onnx']}, "
+          f"onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}; load average at start "
+          f"{' '.join(f'{x:.2f}' for x in machine['loadavg_start'])}")
+    first, end = window(args.steps, args.warmup)
+    print(f"model: {args.model} ({setup.params} trainable parameters, {setup.full / 1e6:.2f} MFLOPs, "
+          f"{len(setup.regs)} regularized groups, {sum(r.width for r in setup.regs)} channels); batch "
+          f"{args.batch_size}, {args.steps} steps, steps {first}..{end - 1} timed ({end - first} steps, "
+          f"{(end - first) // EVERY} controller calls), {args.repeats} repeats")
+    for repeat in range(args.repeats):  # alternate so drift hits every variant alike
+        for variant in variants:
+            r = run_variant(setup, variant)
+            runs[variant].append(r)
+            extra = ""
+            if variant == "morphnet":
+                extra = (f"; controller {ms(r['controller_mean_s'])} ms x {r['controller_calls']} "
+                         f"(params read {ms(r['controller_params_mean_s'])} ms)")
+            print(f"  repeat {repeat + 1} {variant:9s} median {ms(r['median_s'])} ms, mean {ms(r['mean_s'])} ms"
+                  f"{extra}", flush=True)
+        if torch_python:
+            t = run_torch(torch_python, args)
+            runs["torch"].append(t)
+            print(f"  repeat {repeat + 1} torch     median {ms(t['median_s'])} ms, mean {ms(t['mean_s'])} ms "
+                  f"({t['threads']} threads, {t['params']} parameters)", flush=True)
+
+    def med(variant: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[variant])
+
+    summary: dict = {v: {"median_s": med(v, "median_s"), "mean_s": med(v, "mean_s"),
+                         "min_s": min(r["min_s"] for r in runs[v])} for v in runs if runs[v]}
+    mean_ratio = summary["morphnet"]["mean_s"] / summary["plain"]["mean_s"]
+    median_ratio = summary["morphnet"]["median_s"] / summary["plain"]["median_s"]
+    pair_ratios = [b["mean_s"] / a["mean_s"] for a, b in zip(runs["plain"], runs["morphnet"])]
+    m = runs["morphnet"]
+    breakdown = {
+        "controller_call_s": statistics.median(r["controller_mean_s"] for r in m),
+        "controller_params_read_s": statistics.median(r["controller_params_mean_s"] for r in m),
+        "controller_amortized_s": statistics.median(r["controller_total_s"] / (end - first) for r in m),
+        "noncontroller_mean_s": statistics.median(r["noncontroller_mean_s"] for r in m),
+        "noncontroller_median_s": statistics.median(r["noncontroller_median_s"] for r in m),
+    }
+    print()
+    print(f"| variant | median ms/step | mean ms/step | min ms | ratio of means to plain |")
+    print(f"|---|---:|---:|---:|---:|")
+    for v in variants:
+        s = summary[v]
+        print(f"| {v} | {ms(s['median_s'])} | {ms(s['mean_s'])} | {ms(s['min_s'])} | "
+              f"{s['mean_s'] / summary['plain']['mean_s']:.3f}x |")
+    print()
+    plain_mean = summary["plain"]["mean_s"]
+    print(f"breakdown of morphnet (medians over repeats): controller call {ms(breakdown['controller_call_s'])} ms "
+          f"(of which reading the parameters {ms(breakdown['controller_params_read_s'])} ms), amortized "
+          f"{ms(breakdown['controller_amortized_s'])} ms/step = "
+          f"{breakdown['controller_amortized_s'] / plain_mean:.1%} of a plain step; steps without a controller call: "
+          f"mean {ms(breakdown['noncontroller_mean_s'])} ms, median {ms(breakdown['noncontroller_median_s'])} ms "
+          f"({breakdown['noncontroller_mean_s'] / plain_mean:.3f}x the plain mean)")
+    if "fixed" in summary:
+        print(f"regularizer graph alone (fixed weights): {summary['fixed']['mean_s'] / plain_mean:.3f}x of means, "
+              f"{summary['fixed']['median_s'] / summary['plain']['median_s']:.3f}x of medians")
+    print(f"morphnet / plain: {mean_ratio:.3f}x of means (per repeat: "
+          f"{', '.join(f'{x:.3f}' for x in pair_ratios)}), {median_ratio:.3f}x of medians; "
+          f"target <= {args.target}x of means: {'PASS' if mean_ratio <= args.target else 'FAIL'}")
+    torch_ratio = None
+    if runs["torch"]:
+        torch_ratio = summary["plain"]["median_s"] / summary["torch"]["median_s"]
+        t = runs["torch"][0]
+        same = "same" if t["params"] == setup.params else f"DIFFERENT from ONNX {setup.params}"
+        print(f"torch {t['torch']} ({t['threads']} threads, {t['params']} parameters: {same}): median "
+              f"{ms(summary['torch']['median_s'])} ms, mean {ms(summary['torch']['mean_s'])} ms; ORT plain / torch: "
+              f"{torch_ratio:.2f}x of medians, {plain_mean / summary['torch']['mean_s']:.2f}x of means")
+    else:
+        print("torch: not run (no --torch-python)")
+    machine["loadavg_end"] = list(os.getloadavg())
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": machine, "args": vars(args), "window": [first, end], "runs": runs, "summary": summary,
+            "breakdown": breakdown, "mean_ratio": mean_ratio, "median_ratio": median_ratio, "pair_ratios": pair_ratios,
+            "torch_ratio": torch_ratio, "target": args.target, "passed": mean_ratio <= args.target}, indent=1))
+    return 0 if mean_ratio <= args.target else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
