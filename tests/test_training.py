@@ -207,3 +207,24 @@ def test_ops_without_gradients_are_rewritten_and_train(tmp_path, op):
     written = onnx.load(str(tmp_path / "o.onnx"))
     assert op in {n.op_type for n in written.graph.node}  # the rewrite stays out of the written model
     assert result.steps == 2
+
+
+def test_native_crash_in_the_probe_becomes_one_line(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from morphnet_onnx.training import probe
+
+    def crashed(*args, **kwargs):
+        return sp.CompletedProcess(args, -8, "", "Non-zero status code returned while running AveragePoolGrad "
+                                                 "node. Name:'pool_grad'\n")
+
+    monkeypatch.setattr(probe.subprocess, "run", crashed)
+    with pytest.raises(MorphNetError, match=r"m.onnx: onnxruntime crashed \(SIGFPE\) in op 'pool_grad'"):
+        probe.run_probe(tmp_path, [np.zeros(2, np.float32)], "m.onnx")
+
+
+def test_probe_reports_onnxruntime_errors(tmp_path):
+    from morphnet_onnx.training import probe
+
+    with pytest.raises(MorphNetError, match="m.onnx: onnxruntime cannot take a training step"):
+        probe.run_probe(tmp_path, [np.zeros(2, np.float32)], "m.onnx")  # no artifacts there

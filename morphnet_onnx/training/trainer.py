@@ -24,6 +24,7 @@ from ..regularizers import GroupRegularizer, add_regularizer
 from .data import Dataset
 from .graph import TrainingGraph, training_graph
 from .ort import api, artifacts, onnxblock
+from .probe import run_probe
 
 COST_WEIGHTS = "morphnet_cost_weights"
 TASK_LOSS = "morphnet_task_loss"
@@ -46,6 +47,7 @@ class TrainOptions:
     checkpoint_every: int = 500
     resume: bool = False
     progress: bool = True
+    probe: bool = True  # one step in a child process first, so a native crash becomes an error
 
 
 @dataclass
@@ -170,6 +172,14 @@ def build_artifacts(tg: TrainingGraph, directory: Path, options: TrainOptions, r
     onnx.save(model, str(eval_path))
 
 
+def _input_order(work: Path, tg: TrainingGraph) -> list[str]:
+    """The training graph's data inputs (parameters are graph inputs too), in the Module's order."""
+    model = onnx.load(str(work / "training_model.onnx"), load_external_data=False)
+    params = {t.name for t in model.graph.initializer} | set(tg.trainable) | set(tg.frozen)
+    return [i.name for i in model.graph.input if i.name not in params and not i.name.endswith("_grad.accumulation.buffer")
+            and i.name != "lazy_reset_grad"]
+
+
 Controller = Callable[[int, dict[str, np.ndarray]], np.ndarray]
 
 
@@ -199,6 +209,11 @@ class Trainer:
         start_step, meta = 0, {}
         try:
             build_artifacts(tg, work, options, self.regs, self.target_shape)
+            if options.probe:
+                first = next(data.batches(options.batch_size, False, 0))
+                if self.regs:
+                    first[COST_WEIGHTS] = np.zeros(sum(r.width for r in self.regs), dtype=np.float32)
+                run_probe(work, [first[name] for name in _input_order(work, tg)], self.loaded.name)
             checkpoint = work / "checkpoint"
             if options.resume and options.checkpoint_dir and (options.checkpoint_dir / "state.json").exists():
                 meta = json.loads((options.checkpoint_dir / "state.json").read_text())
