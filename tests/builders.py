@@ -103,7 +103,6 @@ def independent_flops(model: onnx.ModelProto, input_shapes: dict | None = None) 
         if node.op_type in ("Conv", "ConvTranspose"):
             w = shapes[node.input[1]]
             out = shapes[node.output[0]]
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
             if node.op_type == "Conv":
                 total += 2 * np.prod(out) * w[1] * np.prod(w[2:])
             else:

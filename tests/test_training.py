@@ -113,7 +113,7 @@ def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
     assert not (data / "a.onnx").exists()
     resumed = train(TINY, data / "train.npz", data / "b.onnx", options=quick(steps=7, checkpoint_dir=ckpt, resume=True))
     assert resumed.steps == 7
-    straight = train(TINY, data / "train.npz", data / "c.onnx", options=quick(steps=7))
+    train(TINY, data / "train.npz", data / "c.onnx", options=quick(steps=7))  # never killed
     b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(data / "b.onnx")).graph.initializer}
     c = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(data / "c.onnx")).graph.initializer}
     for name in ("conv1.weight", "fc.weight", "bn1.weight"):

@@ -32,6 +32,7 @@ missing file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -135,8 +136,9 @@ class Setup:
         self.full = resource_cost(compute_costs(self.analysis, self.loaded, self.hw), "flops")
         self.target = Budget("flops", args.budget).target(self.full)
         self.regs = group_regularizers(self.analysis, self.loaded, "auto")
+        extra = {"probe": False} if "probe" in {f.name for f in dataclasses.fields(TrainOptions)} else {}
         self.options = TrainOptions(steps=args.steps, batch_size=args.batch_size, progress=False, seed=0,
-                                    threads=args.threads)
+                                    threads=args.threads, **extra)  # the probe (a child process) costs no step time
         trainable = {m for n in self.loaded.model.graph.node
                      for i, m in enumerate(n.input) if (n.op_type, i) in {("Conv", 1), ("Conv", 2), ("Gemm", 1),
                                                                           ("Gemm", 2), ("BatchNormalization", 1),
@@ -163,14 +165,22 @@ def run_variant(setup: Setup, variant: str) -> dict:
         controller = TimedController(inner, hold_after_first=variant == "fixed")
         trainer = Trainer(setup.loaded, setup.options, setup.regs, controller)
     stamps: list[float] = []
+    cpu: list[float] = []
+
+    def on_step(info) -> None:
+        stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
+
     gc.collect()
-    result = trainer.run(setup.dataset, lambda info: stamps.append(time.perf_counter()))
+    result = trainer.run(setup.dataset, on_step)
     assert result.steps == args.steps == len(stamps)
     # stamps[k] is taken after 0-based step k; step s (s >= 1) took stamps[s] - stamps[s - 1].
     first, end = window(args.steps, args.warmup)
     durations = np.diff(np.array(stamps))[first - 1:end - 1]  # steps first..end-1
+    cpu_durations = np.diff(np.array(cpu))[first - 1:end - 1]
     out = {"variant": variant, "median_s": float(np.median(durations)), "mean_s": float(np.mean(durations)),
            "min_s": float(np.min(durations)), "max_s": float(np.max(durations)), "window": [first, end],
+           "cpu_mean_s": float(np.mean(cpu_durations)),
            "final_loss": result.history[-1]["task"] if result.history else None}
     if controller is not None and variant == "morphnet":
         calls = [c for c in controller.calls if first <= c["step"] < end]
@@ -189,6 +199,101 @@ def run_variant(setup: Setup, variant: str) -> dict:
             "cost_final_x": controller.inner.cost / controller.inner.full,
         })
     return out
+
+
+# ---- paired blocks (breakdown) ---------------------------------------------------------------------
+
+class Session:
+    """One training session set up as Trainer.run sets it up (artifacts, checkpoint, Module, Optimizer)."""
+
+    def __init__(self, setup: Setup, regs: list, work: Path) -> None:
+        import onnxruntime
+
+        from morphnet_onnx.training.graph import training_graph
+        from morphnet_onnx.training.ort import api
+        from morphnet_onnx.training.trainer import build_artifacts
+
+        onnxruntime.set_default_logger_severity(3)
+        self.regs = regs
+        self.trainer = Trainer(setup.loaded, setup.options, regs)  # for its _params
+        tg = training_graph(setup.loaded, setup.options.batch_size)
+        build_artifacts(tg, work, setup.options, regs, None)
+        self.state = api.CheckpointState.load_checkpoint(str(work / "checkpoint"))
+        so = onnxruntime.SessionOptions()
+        so.log_severity_level = 3
+        if setup.options.threads:
+            so.intra_op_num_threads = setup.options.threads
+        self.module = api.Module(str(work / "training_model.onnx"), self.state, str(work / "eval_model.onnx"),
+                                 session_options=so)
+        self.optimizer = api.Optimizer(str(work / "optimizer_model.onnx"), self.module)
+        self.inputs = self.module.input_names()
+        self.module.train()
+        self.weights = None
+
+    def step(self, batch: dict, step: int, lr: float, controller=None) -> tuple[float, float]:
+        """(seconds of the whole step, seconds of the controller call): Trainer.run's loop body."""
+        from morphnet_onnx.training.trainer import COST_WEIGHTS
+
+        start = time.perf_counter()
+        ctl = 0.0
+        if self.regs:
+            update = controller(step, lambda: self.trainer._params(self.state))
+            ctl = time.perf_counter() - start
+            if update is not None:
+                self.weights = update
+            batch[COST_WEIGHTS] = self.weights
+        self.optimizer.set_learning_rate(lr)
+        outputs = self.module(*[batch[name] for name in self.inputs])
+        float(outputs[0])
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        return time.perf_counter() - start, ctl
+
+
+def paired_blocks(setup: Setup, blocks: int) -> dict:
+    """Plain and MorphNet sessions in one process, alternating blocks of EVERY steps on the same batches
+    (each MorphNet block holds one controller call): both see the same machine load within seconds."""
+    import tempfile
+
+    from morphnet_onnx.training.trainer import learning_rate
+
+    args = setup.args
+    with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
+        (Path(tmp) / "p").mkdir()
+        (Path(tmp) / "m").mkdir()
+        plain = Session(setup, [], Path(tmp) / "p")
+        morph = Session(setup, setup.regs, Path(tmp) / "m")
+        controller = BudgetController(setup.analysis, setup.loaded, setup.regs, "flops", setup.target, None,
+                                      args.threshold, setup.hw)
+        total = (blocks + 1) * EVERY  # the first block of each is warm-up
+        per_epoch = setup.dataset.batches_per_epoch(args.batch_size)
+        batches = []
+        for epoch in range(total // per_epoch + 1):
+            batches.extend(setup.dataset.batches(args.batch_size, True, epoch))
+        times = {"plain": [], "morphnet": [], "controller": []}
+        gc.collect()
+        for block in range(blocks + 1):
+            order = (("plain", plain), ("morphnet", morph)) if block % 2 == 0 else (("morphnet", morph), ("plain", plain))
+            for label, session in order:
+                for step in range(block * EVERY, (block + 1) * EVERY):
+                    seconds, ctl = session.step(dict(batches[step]), step, learning_rate(setup.options, step, total),
+                                                controller)
+                    if block > 0:
+                        times[label].append(seconds)
+                        if label == "morphnet" and step % EVERY == 0:
+                            times["controller"].append(ctl)
+    p, m, c = (np.array(times[k]) for k in ("plain", "morphnet", "controller"))
+    steps = np.arange(len(m)) % EVERY
+    return {
+        "blocks": blocks, "steps_each": len(p),
+        "plain_mean_s": float(p.mean()), "plain_median_s": float(np.median(p)),
+        "morphnet_mean_s": float(m.mean()), "morphnet_median_s": float(np.median(m)),
+        "morphnet_noncontroller_mean_s": float(m[steps != 0].mean()),
+        "controller_mean_s": float(c.mean()), "controller_amortized_s": float(c.sum() / len(m)),
+        "mean_ratio": float(m.mean() / p.mean()), "median_ratio": float(np.median(m) / np.median(p)),
+        "noncontroller_ratio": float(m[steps != 0].mean() / p.mean()),
+        "block_ratios": [float(m[i:i + EVERY].mean() / p[i:i + EVERY].mean()) for i in range(0, len(p), EVERY)],
+    }
 
 
 # ---- the torch run ----------------------------------------------------------------------------------
@@ -290,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     parser.add_argument("--no-fixed", action="store_true", help="skip the 'fixed' breakdown variant")
+    parser.add_argument("--paired-blocks", type=int, default=20,
+                        help=f"breakdown: blocks of {EVERY} steps of each variant, alternated (0: skip)")
     parser.add_argument("--torch-python", default=TORCH_PYTHON if Path(TORCH_PYTHON).exists() else None)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-threads", type=int, default=2)
@@ -340,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict = {v: {"median_s": med(v, "median_s"), "mean_s": med(v, "mean_s"),
                          "min_s": min(r["min_s"] for r in runs[v])} for v in runs if runs[v]}
+    for v in variants:
+        summary[v]["cpu_mean_s"] = med(v, "cpu_mean_s")
     mean_ratio = summary["morphnet"]["mean_s"] / summary["plain"]["mean_s"]
     median_ratio = summary["morphnet"]["median_s"] / summary["plain"]["median_s"]
     pair_ratios = [b["mean_s"] / a["mean_s"] for a, b in zip(runs["plain"], runs["morphnet"])]
@@ -352,12 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         "noncontroller_median_s": statistics.median(r["noncontroller_median_s"] for r in m),
     }
     print()
-    print(f"| variant | median ms/step | mean ms/step | min ms | ratio of means to plain |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| variant | median ms/step | mean ms/step | min ms | mean / plain | median / plain | CPU ms/step | CPU / plain |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for v in variants:
         s = summary[v]
         print(f"| {v} | {ms(s['median_s'])} | {ms(s['mean_s'])} | {ms(s['min_s'])} | "
-              f"{s['mean_s'] / summary['plain']['mean_s']:.3f}x |")
+              f"{s['mean_s'] / summary['plain']['mean_s']:.3f}x | {s['median_s'] / summary['plain']['median_s']:.3f}x | "
+              f"{ms(s['cpu_mean_s'])} | {s['cpu_mean_s'] / summary['plain']['cpu_mean_s']:.3f}x |")
     print()
     plain_mean = summary["plain"]["mean_s"]
     print(f"breakdown of morphnet (medians over repeats): controller call {ms(breakdown['controller_call_s'])} ms "
@@ -382,13 +492,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch_ratio:.2f}x of medians, {plain_mean / summary['torch']['mean_s']:.2f}x of means")
     else:
         print("torch: not run (no --torch-python)")
+    paired = None
+    if args.paired_blocks:
+        paired = paired_blocks(setup, args.paired_blocks)
+        print(f"paired blocks ({paired['blocks']} blocks of {EVERY} steps each, alternated, same batches): plain mean "
+              f"{ms(paired['plain_mean_s'])} ms, morphnet mean {ms(paired['morphnet_mean_s'])} ms -> "
+              f"{paired['mean_ratio']:.3f}x of means, {paired['median_ratio']:.3f}x of medians; without the controller "
+              f"steps {paired['noncontroller_ratio']:.3f}x; controller {ms(paired['controller_mean_s'])} ms/call = "
+              f"{ms(paired['controller_amortized_s'])} ms/step amortized; per-block ratios "
+              f"{min(paired['block_ratios']):.3f}..{max(paired['block_ratios']):.3f}")
     machine["loadavg_end"] = list(os.getloadavg())
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine, "args": vars(args), "window": [first, end], "runs": runs, "summary": summary,
             "breakdown": breakdown, "mean_ratio": mean_ratio, "median_ratio": median_ratio, "pair_ratios": pair_ratios,
-            "torch_ratio": torch_ratio, "target": args.target, "passed": mean_ratio <= args.target}, indent=1))
+            "torch_ratio": torch_ratio, "paired": paired, "target": args.target, "passed": mean_ratio <= args.target}, indent=1))
     return 0 if mean_ratio <= args.target else 1
 
 

@@ -20,9 +20,9 @@ Model sources (combine freely; each file is run once):
   BatchNormalization, ``{model}_folded.onnx`` has it folded into Conv);
 * positional ``MODEL`` paths.
 
-``--snapshot`` runs the package as committed at HEAD (``git archive`` into a temporary folder, used as
-the children's working directory so that its ``morphnet_onnx`` is the one imported) instead of the
-working tree, whose files may change while a long sweep runs.
+``--snapshot[=REV]`` runs the package as committed at REV (default HEAD; ``git archive`` into a
+temporary folder, used as the children's working directory so that its ``morphnet_onnx`` is the one
+imported) instead of the working tree, whose files may change while a long sweep runs.
 
 Run from the repository root with the project's venv::
 
@@ -379,10 +379,13 @@ def summary_line(rows: list[Row], fractions: list[float]) -> str:
             + (f"; failed runs: {bad}" if bad else "") + blind + f"; {total / 60:.1f} min of checks")
 
 
-def make_snapshot() -> tuple[Path, str]:
-    """The package as committed at HEAD, in a temporary folder (uncommitted edits left out)."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                            check=True).stdout.strip()
+def make_snapshot(rev: str = "HEAD") -> tuple[Path, str]:
+    """The package as committed at `rev`, in a temporary folder (uncommitted edits left out)."""
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=REPO,
+                          capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"zoo_check: --snapshot {rev}: not a commit (write --snapshot=REV, or put MODEL paths first)")
+    commit = done.stdout.strip()
     folder = Path(tempfile.mkdtemp(prefix=f"zoo_check_{commit[:7]}_"))
     archive = subprocess.run(["git", "archive", commit, "morphnet_onnx"], cwd=REPO, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
@@ -435,9 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per check run (default 600)")
     parser.add_argument("--markdown", metavar="OUT.md", help="write the table and summary line")
     parser.add_argument("--json", metavar="OUT.json", help="write every run's details")
-    parser.add_argument("--snapshot", action="store_true",
-                        help="run morphnet_onnx as committed at HEAD (git archive to a temporary folder), not "
-                             "the working tree: other people's uncommitted edits cannot change results mid-sweep")
+    parser.add_argument("--snapshot", nargs="?", const="HEAD", metavar="REV",
+                        help="run morphnet_onnx as committed at REV (default HEAD; git archive to a temporary "
+                             "folder), not the working tree: uncommitted edits cannot change results mid-sweep")
     parser.add_argument("--sensitivity", action="store_true",
                         help="also measure, per run, how much the gated model's output depends on its input "
                              "(check's error measure between two random inputs; <= 1: the check is blind)")
@@ -452,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     root = REPO
     if args.snapshot:
-        root, commit = make_snapshot()
+        root, commit = make_snapshot(args.snapshot)
         env["snapshot"] = str(root)
         env["commit"] = commit[:7]
         env["uncommitted_changes_used"] = False
