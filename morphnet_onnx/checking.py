@@ -38,6 +38,8 @@ class CheckResult:
     groups_removed: int  # groups that lost every channel (branches removed)
     seconds: float
     notes: list[str] = field(default_factory=list)
+    tensors_compared: int = 0  # outputs and intermediate tensors both models compute
+    worst_tensor: str = ""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -147,19 +149,24 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     gated_loaded = LoadedModel(model=gated, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                upgraded_from=loaded.upgraded_from)
     result = prune_loaded(gated_loaded, analysis, structure)
-    pruned_session = verify_model(result.model, "pruned model")
+    verify_model(result.model, "pruned model")
     batch = 2 if _symbolic_batch(loaded.model) else loaded.shapes[_first_input(loaded.model)][0]
     feeds = random_feeds(loaded.model, loaded.shapes, batch, seed)
-    expected = make_session(gated).run(None, feeds)
-    got = pruned_session.run(None, feeds)
-    worst = 0.0
-    for a, b in zip(got, expected):
-        scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0
-        if a.shape != b.shape:
-            worst = np.inf
-            break
-        err = np.abs(a.astype(np.float64) - b) / (atol * scale + rtol * np.abs(b))
-        worst = max(worst, float(np.max(err)) if err.size else 0.0)
+    # Every tensor both models compute is compared, not just the outputs: in a randomly initialized
+    # network the logits often no longer depend on the input, and an output-only check is blind.
+    surgeon = Surgeon(gated_loaded, analysis, result.structure)
+    surgeon.element_alive = result.structure.element_alive(analysis)
+    tensors = _shared_tensors(gated, result.model, loaded)
+    expected = dict(zip(tensors, make_session(_with_outputs(gated, tensors)).run(tensors, feeds)))
+    got = dict(zip(tensors, make_session(_with_outputs(result.model, tensors)).run(tensors, feeds)))
+    worst, worst_tensor = 0.0, ""
+    for name in tensors:
+        reference = expected[name]
+        for axis, kept in surgeon.keep(name).items():
+            reference = reference.take(kept, axis=axis)
+        error = _error(got[name], reference, atol, rtol)
+        if error > worst:
+            worst, worst_tensor = error, name
     before = compute_costs(analysis, loaded)
     after_loaded = load(result.model, input_shapes)
     from .analysis import analyze
@@ -171,7 +178,36 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
         passed=bool(worst <= 1.0), prunable_flops_share=before.prunable_flops / before.flops if before.flops else 0.0,
         flops_before=before.flops, flops_after=after.flops, params_before=before.params, params_after=after.params,
         max_error=worst, groups_pruned=pruned, groups_removed=removed, seconds=time.perf_counter() - start,
-        notes=result.notes + analysis.notes)
+        notes=result.notes + analysis.notes, tensors_compared=len(tensors), worst_tensor=worst_tensor)
+
+
+def _shared_tensors(original: onnx.ModelProto, pruned: onnx.ModelProto, loaded: LoadedModel) -> list[str]:
+    """Float tensors that both models compute under the same name (the pruned one keeps names)."""
+    produced = {o for n in original.graph.node for o in n.output}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    names = [o for n in pruned.graph.node for o in n.output
+             if o in produced and loaded.dtypes.get(o) in floats and o in loaded.shapes]
+    outputs = [o.name for o in pruned.graph.output]
+    return list(dict.fromkeys(outputs + names))
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output}
+    out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in present)
+    return out
+
+
+def _error(got: np.ndarray, reference: np.ndarray, atol: float, rtol: float) -> float:
+    """Worst |difference| as a fraction of atol x scale + rtol |reference| (scale: the tensor's max)."""
+    if got.shape != reference.shape:
+        return float("inf")
+    if not reference.size:
+        return 0.0
+    scale = max(1.0, float(np.max(np.abs(reference))))
+    err = np.abs(got.astype(np.float64) - reference) / (atol * scale + rtol * np.abs(reference))
+    return float(np.max(err))
 
 
 def _first_input(model: onnx.ModelProto) -> str:

@@ -178,6 +178,9 @@ def count_parameters(model: onnx.ModelProto) -> tuple[int, int]:
             dtype = fill.data_type if fill is not None else onnx.TensorProto.FLOAT
             count = int(np.prod(dims)) if dims.size else 1
             elements[node.output[0]] = (count, dtype, count * _itemsize(dtype))
+    # Only tensors some op reads: a weight folded into a Constant leaves its unused original behind.
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    elements = {name: value for name, value in elements.items() if name in used}
     buffers = {node.input[i] for node in graph.node for i in BUFFER_INPUTS.get(node.op_type, ())
                if i < len(node.input)}
     params = sum(c for name, (c, dtype, _) in elements.items()

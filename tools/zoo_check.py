@@ -26,7 +26,8 @@ imported) instead of the working tree, whose files may change while a long sweep
 
 Run from the repository root with the project's venv::
 
-    .venv/bin/python tools/zoo_check.py --snapshot --dir /work/cache/torchvision --markdown /tmp/tv.md --json /tmp/tv.json
+    .venv/bin/python tools/zoo_check.py --snapshot --sensitivity --dir /work/cache/torchvision \
+        --markdown /tmp/tv.md --json /tmp/tv.json
     .venv/bin/python tools/zoo_check.py --light --markdown /tmp/light.md
     .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --models 'resnet|vgg' --timeout 300
 
@@ -38,8 +39,9 @@ model output (dead or vanishing signal, e.g. randomly initialized weights), and 
 proves little. It imports morphnet_onnx internals (``checking.random_structure``, ``zero_gates``).
 
 The Markdown table is printed at the end (and written with ``--markdown``); ``--json`` writes every
-run's parsed result, return code, stderr and wall time. Both files are rewritten after every model,
-so a sweep that is interrupted keeps what it had. Progress goes to stderr.
+run's parsed result, return code, error line (the last line on stderr), wall time and peak memory.
+Both files are rewritten after every model, so a sweep that is interrupted keeps what it had.
+Progress goes to stderr.
 
 Exit status: 0 when every model passed at every fraction, 1 otherwise.
 """
@@ -68,7 +70,7 @@ MAX_NOTE = 160
 # ---------------------------------------------------------------------------- model discovery
 
 def light_dir() -> Path:
-    import onnx  # noqa: PLC0415  (only to find the wheel)
+    import onnx  # only to find the wheel
 
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
@@ -100,7 +102,8 @@ def collect(args: argparse.Namespace) -> list[Model]:
     if args.light:
         found += [describe(p, "light") for p in sorted(light_dir().glob("light_*.onnx"))]
     if args.torchvision_light:
-        found += [describe(p, "torchvision-light") for p in sorted((REPO / "tests" / "data" / "torchvision").glob("*.onnx"))]
+        folder = REPO / "tests" / "data" / "torchvision"
+        found += [describe(p, "torchvision-light") for p in sorted(folder.glob("*.onnx"))]
     for folder in args.dir or []:
         folder = Path(folder)
         if not folder.is_dir():
@@ -235,7 +238,7 @@ print(json.dumps({"sensitivity": worst, "output_spread": spread, "output_max_abs
 def run_probe(path: Path, fraction: float, seed: int, timeout: float, root: Path) -> dict:
     cmd = [sys.executable, "-c", PROBE, str(path.resolve()), repr(fraction), str(seed)]
     try:
-        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout,
+        done = subprocess.run(cmd, check=False, cwd=root, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
@@ -381,7 +384,7 @@ def summary_line(rows: list[Row], fractions: list[float]) -> str:
 
 def make_snapshot(rev: str = "HEAD") -> tuple[Path, str]:
     """The package as committed at `rev`, in a temporary folder (uncommitted edits left out)."""
-    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=REPO,
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], check=False, cwd=REPO,
                           capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"zoo_check: --snapshot {rev}: not a commit (write --snapshot=REV, or put MODEL paths first)")
@@ -461,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         env["uncommitted_changes_used"] = False
         print(f"zoo_check: running morphnet_onnx as committed at {commit[:7]}, copied to {root}",
               file=sys.stderr, flush=True)
+    dirty = " (+uncommitted morphnet_onnx changes)" if env["uncommitted_in_morphnet_onnx"] and not args.snapshot else ""
     print(f"zoo_check: {len(models)} models x fractions {fractions}, seed {args.seed}, timeout {args.timeout:g} s; "
-          f"commit {env['commit']}{' (+uncommitted morphnet_onnx changes)' if env['uncommitted_in_morphnet_onnx'] and not args.snapshot else ''}",
-          file=sys.stderr, flush=True)
+          f"commit {env['commit']}{dirty}", file=sys.stderr, flush=True)
     rows: list[Row] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the running child goes too
     try:
