@@ -99,8 +99,8 @@ class BudgetController:
             structure.alive[group_id] = vector > self.threshold
         return structure
 
-    def __call__(self, step: int, get_params):
-        if step % self.every and step > 0:
+    def __call__(self, step: int, get_params, force: bool = False):
+        if step % self.every and not force:
             return None
         structure = self.alive_structure(get_params())
         alive = structure.element_alive(self.analysis)

@@ -120,6 +120,16 @@ def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
         np.testing.assert_allclose(b[name], c[name], rtol=1e-4, atol=1e-6)
 
 
+def test_shrink_resumes_mid_interval(data):
+    """A resume at a step between two lambda updates still feeds cost weights from the first step."""
+    ckpt = data / "ck"
+    shrink(TINY, data / "train.npz", data / "a.onnx", budget=Budget("flops", "0.6x"),
+           options=quick(steps=3, checkpoint_dir=ckpt, checkpoint_every=3))
+    result = shrink(TINY, data / "train.npz", data / "b.onnx", budget=Budget("flops", "0.6x"),
+                    options=quick(steps=5, checkpoint_dir=ckpt, resume=True))
+    assert result.steps == 5 and result.flops_after <= 0.6 * result.flops_before
+
+
 def test_nan_loss_stops_with_a_clear_message(data):
     with pytest.raises(MorphNetError, match="the loss became"):
         train(TINY, data / "train.npz", data / "x.onnx", options=quick(steps=30, lr=1e6, schedule="constant"))

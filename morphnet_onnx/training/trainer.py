@@ -241,7 +241,8 @@ class Trainer:
                     if step >= total:
                         break
                     if self.regs:
-                        update = self.controller(step, lambda: self._params(state)) if self.controller else None
+                        update = (self.controller(step, lambda: self._params(state), force=weights is None)
+                                  if self.controller else None)
                         if update is not None:
                             weights = update
                         batch[COST_WEIGHTS] = weights
