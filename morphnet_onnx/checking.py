@@ -149,7 +149,7 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     gated_loaded = LoadedModel(model=gated, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                upgraded_from=loaded.upgraded_from)
     result = prune_loaded(gated_loaded, analysis, structure)
-    verify_model(result.model, "pruned model")
+    verify_model(result.model, "the pruned model")
     batch = 2 if _symbolic_batch(loaded.model) else loaded.shapes[_first_input(loaded.model)][0]
     feeds = random_feeds(loaded.model, loaded.shapes, batch, seed)
     # Every tensor both models compute is compared, not just the outputs: in a randomly initialized

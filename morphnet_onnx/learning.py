@@ -368,7 +368,7 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     with progress:
         result = trainer.run(dataset, on_step)
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
-    verify_model(trained, str(output or "model"))
+    verify_model(trained, f"the trained model {output or ''}".strip())
     costs = compute_costs(analysis, loaded)
     validation = evaluate_model(trained, val_set, options.loss) if val_set else None
     if output is not None:
@@ -419,8 +419,8 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
                                 f"nothing to shrink")
     regs = group_regularizers(analysis, loaded, regularizer)
     if not regs:
-        raise MorphNetError(f"{loaded.name}: no prunable group has a {regularizer} gate "
-                            f"(BatchNormalization scale or weight filters)")
+        raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {regularizer} regularizer "
+                            f"(a BatchNormalization scale, or filters held as weights rather than computed)")
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
     controller = BudgetController(analysis, loaded, regs, resource, target, strength, threshold, hw)
@@ -438,7 +438,7 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
 
         structure = round_structure(structure, analysis, gate_magnitudes(analysis, trained_loaded), round_to)
     surgery = apply_structure(trained_loaded, analysis, structure, approximate_borders=True)
-    verify_model(surgery.model, str(output or "model"))
+    verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
     from .analysis import analyze
 

@@ -36,7 +36,7 @@ def verify_model(model: onnx.ModelProto, name: str):
         if model.ByteSize() < 2**31 - 1:
             onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise MorphNetError(f"internal: the pruned model {name} fails onnx's checker: "
+        raise MorphNetError(f"internal: {name} fails onnx's checker: "
                             f"{str(exc).splitlines()[0][:300]}") from exc
     return make_session(model)
 
@@ -79,7 +79,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
     else:
         chosen = load_structure(structure, analysis, loaded)
     result = prune_loaded(loaded, analysis, chosen, round_to, approximate_borders)
-    name = str(output) if output else "model"
+    name = f"the pruned model {output}" if output else "the pruned model"
     verify_model(result.model, name)
     before = compute_costs(analysis, loaded)
     after_loaded = load(result.model, input_shapes)

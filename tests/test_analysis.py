@@ -289,3 +289,27 @@ def test_shapes_after_a_custom_op_come_from_its_declared_output():
     analysis, g = groups_by_source(model)
     assert g["c2"].prunable and not g["c1"].prunable
     assert any("com.example::FusedThing" in r for r in g["c1"].reasons)
+
+
+def test_reshape_target_read_from_another_tensor_pins_that_tensor():
+    """timm's lambda layer: out.reshape(B, C, H, W) with C read from the layer's input."""
+    net = Net(input_shape=(1, 3, 4, 4), batch="N")
+    x = net.relu(net.conv("input", 3, 8, name="c1"))
+    y = net.conv(x, 8, 8, name="c2")
+    shape = net.op("Shape", [x])
+    flat = net.op("Reshape", [y, net.const(np.array([0, 8, 16], np.int64))])
+    back = net.op("Reshape", [flat, shape])
+    out = net.conv(back, 8, 2, name="head")
+    analysis, g = groups_by_source(net.model(out))
+    assert not g["c1"].prunable and "sets the target" in g["c1"].reasons[0]
+
+
+def test_reshape_target_from_its_own_shape_stays_prunable():
+    net = Net(input_shape=(1, 3, 4, 4), batch="N")
+    x = net.conv("input", 3, 8, name="c1")
+    batch = net.op("Gather", [net.op("Shape", [x]), net.const(np.array([0], np.int64))], axis=0)
+    target = net.op("Concat", [batch, net.const(np.array([-1], np.int64))], axis=0)
+    flat = net.op("Reshape", [x, target])
+    out = net.gemm(flat, 8 * 16, 3, name="fc")
+    analysis, g = groups_by_source(net.model(out))
+    assert g["c1"].prunable

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import inspect
 import json
 import os
 import platform
@@ -56,6 +57,7 @@ from morphnet_onnx.training.trainer import Trainer, TrainOptions
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_PYTHON = "/work/torchvenv/bin/python"
 EVERY = 25  # BudgetController's default period
+CONTROLLER_FORCE = "force" in inspect.signature(BudgetController.__call__).parameters
 
 
 # ---- machine -----------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ class TimedController:
         self.hold = hold_after_first
         self.calls: list[dict] = []
 
-    def __call__(self, step: int, get_params):
+    def __call__(self, step: int, get_params, **kwargs):
         if self.hold and step > 0:
             return None  # "fixed": the step-0 weights stay fed
         fetch = [0.0]
@@ -115,7 +117,7 @@ class TimedController:
             return params
 
         start = time.perf_counter()
-        result = self.inner(step, timed_params)
+        result = self.inner(step, timed_params, **kwargs)  # kwargs: what Trainer.run passes (force=...)
         if result is not None:
             self.calls.append({"step": step, "seconds": time.perf_counter() - start, "params_s": fetch[0]})
         return result
@@ -237,7 +239,8 @@ class Session:
         start = time.perf_counter()
         ctl = 0.0
         if self.regs:
-            update = controller(step, lambda: self.trainer._params(self.state))
+            kwargs = {"force": self.weights is None} if CONTROLLER_FORCE else {}
+            update = controller(step, lambda: self.trainer._params(self.state), **kwargs)
             ctl = time.perf_counter() - start
             if update is not None:
                 self.weights = update

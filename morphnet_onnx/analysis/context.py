@@ -82,6 +82,23 @@ class Context:
                 constants[node.output[0]] = ConstantInfo(node.output[0], shape, dtype, fill=fill)
         return constants
 
+    def shape_sources(self, name: str) -> list[str]:
+        """Tensors whose runtime shape a computed tensor is derived from (via Shape/Size ops)."""
+        if not hasattr(self, "_producer"):
+            self._producer = {o: n for n in self.graph.node for o in n.output}
+        sources, seen, stack = [], set(), [name]
+        while stack:
+            tensor = stack.pop()
+            node = self._producer.get(tensor)
+            if node is None or tensor in seen:
+                continue
+            seen.add(tensor)
+            if node.op_type in ("Shape", "Size"):
+                sources.append(node.input[0])
+            else:
+                stack.extend(i for i in node.input if i)
+        return sources
+
     def is_constant(self, name: str) -> bool:
         return name in self.constants
 

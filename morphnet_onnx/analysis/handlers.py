@@ -300,6 +300,7 @@ def transpose(ctx: Context, node: onnx.NodeProto, op: str) -> None:
 
 @handles("Expand")
 def expand(ctx: Context, node: onnx.NodeProto, op: str) -> None:
+    _pin_shape_sources(ctx, node, op)
     ids = ctx.get(node.input[0])
     if ids is None:
         return
@@ -325,6 +326,8 @@ def reshape(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     positions are tied across all but the longest channel axis: each keeps or loses the same
     indices (ShuffleNet's two halves lose channel i together, attention heads the same head dims).
     """
+    if node.op_type == "Reshape":
+        _pin_shape_sources(ctx, node, op)
     ids = ctx.get(node.input[0])
     if ids is None:
         return
@@ -337,6 +340,15 @@ def reshape(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     out = compress(full)
     _keep_product(ctx, out)
     ctx.set(node.output[0], out)
+
+
+def _pin_shape_sources(ctx: Context, node: onnx.NodeProto, op: str) -> None:
+    """A target shape read at run time from *another* tensor (timm's lambda layer reshapes to its
+    input's channel count) would stop fitting once that tensor loses channels: pin them. Reading
+    the reshaped tensor's own shape is fine (ShuffleNet's x.view(n, g, c // g, h, w))."""
+    for tensor in ctx.shape_sources(node.input[1]):
+        if tensor != node.input[0]:
+            ctx.fix(ctx.get(tensor), f"{op}: its shape sets the target of this Reshape")
 
 
 def _keep_product(ctx: Context, ids: np.ndarray) -> None:

@@ -50,15 +50,19 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
+    constant_values = {}
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
+            constant_values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     for node in out.graph.node:
         if node.op_type == "Constant" or not node.output or node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type in NONDETERMINISTIC or not node.input:
             continue
-        if not all(not i or i in inits or i in values for i in node.input):
+        if not all(not i or i in inits or i in values or i in constant_values for i in node.input):
             continue
         if node.op_type == "ConstantOfShape":
-            shape = [int(d) for d in _lookup(node.input[0], inits, values).reshape(-1)]
+            shape = [int(d) for d in _lookup(node.input[0], inits, values, constant_values).reshape(-1)]
             fill = next((a.t for a in node.attribute if a.name == "value"), None)
             dtype = onnx.helper.tensor_dtype_to_np_dtype(fill.data_type) if fill is not None else np.float32
             fill_value = numpy_helper.to_array(fill).reshape(-1)[0] if fill is not None else 0
@@ -71,7 +75,8 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
             else:
                 result = [np.full(shape, fill_value, dtype)]
         else:
-            result = evaluate_node(node, [_lookup(i, inits, values) if i else None for i in node.input], opset)
+            result = evaluate_node(node, [_lookup(i, inits, values, constant_values) if i else None
+                                          for i in node.input], opset)
             if result is None:
                 continue
         for name, value in zip(node.output, result):
@@ -85,8 +90,12 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
     return out if values else model
 
 
-def _lookup(name, inits, values):
-    return values[name] if name in values else numpy_helper.to_array(inits[name])
+def _lookup(name, inits, values, constant_values=None):
+    if name in values:
+        return values[name]
+    if constant_values and name in constant_values:
+        return constant_values[name]
+    return numpy_helper.to_array(inits[name])
 
 
 class Surgeon:
