@@ -15,6 +15,7 @@ import onnx
 
 from .analysis import Analysis
 from .errors import MorphNetError
+from .graph_utils import live_tensors
 from .io import LoadedModel
 
 # Peak GFLOP/s and memory bandwidth GB/s, from MorphNet's latency regularizer.
@@ -178,8 +179,8 @@ def count_parameters(model: onnx.ModelProto) -> tuple[int, int]:
             dtype = fill.data_type if fill is not None else onnx.TensorProto.FLOAT
             count = int(np.prod(dims)) if dims.size else 1
             elements[node.output[0]] = (count, dtype, count * _itemsize(dtype))
-    # Only tensors some op reads: a weight folded into a Constant leaves its unused original behind.
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    # Only tensors on the way to an output: a weight folded into a Constant leaves its original behind.
+    used = live_tensors(graph)
     elements = {name: value for name, value in elements.items() if name in used}
     buffers = {node.input[i] for node in graph.node for i in BUFFER_INPUTS.get(node.op_type, ())
                if i < len(node.input)}

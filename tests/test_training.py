@@ -238,3 +238,23 @@ def test_probe_reports_onnxruntime_errors(tmp_path):
 
     with pytest.raises(MorphNetError, match="m.onnx: onnxruntime cannot take a training step"):
         probe.run_probe(tmp_path, [np.zeros(2, np.float32)], "m.onnx")  # no artifacts there
+
+
+def test_ops_nothing_reads_do_not_break_training(tmp_path):
+    """NF-ResNet: once its standardized weights are folded, the weight-standardization
+    BatchNormalization is read by nothing; its scale must not become an unreachable trainable leaf."""
+    from builders import Net
+
+    net = Net(input_shape=(1, 3, 8, 8), batch="N", seed=3)
+    x = net.relu(net.conv("input", 3, 6, name="c1"))
+    net.op("BatchNormalization", [net.const(np.ones((1, 6, 27), np.float32)), net.const(np.ones(6, np.float32)),
+                                  net.const(np.zeros(6, np.float32)), net.const(np.zeros(6, np.float32)),
+                                  net.const(np.ones(6, np.float32))], name="dead_bn")
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [x])], axis=1)
+    model = net.model(net.gemm(x, 6, 3, name="fc"))
+    onnx.save(model, tmp_path / "nf.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", input=rng.standard_normal((4, 3, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 3, 4))
+    result = train(tmp_path / "nf.onnx", tmp_path / "d.npz", tmp_path / "o.onnx", options=quick(steps=2, batch_size=2))
+    assert result.steps == 2

@@ -16,6 +16,7 @@ from onnx import numpy_helper
 from ..analysis.context import attr
 from ..analysis.handlers import removes_whole_groups
 from ..errors import MorphNetError
+from ..graph_utils import drop_dead_nodes
 
 
 class Rewrite:
@@ -87,22 +88,15 @@ class Rewrite:
 
     def finish(self) -> onnx.ModelProto:
         graph = self.s.graph
-        outputs = [o.name for o in graph.output]
+        new_graph = onnx.helper.make_graph(self.nodes, graph.name, list(graph.input), list(graph.output),
+                                           list(graph.initializer) + list(self.new_inits.values()))
         # Drop ops nothing reads any more (shape arithmetic of removed branches, unused constants).
-        needed = set(outputs)
-        kept_nodes = []
-        for node in reversed(self.nodes):
-            if any(o in needed for o in node.output):
-                kept_nodes.append(node)
-                needed.update(i for i in node.input if i)
-        kept_nodes.reverse()
-        initializers = [t for t in graph.initializer if t.name in needed]
-        initializers += [t for name, t in self.new_inits.items() if name in needed]
-        inits = {t.name for t in initializers}
-        new_graph = onnx.helper.make_graph(
-            kept_nodes, graph.name,
-            [i for i in graph.input if i.name not in {t.name for t in graph.initializer} or i.name in inits],
-            list(graph.output), initializers)
+        drop_dead_nodes(new_graph)
+        inits = {t.name for t in new_graph.initializer}
+        original_inits = {t.name for t in graph.initializer}
+        kept_inputs = [i for i in graph.input if i.name not in original_inits or i.name in inits]
+        del new_graph.input[:]
+        new_graph.input.extend(kept_inputs)
         new_graph.doc_string = graph.doc_string
         model = onnx.ModelProto()
         model.CopyFrom(self.s.model)

@@ -16,6 +16,7 @@ import onnx
 from onnx import version_converter
 
 from ..errors import MorphNetError
+from ..graph_utils import drop_dead_nodes
 from ..io import LoadedModel, graph_input_names
 from .rewrites import rewrite_for_training, verify_rewrites
 
@@ -48,6 +49,7 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
                                 f"training ({str(exc).splitlines()[0][:200]})") from exc
     graph = model.graph
     _constants_to_initializers(graph)
+    drop_dead_nodes(graph)  # leftovers of folded constants (NF-ResNet's weight standardization)
     real_inputs = set(graph_input_names(model))
     for value in graph.input:
         if value.name in real_inputs:
@@ -132,3 +134,4 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
             keep.append(node)
     del graph.node[:]
     graph.node.extend(keep)
+
