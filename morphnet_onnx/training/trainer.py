@@ -111,7 +111,9 @@ class MorphNetLoss(onnxblock.Block):
 
         if self.task == "ce":
             graph.input.append(helper.make_tensor_value_info("labels", onnx.TensorProto.INT64, [self.batch]))
-            add("SoftmaxCrossEntropyLoss", [logits, "labels"], TASK_LOSS, reduction="mean")
+            # The gradient of SoftmaxCrossEntropyLoss reads its second output (log-probabilities).
+            graph.node.append(helper.make_node("SoftmaxCrossEntropyLoss", [logits, "labels"],
+                                               [TASK_LOSS, "morphnet/log_prob"], name=TASK_LOSS, reduction="mean"))
         else:
             graph.input.append(helper.make_tensor_value_info("labels", onnx.TensorProto.FLOAT, self.target_shape))
             diff = add("Sub", [output_names[0], "labels"], "morphnet/diff")
