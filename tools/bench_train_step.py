@@ -437,13 +437,15 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "morphnet":
                 extra = (f"; controller {ms(r['controller_mean_s'])} ms x {r['controller_calls']} "
                          f"(params read {ms(r['controller_params_mean_s'])} ms)")
+            r["loadavg_after"] = os.getloadavg()[0]
             print(f"  repeat {repeat + 1} {variant:9s} median {ms(r['median_s'])} ms, mean {ms(r['mean_s'])} ms"
-                  f"{extra}", flush=True)
+                  f"{extra}; load {r['loadavg_after']:.2f}", flush=True)
         if torch_python:
             t = run_torch(torch_python, args)
+            t["loadavg_after"] = os.getloadavg()[0]
             runs["torch"].append(t)
             print(f"  repeat {repeat + 1} torch     median {ms(t['median_s'])} ms, mean {ms(t['mean_s'])} ms "
-                  f"({t['threads']} threads, {t['params']} parameters)", flush=True)
+                  f"({t['threads']} threads, {t['params']} parameters); load {t['loadavg_after']:.2f}", flush=True)
 
     def med(variant: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[variant])
