@@ -359,7 +359,7 @@ while step < steps:
         loss = loss_fn(net(xb), yb)
         loss.backward()
         opt.step()
-        float(loss)
+        float(loss.detach())
         step += 1
         stamps.append(time.perf_counter())
 first, end = warmup, warmup + (steps - warmup) // every * every
@@ -374,7 +374,7 @@ print(json.dumps({"median_s": float(np.median(durations)), "mean_s": float(np.me
 def run_torch(python: str, args) -> dict:
     proc = subprocess.run([python, "-c", TORCH_SCRIPT, str(args.data), str(args.steps), str(args.batch_size),
                            str(args.warmup), str(EVERY), str(args.torch_threads), "0"],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"torch run failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
