@@ -1,7 +1,8 @@
 """morphnet-onnx: MorphNet's resource-targeted structure learning for ONNX models.
 
 The public API: `inspect` (channel groups and costs), `check` (is surgery exact on this model),
-`prune` (apply a structure); the CLI `morphnet-onnx` is a thin layer over it.
+`prune` (apply a structure), `shrink` (MorphNet: learn a structure under a budget), `train`,
+`evaluate`; the CLI `morphnet-onnx` is a thin layer over it.
 """
 
 from .analysis import Analysis, Group, analyze
@@ -15,8 +16,21 @@ from .structure import Structure, load_structure
 
 __version__ = "0.1.0"
 
+# Training pulls in onnxruntime's training API: loaded on first use, so `inspect` stays light.
+_LAZY = {"shrink": "learning", "train": "learning", "evaluate": "learning", "Budget": "learning",
+         "LearnResult": "learning", "TrainOptions": "training.trainer"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'morphnet_onnx' has no attribute {name!r}")
+
+
 __all__ = [
     "Analysis", "CheckResult", "Costs", "Group", "HARDWARE", "Inspection", "LoadedModel", "MorphNetError",
     "PruneResult", "Structure", "analyze", "check", "compute_costs", "inspect", "load", "load_structure",
-    "parse_hardware", "prune",
+    "parse_hardware", "prune", "shrink", "train", "evaluate", "Budget", "LearnResult", "TrainOptions",
 ]

@@ -35,6 +35,13 @@ def quick(**kw):
     return TrainOptions(progress=False, **kw)
 
 
+def test_public_api_exposes_training_lazily():
+    code = ("import sys, morphnet_onnx as m; assert 'onnxruntime.training' not in sys.modules; "
+            "assert callable(m.shrink) and callable(m.train) and callable(m.evaluate); "
+            "assert m.TrainOptions().epochs == 15 and m.Budget('flops', '0.5x').target(10) == 5")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_torch_is_not_imported():
     code = "import sys, morphnet_onnx.training.ort, morphnet_onnx.learning; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
