@@ -265,3 +265,9 @@ def test_ops_nothing_reads_do_not_break_training(tmp_path):
              labels=rng.integers(0, 3, 4))
     result = train(tmp_path / "nf.onnx", tmp_path / "d.npz", tmp_path / "o.onnx", options=quick(steps=2, batch_size=2))
     assert result.steps == 2
+
+
+def test_shrink_latency_budget(data):
+    result = shrink(TINY, data / "train.npz", data / "lat.onnx", budget=Budget("latency", "0.6x"), hardware="T4",
+                    options=quick(steps=3))
+    assert result.resource == "latency" and result.cost_after <= 0.6 * result.cost_before
