@@ -1,6 +1,6 @@
 """Benchmark the cost of a MorphNet training step against a plain training step, in one process.
 
-Target (issue "shrink/train on onnxruntime-training"): a training step with the regularizer costs at
+Target (from the issue): a training step with the regularizer costs at
 most 1.05x a plain training step on the same model. Dev only: compare the plain step against PyTorch
 on CPU for the same net, when a Python with torch is at hand.
 
@@ -18,8 +18,14 @@ Variants, built as `learning.train` and `learning.shrink` build them, alternated
 A step's time is the time between consecutive `on_step` callbacks (`time.perf_counter()`): batching,
 the controller call when one is due, forward + backward, optimizer step. The first `--warmup` steps
 are dropped; the window is then cut to whole controller periods (25 steps) so that the mean carries
-exactly one controller call per 25 steps. The verdict uses the mean (controller amortized); the
-median (which skips the controller steps) is reported too.
+exactly one controller call per 25 steps. The verdict uses the mean (controller amortized): per
+repeat, morphnet's mean step over the mean step of the plain run next to it, then the median over
+repeats; the median step (which skips the controller steps) is reported too. Breakdown: the
+controller's calls are timed (and their parameter read), steps with and without a call are split,
+and "paired blocks" run a plain and a MorphNet session in one process, alternating blocks of 25
+steps on the same batches, so both see the same machine within seconds. When whole runs differ by
+more than 10% the script warns: on a 2-vCPU VM onnxruntime's 2-thread step switches between two
+speeds ~2x apart (see docs/benchmarks.md); `--threads 1` is steadier there.
 
 torch: `--torch-python` (default /work/torchvenv/bin/python when it exists) runs an equivalent
 PyTorch net (see TORCH_SCRIPT; same layers and parameter count as models/make_mnist1d.py), AdamW,
