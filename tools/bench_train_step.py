@@ -43,7 +43,6 @@ import gc
 import inspect
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,9 +50,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-import morphnet_onnx
+from machine import machine_info  # tools/machine.py
 from morphnet_onnx.cost import compute_costs, parse_hardware
 from morphnet_onnx.learning import Budget, BudgetController, load_data, resource_cost
 from morphnet_onnx.pruning import prepare
@@ -67,39 +65,6 @@ CONTROLLER_FORCE = "force" in inspect.signature(BudgetController.__call__).param
 
 
 # ---- machine -----------------------------------------------------------------------------------------
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    import onnxruntime
-
-    commit = None
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "morphnet_onnx"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        if dirty:
-            commit += " + uncommitted changes in morphnet_onnx/"
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {
-        "nproc": nproc, "cpu": cpu, "python": platform.python_version(), "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-        "morphnet_onnx": morphnet_onnx.__version__, "git_commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "loadavg_start": list(os.getloadavg()),
-    }
-
 
 # ---- the ORT runs ------------------------------------------------------------------------------------
 
