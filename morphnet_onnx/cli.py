@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
     p.add_argument("--structure", metavar="OUT.json", help="also write the learned structure")
+    p.add_argument("--force", action="store_true",
+                   help="decide a structure even when the training loss never fell (the gates are then noise)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
     p.set_defaults(run=_shrink)
@@ -139,6 +141,8 @@ def _train_options(args: argparse.Namespace):
 def _print_learned(result, args, label: str) -> None:
     from .report import human
 
+    for warning in result.warnings:  # stderr: a --json document on stdout stays clean
+        print(f"[W] {warning}", file=sys.stderr)
     if args.json:
         json.dump(result.to_dict(), sys.stdout)
         sys.stdout.write("\n")
@@ -168,7 +172,8 @@ def _shrink(args: argparse.Namespace) -> int:
     result = shrink(args.model, args.data, args.output, val=args.val, budget=budget, strength=args.strength,
                     regularizer=args.regularizer, threshold=args.threshold, hardware=args.hardware,
                     options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
-                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure)
+                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure,
+                    force=args.force)
     _print_learned(result, args, "shrink")
     return 0
 

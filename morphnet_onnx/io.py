@@ -14,6 +14,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import MorphNetError
 from .folding import fold_shape_values
+from .graph_utils import resolve_constant_aliases
 
 MIN_OPSET = 11
 MAX_OPSET = 21
@@ -43,6 +44,7 @@ class LoadedModel:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, int] = field(default_factory=dict)
     upgraded_from: int | None = None
+    aliases_resolved: int = 0  # exporter-shared constants given their own tensors (see resolve_constant_aliases)
 
     @property
     def name(self) -> str:
@@ -291,7 +293,8 @@ def _pin_values(light: onnx.ModelProto, values: dict[str, np.ndarray], known: di
 
 def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,
          load_weights: bool = True) -> LoadedModel:
-    """Load a model from a path or a ModelProto, upgrade old opsets, and infer static shapes at batch 1."""
+    """Load a model from a path or a ModelProto, upgrade old opsets, give every aliased constant its
+    own tensor, and infer static shapes at batch 1."""
     if isinstance(path_or_model, onnx.ModelProto):
         model, path = path_or_model, None
     else:
@@ -299,8 +302,10 @@ def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: Input
         model = read_model(path, load_weights=load_weights)
     name = str(path) if path else (model.graph.name or "<model>")
     model, upgraded_from = upgrade_opset(model, name)
+    model, aliases_resolved = resolve_constant_aliases(model)
     shapes, dtypes = infer_static_shapes(model, input_shapes or {}, name)
-    return LoadedModel(model=model, path=path, shapes=shapes, dtypes=dtypes, upgraded_from=upgraded_from)
+    return LoadedModel(model=model, path=path, shapes=shapes, dtypes=dtypes, upgraded_from=upgraded_from,
+                       aliases_resolved=aliases_resolved)
 
 
 def tensor_value(tensor: onnx.TensorProto, base_dir: Path | None = None) -> np.ndarray:

@@ -26,7 +26,8 @@ from .runtime import make_session
 from .structure import Structure
 from .surgery import apply_structure, repair_structure
 from .training.data import Dataset, input_specs, load_module_batches, load_npz
-from .training.trainer import StepInfo, Trainer, TrainOptions
+from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
+from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
 RESOURCES = ("flops", "size", "latency")
 UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -180,7 +181,7 @@ def _classes(loaded: LoadedModel) -> int | None:
 
 
 def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of the model with trained values for its initializers or Constant weights."""
+    """A copy of the model with new values for its initializers or Constant weights, by name."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for tensor in out.graph.initializer:
@@ -188,8 +189,9 @@ def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.M
             tensor.CopyFrom(numpy_helper.from_array(params[tensor.name].astype(
                 onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)), tensor.name))
     for node in out.graph.node:
-        if node.op_type == "Constant" and node.output[0] in params:
-            node.attribute[0].t.CopyFrom(numpy_helper.from_array(params[node.output[0]], node.output[0]))
+        if node.op_type == "Constant" and node.output[0] in params and node.attribute[0].name == "value":
+            value = params[node.output[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type))
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(value, node.output[0]))
     return out
 
 
@@ -244,17 +246,14 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
         count += 1
         if count >= max_batches:
             break
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
-    for index, node in enumerate(n for n in out.graph.node if n.op_type == "BatchNormalization"):
+    # Each norm has its own statistics tensors (io.load unties exporter-shared ones), held as an
+    # initializer or, for placeholder weights, a Constant node: with_params writes either.
+    measured = {}
+    for index, node in enumerate(bns):
         mean = sums[2 * index] / count
-        var = np.maximum(sums[2 * index + 1] / count - mean ** 2, 0)
-        for slot, value in ((3, mean), (4, var)):
-            name = node.input[slot]
-            if name in inits:
-                inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-    return out
+        measured[node.input[3]] = mean
+        measured[node.input[4]] = np.maximum(sums[2 * index + 1] / count - mean ** 2, 0)
+    return with_params(model, measured)
 
 
 # ---- evaluate ------------------------------------------------------------------------------------------
@@ -323,6 +322,9 @@ class LearnResult:
     seconds: float
     lambda_log: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    learning: dict = field(default_factory=dict)  # the learning guard's measurements (training/health.py)
+    session_accuracy: float | None = None  # validation top-1 of the trained weights inside the session
+    warnings: list[str] = field(default_factory=list)  # the learning guard's findings
 
     def to_dict(self) -> dict:
         return {
@@ -330,7 +332,8 @@ class LearnResult:
             "flops_before": self.flops_before, "flops_after": self.flops_after,
             "params_before": self.params_before, "params_after": self.params_after,
             "validation": self.validation.to_dict() if self.validation else None,
-            "steps": self.steps, "seconds": self.seconds, "notes": self.notes,
+            "session_accuracy": self.session_accuracy, "learning": self.learning,
+            "steps": self.steps, "seconds": self.seconds, "notes": self.notes, "warnings": self.warnings,
         }
 
 
@@ -352,7 +355,28 @@ def _progress(options: TrainOptions, controller: BudgetController | None, label:
                       f" alive {controller.alive_share:.0%}")
         progress.update(task, completed=info.step, total=info.total, stats=stats)
 
-    return progress, on_step
+    def on_warning(text: str) -> None:
+        if options.progress:  # right away, above the bar; the result carries it for everyone else
+            progress.console.print(f"[W] {text}", markup=False, highlight=False)
+
+    return progress, on_step, on_warning
+
+
+def _guard(result: TrainResult, validation: Evaluation | None, val_set: Dataset | None,
+           pruned: bool = False) -> list[str]:
+    """The early warnings of the run, plus what the finished run and the written model show."""
+    written = validation.accuracy if validation is not None else None
+    chance = chance_accuracy(val_set.labels) if val_set is not None and written is not None else None
+    # The written model of `train` must compute what was trained; a pruned one is compared below.
+    session = None if pruned else result.session_accuracy
+    final = learning_warnings(result.signal, written, session, chance)
+    if pruned and written is not None and result.session_accuracy is not None \
+            and result.session_accuracy - written > MAX_WRITTEN_GAP:
+        final.append(f"the shrunk model scores {written:.1%} on the validation data, the trained model before "
+                     f"the cut {result.session_accuracy:.1%}: the cut removed channels that still mattered "
+                     f"(train longer, or raise --strength, so that the regularizer does the pruning)")
+    early = [] if not result.signal.learned else result.warnings  # the final verdict repeats it for the whole run
+    return early + final
 
 
 def train(model, data=None, output=None, val=None, options: TrainOptions | None = None, data_module: str | None = None,
@@ -364,9 +388,9 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
     trainer = Trainer(loaded, options, target_shape=_target_shape(loaded, options))
-    progress, on_step = _progress(options, None, "train")
+    progress, on_step, on_warning = _progress(options, None, "train")
     with progress:
-        result = trainer.run(dataset, on_step)
+        result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning)
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
     verify_model(trained, f"the trained model {output or ''}".strip())
     costs = compute_costs(analysis, loaded)
@@ -374,7 +398,9 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     if output is not None:
         save_model(trained, Path(output), inputs=[loaded.path] if loaded.path else [])
     return LearnResult(trained, None, analysis, costs.flops, costs.flops, "flops", costs.flops, costs.flops,
-                       costs.params, costs.params, validation, result.steps, result.seconds)
+                       costs.params, costs.params, validation, result.steps, result.seconds,
+                       learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
+                       warnings=_guard(result, validation, val_set))
 
 
 def _target_shape(loaded: LoadedModel, options: TrainOptions) -> list[int] | None:
@@ -389,11 +415,14 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
            regularizer: str = "auto", threshold: float = 1e-2, hardware: str | None = None,
            options: TrainOptions | None = None, data_module: str | None = None, round_to: int = 1,
            keep: list[str] | None = None, input_shapes: InputShapes | None = None,
-           structure_path=None) -> LearnResult:
+           structure_path=None, force: bool = False) -> LearnResult:
     """MorphNet: train with the resource-weighted regularizer, keep the channels worth their cost,
     write the smaller model with its trained weights.
 
     >>> shrink("resnet.onnx", "train.npz", "small.onnx", val="val.npz", budget=Budget("flops", "0.5x"))  # doctest: +SKIP
+
+    A run whose training loss never fell decides nothing (MorphNetError) unless `force`: its gates
+    say what the initialisation was, not which channels are worth their cost.
     """
     options = options or TrainOptions()
     if (budget is None) == (strength is None):
@@ -425,9 +454,12 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     val_set = load_data(val, None, loaded, options.loss) if val else None
     controller = BudgetController(analysis, loaded, regs, resource, target, strength, threshold, hw)
     trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options))
-    progress, on_step = _progress(options, controller, "shrink")
+    progress, on_step, on_warning = _progress(options, controller, "shrink")
     with progress:
-        result = trainer.run(dataset, on_step)
+        result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning)
+    if not result.signal.learned and not force:
+        raise MorphNetError(f"{loaded.name}: not deciding a structure: {result.signal.describe()}, so the gates "
+                            f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
     trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                  upgraded_from=loaded.upgraded_from)
@@ -450,7 +482,9 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
         surgery.structure.save(structure_path, analysis, loaded.name)
     return LearnResult(surgery.model, surgery.structure, analysis, full, resource_cost(after_costs, resource), resource,
                        full_costs.flops, after_costs.flops, full_costs.params, after_costs.params, validation,
-                       result.steps, result.seconds, controller.log, surgery.notes)
+                       result.steps, result.seconds, controller.log, surgery.notes,
+                       learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
+                       warnings=_guard(result, validation, val_set, pruned=True))
 
 
 def _floor_alive(loaded: LoadedModel, analysis: Analysis) -> np.ndarray:

@@ -42,8 +42,12 @@ def test_public_api_exposes_training_lazily():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_torch_is_not_imported():
-    code = "import sys, morphnet_onnx.training.ort, morphnet_onnx.learning; assert 'torch' not in sys.modules"
+def test_torch_is_not_needed():
+    # onnxruntime-training imports torch by itself where it is installed (a dev venv): block it, so
+    # the test means the same everywhere: the training path runs on a machine without torch.
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import morphnet_onnx.training.ort, morphnet_onnx.learning\n"
+            "from morphnet_onnx.training.ort import api, artifacts, onnxblock")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -23,6 +23,7 @@ from ..io import LoadedModel, write_atomic_bytes
 from ..regularizers import GroupRegularizer, add_regularizer
 from .data import Dataset
 from .graph import TrainingGraph, training_graph
+from .health import EARLY_CHECK_STEPS, LIKELY_CAUSES, MIN_JUDGED_STEPS, LearningSignal, learning_signal
 from .ort import api, artifacts, onnxblock
 from .probe import run_probe
 
@@ -65,8 +66,10 @@ class TrainResult:
     params: dict[str, np.ndarray]
     steps: int
     seconds: float
+    signal: LearningSignal
     history: list[dict] = field(default_factory=list)
-    controller_state: dict = field(default_factory=dict)
+    session_accuracy: float | None = None  # validation top-1 of the trained weights, inside the session
+    warnings: list[str] = field(default_factory=list)
 
 
 def learning_rate(options: TrainOptions, step: int, total: int) -> float:
@@ -149,17 +152,20 @@ def _quiet_native_output():
 
 
 def build_artifacts(tg: TrainingGraph, directory: Path, options: TrainOptions, regs: list[GroupRegularizer],
-                    target_shape: list[int] | None) -> None:
+                    target_shape: list[int] | None) -> list[str]:
+    """Write the training, eval and optimizer graphs; return the names of their outputs after the loss."""
     optimizer = (onnxblock.optim.AdamW(weight_decay=options.weight_decay) if options.optimizer == "adamw"
                  else onnxblock.optim.SGD())
     loss = MorphNetLoss(options.loss, options.batch_size, target_shape, regs)
+    # The logits come out too: training accuracy per step, and validation inside the session.
+    extra = [TASK_LOSS] + ([REG_VALUE] if regs else []) + ([_logits_of(tg.model)] if options.loss == "ce" else [])
     cwd = os.getcwd()
     os.chdir(directory)  # onnxblock writes temp files in the working directory
     try:
         with _quiet_native_output():
             artifacts.generate_artifacts(tg.model, requires_grad=tg.trainable, frozen_params=tg.frozen, loss=loss,
                                          optimizer=optimizer, artifact_directory=str(directory),
-                                         additional_output_names=[TASK_LOSS] + ([REG_VALUE] if regs else []))
+                                         additional_output_names=extra)
     except Exception as exc:
         raise MorphNetError(f"onnxruntime-training cannot build the training graph: "
                             f"{str(exc).strip().splitlines()[-1][:300]}") from exc
@@ -172,6 +178,7 @@ def build_artifacts(tg: TrainingGraph, directory: Path, options: TrainOptions, r
         if node.op_type == "BatchNormalization" and len(node.output) > 1:
             del node.output[1:]
     onnx.save(model, str(eval_path))
+    return extra
 
 
 def _input_order(work: Path, tg: TrainingGraph) -> list[str]:
@@ -196,7 +203,10 @@ class Trainer:
         self.controller = controller
         self.target_shape = target_shape
 
-    def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None) -> TrainResult:
+    def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None, val: Dataset | None = None,
+            on_warning: Callable[[str], None] | None = None) -> TrainResult:
+        """Train; `val` is also scored inside the session (batch statistics, as trained); `on_warning`
+        hears the early learning check (after the first epoch or EARLY_CHECK_STEPS steps)."""
         options = self.options
         import onnxruntime
 
@@ -210,7 +220,8 @@ class Trainer:
         work = Path(tempfile.mkdtemp(prefix="morphnet-train-"))
         start_step, meta = 0, {}
         try:
-            build_artifacts(tg, work, options, self.regs, self.target_shape)
+            extra = build_artifacts(tg, work, options, self.regs, self.target_shape)
+            logits_at = len(extra) if options.loss == "ce" else None  # outputs: loss, *extra
             if options.probe:
                 first = next(data.batches(options.batch_size, False, 0))
                 if self.regs:
@@ -237,6 +248,11 @@ class Trainer:
             history = []
             step = start_step
             weights = None
+            task_losses: list[float] = []
+            correct: list[float] = []
+            warnings: list[str] = []
+            early_at = max(MIN_JUDGED_STEPS, min(per_epoch, EARLY_CHECK_STEPS))
+            classes = self._declared_classes()
             while step < total:
                 epoch, offset = divmod(step, per_epoch)
                 for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset):
@@ -260,22 +276,63 @@ class Trainer:
                     optimizer.step()
                     module.lazy_reset_grad()
                     step += 1
-                    info = StepInfo(step, total, loss, float(outputs[1]),
-                                    float(outputs[2]) if len(outputs) > 2 else 0.0, lr)
+                    info = StepInfo(step, total, loss, float(outputs[1]), float(outputs[2]) if self.regs else 0.0, lr)
+                    task_losses.append(info.task)
+                    if logits_at is not None:
+                        correct.append(float(np.mean(np.argmax(outputs[logits_at], axis=-1) == batch["labels"])))
+                    if step == early_at and early_at < total:
+                        early = learning_signal(task_losses, correct, classes)
+                        if not early.learned:
+                            warnings.append(f"after {step} steps {early.describe()}: not learning yet; "
+                                            f"{LIKELY_CAUSES}")
+                            if on_warning:
+                                on_warning(warnings[-1])
                     if step % 50 == 0 or step == total:
                         history.append(info.__dict__)
                     if on_step:
                         on_step(info)
                     if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total):
                         self._save(state, options.checkpoint_dir, step)
+            seconds = time.perf_counter() - started
             trained = self._params(state, tg.trainable)
             for copy in tg.copies:  # untied copies: the first one's value goes back
                 trained.pop(copy, None)
-            return TrainResult(params=trained, steps=step,
-                               seconds=time.perf_counter() - started, history=history,
-                               controller_state=self.controller.state() if self.controller else {})
+            session_accuracy = None
+            if val is not None and logits_at is not None:
+                module.eval()
+                session_accuracy = self._session_accuracy(module, val, weights, logits_at)
+            return TrainResult(params=trained, steps=step, seconds=seconds,
+                               signal=learning_signal(task_losses, correct, classes), history=history,
+                               session_accuracy=session_accuracy, warnings=warnings)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _declared_classes(self) -> int | None:
+        if self.options.loss != "ce":
+            return None
+        shape = self.loaded.shapes.get(_logits_of(self.loaded.model))
+        return int(shape[-1]) if shape and shape[-1] > 0 else None
+
+    def _session_accuracy(self, module, val: Dataset, weights, logits_at: int) -> float | None:
+        """Top-1 of the trained weights on `val`, in the session's eval graph: every example once; the
+        last batch is filled up from the start (the graph's batch is static) and the filler not counted."""
+        batch_size = self.options.batch_size
+        n = len(val)
+        if n == 0:
+            return None
+        hits = 0
+        names = module.input_names()
+        for start in range(0, n, batch_size):
+            index = np.arange(start, start + batch_size) % n
+            feeds = {k: v[index] for k, v in val.arrays.items()}
+            feeds["labels"] = val.labels[index]
+            if self.regs:
+                feeds[COST_WEIGHTS] = weights if weights is not None else np.zeros(
+                    sum(r.width for r in self.regs), dtype=np.float32)
+            logits = module(*[feeds[name] for name in names])[logits_at]
+            real = min(batch_size, n - start)
+            hits += int(np.sum(np.argmax(logits[:real], axis=-1) == feeds["labels"][:real]))
+        return hits / n
 
     def _params(self, state, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Current values of the regularized parameters (or of `names`)."""
