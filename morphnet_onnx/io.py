@@ -304,8 +304,32 @@ def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: Input
     model, upgraded_from = upgrade_opset(model, name)
     model, aliases_resolved = resolve_constant_aliases(model)
     shapes, dtypes = infer_static_shapes(model, input_shapes or {}, name)
+    model = _declare_input_shapes(model, shapes)
     return LoadedModel(model=model, path=path, shapes=shapes, dtypes=dtypes, upgraded_from=upgraded_from,
                        aliases_resolved=aliases_resolved)
+
+
+def _declare_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """Static input dims that --input-shape changed are declared so in the model (a copy): what the
+    tool writes must accept the inputs it was trained and measured on. A symbolic batch stays."""
+    changes = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim if value.type.tensor_type.HasField("shape") else []
+        wanted = shapes.get(value.name)
+        if wanted is None or len(wanted) != len(dims) or value.name in {t.name for t in model.graph.initializer}:
+            continue
+        if any(d.HasField("dim_value") and d.dim_value != w for axis, (d, w) in enumerate(zip(dims, wanted)) if axis):
+            changes[value.name] = wanted
+    if not changes:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in out.graph.input:
+        if value.name in changes:
+            for axis, (dim, size) in enumerate(zip(value.type.tensor_type.shape.dim, changes[value.name])):
+                if axis and dim.HasField("dim_value"):
+                    dim.dim_value = size
+    return out
 
 
 def tensor_value(tensor: onnx.TensorProto, base_dir: Path | None = None) -> np.ndarray:

@@ -182,6 +182,17 @@ def test_cli_prints_the_guard_on_stderr_and_keeps_json_clean(quadrants, tmp_path
 def test_written_model_agrees_with_the_session_on_the_bundled_example():
     models = REPO / "models"
     result = train(models / "resnet1d_mnist1d.onnx", models / "mnist1d_train.npz", None,
-                   val=models / "mnist1d_val.npz", options=quick(steps=150))
-    assert result.learning["learned"] and result.validation.accuracy > 0.5
-    assert abs(result.validation.accuracy - result.session_accuracy) < 0.01  # measured: 78.29% vs 77.63%
+                   val=models / "mnist1d_val.npz", options=quick(steps=300))
+    assert result.learning["learned"] and result.validation.accuracy > 0.7
+    # The session scores with batch statistics (batches of 64), the written model with re-measured
+    # running statistics: measured 84.88% written, 84.17% in the session.
+    assert abs(result.validation.accuracy - result.session_accuracy) < 0.01
+
+
+def test_input_shape_override_is_declared_in_the_model(digits, tmp_path):
+    """Trained on 32x32 inputs, the written model must accept 32x32 inputs (its file said 28x28)."""
+    loaded = load(BN_UNTRAINED, {"x": (1, 1, 32, 32)})
+    dims = [d.dim_value or d.dim_param for d in loaded.model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, 32, 32]
+    assert onnx.load(str(BN_UNTRAINED)).graph.input[0].type.tensor_type.shape.dim[2].dim_value == 28
+    make_session(loaded.model).run(None, {"x": np.zeros((2, 1, 32, 32), np.float32)})

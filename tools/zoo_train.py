@@ -1,11 +1,15 @@
-"""Does `shrink` train on real models? A few steps on random data for every model in a folder.
+"""Does training run on real models, and does it learn? One child process per model of a folder.
 
-For issue "Train any real model": every torchvision classification model, BN kept and BN folded
-(exports from tools/export_torchvision.py), `shrink --steps N --batch-size 2 --strength 1e-12` on
-random data, each in its own process with a timeout, recording whether it trained, seconds per
-step and peak memory (the child's max RSS).
+- `--mode shrink` (does it run): `shrink --steps N --batch-size 2 --strength 1e-12` on random data,
+  recording whether it trained, seconds per step and peak memory (the child's max RSS).
+- `--mode learn` (does it learn): `train` on one small fixed random batch with random labels, again
+  and again (a network that can learn at all memorises it): the training loss (the mean of the
+  last window of steps) must fall to at most half of the first window's within `--steps`, and the
+  written model must reproduce the trained predictions (its top-1 on the batch equals the training
+  session's, within one example). A model that runs but does not learn fails.
 
     .venv/bin/python tools/zoo_train.py --dir /work/cache/torchvision --markdown /tmp/zoo_train.md
+    .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+LEARN_BATCH = 8
+LEARN_FALL = 0.5  # the last window's loss at most this share of the first window's
+
 
 def input_shape(path: Path) -> tuple[str, list[int]]:
     model = onnx.load(str(path), load_external_data=False)
@@ -30,18 +37,28 @@ def input_shape(path: Path) -> tuple[str, list[int]]:
     return value.name, dims
 
 
-def run_one(path: Path, steps: int, timeout: float, work: Path) -> dict:
+def _random_batch(path: Path, work: Path, examples: int, size: int | None = None) -> Path:
     name, dims = input_shape(path)
+    if size:
+        dims = dims[:2] + [size] * (len(dims) - 2)
     rng = np.random.default_rng(0)
     data = work / f"{path.stem}.npz"
-    x = rng.standard_normal([4] + dims[1:]).astype(np.float32)
-    np.savez(data, **{name: x, "labels": rng.integers(0, 10, 4)})
-    out = work / f"{path.stem}_shrunk.onnx"
-    command = [sys.executable, "-m", "morphnet_onnx.cli", "shrink", str(path), "--data", str(data), "--strength",
-               "1e-12", "--steps", str(steps), "--batch-size", "2", "-o", str(out), "--no-progress", "--json"]
-    start = time.perf_counter()
+    x = rng.standard_normal([examples] + dims[1:]).astype(np.float32)
+    np.savez(data, **{name: x, "labels": rng.integers(0, min(10, _classes(path)), examples)})
+    return data
+
+
+def _classes(path: Path) -> int:
+    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+    return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else 10
+
+
+def _run(arguments: list[str], timeout: float, work: Path) -> tuple[int, str, str, float, int | None]:
+    """A morphnet-onnx command in a child: exit code, stdout, stderr, seconds, peak RSS in MB."""
     peak_file = work / "peak.txt"
-    command = ["/usr/bin/time", "-f", "%M", "-o", str(peak_file)] + command  # max RSS of this run, in KB
+    command = ["/usr/bin/time", "-f", "%M", "-o", str(peak_file), sys.executable, "-m", "morphnet_onnx.cli",
+               *arguments]
+    start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         code, stdout, stderr = result.returncode, result.stdout, result.stderr
@@ -49,51 +66,118 @@ def run_one(path: Path, steps: int, timeout: float, work: Path) -> dict:
         code, stdout, stderr = -999, "", f"timeout after {timeout:.0f} s"
     seconds = time.perf_counter() - start
     try:
-        peak = int(peak_file.read_text().strip().splitlines()[-1]) // 1024
+        peak = int(peak_file.read_text().strip().splitlines()[-1]) // 1024  # max RSS in KB
     except (OSError, ValueError, IndexError):
         peak = None
-    row = {"model": path.stem, "trains": code == 0, "seconds": round(seconds, 1), "peak_rss_mb": peak,
-           "error": "" if code == 0 else (stderr.strip().splitlines() or ["crash"])[-1][:200]}
+    return code, stdout, stderr, seconds, peak
+
+
+def _row(path: Path, code: int, stderr: str, seconds: float, peak: int | None) -> dict:
+    return {"model": path.stem, "trains": code == 0, "seconds": round(seconds, 1), "peak_rss_mb": peak,
+            "error": "" if code == 0 else (stderr.strip().splitlines() or ["crash"])[-1][:200]}
+
+
+def run_one(path: Path, steps: int, timeout: float, work: Path) -> dict:
+    """`shrink` for a few steps on random data: does training run at all?"""
+    data = _random_batch(path, work, 4)
+    out = work / f"{path.stem}_shrunk.onnx"
+    code, stdout, stderr, seconds, peak = _run(
+        ["shrink", str(path), "--data", str(data), "--strength", "1e-12", "--steps", str(steps), "--batch-size", "2",
+         "-o", str(out), "--no-progress", "--json"], timeout, work)
+    row = _row(path, code, stderr, seconds, peak)
+    row["passed"] = row["trains"]
     if code == 0:
         doc = json.loads(stdout)
         row["seconds_per_step"] = round(doc["seconds"] / max(doc["steps"], 1), 3)
-        out.unlink(missing_ok=True)
-    data.unlink(missing_ok=True)
+    for leftover in (data, out):
+        leftover.unlink(missing_ok=True)
     return row
+
+
+def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e-3, size: int | None = None) -> dict:
+    """`train` on one fixed random batch: does the loss halve, does the written model agree?
+    `size` sets every spatial input dim (less compute; the topology is what is tested)."""
+    data = _random_batch(path, work, LEARN_BATCH, size)
+    out = work / f"{path.stem}_trained.onnx"
+    shape = []
+    if size:
+        name, dims = input_shape(path)
+        shape = ["--input-shape", f"{name}:" + "x".join(str(d) for d in [1, dims[1]] + [size] * (len(dims) - 2))]
+    code, stdout, stderr, seconds, peak = _run(
+        ["train", str(path), "--data", str(data), "--val", str(data), "--steps", str(steps), "--batch-size",
+         str(LEARN_BATCH), "--lr", str(lr), "--schedule", "constant", "-o", str(out), "--no-progress", "--json",
+         *shape], timeout, work)
+    row = _row(path, code, stderr, seconds, peak)
+    row.update(learns=False, agrees=False, passed=False)
+    if code == 0:
+        doc = json.loads(stdout)
+        signal = doc["learning"]
+        row.update(first_loss=round(signal["first_loss"], 4), last_loss=round(signal["last_loss"], 4),
+                   written_top1=doc["validation"]["accuracy"], session_top1=doc["session_accuracy"],
+                   seconds_per_step=round(doc["seconds"] / max(doc["steps"], 1), 3))
+        row["learns"] = signal["last_loss"] <= LEARN_FALL * signal["first_loss"]
+        row["agrees"] = abs(row["written_top1"] - row["session_top1"]) <= 1 / LEARN_BATCH + 1e-9
+        row["passed"] = row["learns"] and row["agrees"]
+        if not row["learns"]:
+            row["error"] = f"does not learn: loss {row['first_loss']} -> {row['last_loss']} in {steps} steps"
+        elif not row["agrees"]:
+            row["error"] = (f"written model top-1 {row['written_top1']:.0%} on the batch, the session "
+                            f"{row['session_top1']:.0%}: it does not compute what was trained")
+    for leftover in (data, out):
+        leftover.unlink(missing_ok=True)
+    return row
+
+
+def table(rows: list[dict], mode: str) -> str:
+    passed = sum(r["passed"] for r in rows)
+    if mode == "shrink":
+        lines = [f"{passed} of {len(rows)} models train.", "",
+                 "| model | trains | s/step | peak RSS MB (process) | total s | error |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['model']} | {'yes' if r['trains'] else 'no'} | {r.get('seconds_per_step', '')} | "
+                         f"{r['peak_rss_mb'] or ''} | {r['seconds']} | {r['error'].replace('|', '/')} |")
+        return "\n".join(lines)
+    lines = [f"{passed} of {len(rows)} models learn and write what they learned.", "",
+             "| model | learns | loss first -> last | written = session top-1 | s/step | total s | error |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        loss = f"{r['first_loss']} -> {r['last_loss']}" if "first_loss" in r else ""
+        top1 = f"{r['written_top1']:.0%} / {r['session_top1']:.0%}" if "written_top1" in r else ""
+        lines.append(f"| {r['model']} | {'yes' if r['passed'] else 'no'} | {loss} | {top1} | "
+                     f"{r.get('seconds_per_step', '')} | {r['seconds']} | {r['error'].replace('|', '/')} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True, help="folder of .onnx models")
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--mode", choices=["shrink", "learn"], default="shrink")
+    parser.add_argument("--steps", type=int, help="training steps (default: 2 for shrink, 60 for learn)")
+    parser.add_argument("--input-size", type=int, help="learn: spatial size of the random batch (e.g. 112)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--only", nargs="*", help="substrings of model names to run")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    steps = args.steps or (2 if args.mode == "shrink" else 60)
     paths = sorted(Path(args.dir).glob("*.onnx"))
     if args.only:
         paths = [p for p in paths if any(s in p.stem for s in args.only)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
-            row = run_one(path, args.steps, args.timeout, Path(tmp))
+            row = (run_one(path, steps, args.timeout, Path(tmp)) if args.mode == "shrink"
+                   else learn_one(path, steps, args.timeout, Path(tmp), size=args.input_size))
             rows.append(row)
-            print(f"{row['model']:32s} {'trains' if row['trains'] else 'FAILS '} {row['seconds']:6.1f}s "
+            print(f"{row['model']:32s} {'passes' if row['passed'] else 'FAILS '} {row['seconds']:6.1f}s "
                   f"{row.get('seconds_per_step', '')} {row['error']}", flush=True)
-    passed = sum(r["trains"] for r in rows)
-    lines = [f"{passed} of {len(rows)} models train.", "",
-             "| model | trains | s/step | peak RSS MB (process) | total s | error |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {'yes' if r['trains'] else 'no'} | {r.get('seconds_per_step', '')} | "
-                     f"{r['peak_rss_mb'] or ''} | {r['seconds']} | {r['error'].replace('|', '/')} |")
-    text = "\n".join(lines)
+    text = table(rows, args.mode)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0 if passed == len(rows) else 1
+    return 0 if all(r["passed"] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -171,12 +171,17 @@ def build_artifacts(tg: TrainingGraph, directory: Path, options: TrainOptions, r
                             f"{str(exc).strip().splitlines()[-1][:300]}") from exc
     finally:
         os.chdir(cwd)
-    # The eval graph keeps BN's 3 training outputs, which onnxruntime refuses outside training mode.
+    # The eval graph normalises with the running statistics, which onnxruntime-training never updates
+    # (they are re-measured after training): it must use batch statistics, as training does, to score
+    # the trained weights (its three outputs stay: training mode requires them; nothing reads two).
     eval_path = directory / "eval_model.onnx"
     model = onnx.load(str(eval_path))
     for node in model.graph.node:
-        if node.op_type == "BatchNormalization" and len(node.output) > 1:
-            del node.output[1:]
+        if node.op_type == "BatchNormalization":
+            for a in list(node.attribute):
+                if a.name == "training_mode":
+                    node.attribute.remove(a)
+            node.attribute.append(helper.make_attribute("training_mode", 1))
     onnx.save(model, str(eval_path))
     return extra
 
