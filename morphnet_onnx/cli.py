@@ -67,11 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-latency", metavar="0.5x|1.2ms", help="target roofline latency (see --hardware)")
     budget.add_argument("--strength", type=float, metavar="LAMBDA", help="manual mode: fixed regularization strength")
     p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso"], default="auto",
-                   help="gamma: L1 on BatchNorm scales; group-lasso: filter L2 norms (BN folded); auto: by model")
+                   help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model")
     p.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")
     p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
     p.add_argument("--structure", metavar="OUT.json", help="also write the learned structure")
+    p.add_argument("--finetune-steps", type=int, metavar="N",
+                   help="plain training of the pruned model at a tenth of --lr (default: a tenth of the "
+                        "training steps; 0: write the model as cut)")
     p.add_argument("--force", action="store_true",
                    help="decide a structure even when the training loss never fell (the gates are then noise)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
@@ -153,10 +156,19 @@ def _print_learned(result, args, label: str) -> None:
     if result.resource != "flops":
         print(f"{result.resource}: {result.cost_before:.4g} -> {result.cost_after:.4g} "
               f"({result.cost_after / result.cost_before:.1%})")
+    if result.decision:
+        d = result.decision
+        budget = f", budget {d['target'] / d['full_cost']:.3f}x" if d["target"] else ""
+        print(f"{result.resource}: learned structure {d['learned_cost'] / d['full_cost']:.3f}x, written "
+              f"{d['written_cost'] / d['full_cost']:.3f}x{budget} ({d['forced_cuts']} live channels cut, "
+              f"{d['readmitted']} re-admitted)")
     if result.validation is not None:
         v = result.validation
         print(f"validation ({v.examples} examples): " + (f"top-1 {v.accuracy:.2%}, top-5 {v.top5:.2%}"
                                                           if v.accuracy is not None else f"mse {v.mse:.4g}"))
+    if getattr(result, "cut_validation", None) is not None and result.cut_validation.accuracy is not None:
+        print(f"before the fine-tune ({result.decision.get('finetune_steps')} steps): top-1 "
+              f"{result.cut_validation.accuracy:.2%}")
     for note in result.notes:
         print(f"[W] {note}")
 
@@ -164,6 +176,8 @@ def _print_learned(result, args, label: str) -> None:
 def _shrink(args: argparse.Namespace) -> int:
     from .learning import Budget, shrink
 
+    if args.finetune_steps is not None and args.finetune_steps < 0:
+        raise MorphNetError(f"--finetune-steps {args.finetune_steps}: must be 0 or more")
     budget = None
     for resource in ("flops", "size", "latency"):
         text = getattr(args, f"budget_{resource}")
@@ -173,7 +187,7 @@ def _shrink(args: argparse.Namespace) -> int:
                     regularizer=args.regularizer, threshold=args.threshold, hardware=args.hardware,
                     options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
                     keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure,
-                    force=args.force)
+                    force=args.force, finetune_steps=args.finetune_steps)
     _print_learned(result, args, "shrink")
     return 0
 

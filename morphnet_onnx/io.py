@@ -47,6 +47,13 @@ class LoadedModel:
     aliases_resolved: int = 0  # exporter-shared constants given their own tensors (see resolve_constant_aliases)
 
     @property
+    def batch(self) -> int:
+        """The batch the shapes are at: 1, or a static batch the model declares (costs divide by it)."""
+        real = graph_input_names(self.model)
+        first = self.shapes.get(real[0]) if real else None
+        return int(first[0]) if first and len(first) > 1 and first[0] > 0 else 1
+
+    @property
     def name(self) -> str:
         return str(self.path) if self.path else (self.model.graph.name or "<model>")
 

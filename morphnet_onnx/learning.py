@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .analysis import Analysis
+from .analysis import Analysis, analyze
 from .cost import Costs, compute_costs, parse_hardware
+from .decision import Decision, decide, resource_cost
 from .errors import MorphNetError
 from .io import InputShapes, LoadedModel, load, save_model
 from .pruning import prepare, verify_model
@@ -30,6 +31,10 @@ from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, le
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
 RESOURCES = ("flops", "size", "latency")
+# shrink ends with a fine-tune of the pruned model: this share of the training steps, at this share
+# of the learning rate.
+FINETUNE_SHARE = 0.1
+FINETUNE_LR_SHARE = 0.1
 UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
@@ -64,10 +69,6 @@ def _number(text: str, whole: str) -> float:
         raise MorphNetError(f"budget {whole!r}: {text!r} is not a number") from exc
 
 
-def resource_cost(costs: Costs, resource: str) -> float:
-    return {"flops": costs.flops, "size": costs.weights, "latency": costs.latency_s}[resource]
-
-
 def marginal_costs(costs: Costs, resource: str) -> dict[int, float]:
     key = {"flops": "marginal_flops", "size": "marginal_params", "latency": "marginal_latency_s"}[resource]
     return {gid: getattr(gc, key) for gid, gc in costs.groups.items()}
@@ -82,10 +83,10 @@ class BudgetController:
 
     def __init__(self, analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], resource: str,
                  target: float | None, strength: float | None, threshold: float, hardware, every: int = 25,
-                 initial: float = 0.05, growth: float = 1.15, band: float = 0.9) -> None:
+                 initial: float = 0.05, growth: float = 1.15, band: float = 0.9, gain: float = 1.0) -> None:
         self.analysis, self.loaded, self.regs = analysis, loaded, regs
         self.resource, self.target, self.threshold, self.hardware = resource, target, threshold, hardware
-        self.every, self.growth, self.band = every, growth, band
+        self.every, self.growth, self.band, self.gain = every, growth, band, gain
         self.full = resource_cost(compute_costs(analysis, loaded, hardware), resource)
         self.strength = strength if strength is not None else initial
         self.manual = strength is not None
@@ -110,15 +111,18 @@ class BudgetController:
         total = sum(r.width for r in self.regs)
         self.alive_share = sum(int(structure.alive[r.group_id].sum()) for r in self.regs) / max(total, 1)
         if not self.manual and self.target is not None and step > 0:
-            if self.cost > self.target:
-                self.strength *= self.growth  # not there yet: push harder
-            else:
-                if self.met_at is None:
+            # Proportional in log space, bounded: far over the budget lambda grows by `growth` per
+            # update, near it by little (the thresholded cost lags the gates: a fixed step
+            # overshoots), within [band x budget, budget] it holds, and below it eases off the same
+            # way, or the held pressure keeps shrinking the model far below what the budget allows.
+            ratio = self.cost / self.target
+            if ratio > 1 or ratio < self.band:
+                if ratio <= 1 and self.met_at is None:
                     self.met_at = step
-                if self.cost < self.band * self.target:
-                    # Well under budget: ease off, or the held pressure keeps shrinking the model
-                    # far below what the budget allows (measured: 0.2x for a 0.5x budget).
-                    self.strength /= self.growth ** 0.5
+                step_factor = ratio if ratio > 1 else ratio / self.band
+                self.strength *= float(np.clip(step_factor ** self.gain, self.growth ** -0.5, self.growth))
+            elif self.met_at is None:
+                self.met_at = step
         self.log.append({"step": step, "lambda": self.strength, "cost": self.cost, "alive_share": self.alive_share})
         marginal = marginal_costs(costs, self.resource)
         return (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
@@ -129,38 +133,6 @@ class BudgetController:
     def load_state(self, state: dict) -> None:
         self.strength = state.get("strength", self.strength)
         self.met_at = state.get("met_at")
-
-
-def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], params: dict[str, np.ndarray],
-           threshold: float, resource: str, target: float | None, hardware) -> Structure:
-    """Alive channels from the trained gates; if the budget is not met yet, the channels with the
-    smallest gates go until it is; then whole groups come back where removing them is impossible."""
-    vectors = group_vectors(regs, params)
-    structure = Structure.full(analysis)
-    for group_id, vector in vectors.items():
-        structure.alive[group_id] = vector > threshold
-    for _ in range(4):
-        structure = repair_structure(loaded, analysis, structure)
-        if target is None:
-            return structure
-        cost = lambda s: resource_cost(compute_costs(analysis, loaded, hardware, alive=s.element_alive(analysis)),
-                                       resource)
-        if cost(structure) <= target:
-            return structure
-        candidates = sorted((float(vectors[g][c]), g, c) for g in vectors for c in np.nonzero(structure.alive[g])[0])
-        low, high = 0, len(candidates)
-        while low < high:  # fewest removals (smallest gates first) that meet the budget
-            mid = (low + high) // 2
-            trial = Structure({g: m.copy() for g, m in structure.alive.items()})
-            for _, g, c in candidates[:mid + 1]:
-                trial.alive[g][c] = False
-            if cost(trial) <= target:
-                high = mid
-            else:
-                low = mid + 1
-        for _, g, c in candidates[:low + 1]:
-            structure.alive[g][c] = False
-    return repair_structure(loaded, analysis, structure)
 
 
 # ---- data, weights, batch-norm statistics ----------------------------------------------------------
@@ -323,6 +295,8 @@ class LearnResult:
     lambda_log: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     learning: dict = field(default_factory=dict)  # the learning guard's measurements (training/health.py)
+    decision: dict = field(default_factory=dict)  # shrink: learned vs decided vs written cost (decision.py)
+    cut_validation: Evaluation | None = None  # shrink: the pruned model before its fine-tuning
     session_accuracy: float | None = None  # validation top-1 of the trained weights inside the session
     warnings: list[str] = field(default_factory=list)  # the learning guard's findings
 
@@ -332,7 +306,8 @@ class LearnResult:
             "flops_before": self.flops_before, "flops_after": self.flops_after,
             "params_before": self.params_before, "params_after": self.params_after,
             "validation": self.validation.to_dict() if self.validation else None,
-            "session_accuracy": self.session_accuracy, "learning": self.learning,
+            "session_accuracy": self.session_accuracy, "learning": self.learning, "decision": self.decision,
+            "cut_validation": self.cut_validation.to_dict() if self.cut_validation else None,
             "steps": self.steps, "seconds": self.seconds, "notes": self.notes, "warnings": self.warnings,
         }
 
@@ -415,9 +390,13 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
            regularizer: str = "auto", threshold: float = 1e-2, hardware: str | None = None,
            options: TrainOptions | None = None, data_module: str | None = None, round_to: int = 1,
            keep: list[str] | None = None, input_shapes: InputShapes | None = None,
-           structure_path=None, force: bool = False) -> LearnResult:
+           structure_path=None, force: bool = False, finetune_steps: int | None = None) -> LearnResult:
     """MorphNet: train with the resource-weighted regularizer, keep the channels worth their cost,
-    write the smaller model with its trained weights.
+    fine-tune the smaller model briefly and write it.
+
+    `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
+    learning rate, cosine), as every pruning tool ends; None: FINETUNE_SHARE of the training steps;
+    0: none, the model is written as cut.
 
     >>> shrink("resnet.onnx", "train.npz", "small.onnx", val="val.npz", budget=Budget("flops", "0.5x"))  # doctest: +SKIP
 
@@ -463,28 +442,56 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
     trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                  upgraded_from=loaded.upgraded_from)
-    structure = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw)
-    if round_to > 1:
-        from .gates import gate_magnitudes
-        from .structure import round_structure
-
-        structure = round_structure(structure, analysis, gate_magnitudes(analysis, trained_loaded), round_to)
-    surgery = apply_structure(trained_loaded, analysis, structure, approximate_borders=True)
+    decision = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw, round_to)
+    surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
     verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
-    from .analysis import analyze
-
+    steps = finetune_steps if finetune_steps is not None else max(1, round(FINETUNE_SHARE * result.steps))
+    cut_validation = None
+    if steps:
+        cut_validation = evaluate_model(surgery.model, val_set, options.loss) if val_set else None
+        tuned = _finetune(after_loaded, dataset, val_set, options, steps)
+        verify_model(tuned, f"the fine-tuned shrunk model {output or ''}".strip())
+        after_loaded = load(tuned, input_shapes)
+    written_model = after_loaded.model
     after_costs = compute_costs(analyze(after_loaded), after_loaded, hw)
-    validation = evaluate_model(surgery.model, val_set, options.loss) if val_set else None
+    validation = evaluate_model(written_model, val_set, options.loss) if val_set else None
     if output is not None:
-        save_model(surgery.model, Path(output), inputs=[loaded.path] if loaded.path else [])
+        save_model(written_model, Path(output), inputs=[loaded.path] if loaded.path else [])
+    written_cost = resource_cost(after_costs, resource)
+    record = dict(decision.to_dict(), written_cost=written_cost, finetune_steps=steps)
     if structure_path is not None:
-        surgery.structure.save(structure_path, analysis, loaded.name)
-    return LearnResult(surgery.model, surgery.structure, analysis, full, resource_cost(after_costs, resource), resource,
+        surgery.structure.save(structure_path, analysis, loaded.name, decision=record)
+    warnings = _guard(result, validation, val_set, pruned=True)
+    if decision.forced:
+        warnings.insert(0, _forced_warning(decision, resource))
+    return LearnResult(written_model, surgery.structure, analysis, full, written_cost, resource,
                        full_costs.flops, after_costs.flops, full_costs.params, after_costs.params, validation,
                        result.steps, result.seconds, controller.log, surgery.notes,
                        learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
-                       warnings=_guard(result, validation, val_set, pruned=True))
+                       warnings=warnings, decision=record, cut_validation=cut_validation)
+
+
+def _finetune(loaded: LoadedModel, dataset: Dataset, val_set: Dataset | None, options: TrainOptions,
+              steps: int) -> onnx.ModelProto:
+    """Plain training of the pruned model for a few steps; its batch-norm statistics re-measured."""
+    tune = replace(options, steps=steps, lr=options.lr * FINETUNE_LR_SHARE, schedule="cosine",
+                   checkpoint_dir=None, resume=False)
+    trainer = Trainer(loaded, tune, target_shape=_target_shape(loaded, tune))
+    progress, on_step, on_warning = _progress(tune, None, "fine-tune")
+    with progress:
+        result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning)
+    return recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, tune.batch_size)
+
+
+def _forced_warning(decision: Decision, resource: str) -> str:
+    full = max(decision.full_cost, 1e-30)
+    return (f"training ended with the learned structure at {decision.learned_cost / full:.2f}x of the model's "
+            f"{resource} (budget {decision.target / full:.2f}x): {decision.forced_cuts} channels whose gates were "
+            f"still above the threshold (up to {decision.largest_cut_gate:.3g}) were cut to meet the budget, so "
+            f"the shrunk model loses accuracy the regularizer did not trade; train longer (--steps/--epochs) "
+            f"or raise --strength")
+
 
 
 def _floor_alive(loaded: LoadedModel, analysis: Analysis) -> np.ndarray:

@@ -3,8 +3,9 @@
 Each prunable group gets a regularization vector v (one entry per channel), the elementwise max of
 its members' vectors (MorphNet's default combine):
 - `gamma`: |scale| of every BatchNormalization/InstanceNormalization over the group's channels;
-- `group-lasso`: the L2 norm of every output filter writing the group's channels (for models
-  exported with BN folded into Conv).
+- `group-lasso`: the RMS of every output filter writing the group's channels, sqrt(mean(w^2)) as in
+  morph-net's group-lasso regularizer (so one threshold means the same for every fan-in), for
+  models exported with BN folded into Conv.
 
 The loss adds sum_c w_c v_c, where w (a graph input fed every step) is lambda times MorphNet's
 per-channel cost: for each op, C x (alive channels on the other side), so that
@@ -91,19 +92,24 @@ def member_vector(member: Member, value: np.ndarray) -> np.ndarray:
     if member.kind == "gamma":
         return np.abs(value.reshape(-1))
     node = helper.make_node(member.op_type, ["x", "w"], ["y"], transB=member.trans_b)
-    return np.sqrt(np.sum(weight_rows(node, value).astype(np.float64) ** 2, axis=1) + EPS)
+    return np.sqrt(np.mean(weight_rows(node, value).astype(np.float64) ** 2, axis=1) + EPS)
 
 
 def group_vectors(regs: list[GroupRegularizer], params: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
-    """The regularization vectors in numpy (what the ONNX subgraph computes), for decisions."""
+    """The regularization vectors in numpy (what the ONNX subgraph computes), for decisions.
+
+    A channel no member covers (a Concat of a BN branch and a branch without BN, under gamma) has no
+    gate: it is +inf here, alive whatever happens, never "dead by absence"."""
     out = {}
     for reg in regs:
         vector = np.zeros(reg.width)
+        covered = np.zeros(reg.width, dtype=bool)
         for member in reg.members:
             base = member_vector(member, params[member.param])
+            covered |= member.mask > 0
             for pick in member.picks:
                 vector = np.maximum(vector, base[pick] * member.mask)
-        out[reg.group_id] = vector
+        out[reg.group_id] = np.where(covered, vector, np.inf)
     return out
 
 
@@ -140,7 +146,9 @@ def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix
                     keep_axis = (0 if member.trans_b else rank - 1) if member.op_type in ("Gemm", "MatMul") else 0
                     axes = np.array([a for a in range(rank) if a != keep_axis], dtype=np.int64)
                     summed = node("ReduceSum", [squared, const(axes)], keepdims=0)
-                    base = node("Sqrt", [node("Add", [summed, const(np.array(EPS, dtype=np.float32))])])
+                    fan_in = int(np.prod([_dims(graph, member.param)[a] for a in axes]))
+                    mean = node("Mul", [summed, const(np.array(1.0 / max(fan_in, 1), dtype=np.float32))])
+                    base = node("Sqrt", [node("Add", [mean, const(np.array(EPS, dtype=np.float32))])])
                 base_cache[member.param] = base
             for pick in member.picks:
                 picked = node("Gather", [base, const(pick)], axis=0)
@@ -152,9 +160,13 @@ def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix
 
 
 def _rank(graph: onnx.GraphProto, param: str) -> int:
+    return len(_dims(graph, param))
+
+
+def _dims(graph: onnx.GraphProto, param: str) -> list[int]:
     for tensor in graph.initializer:
         if tensor.name == param:
-            return len(tensor.dims)
+            return list(tensor.dims)
     raise KeyError(param)
 
 

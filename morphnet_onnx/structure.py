@@ -58,17 +58,20 @@ class Structure:
                 counts[source] = self.alive_count(group.id)
         return counts
 
-    def to_dict(self, analysis: Analysis, model_name: str = "") -> dict:
+    def to_dict(self, analysis: Analysis, model_name: str = "", decision: dict | None = None) -> dict:
         groups = []
         for group in analysis.groups:
             mask = self.alive[group.id]
             groups.append({"id": group.id, "width": group.width, "sources": group.sources,
                            "alive": np.nonzero(mask)[0].tolist()})
-        return {"format": FORMAT, "version": VERSION, "model": model_name, "groups": groups,
-                "alive_counts": self.op_alive_counts(analysis)}
+        doc = {"format": FORMAT, "version": VERSION, "model": model_name, "groups": groups,
+               "alive_counts": self.op_alive_counts(analysis)}
+        if decision is not None:
+            doc["decision"] = decision  # how shrink arrived at it (informative; prune ignores it)
+        return doc
 
-    def save(self, path: str | os.PathLike, analysis: Analysis, model_name: str = "") -> None:
-        write_atomic_bytes(path, json.dumps(self.to_dict(analysis, model_name), indent=1) + "\n")
+    def save(self, path: str | os.PathLike, analysis: Analysis, model_name: str = "", decision: dict | None = None) -> None:
+        write_atomic_bytes(path, json.dumps(self.to_dict(analysis, model_name, decision), indent=1) + "\n")
 
 
 def load_structure(path: str | os.PathLike, analysis: Analysis, loaded: LoadedModel) -> Structure:

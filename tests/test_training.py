@@ -113,7 +113,7 @@ def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
         def on_step(info):
             if info.step == 5:
                 raise KeyboardInterrupt  # killed after the checkpoint at step 4
-        return contextlib.nullcontext(), on_step
+        return contextlib.nullcontext(), on_step, lambda text: None
 
     with monkeypatch.context() as m:
         m.setattr(learning, "_progress", dying_progress)

@@ -59,6 +59,12 @@ class Context:
         self.constants = self._collect_constants()
         self._folded_values: dict[str, np.ndarray | None] = {}
 
+    def per_example(self, rows: int) -> int:
+        """Rows of a Gemm/MatMul per example: a model exported with a static batch carries it in its
+        row count, while costs are per example (batch 1), as a Conv's spatial size is."""
+        batch = self.loaded.batch
+        return rows // batch if batch > 1 and rows % batch == 0 else rows
+
     # ---- constants -----------------------------------------------------------------------------
     def _collect_constants(self) -> dict[str, ConstantInfo]:
         constants = {t.name: ConstantInfo(t.name, tuple(t.dims), t.data_type, tensor=t) for t in self.graph.initializer}

@@ -462,11 +462,12 @@ def conv(ctx: Context, node: onnx.NodeProto, op: str) -> None:
         else:
             out_ids = ctx.new_source(op, node.op_type, out, c_out)
             ctx.fix(out_ids, f"{op}: grouped conv over input channels that cannot change")
+        # The input side is fixed at one "channel" (the cost is linear in the outputs), so the input
+        # activations a group reads are charged to its output channels: all of them, not one's worth.
         ctx.add_cost(CostedOp(op, node.op_type, flops_coeff=2.0 * spatial * kernel * in_per_group,
                               size_coeff=kernel * in_per_group, in_ids=None, out_ids=out_ids, in_fixed=1,
-                              in_act_per_channel=in_act * in_per_group / out_per_group,
-                              out_act_per_channel=out_act, dtype_bytes=dtype_bytes,
-                              weight_bytes_extra=bias_bytes))
+                              out_act_per_channel=out_act + in_act * in_per_group / out_per_group,
+                              dtype_bytes=dtype_bytes, weight_bytes_extra=bias_bytes))
     else:
         # A few large groups (ShuffleNet v1, early RegNet stages): every group keeps the same channel
         # indices, inputs and outputs independently, so the group count stays.
@@ -495,6 +496,7 @@ def gemm(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     a_shape, out_shape = ctx.require_shape(a), ctx.require_shape(out)
     trans_a = attr(node, "transA", 0)
     rows, k = (a_shape[1], a_shape[0]) if trans_a else (a_shape[0], a_shape[1])
+    rows = ctx.per_example(rows)
     n = out_shape[1]
     if not ctx.is_constant(b):
         _fix_inputs_and_cost(ctx, node, op, "weight B computed at run time", 2.0 * rows * k * n, 0)
@@ -522,7 +524,7 @@ def matmul(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     if len(a_shape) < 2 or len(b_shape) < 2:
         raise Unsupported("MatMul of a vector")
     k = a_shape[-1]
-    rows = int(np.prod(out_shape[:-1]))
+    rows = ctx.per_example(int(np.prod(out_shape[:-1])))
     n = out_shape[-1]
     if not ctx.is_constant(b):
         _fix_inputs_and_cost(ctx, node, op, "MatMul of two activations (attention) is not pruned",

@@ -1,0 +1,125 @@
+"""Decide: from trained gates to the Structure that is written, landing on the budget.
+
+The gates rank the channels of every regularized group (largest first; `round_to` > 1 ranks blocks
+of that many channels, so widths stay multiples of it). Without a budget, the channels whose gate
+is above the threshold stay (the learned structure). With one, the structure is the longest prefix
+of the ranking across all groups whose cost is within the budget: when training left the learned
+structure over the budget this cuts the weakest live channels (and says so: the regularizer did
+not finish the job), and when it left it under, the strongest dead channels come back while the
+budget allows, so the result lands within one ranking step below the budget; cheaper blocks ranked
+below a costly one then fill what is left. Every candidate is
+repaired (groups that cannot vanish, or cannot vanish together, come back) before it is costed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analysis import Analysis
+from .cost import Costs, Hardware, compute_costs
+from .io import LoadedModel
+from .regularizers import GroupRegularizer, group_vectors
+from .structure import Structure
+from .surgery import repair_structure
+
+# Landing: the written structure should cost at least this share of the budget.
+LANDING_BAND = 0.97
+# After the longest prefix, at most this many more blocks are tried one by one to fill the budget.
+FILL_TRIES = 64
+
+
+def resource_cost(costs: Costs, resource: str) -> float:
+    return {"flops": costs.flops, "size": costs.weights, "latency": costs.latency_s}[resource]
+
+
+@dataclass
+class Decision:
+    structure: Structure
+    cost: float  # of the decided structure, in the resource
+    learned_cost: float  # of the learned structure (gates above the threshold, repaired)
+    full_cost: float
+    target: float | None
+    forced_cuts: int  # channels with a gate above the threshold cut to meet the budget
+    largest_cut_gate: float
+    readmitted: int  # channels with a gate at or below the threshold kept because the budget allows
+
+    @property
+    def forced(self) -> bool:
+        """Training left the learned structure over the budget and live channels had to go."""
+        return self.target is not None and self.forced_cuts > 0 and self.learned_cost > self.target
+
+    def to_dict(self) -> dict:
+        return {"cost": self.cost, "learned_cost": self.learned_cost, "full_cost": self.full_cost,
+                "target": self.target, "forced_cuts": self.forced_cuts, "largest_cut_gate": self.largest_cut_gate,
+                "readmitted": self.readmitted}
+
+
+def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], params: dict[str, np.ndarray],
+           threshold: float, resource: str, target: float | None, hardware: Hardware,
+           round_to: int = 1) -> Decision:
+    """The structure to write (see the module docstring)."""
+    vectors = group_vectors(regs, params)
+
+    def cost(structure: Structure) -> float:
+        return resource_cost(compute_costs(analysis, loaded, hardware, alive=structure.element_alive(analysis)),
+                             resource)
+
+    def build(kept: list[tuple[int, np.ndarray]]) -> Structure:
+        structure = Structure.full(analysis)
+        for group_id in vectors:
+            structure.alive[group_id][:] = False
+        for group_id, channels in kept:
+            structure.alive[group_id][channels] = True
+        return repair_structure(loaded, analysis, structure)
+
+    ranked = _ranked_blocks(vectors, max(round_to, 1))
+    learned = build([(g, c) for top, _, g, c in ranked if top > threshold])
+    learned_cost = cost(learned)
+    full_cost = cost(Structure.full(analysis))
+    if target is None:
+        chosen, chosen_cost = learned, learned_cost
+    else:
+        low, high = 0, len(ranked)  # the longest prefix within the budget: cost grows with the prefix
+        while low < high:
+            mid = (low + high + 1) // 2
+            if cost(build([(g, c) for _, _, g, c in ranked[:mid]])) <= target:
+                low = mid
+            else:
+                high = mid - 1
+        kept = [(g, c) for _, _, g, c in ranked[:low]]
+        chosen = build(kept)
+        chosen_cost = cost(chosen)
+        # The next block may be a costly one (a channel of a wide early layer) while cheaper ones rank
+        # below it: fill the rest of the budget with those, in rank order, each group's own order kept.
+        blocked: set[int] = set()
+        for _, _, group_id, channels in ranked[low:low + FILL_TRIES]:
+            if chosen_cost >= LANDING_BAND * target:
+                break
+            if group_id in blocked:
+                continue
+            trial = build(kept + [(group_id, channels)])
+            trial_cost = cost(trial)
+            if trial_cost <= target:
+                kept.append((group_id, channels))
+                chosen, chosen_cost = trial, trial_cost
+            else:
+                blocked.add(group_id)
+    cut = [float(v[c]) for g, v in vectors.items() for c in np.nonzero(~chosen.alive[g] & (v > threshold))[0]]
+    readmitted = sum(int(np.count_nonzero(chosen.alive[g] & (v <= threshold))) for g, v in vectors.items())
+    return Decision(chosen, chosen_cost, learned_cost, full_cost, target, len(cut), max(cut, default=0.0), readmitted)
+
+
+def _ranked_blocks(vectors: dict[int, np.ndarray], size: int) -> list[tuple[float, float, int, np.ndarray]]:
+    """(largest gate, smallest gate, group, channels) for blocks of `size` channels of every group in
+    gate order, strongest first across groups. A block ranks by its weakest gate, so a group's
+    blocks come in their own order; the last block of a group may be smaller (up to full width)."""
+    blocks = []
+    for group_id, vector in vectors.items():
+        order = np.argsort(-vector, kind="stable")
+        for start in range(0, len(order), size):
+            channels = order[start:start + size]
+            blocks.append((float(vector[channels].max()), float(vector[channels].min()), group_id, channels))
+    blocks.sort(key=lambda block: -block[1])  # stable: equal gates keep each group's own order
+    return blocks

@@ -1,0 +1,142 @@
+"""MorphNet fidelity: the structure-learning faults of the audit, one regression test each."""
+
+import json
+
+import onnx
+
+import numpy as np
+import pytest
+
+from builders import Net
+from conftest import REPO
+from morphnet_onnx import analyze, compute_costs, load
+from morphnet_onnx.cost import Hardware
+from morphnet_onnx.decision import decide
+from morphnet_onnx.learning import Budget, shrink
+from morphnet_onnx.pruning import prepare
+from morphnet_onnx.regularizers import group_regularizers, group_vectors
+from morphnet_onnx.training.trainer import TrainOptions
+
+TINY = REPO / "models" / "tiny_resnet.onnx"
+
+
+def quick(**kw):
+    kw.setdefault("batch_size", 16)
+    return TrainOptions(progress=False, **kw)
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", input=x, labels=rng.integers(0, 10, 96))
+    return tmp_path
+
+
+def _partial_bn_model():
+    """Concat(conv -> BN, conv without BN) tied by an Add to a third conv without BN: 16 channels
+    of which a BatchNormalization covers 8."""
+    net = Net(input_shape=(1, 4, 8, 8), batch="N")
+    with_bn = net.relu(net.bn(net.conv("input", 4, 8), 8))
+    without = net.relu(net.conv("input", 4, 8))
+    joined = net.op("Add", [net.op("Concat", [with_bn, without], axis=1), net.conv("input", 4, 16)])
+    pooled = net.op("Flatten", [net.op("GlobalAveragePool", [net.relu(joined)])], axis=1)
+    return net.model(net.gemm(pooled, 16, 10))
+
+
+def test_channels_no_norm_covers_are_never_dead_by_absence(tmp_path):
+    model = _partial_bn_model()
+    loaded, analysis = prepare(model)
+    regs = group_regularizers(analysis, loaded, "auto")
+    reg = next(r for r in regs if r.width == 16)
+    params = {m.param: np.ones(8, np.float32) for m in reg.members}
+    vector = group_vectors([reg], params)[reg.group_id]
+    assert (vector > 1e-2).all()  # before: the 8 uncovered channels were 0, pruned from step 0
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", input=rng.standard_normal((32, 4, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 10, 32))
+    result = shrink(model, tmp_path / "train.npz", None, strength=1e-9, options=quick(steps=2))
+    assert result.structure.alive[reg.group_id].all()  # all 16 channels kept
+
+
+def test_gemm_flops_are_per_example_in_a_static_batch_export():
+    flops = []
+    for batch in (1, 4):
+        net = Net(input_shape=(batch, 3, 8, 8), batch=batch)
+        flat = net.op("Flatten", [net.relu(net.conv("input", 3, 5))], axis=1)
+        loaded = load(net.model(net.gemm(flat, 5 * 64, 10)))
+        costs = compute_costs(analyze(loaded), loaded)
+        flops.append([op.flops for op in costs.ops])
+    assert flops[0] == flops[1] == [2 * 64 * 27 * 5, 2 * 320 * 10]  # before: the Gemm counted 4x at batch 4
+
+
+def test_depthwise_conv_moves_every_input_channel():
+    net = Net(input_shape=(1, 3, 16, 16))
+    wide = net.conv("input", 3, 32, k=1, bias=False)
+    depthwise = net.conv(wide, 32, 32, group=32, bias=False, name="dw")
+    loaded = load(net.model(net.conv(depthwise, 32, 8, k=1, bias=False)))
+    analysis = analyze(loaded)
+    memory_bound = Hardware("test", 1e12, 1.0)  # 1 GB/s: latency in ns = bytes
+
+    def depthwise_ns(alive=None):
+        ops = compute_costs(analysis, loaded, memory_bound, alive=alive).ops
+        return next(o for o in ops if o.op == "dw").latency_s * 1e9
+
+    weights, inputs, outputs = 32 * 9, 32 * 256, 32 * 256
+    assert depthwise_ns() == pytest.approx((weights + inputs + outputs) * 4)  # before: one input channel's
+    group = next(g for g in analysis.groups if g.prunable and g.width == 32)
+    alive = np.ones(len(analysis.element_group), dtype=bool)
+    alive[np.nonzero(analysis.element_group == group.id)[0][:1]] = False
+    # One channel fewer saves its weights, its input plane and its output plane.
+    assert depthwise_ns() - depthwise_ns(alive) == pytest.approx((9 + 256 + 256) * 4)
+
+
+def test_shrink_lands_on_the_budget_and_records_the_decision(data):
+    result = shrink(TINY, data / "train.npz", None, budget=Budget("flops", "0.5x"), options=quick(steps=6),
+                    structure_path=data / "s.json")
+    share = result.flops_after / result.flops_before
+    assert 0.485 <= share <= 0.5  # before: only removals, 0.31x on the bundled example
+    record = json.loads((data / "s.json").read_text())["decision"]
+    assert record["written_cost"] == pytest.approx(result.flops_after)
+    assert record["learned_cost"] == pytest.approx(result.flops_before)  # 6 steps: nothing learned to prune
+    assert record["forced_cuts"] > 0
+    assert any("learned structure at 1.00x" in w and "--strength" in w for w in result.warnings)
+
+
+def test_round_to_keeps_the_budget(data):
+    result = shrink(TINY, data / "train.npz", None, budget=Budget("flops", "0.5x"), options=quick(steps=6),
+                    round_to=8)
+    assert result.flops_after <= 0.5 * result.flops_before  # before: rounding up after decide broke it
+    for group in result.analysis.prunable_groups:
+        alive = int(result.structure.alive[group.id].sum())
+        assert alive in (0, group.width) or alive % 8 == 0, (group.id, alive, group.width)
+
+
+def test_decide_readmits_the_strongest_dead_channels():
+    loaded, analysis = prepare(TINY)
+    regs = group_regularizers(analysis, loaded, "gamma")
+    rng = np.random.default_rng(0)
+    params = {m.param: rng.uniform(0, 1e-3, 64).astype(np.float32)[:len(m.mask)]
+              for r in regs for m in r.members}
+    # Every gate below the threshold: the learned structure is as small as it gets.
+    hardware = Hardware("V100", 125000.0, 900.0)
+    full = compute_costs(analysis, loaded).flops
+    decision = decide(analysis, loaded, regs, params, 1e-2, "flops", 0.6 * full, hardware)
+    assert decision.learned_cost < 0.6 * full and decision.readmitted > 0 and decision.forced_cuts == 0
+    assert 0.97 * 0.6 * full <= decision.cost <= 0.6 * full
+    vectors = group_vectors(regs, params)
+    kept = [vectors[g][c] for g in vectors for c in np.nonzero(decision.structure.alive[g])[0]]
+    dropped = [vectors[g][c] for g in vectors for c in np.nonzero(~decision.structure.alive[g])[0]]
+    assert np.median(kept) > np.median(dropped)  # the strongest come back
+
+
+def test_group_lasso_gate_is_the_filter_rms():
+    """morph-net normalises a filter's norm by its size, so one threshold fits every fan-in."""
+    net = Net(input_shape=(1, 3, 8, 8))
+    net.conv(net.relu(net.conv("input", 3, 6, name="a")), 6, 4, k=1, name="b")
+    loaded, analysis = prepare(net.model("b_out"))
+    regs = group_regularizers(analysis, loaded, "group-lasso")
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in loaded.model.graph.initializer}
+    reg = next(r for r in regs if r.width == 6)
+    vector = group_vectors([reg], weights)[reg.group_id]
+    np.testing.assert_allclose(vector, np.sqrt((weights["a.w"] ** 2).mean(axis=(1, 2, 3))), rtol=1e-5)
