@@ -83,6 +83,9 @@ class Costs:
     groups: dict[int, GroupCost] = field(default_factory=dict)
     prunable_flops: float = 0.0  # FLOPs that depend on some prunable group
     weights: float = 0.0  # weight elements of the costed ops (MorphNet's model size)
+    # Per channel, MorphNet's marginal cost ({"flops"|"size"|"latency": {group: [one per channel]}}):
+    # channels of one group read by different consumers (a Split to convs of different cost) differ.
+    channel_marginal: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
 
     @property
     def macs(self) -> float:
@@ -104,51 +107,63 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
     only the `alive` elements (a bool per analysis element) kept: MorphNet's alive counts."""
     hardware = hardware or parse_hardware(None)
     n_groups = len(analysis.groups)
-    widths = np.array([g.width for g in analysis.groups], dtype=np.float64)
     prunable = np.array([g.prunable for g in analysis.groups], dtype=bool)
+    # Every (group, channel) gets one slot: marginal costs are kept per channel, summed per group.
+    widths = np.array([g.width for g in analysis.groups], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    slot_of_element = offsets[analysis.element_group] + analysis.element_channel
+    slot_group = np.repeat(np.arange(n_groups), widths)
+    n_slots = int(offsets[-1])
     removable = np.zeros(n_groups)
-    marginal_flops = np.zeros(n_groups)
-    marginal_params = np.zeros(n_groups)
-    marginal_latency = np.zeros(n_groups)
+    marginal_flops = np.zeros(n_slots)
+    marginal_params = np.zeros(n_slots)
+    marginal_latency = np.zeros(n_slots)
     ops: list[OpCost] = []
     prunable_flops = 0.0
     for cost in analysis.costed:
         n_in, n_out = cost.counts(alive)
         latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
         ops.append(OpCost(cost.op, cost.op_type, flops, cost.size_coeff * n_in * n_out, latency, compute_bound))
-        in_g = _per_group(analysis, cost.in_ids, n_groups)
-        out_g = _per_group(analysis, cost.out_ids, n_groups)
-        touched = in_g + out_g > 0
-        if not touched.any():
+        in_c = _per_slot(slot_of_element, cost.in_ids, n_slots)
+        out_c = _per_slot(slot_of_element, cost.out_ids, n_slots)
+        if not (in_c.any() or out_c.any()):
             continue
+        in_g = np.bincount(slot_group, weights=in_c, minlength=n_groups)
+        out_g = np.bincount(slot_group, weights=out_c, minlength=n_groups)
         removable += cost.flops_coeff * (in_g * n_out + out_g * n_in - in_g * out_g)
-        marginal_flops += cost.flops_coeff * (in_g * n_out + out_g * n_in)
-        marginal_params += cost.size_coeff * (in_g * n_out + out_g * n_in)
+        marginal_flops += cost.flops_coeff * (in_c * n_out + out_c * n_in)
+        marginal_params += cost.size_coeff * (in_c * n_out + out_c * n_in)
         # The roofline follows whichever term dominates; its derivative is that term's.
         if compute_bound:
-            marginal_latency += cost.flops_coeff * (in_g * n_out + out_g * n_in) / (hardware.peak_gflops * 1e9)
+            marginal_latency += cost.flops_coeff * (in_c * n_out + out_c * n_in) / (hardware.peak_gflops * 1e9)
         else:
             per_byte = cost.dtype_bytes / (hardware.bandwidth_gbs * 1e9)
-            marginal_latency += per_byte * (cost.size_coeff * (in_g * n_out + out_g * n_in)
-                                            + cost.in_act_per_channel * in_g + cost.out_act_per_channel * out_g)
-        if (touched & prunable).any():
+            marginal_latency += per_byte * (cost.size_coeff * (in_c * n_out + out_c * n_in)
+                                            + cost.in_act_per_channel * in_c + cost.out_act_per_channel * out_c)
+        if ((in_g + out_g > 0) & prunable).any():
             prunable_flops += flops
-    safe = np.maximum(widths, 1)
+
+    def per_group(values: np.ndarray) -> dict[int, np.ndarray]:
+        return {g.id: values[offsets[g.id]:offsets[g.id + 1]] for g in analysis.groups}
+
+    channel_marginal = {"flops": per_group(marginal_flops), "size": per_group(marginal_params),
+                        "latency": per_group(marginal_latency)}
     groups = {
-        g.id: GroupCost(float(removable[g.id]), float(marginal_flops[g.id] / safe[g.id]),
-                        float(marginal_params[g.id] / safe[g.id]), float(marginal_latency[g.id] / safe[g.id]))
+        g.id: GroupCost(float(removable[g.id]), *(float(channel_marginal[key][g.id].mean()) if g.width else 0.0
+                                                  for key in ("flops", "size", "latency")))
         for g in analysis.groups
     }
     params, param_bytes = count_parameters(loaded.model)
     return Costs(flops=float(sum(o.flops for o in ops)), params=params, param_bytes=param_bytes,
                  latency_s=float(sum(o.latency_s for o in ops)), hardware=hardware, ops=ops, groups=groups,
-                 prunable_flops=prunable_flops, weights=float(sum(o.weights for o in ops)))
+                 prunable_flops=prunable_flops, weights=float(sum(o.weights for o in ops)),
+                 channel_marginal=channel_marginal)
 
 
-def _per_group(analysis: Analysis, ids: np.ndarray | None, n_groups: int) -> np.ndarray:
+def _per_slot(slot_of_element: np.ndarray, ids: np.ndarray | None, n_slots: int) -> np.ndarray:
     if ids is None:
-        return np.zeros(n_groups)
-    return np.bincount(analysis.element_group[ids], minlength=n_groups).astype(np.float64)
+        return np.zeros(n_slots)
+    return np.bincount(slot_of_element[ids], minlength=n_slots).astype(np.float64)
 
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}

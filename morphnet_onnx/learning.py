@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import Analysis, analyze
-from .cost import Costs, compute_costs, parse_hardware
+from .cost import compute_costs, parse_hardware
 from .decision import Decision, decide, resource_cost
 from .errors import MorphNetError
 from .io import InputShapes, LoadedModel, load, save_model
@@ -67,11 +67,6 @@ def _number(text: str, whole: str) -> float:
         return float(text)
     except ValueError as exc:
         raise MorphNetError(f"budget {whole!r}: {text!r} is not a number") from exc
-
-
-def marginal_costs(costs: Costs, resource: str) -> dict[int, float]:
-    key = {"flops": "marginal_flops", "size": "marginal_params", "latency": "marginal_latency_s"}[resource]
-    return {gid: getattr(gc, key) for gid, gc in costs.groups.items()}
 
 
 class BudgetController:
@@ -124,7 +119,7 @@ class BudgetController:
             elif self.met_at is None:
                 self.met_at = step
         self.log.append({"step": step, "lambda": self.strength, "cost": self.cost, "alive_share": self.alive_share})
-        marginal = marginal_costs(costs, self.resource)
+        marginal = costs.channel_marginal[self.resource]
         return (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
 
     def state(self) -> dict:

@@ -170,7 +170,8 @@ def _dims(graph: onnx.GraphProto, param: str) -> list[int]:
     raise KeyError(param)
 
 
-def channel_weights(regs: list[GroupRegularizer], marginal: dict[int, float]) -> np.ndarray:
-    """The per-channel cost weights, laid out like the concatenated regularization vector."""
-    return np.concatenate([np.full(reg.width, marginal[reg.group_id], dtype=np.float32) for reg in regs]) \
+def channel_weights(regs: list[GroupRegularizer], marginal: dict[int, np.ndarray]) -> np.ndarray:
+    """The per-channel cost weights (each channel its own marginal cost), laid out like the
+    concatenated regularization vector."""
+    return np.concatenate([np.asarray(marginal[reg.group_id], dtype=np.float32) for reg in regs]) \
         if regs else np.zeros(0, dtype=np.float32)

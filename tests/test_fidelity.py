@@ -140,3 +140,39 @@ def test_group_lasso_gate_is_the_filter_rms():
     reg = next(r for r in regs if r.width == 6)
     vector = group_vectors([reg], weights)[reg.group_id]
     np.testing.assert_allclose(vector, np.sqrt((weights["a.w"] ** 2).mean(axis=(1, 2, 3))), rtol=1e-5)
+
+
+def test_each_channel_is_charged_its_own_consumers():
+    """A group split to a cheap 1x1 conv (first half) and a wide 3x3 conv (second half)."""
+    net = Net(input_shape=(1, 3, 8, 8))
+    first, second = net.op("Split", [net.relu(net.conv("input", 3, 8, bias=False, name="a")),
+                                     net.const(np.array([4, 4], np.int64))], n_outputs=2, axis=1)
+    cheap = net.conv(first, 4, 2, k=1, bias=False)
+    wide = net.conv(second, 4, 16, bias=False)
+    loaded = load(net.model([cheap, wide]))
+    analysis = analyze(loaded)
+    group = next(g for g in analysis.groups if g.prunable and g.width == 8)
+    per_channel = compute_costs(analysis, loaded).channel_marginal["flops"][group.id]
+    produce = 2 * 64 * 9 * 3  # conv a, per output channel
+    expected = [produce + 2 * 64 * 1 * 2] * 4 + [produce + 2 * 64 * 9 * 16] * 4
+    np.testing.assert_allclose(per_channel, expected)  # before: every channel got the mean, 12,800
+    alive = np.ones(len(analysis.element_group), dtype=bool)
+    for channel in (0, 7):  # finite differences agree
+        alive[:] = True
+        alive[np.nonzero((analysis.element_group == group.id) & (analysis.element_channel == channel))[0]] = False
+        saved = compute_costs(analysis, loaded).flops - compute_costs(analysis, loaded, alive=alive).flops
+        assert saved == pytest.approx(expected[channel])
+
+
+def test_shrink_fine_tunes_the_pruned_model_unless_told_not_to(data):
+    tuned = shrink(TINY, data / "train.npz", None, val=data / "train.npz", budget=Budget("flops", "0.5x"),
+                   options=quick(steps=10), finetune_steps=3)
+    assert tuned.decision["finetune_steps"] == 3 and tuned.cut_validation is not None
+    as_cut = shrink(TINY, data / "train.npz", None, val=data / "train.npz", budget=Budget("flops", "0.5x"),
+                    options=quick(steps=10), finetune_steps=0)
+    assert as_cut.decision["finetune_steps"] == 0 and as_cut.cut_validation is None
+    assert tuned.structure.alive.keys() == as_cut.structure.alive.keys()
+    assert all((tuned.structure.alive[g] == as_cut.structure.alive[g]).all() for g in tuned.structure.alive)
+    changed = [t.name for t, u in zip(tuned.model.graph.initializer, as_cut.model.graph.initializer)
+               if t.name == u.name and not np.array_equal(onnx.numpy_helper.to_array(t), onnx.numpy_helper.to_array(u))]
+    assert changed  # the fine-tune trained the written weights
