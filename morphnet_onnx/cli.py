@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--hardware", metavar="NAME|PEAK/BW",
                    help="latency roofline: K80, P4, T4, P100, V100 (default), TPUv2, or PEAK_GFLOPS/BANDWIDTH_GBS")
+    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B",
+                   help="batch of the latency roofline (FLOPs and parameters stay per example)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.set_defaults(run=_inspect)
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model")
     p.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")
     p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
+    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
     p.add_argument("--structure", metavar="OUT.json", help="also write the learned structure")
     p.add_argument("--finetune-steps", type=int, metavar="N",
@@ -187,7 +190,7 @@ def _shrink(args: argparse.Namespace) -> int:
                     regularizer=args.regularizer, threshold=args.threshold, hardware=args.hardware,
                     options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
                     keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure,
-                    force=args.force, finetune_steps=args.finetune_steps)
+                    force=args.force, finetune_steps=args.finetune_steps, cost_batch_size=args.cost_batch_size)
     _print_learned(result, args, "shrink")
     return 0
 
@@ -221,7 +224,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from .report import print_inspection
 
     report = inspect(args.model, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
-                     hardware=args.hardware)
+                     hardware=args.hardware, cost_batch_size=args.cost_batch_size)
     if not report.analysis.prunable_groups:
         reasons = sorted({r for g in report.analysis.groups for r in g.reasons})[:3]
         detail = f" ({'; '.join(reasons)})" if reasons else " (no Conv, Gemm or MatMul with weight initializers)"

@@ -2,7 +2,9 @@
 and per channel group (what removing the group saves, what one more channel costs).
 
 FLOPs count 2 x MACs of Conv, ConvTranspose, Gemm and MatMul at batch 1 (bias, normalization and
-activations cost nothing, as in MorphNet). Every costed op is bilinear in its input and output
+activations cost nothing, as in MorphNet). The latency roofline also charges the bytes that
+memory-bound ops (adds, norms, activations, concats, products) read and write, at the batch of
+`Hardware.batch` (1 by default). Every costed op is bilinear in its input and output
 channel counts, `coeff x n_in x n_out`, which makes the marginal cost of a channel exact.
 """
 
@@ -35,14 +37,18 @@ class Hardware:
     name: str
     peak_gflops: float
     bandwidth_gbs: float
+    batch: int = 1  # the roofline's batch (--cost-batch-size): weights move once, activations per example
 
 
-def parse_hardware(spec: str | None) -> Hardware:
-    """A name from the table (case-insensitive) or `PEAK_GFLOPS/BANDWIDTH_GBS`, e.g. `15000/900`."""
+def parse_hardware(spec: str | None, batch: int = 1) -> Hardware:
+    """A name from the table (case-insensitive) or `PEAK_GFLOPS/BANDWIDTH_GBS`, e.g. `15000/900`;
+    `batch` is the batch the latency roofline is computed at (FLOPs stay per example)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise MorphNetError(f"--cost-batch-size {batch}: must be 1 or more")
     spec = spec or DEFAULT_HARDWARE
     for name, (peak, bandwidth) in HARDWARE.items():
         if name.lower() == spec.lower():
-            return Hardware(name, peak, bandwidth)
+            return Hardware(name, peak, bandwidth, batch)
     peak_text, sep, bandwidth_text = spec.partition("/")
     try:
         peak, bandwidth = float(peak_text), float(bandwidth_text)
@@ -51,7 +57,7 @@ def parse_hardware(spec: str | None) -> Hardware:
     if not sep or peak <= 0 or bandwidth <= 0:
         raise MorphNetError(
             f"--hardware {spec!r}: expected one of {', '.join(HARDWARE)} or PEAK_GFLOPS/BANDWIDTH_GBS (e.g. 15000/900)")
-    return Hardware(f"{peak:g} GFLOP/s, {bandwidth:g} GB/s", peak, bandwidth)
+    return Hardware(f"{peak:g} GFLOP/s, {bandwidth:g} GB/s", peak, bandwidth, batch)
 
 
 @dataclass
@@ -93,10 +99,11 @@ class Costs:
 
 
 def _op_latency(cost, n_in, n_out, hardware: Hardware) -> tuple[float, bool, float, float]:
+    """(roofline seconds for a batch of hardware.batch, compute bound?, FLOPs per example, bytes moved)."""
     flops = cost.flops_coeff * n_in * n_out
     weight_bytes = cost.size_coeff * n_in * n_out * cost.dtype_bytes + cost.weight_bytes_extra
-    act_bytes = (cost.in_act_per_channel * n_in + cost.out_act_per_channel * n_out) * cost.dtype_bytes
-    compute_s = flops / (hardware.peak_gflops * 1e9)
+    act_bytes = (cost.in_act_per_channel * n_in + cost.out_act_per_channel * n_out) * cost.dtype_bytes * hardware.batch
+    compute_s = flops * hardware.batch / (hardware.peak_gflops * 1e9)
     memory_s = (weight_bytes + act_bytes) / (hardware.bandwidth_gbs * 1e9)
     return max(compute_s, memory_s), compute_s >= memory_s, flops, weight_bytes + act_bytes
 
@@ -135,11 +142,12 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
         marginal_params += cost.size_coeff * (in_c * n_out + out_c * n_in)
         # The roofline follows whichever term dominates; its derivative is that term's.
         if compute_bound:
-            marginal_latency += cost.flops_coeff * (in_c * n_out + out_c * n_in) / (hardware.peak_gflops * 1e9)
+            marginal_latency += (cost.flops_coeff * (in_c * n_out + out_c * n_in) * hardware.batch
+                                 / (hardware.peak_gflops * 1e9))
         else:
             per_byte = cost.dtype_bytes / (hardware.bandwidth_gbs * 1e9)
-            marginal_latency += per_byte * (cost.size_coeff * (in_c * n_out + out_c * n_in)
-                                            + cost.in_act_per_channel * in_c + cost.out_act_per_channel * out_c)
+            marginal_latency += per_byte * (cost.size_coeff * (in_c * n_out + out_c * n_in) + hardware.batch * (
+                cost.in_act_per_channel * in_c + cost.out_act_per_channel * out_c))
         if ((in_g + out_g > 0) & prunable).any():
             prunable_flops += flops
 

@@ -52,7 +52,7 @@ class Inspection:
             "param_bytes": costs.param_bytes,
             "latency_s": costs.latency_s,
             "hardware": {"name": costs.hardware.name, "peak_gflops": costs.hardware.peak_gflops,
-                         "bandwidth_gbs": costs.hardware.bandwidth_gbs},
+                         "bandwidth_gbs": costs.hardware.bandwidth_gbs, "batch": costs.hardware.batch},
             "prunable_flops_share": self.prunable_flops_share,
             "groups": groups,
             "notes": self.analysis.notes,
@@ -60,7 +60,7 @@ class Inspection:
 
 
 def inspect(model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,
-            keep: list[str] | None = None, hardware: str | None = None) -> Inspection:
+            keep: list[str] | None = None, hardware: str | None = None, cost_batch_size: int = 1) -> Inspection:
     """Analyze a model's channel groups and costs.
 
     >>> report = inspect("resnet50.onnx")                  # doctest: +SKIP
@@ -69,9 +69,10 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShape
 
     `input_shapes` fixes symbolic dims ({"input": (1, 3, 224, 224)}); the batch dim counts as 1.
     `keep` holds regexes of op names whose channels must not be pruned. `hardware` names a row of
-    MorphNet's table (K80, P4, T4, P100, V100, TPUv2) or gives `PEAK_GFLOPS/BANDWIDTH_GBS`.
+    MorphNet's table (K80, P4, T4, P100, V100, TPUv2) or gives `PEAK_GFLOPS/BANDWIDTH_GBS`;
+    `cost_batch_size` is the batch its latency roofline is computed at (FLOPs stay per example).
     """
-    hw = parse_hardware(hardware)
+    hw = parse_hardware(hardware, cost_batch_size)
     loaded = load(model, input_shapes)
     analysis = analyze(loaded, keep=keep)
     return Inspection(loaded=loaded, analysis=analysis, costs=compute_costs(analysis, loaded, hw))

@@ -385,13 +385,15 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
            regularizer: str = "auto", threshold: float = 1e-2, hardware: str | None = None,
            options: TrainOptions | None = None, data_module: str | None = None, round_to: int = 1,
            keep: list[str] | None = None, input_shapes: InputShapes | None = None,
-           structure_path=None, force: bool = False, finetune_steps: int | None = None) -> LearnResult:
+           structure_path=None, force: bool = False, finetune_steps: int | None = None,
+           cost_batch_size: int = 1) -> LearnResult:
     """MorphNet: train with the resource-weighted regularizer, keep the channels worth their cost,
     fine-tune the smaller model briefly and write it.
 
     `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
     learning rate, cosine), as every pruning tool ends; None: FINETUNE_SHARE of the training steps;
-    0: none, the model is written as cut.
+    0: none, the model is written as cut. `cost_batch_size`: the batch of the latency roofline
+    (`hardware`), for `--budget-latency`.
 
     >>> shrink("resnet.onnx", "train.npz", "small.onnx", val="val.npz", budget=Budget("flops", "0.5x"))  # doctest: +SKIP
 
@@ -403,7 +405,7 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
         raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")
     if regularizer not in REGULARIZERS:
         raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
-    hw = parse_hardware(hardware)
+    hw = parse_hardware(hardware, cost_batch_size)
     loaded, analysis = prepare(model, input_shapes, keep, seed=options.seed)
     if not analysis.prunable_groups:
         raise MorphNetError(f"{loaded.name}: nothing to prune (no prunable channel group; see `inspect`)")

@@ -176,3 +176,25 @@ def test_shrink_fine_tunes_the_pruned_model_unless_told_not_to(data):
     changed = [t.name for t, u in zip(tuned.model.graph.initializer, as_cut.model.graph.initializer)
                if t.name == u.name and not np.array_equal(onnx.numpy_helper.to_array(t), onnx.numpy_helper.to_array(u))]
     assert changed  # the fine-tune trained the written weights
+
+
+def test_latency_charges_memory_bound_ops_at_the_cost_batch():
+    net = Net(input_shape=(1, 4, 8, 8))
+    x = net.relu(net.bn(net.conv("input", 4, 6, k=1, bias=False, name="a"), 6))
+    y = net.op("Add", [x, net.bn(net.conv("input", 4, 6, k=1, bias=False, name="b"), 6)])
+    loaded = load(net.model(net.conv(net.relu(y), 6, 2, k=1, bias=False, name="c")))
+    analysis = analyze(loaded)
+    plane = 64  # 8 x 8
+    convs = (4 * 6 + 4 * 6 + 6 * 2) + plane * ((4 + 6) + (4 + 6) + (6 + 2))  # weights + activations
+    memory_ops = plane * 6 * (2 + 2 + 2 + 3 + 2)  # BN, ReLU, BN, Add (two in, one out), ReLU
+    for batch in (1, 8):
+        hardware = Hardware("test", 1e12, 1.0, batch)  # memory bound: seconds x 1e9 = bytes
+        costs = compute_costs(analysis, loaded, hardware)
+        weights = 4 * 6 + 4 * 6 + 6 * 2
+        assert costs.latency_s * 1e9 == pytest.approx(4 * (weights + batch * (convs - weights + memory_ops)))
+        assert costs.flops == compute_costs(analysis, loaded).flops  # FLOPs stay per example
+        group = next(g for g in analysis.groups if g.prunable and g.width == 6)
+        alive = np.ones(len(analysis.element_group), dtype=bool)
+        alive[np.nonzero((analysis.element_group == group.id) & (analysis.element_channel == 0))[0]] = False
+        saved = costs.latency_s - compute_costs(analysis, loaded, hardware, alive=alive).latency_s
+        assert costs.channel_marginal["latency"][group.id][0] == pytest.approx(saved)

@@ -42,6 +42,8 @@ def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
                 label = f"{domain}::{node.op_type}" if domain else node.op_type
                 raise Unsupported(f"op type {label} is not understood")
             handler(ctx, node, op)
+            if node.op_type in MEMORY_BOUND:
+                _memory_cost(ctx, node, op)
         except Unsupported as why:
             _boundary(ctx, node, op, str(why))
         if any(p.search(op) for p in keep_patterns):
@@ -55,6 +57,37 @@ def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
     for output in graph.output:
         ctx.fix(ctx.get(output.name), f"reaches the model output {output.name!r}")
     return _finish(ctx, loaded.name)
+
+
+# Ops with no FLOPs in MorphNet's convention that still move their activations: MorphNet's latency
+# (and memory) costs charge what they read and write; at batch 1 on a V100 nearly every op is memory bound.
+MEMORY_BOUND = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Concat", "BatchNormalization",
+                "InstanceNormalization", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid",
+                "HardSigmoid", "HardSwish", "Tanh", "Clip", "Softplus", "Gelu", "Erf", "Mish"}
+
+
+def _memory_cost(ctx: Context, node: onnx.NodeProto, op: str) -> None:
+    """Bytes read and written by a memory-bound op, charged to its output channels (linear in them)."""
+    out = node.output[0]
+    shape = ctx.shapes.get(out)
+    if not shape or -1 in shape:
+        return
+    batch = ctx.loaded.batch
+
+    def elements(name: str) -> float:
+        dims = ctx.shapes.get(name)
+        return float(np.prod(dims)) / batch if dims and -1 not in dims and not ctx.is_constant(name) else 0.0
+
+    moved = sum(elements(name) for name in node.input if name) + elements(out)
+    ids = ctx.get(out)
+    dtype_bytes = ctx.dtype_bytes(out)
+    if ids is None or not ids.size:
+        ctx.add_cost(CostedOp(op, node.op_type, 0.0, 0.0, None, None, in_fixed=1, out_fixed=1,
+                              out_act_per_channel=moved, dtype_bytes=dtype_bytes))
+        return
+    positions = ids.reshape(-1)
+    ctx.add_cost(CostedOp(op, node.op_type, 0.0, 0.0, None, positions, in_fixed=1,
+                          out_act_per_channel=moved / positions.size, dtype_bytes=dtype_bytes))
 
 
 def _boundary(ctx: Context, node: onnx.NodeProto, op: str, why: str) -> None:
