@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-size", metavar="0.5x|1.2M", help="target weight count, relative or absolute")
     budget.add_argument("--budget-latency", metavar="0.5x|1.2ms", help="target roofline latency (see --hardware)")
     budget.add_argument("--strength", type=float, metavar="LAMBDA", help="manual mode: fixed regularization strength")
-    p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso"], default="auto",
-                   help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model")
+    p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso", "figs"], default="auto",
+                   help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model; "
+                        "figs: MorphNet's probabilistic gates (decides on p > 0.5, --threshold unused)")
     p.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")
     p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
     p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")

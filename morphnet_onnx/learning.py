@@ -20,6 +20,7 @@ from .analysis import Analysis, analyze
 from .cost import compute_costs, parse_hardware
 from .decision import Decision, decide, resource_cost
 from .errors import MorphNetError
+from .figs import FIGS_THRESHOLD, figs_regularizers
 from .io import InputShapes, LoadedModel, load, save_model
 from .pruning import prepare, verify_model
 from .regularizers import REGULARIZERS, GroupRegularizer, channel_weights, group_regularizers, group_vectors
@@ -422,14 +423,19 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
         if target >= full:
             raise MorphNetError(f"budget {budget.text} is not below the model's cost ({full:.4g} {resource}); "
                                 f"nothing to shrink")
-    regs = group_regularizers(analysis, loaded, regularizer)
+    gates = None
+    if regularizer == "figs":
+        regs, gates = figs_regularizers(analysis, loaded)
+        threshold = FIGS_THRESHOLD  # FiGS decides on the probability of a gate being on
+    else:
+        regs = group_regularizers(analysis, loaded, regularizer)
     if not regs:
         raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {regularizer} regularizer "
                             f"(a BatchNormalization scale, or filters held as weights rather than computed)")
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
     controller = BudgetController(analysis, loaded, regs, resource, target, strength, threshold, hw)
-    trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options))
+    trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options), gates=gates)
     progress, on_step, on_warning = _progress(options, controller, "shrink")
     with progress:
         result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning)

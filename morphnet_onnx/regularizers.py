@@ -25,7 +25,7 @@ from .analysis.context import attr
 from .gates import NORMS, gate_ops, weight_rows
 from .io import LoadedModel
 
-REGULARIZERS = ("auto", "gamma", "group-lasso")
+REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
 EPS = 1e-12
 
 
@@ -34,7 +34,7 @@ class Member:
     """One parameter whose per-channel magnitude gates a group's channels."""
 
     param: str
-    kind: str  # "gamma" or "rows"
+    kind: str  # "gamma", "rows" (filter RMS) or "figs" (a gate's logits, figs.py)
     op_type: str
     trans_b: int
     picks: list[np.ndarray]  # each: position in the member vector for every group channel
@@ -91,6 +91,8 @@ def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "aut
 def member_vector(member: Member, value: np.ndarray) -> np.ndarray:
     if member.kind == "gamma":
         return np.abs(value.reshape(-1))
+    if member.kind == "figs":  # the probability that the gate is on (figs.py)
+        return 1.0 / (1.0 + np.exp(-value.reshape(-1).astype(np.float64)))
     node = helper.make_node(member.op_type, ["x", "w"], ["y"], transB=member.trans_b)
     return np.sqrt(np.mean(weight_rows(node, value).astype(np.float64) ** 2, axis=1) + EPS)
 
@@ -140,6 +142,8 @@ def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix
             if base is None:
                 if member.kind == "gamma":
                     base = node("Abs", [member.param])
+                elif member.kind == "figs":
+                    base = node("Sigmoid", [member.param])
                 else:
                     squared = node("Mul", [member.param, member.param])
                     rank = _rank(graph, member.param)

@@ -12,6 +12,7 @@ from conftest import REPO
 from morphnet_onnx import analyze, compute_costs, load
 from morphnet_onnx.cost import Hardware
 from morphnet_onnx.decision import decide
+from morphnet_onnx.figs import figs_regularizers
 from morphnet_onnx.learning import Budget, shrink
 from morphnet_onnx.pruning import prepare
 from morphnet_onnx.regularizers import group_regularizers, group_vectors
@@ -198,3 +199,28 @@ def test_latency_charges_memory_bound_ops_at_the_cost_batch():
         alive[np.nonzero((analysis.element_group == group.id) & (analysis.element_channel == 0))[0]] = False
         saved = costs.latency_s - compute_costs(analysis, loaded, hardware, alive=alive).latency_s
         assert costs.channel_marginal["latency"][group.id][0] == pytest.approx(saved)
+
+
+def test_figs_gates_train_and_decide(data):
+    """FiGS: logits per channel in the training graph only; the written model is the user's graph."""
+    loaded, analysis = prepare(TINY)
+    regs, placements = figs_regularizers(analysis, loaded)
+    assert {r.group_id for r in regs} == {g.id for g in analysis.prunable_groups}
+    bn_outputs = {n.output[0] for n in loaded.model.graph.node if n.op_type == "BatchNormalization"}
+    assert placements
+    assert all(p.tensor in bn_outputs for p in placements)  # after the norms: BN cannot undo the gate
+    result = shrink(TINY, data / "train.npz", None, budget=Budget("flops", "0.5x"), regularizer="figs",
+                    options=quick(steps=6), finetune_steps=0)
+    assert result.flops_after <= 0.5 * result.flops_before
+    assert not [t for t in result.model.graph.initializer if "figs" in t.name]
+    assert not [n for n in result.model.graph.node if "figs" in n.name or any("figs" in o for o in n.output)]
+
+
+def test_figs_vector_is_the_gate_probability():
+    loaded, analysis = prepare(TINY)
+    regs, _ = figs_regularizers(analysis, loaded)
+    reg = regs[0]
+    logits = np.linspace(-3, 3, reg.width).astype(np.float32)
+    vector = group_vectors([reg], {reg.members[0].param: logits})[reg.group_id]
+    np.testing.assert_allclose(vector, 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    assert ((vector > 0.5) == (logits > 0)).all()

@@ -20,6 +20,7 @@ from onnx import helper
 
 from ..errors import MorphNetError
 from ..io import LoadedModel, write_atomic_bytes
+from ..figs import NOISE, GatePlacement, insert_gates
 from ..regularizers import GroupRegularizer, add_regularizer
 from .data import Dataset
 from .graph import TrainingGraph, training_graph
@@ -201,12 +202,22 @@ class Trainer:
     """One training run. `controller(step, params)` returns the cost weights to feed (or None)."""
 
     def __init__(self, loaded: LoadedModel, options: TrainOptions, regs: list[GroupRegularizer] | None = None,
-                 controller=None, target_shape: list[int] | None = None) -> None:
+                 controller=None, target_shape: list[int] | None = None,
+                 gates: list[GatePlacement] | None = None) -> None:
         self.loaded = loaded
         self.options = options
         self.regs = regs or []
         self.controller = controller
         self.target_shape = target_shape
+        self.gates = gates or []  # FiGS: where the stochastic gates multiply the channels
+        self.noise = np.random.default_rng(options.seed + 1_000_003)
+
+    def _gate_noise(self, deterministic: bool = False) -> np.ndarray:
+        """Uniform noise for the FiGS samples; 0.5 (no noise) when scoring."""
+        width = sum(r.width for r in self.regs)
+        if deterministic:
+            return np.full(width, 0.5, dtype=np.float32)
+        return self.noise.uniform(1e-6, 1 - 1e-6, width).astype(np.float32)
 
     def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None, val: Dataset | None = None,
             on_warning: Callable[[str], None] | None = None) -> TrainResult:
@@ -222,6 +233,11 @@ class Trainer:
                                 f"lower --batch-size")
         total = options.steps if options.steps else options.epochs * per_epoch
         tg = training_graph(self.loaded, options.batch_size)
+        if self.gates:
+            before = {t.name for t in tg.model.graph.initializer}
+            logits = insert_gates(tg.model, self.regs, self.gates)
+            tg.trainable.extend(logits)
+            tg.frozen.extend(t.name for t in tg.model.graph.initializer if t.name not in before and t.name not in logits)
         work = Path(tempfile.mkdtemp(prefix="morphnet-train-"))
         start_step, meta = 0, {}
         try:
@@ -231,6 +247,8 @@ class Trainer:
                 first = next(data.batches(options.batch_size, False, 0))
                 if self.regs:
                     first[COST_WEIGHTS] = np.zeros(sum(r.width for r in self.regs), dtype=np.float32)
+                if self.gates:
+                    first[NOISE] = self._gate_noise(deterministic=True)
                 run_probe(work, [first[name] for name in _input_order(work, tg)], self.loaded.name)
             checkpoint = work / "checkpoint"
             if options.resume and options.checkpoint_dir and (options.checkpoint_dir / "state.json").exists():
@@ -269,6 +287,8 @@ class Trainer:
                         if update is not None:
                             weights = update
                         batch[COST_WEIGHTS] = weights
+                    if self.gates:
+                        batch[NOISE] = self._gate_noise()
                     lr = learning_rate(options, step, total)
                     optimizer.set_learning_rate(lr)
                     outputs = module(*[batch[name] for name in input_names])
@@ -334,6 +354,8 @@ class Trainer:
             if self.regs:
                 feeds[COST_WEIGHTS] = weights if weights is not None else np.zeros(
                     sum(r.width for r in self.regs), dtype=np.float32)
+            if self.gates:
+                feeds[NOISE] = self._gate_noise(deterministic=True)
             logits = module(*[feeds[name] for name in names])[logits_at]
             real = min(batch_size, n - start)
             hits += int(np.sum(np.argmax(logits[:real], axis=-1) == feeds["labels"][:real]))
