@@ -359,10 +359,19 @@ def write_atomic_bytes(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
+        _chmod_like_open(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _chmod_like_open(path: str | os.PathLike) -> None:
+    """mkstemp makes 0600 files; a written model must be readable as any file the user writes is
+    (0666 less the umask), e.g. by the rest of a team on a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Path] = ()) -> None:
@@ -391,8 +400,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
         onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=tmp_data.name, size_threshold=1024)
         # The model refers to its data file by name, so the data must land under its final name first.
+        _chmod_like_open(tmp_data)
         os.replace(tmp_data, path.parent / data_name)
         _relocate_external_data(tmp, data_name)
+        _chmod_like_open(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from builders import Net
 from conftest import REPO
-from morphnet_onnx import load
+from morphnet_onnx import MorphNetError, load
 from morphnet_onnx.cli import main
 from morphnet_onnx.learning import train
 from morphnet_onnx.runtime import make_session
@@ -196,3 +196,24 @@ def test_input_shape_override_is_declared_in_the_model(digits, tmp_path):
     assert dims == ["batch", 1, 32, 32]
     assert onnx.load(str(BN_UNTRAINED)).graph.input[0].type.tensor_type.shape.dim[2].dim_value == 28
     make_session(loaded.model).run(None, {"x": np.zeros((2, 1, 32, 32), np.float32)})
+
+
+def test_written_models_follow_the_umask(digits, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "m.onnx"
+        train(TORCH_DIR / "resnet_digits_bn_trained.onnx", digits[0], out, options=quick(steps=1, probe=False))
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o644  # before: 0600, unreadable to the rest of a team
+
+
+def test_nan_in_the_data_names_the_file_key_and_first_example(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    x[5, 0, 3, 3] = np.nan
+    np.savez(tmp_path / "bad.npz", x=x, labels=rng.integers(0, 10, 8))
+    with pytest.raises(MorphNetError, match=r"bad.npz: 'x' holds NaN or Inf in 1 examples, the first at index 5"):
+        train(BN_UNTRAINED, tmp_path / "bad.npz", None, options=quick(steps=1, batch_size=4))

@@ -94,6 +94,7 @@ def make_dataset(arrays: dict[str, np.ndarray], specs: list[InputSpec], task: st
                                 f"{spec.dtype}; save it as {spec.dtype}")
         if len(value) != len(labels):
             raise MorphNetError(f"{name}: {key!r} has {len(value)} examples but 'labels' has {len(labels)}")
+        _require_finite(value, key, name)
         inputs[spec.name] = value
     if len(labels) == 0:
         raise MorphNetError(f"{name}: the dataset is empty")
@@ -106,8 +107,20 @@ def make_dataset(arrays: dict[str, np.ndarray], specs: list[InputSpec], task: st
                                 f"classes (0..{classes - 1})")
         labels = labels.astype(np.int64)
     else:
+        _require_finite(labels, "labels", name)
         labels = labels.astype(np.float32)
     return Dataset(inputs, labels, name)
+
+
+def _require_finite(value: np.ndarray, key: str, name: str) -> None:
+    """NaN or Inf in the data would surface as a NaN loss blamed on the learning rate: name it here."""
+    if not np.issubdtype(value.dtype, np.floating):
+        return
+    bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1) if len(value) else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise MorphNetError(f"{name}: {key!r} holds NaN or Inf in {int(bad.sum())} examples, the first at index "
+                            f"{first}; clean or drop them")
 
 
 def load_module_batches(spec: str, specs: list[InputSpec], task: str, classes: int | None) -> Dataset:
