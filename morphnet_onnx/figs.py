@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .analysis import Analysis
-from .gates import NORMS, gate_ops
+from .gates import NORMS, channel_axis, gate_ops, prunable_groups_at
 from .io import LoadedModel
 from .regularizers import GroupRegularizer, Member
 
@@ -52,15 +52,10 @@ def figs_regularizers(analysis: Analysis, loaded: LoadedModel) -> tuple[list[Gro
     by_group: dict[int, dict[bool, list[GatePlacement]]] = {}
     for node, _, positions in gate_ops(analysis, loaded):
         out = node.output[0]
-        axis = len(loaded.shapes[out]) - 1 if node.op_type in ("Gemm", "MatMul") else 1
-        groups = analysis.element_group[positions]
-        channels = analysis.element_channel[positions]
-        for group_id in np.unique(groups).tolist():
-            if group_id not in prunable:
-                continue
-            width = analysis.groups[group_id].width
-            index = np.where(groups == group_id, channels, width).astype(np.int64)
-            placement = GatePlacement(out, axis, len(loaded.shapes[out]), group_id, index)
+        rank = len(loaded.shapes[out])
+        for group_id, mine, channels in prunable_groups_at(analysis, positions, prunable):
+            index = np.where(mine, channels, analysis.groups[group_id].width).astype(np.int64)
+            placement = GatePlacement(out, channel_axis(node, rank), rank, group_id, index)
             by_group.setdefault(group_id, {}).setdefault(node.op_type in NORMS, []).append(placement)
     regs, placements = [], []
     for group in analysis.prunable_groups:

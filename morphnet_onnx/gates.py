@@ -33,10 +33,25 @@ def gate_ops(analysis: Analysis, loaded: LoadedModel):
         ids = analysis.tensor_ids.get(out)
         if ids is None:
             continue
-        axis = ids.ndim - 1 if node.op_type == "MatMul" or (node.op_type == "Gemm") else 1
+        axis = channel_axis(node, ids.ndim)
         positions = along(ids, axis, loaded.shapes[out][axis]) if out in loaded.shapes else None
         if positions is not None:
             yield node, name, positions
+
+
+def channel_axis(node: onnx.NodeProto, rank: int) -> int:
+    """The axis of a gate op's output that holds its channels."""
+    return rank - 1 if node.op_type in ("Gemm", "MatMul") else 1
+
+
+def prunable_groups_at(analysis: Analysis, positions: np.ndarray, prunable: set[int]):
+    """Yield (group id, which positions are its, the group channel of every position) for each
+    prunable group among a gate op's output positions."""
+    groups = analysis.element_group[positions]
+    channels = analysis.element_channel[positions]
+    for group_id in np.unique(groups).tolist():
+        if group_id in prunable:
+            yield group_id, groups == group_id, channels
 
 
 def weight_rows(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from .analysis import Analysis
 from .analysis.context import attr
-from .gates import NORMS, gate_ops, weight_rows
+from .gates import NORMS, gate_ops, prunable_groups_at, weight_rows
 from .io import LoadedModel
 
 REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
@@ -60,13 +60,9 @@ def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "aut
         member_kind = "gamma" if node.op_type in NORMS else "rows"
         if member_kind == "rows" and node.op_type == "ConvTranspose":
             continue
-        groups = analysis.element_group[positions]
-        channels = analysis.element_channel[positions]
-        for group_id in np.unique(groups).tolist():
-            if group_id not in prunable:
-                continue
+        for group_id, mine, channels in prunable_groups_at(analysis, positions, prunable):
             width = analysis.groups[group_id].width
-            where = np.nonzero(groups == group_id)[0]
+            where = np.nonzero(mine)[0]
             per_channel: list[list[int]] = [[] for _ in range(width)]
             for position in where.tolist():
                 per_channel[channels[position]].append(position)
