@@ -79,7 +79,8 @@ class BudgetController:
 
     def __init__(self, analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], resource: str,
                  target: float | None, strength: float | None, threshold: float, hardware, every: int = 25,
-                 initial: float = 0.05, growth: float = 1.15, band: float = 0.9, gain: float = 1.0) -> None:
+                 initial: float = 0.05, growth: float = 1.15, band: float = 0.9, gain: float = 1.0,
+                 lookahead: float = 2.0) -> None:
         self.analysis, self.loaded, self.regs = analysis, loaded, regs
         self.resource, self.target, self.threshold, self.hardware = resource, target, threshold, hardware
         self.every, self.growth, self.band, self.gain = every, growth, band, gain
@@ -88,6 +89,8 @@ class BudgetController:
         self.manual = strength is not None
         self.met_at: int | None = None
         self.cost = self.full
+        self.previous_cost: float | None = None
+        self.lookahead = lookahead
         self.alive_share = 1.0
         self.log: list[dict] = []
 
@@ -111,23 +114,31 @@ class BudgetController:
             # update, near it by little (the thresholded cost lags the gates: a fixed step
             # overshoots), within [band x budget, budget] it holds, and below it eases off the same
             # way, or the held pressure keeps shrinking the model far below what the budget allows.
+            # While over the budget but falling fast enough to reach it within `lookahead` updates,
+            # lambda holds: the gates already on their way down get there without more push.
             ratio = self.cost / self.target
-            if ratio > 1 or ratio < self.band:
+            falling = self.previous_cost - self.cost if self.previous_cost is not None else 0.0
+            arriving = ratio > 1 and falling > 0 and self.cost - self.lookahead * falling <= self.target
+            if arriving:
+                pass
+            elif ratio > 1 or ratio < self.band:
                 if ratio <= 1 and self.met_at is None:
                     self.met_at = step
                 step_factor = ratio if ratio > 1 else ratio / self.band
                 self.strength *= float(np.clip(step_factor ** self.gain, self.growth ** -0.5, self.growth))
             elif self.met_at is None:
                 self.met_at = step
+        self.previous_cost = self.cost
         self.log.append({"step": step, "lambda": self.strength, "cost": self.cost, "alive_share": self.alive_share})
         marginal = costs.channel_marginal[self.resource]
         return (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
 
     def state(self) -> dict:
-        return {"strength": self.strength, "met_at": self.met_at}
+        return {"strength": self.strength, "met_at": self.met_at, "previous_cost": self.previous_cost}
 
     def load_state(self, state: dict) -> None:
         self.strength = state.get("strength", self.strength)
+        self.previous_cost = state.get("previous_cost")
         self.met_at = state.get("met_at")
 
 
