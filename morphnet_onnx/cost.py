@@ -98,6 +98,11 @@ class Costs:
         return self.flops / 2
 
 
+def resource_cost(costs: Costs, resource: str) -> float:
+    """A budget's resource: "flops", "size" (MorphNet's model size: weight elements) or "latency" (s)."""
+    return {"flops": costs.flops, "size": costs.weights, "latency": costs.latency_s}[resource]
+
+
 def _op_latency(cost, n_in, n_out, hardware: Hardware) -> tuple[float, bool, float, float]:
     """(roofline seconds for a batch of hardware.batch, compute bound?, FLOPs per example, bytes moved)."""
     flops = cost.flops_coeff * n_in * n_out

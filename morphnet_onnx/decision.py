@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .analysis import Analysis
-from .cost import Costs, Hardware, compute_costs
+from .cost import Hardware, compute_costs, resource_cost
 from .io import LoadedModel
 from .regularizers import GroupRegularizer, group_vectors
 from .structure import Structure
@@ -28,10 +28,6 @@ from .surgery import repair_structure
 LANDING_BAND = 0.97
 # After the longest prefix, at most this many more blocks are tried one by one to fill the budget.
 FILL_TRIES = 64
-
-
-def resource_cost(costs: Costs, resource: str) -> float:
-    return {"flops": costs.flops, "size": costs.weights, "latency": costs.latency_s}[resource]
 
 
 @dataclass

@@ -17,8 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import Analysis, analyze
-from .cost import compute_costs, parse_hardware
-from .decision import Decision, decide, resource_cost
+from .cost import compute_costs, parse_hardware, resource_cost
+from .decision import Decision, decide
 from .errors import MorphNetError
 from .figs import FIGS_THRESHOLD, figs_regularizers
 from .io import InputShapes, LoadedModel, load, save_model

@@ -19,8 +19,8 @@ import onnx
 from onnx import helper
 
 from ..errors import MorphNetError
-from ..io import LoadedModel, write_atomic_bytes
 from ..figs import NOISE, GatePlacement, insert_gates
+from ..io import LoadedModel, write_atomic_bytes
 from ..regularizers import GroupRegularizer, add_regularizer
 from .data import Dataset
 from .graph import TrainingGraph, training_graph
