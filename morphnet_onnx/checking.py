@@ -22,7 +22,7 @@ from .io import InputShapes, LoadedModel, load
 from .pruning import prepare, prune_loaded, verify_model
 from .runtime import make_session, random_feeds
 from .structure import Structure
-from .surgery import Surgeon, repair_structure
+from .surgery import Surgeon, repair_structure, vanishable_groups
 
 
 @dataclass
@@ -43,19 +43,6 @@ class CheckResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def vanishable_groups(loaded: LoadedModel, analysis: Analysis) -> set[int]:
-    """Prunable groups whose removal leaves a valid model (not the only path to an output)."""
-    surgeon = Surgeon(loaded, analysis, Structure.full(analysis))
-    result = set()
-    for group in analysis.prunable_groups:
-        structure = Structure.full(analysis)
-        structure.alive[group.id][:] = False
-        surgeon.element_alive = structure.element_alive(analysis)
-        if not surgeon.structural_problems():
-            result.add(group.id)
-    return result
 
 
 def random_structure(loaded: LoadedModel, analysis: Analysis, fraction: float, seed: int) -> Structure:

@@ -22,7 +22,7 @@ from .cost import Hardware, compute_costs, resource_cost
 from .io import LoadedModel
 from .regularizers import GroupRegularizer, group_vectors
 from .structure import Structure
-from .surgery import repair_structure
+from .surgery import repair_structure, vanishable_groups
 
 # Landing: the written structure should cost at least this share of the budget.
 LANDING_BAND = 0.97
@@ -71,13 +71,24 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
         return repair_structure(loaded, analysis, structure)
 
     ranked = _ranked_blocks(vectors, max(round_to, 1))
-    learned = build([(g, c) for top, _, g, c in ranked if top > threshold])
+    # A group that cannot vanish always keeps its strongest block: emptied, repair would give it
+    # back whole, and the cost would not grow with the prefix (the search below needs it to).
+    vanish = vanishable_groups(loaded, analysis)
+    firsts = {}
+    for block in ranked:
+        if block[2] not in vanish:
+            firsts.setdefault(block[2], block)
+    floor_blocks = list(firsts.values())
+    floor_ids = {id(b) for b in floor_blocks}
+    ranked = floor_blocks + [b for b in ranked if id(b) not in floor_ids]
+    learned = build([(g, c) for top, _, g, c in ranked if top > threshold] +
+                    [(g, c) for _, _, g, c in floor_blocks])
     learned_cost = cost(learned)
     full_cost = cost(Structure.full(analysis))
     if target is None:
         chosen, chosen_cost = learned, learned_cost
     else:
-        low, high = 0, len(ranked)  # the longest prefix within the budget: cost grows with the prefix
+        low, high = len(floor_blocks), len(ranked)  # the longest prefix within the budget
         while low < high:
             mid = (low + high + 1) // 2
             if cost(build([(g, c) for _, _, g, c in ranked[:mid]])) <= target:
@@ -87,6 +98,16 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
         kept = [(g, c) for _, _, g, c in ranked[:low]]
         chosen = build(kept)
         chosen_cost = cost(chosen)
+        for _ in range(FILL_TRIES):  # repair can still break the search's monotony: step back
+            if chosen_cost <= target or len(kept) <= len(floor_blocks):
+                break
+            kept.pop()
+            chosen = build(kept)
+            chosen_cost = cost(chosen)
+        if chosen_cost > target:
+            kept = [(g, c) for _, _, g, c in floor_blocks]
+            chosen = build(kept)
+            chosen_cost = cost(chosen)
         # The next block may be a costly one (a channel of a wide early layer) while cheaper ones rank
         # below it: fill the rest of the budget with those, in rank order, each group's own order kept.
         blocked: set[int] = set()

@@ -26,7 +26,7 @@ from .pruning import prepare, verify_model
 from .regularizers import REGULARIZERS, GroupRegularizer, channel_weights, group_regularizers, group_vectors
 from .runtime import make_session
 from .structure import Structure
-from .surgery import apply_structure, repair_structure
+from .surgery import apply_structure, repair_structure, vanishable_groups
 from .training.data import Dataset, input_specs, load_module_batches, load_npz
 from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
@@ -35,6 +35,9 @@ RESOURCES = ("flops", "size", "latency")
 # shrink ends with a fine-tune of the pruned model: this share of the training steps, at this share
 # of the learning rate.
 FINETUNE_SHARE = 0.1
+# Budget mode: lambda may grow by this factor within this share of the run's lambda updates.
+LAMBDA_SPAN = 1e3
+LAMBDA_REACH = 0.5
 FINETUNE_LR_SHARE = 0.1
 UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -80,10 +83,14 @@ class BudgetController:
     def __init__(self, analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], resource: str,
                  target: float | None, strength: float | None, threshold: float, hardware, every: int = 25,
                  initial: float = 0.05, growth: float = 1.15, band: float = 0.9, gain: float = 1.0,
-                 lookahead: float = 2.0) -> None:
+                 lookahead: float = 2.0, total_steps: int | None = None) -> None:
         self.analysis, self.loaded, self.regs = analysis, loaded, regs
         self.resource, self.target, self.threshold, self.hardware = resource, target, threshold, hardware
-        self.every, self.growth, self.band, self.gain = every, growth, band, gain
+        self.every, self.band, self.gain = every, band, gain
+        # A short run must still be able to raise lambda by LAMBDA_SPAN within LAMBDA_REACH of its
+        # updates (measured: 650 steps at 15% per update never pruned the 2-D digits ResNet).
+        updates = max((total_steps or 0) / every * LAMBDA_REACH, 1.0)
+        self.growth = max(growth, LAMBDA_SPAN ** (1 / updates)) if total_steps else growth
         self.full = resource_cost(compute_costs(analysis, loaded, hardware), resource)
         self.strength = strength if strength is not None else initial
         self.manual = strength is not None
@@ -445,7 +452,9 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
                             f"(a BatchNormalization scale, or filters held as weights rather than computed)")
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
-    controller = BudgetController(analysis, loaded, regs, resource, target, strength, threshold, hw)
+    total_steps = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
+    controller = BudgetController(analysis, loaded, regs, resource, target, strength, threshold, hw,
+                                  total_steps=total_steps)
     trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options), gates=gates)
     progress, on_step, on_warning = _progress(options, controller, "shrink")
     with progress:
@@ -511,8 +520,6 @@ def _forced_warning(decision: Decision, resource: str) -> str:
 def _floor_alive(loaded: LoadedModel, analysis: Analysis) -> np.ndarray:
     """Elements alive in the smallest valid structure: groups that can vanish do, the others keep
     one channel. What no budget can go below."""
-    from .checking import vanishable_groups
-
     vanish = vanishable_groups(loaded, analysis)
     structure = Structure.full(analysis)
     for group in analysis.prunable_groups:

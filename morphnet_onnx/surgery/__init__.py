@@ -420,6 +420,19 @@ def _without_bias(node: onnx.NodeProto) -> onnx.NodeProto:
     return copy
 
 
+def vanishable_groups(loaded: LoadedModel, analysis: Analysis) -> set[int]:
+    """Prunable groups whose removal leaves a valid model (not the only path to an output)."""
+    surgeon = Surgeon(loaded, analysis, Structure.full(analysis))
+    result = set()
+    for group in analysis.prunable_groups:
+        structure = Structure.full(analysis)
+        structure.alive[group.id][:] = False
+        surgeon.element_alive = structure.element_alive(analysis)
+        if not surgeon.structural_problems():
+            result.add(group.id)
+    return result
+
+
 def repair_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> Structure:
     """Give back whole groups until the structure can be cut out: channels tied across many layers
     (ShuffleNet's shuffles) can empty a tensor without emptying its group, and groups that may vanish
