@@ -4,9 +4,11 @@
   recording whether it trained, seconds per step and peak memory (the child's max RSS).
 - `--mode learn` (does it learn): `train` on one small fixed random batch with random labels, again
   and again (a network that can learn at all memorises it): the training loss (the mean of the
-  last window of steps) must fall to at most half of the first window's within `--steps`, and the
-  written model must reproduce the trained predictions (its top-1 on the batch equals the training
-  session's, within one example). A model that runs but does not learn fails.
+  last window of steps) must fall to at most half of the first window's, and to at most half of
+  the labels' entropy (what a model that ignores its input and learns only the class frequencies
+  reaches), within `--steps`; and the written model must reproduce the trained predictions (its
+  top-1 on the batch equals the training session's, within one example). A model that runs but
+  does not learn fails.
 
     .venv/bin/python tools/zoo_train.py --dir /work/cache/torchvision --markdown /tmp/zoo_train.md
     .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
@@ -115,17 +117,30 @@ def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e
         row.update(first_loss=round(signal["first_loss"], 4), last_loss=round(signal["last_loss"], 4),
                    written_top1=doc["validation"]["accuracy"], session_top1=doc["session_accuracy"],
                    seconds_per_step=round(doc["seconds"] / max(doc["steps"], 1), 3))
-        row["learns"] = signal["last_loss"] <= LEARN_FALL * signal["first_loss"]
+        prior = _label_entropy(data)
+        row["label_entropy"] = round(prior, 4)
+        row["learns"] = signal["last_loss"] <= LEARN_FALL * min(signal["first_loss"], prior)
         row["agrees"] = abs(row["written_top1"] - row["session_top1"]) <= 1 / LEARN_BATCH + 1e-9
         row["passed"] = row["learns"] and row["agrees"]
         if not row["learns"]:
-            row["error"] = f"does not learn: loss {row['first_loss']} -> {row['last_loss']} in {steps} steps"
+            row["error"] = (f"does not learn: loss {row['first_loss']} -> {row['last_loss']} in {steps} steps "
+                            f"(labels' entropy {row['label_entropy']}: "
+                            + ("only the class frequencies learned)" if signal["last_loss"] <= 1.05 * prior
+                               else "not even the class frequencies)"))
         elif not row["agrees"]:
             row["error"] = (f"written model top-1 {row['written_top1']:.0%} on the batch, the session "
                             f"{row['session_top1']:.0%}: it does not compute what was trained")
     for leftover in (data, out):
         leftover.unlink(missing_ok=True)
     return row
+
+
+def _label_entropy(data: Path) -> float:
+    """Cross-entropy of the best input-independent prediction: the labels' own entropy (nats)."""
+    with np.load(data) as arrays:
+        counts = np.bincount(arrays["labels"])
+    share = counts[counts > 0] / counts.sum()
+    return float(-(share * np.log(share)).sum())
 
 
 def table(rows: list[dict], mode: str) -> str:

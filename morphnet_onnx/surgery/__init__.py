@@ -70,8 +70,10 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
                 if node.output[0] in positive:
                     result = [rng.uniform(0.5, 1.5, shape).astype(dtype)]
                 else:
+                    # He-scaled, as for ReLU networks: with 1/sqrt(fan_in) the signal of a deep
+                    # network without BN died before the logits and only the class prior was learned.
                     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-                    result = [(rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(dtype)]
+                    result = [(rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(dtype)]
             else:
                 result = [np.full(shape, fill_value, dtype)]
         else:
