@@ -62,11 +62,11 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
         return resource_cost(compute_costs(analysis, loaded, hardware, alive=structure.element_alive(analysis)),
                              resource)
 
-    def build(kept: list[tuple[int, np.ndarray]]) -> Structure:
+    def build(blocks: list[tuple[float, float, int, np.ndarray]]) -> Structure:
         structure = Structure.full(analysis)
         for group_id in vectors:
             structure.alive[group_id][:] = False
-        for group_id, channels in kept:
+        for _, _, group_id, channels in blocks:
             structure.alive[group_id][channels] = True
         return repair_structure(loaded, analysis, structure)
 
@@ -81,8 +81,7 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
     floor_blocks = list(firsts.values())
     floor_ids = {id(b) for b in floor_blocks}
     ranked = floor_blocks + [b for b in ranked if id(b) not in floor_ids]
-    learned = build([(g, c) for top, _, g, c in ranked if top > threshold] +
-                    [(g, c) for _, _, g, c in floor_blocks])
+    learned = build([b for b in ranked if b[0] > threshold] + floor_blocks)
     learned_cost = cost(learned)
     full_cost = cost(Structure.full(analysis))
     if target is None:
@@ -91,11 +90,11 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
         low, high = len(floor_blocks), len(ranked)  # the longest prefix within the budget
         while low < high:
             mid = (low + high + 1) // 2
-            if cost(build([(g, c) for _, _, g, c in ranked[:mid]])) <= target:
+            if cost(build(ranked[:mid])) <= target:
                 low = mid
             else:
                 high = mid - 1
-        kept = [(g, c) for _, _, g, c in ranked[:low]]
+        kept = ranked[:low]
         chosen = build(kept)
         chosen_cost = cost(chosen)
         for _ in range(FILL_TRIES):  # repair can still break the search's monotony: step back
@@ -105,21 +104,22 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
             chosen = build(kept)
             chosen_cost = cost(chosen)
         if chosen_cost > target:
-            kept = [(g, c) for _, _, g, c in floor_blocks]
+            kept = list(floor_blocks)
             chosen = build(kept)
             chosen_cost = cost(chosen)
         # The next block may be a costly one (a channel of a wide early layer) while cheaper ones rank
         # below it: fill the rest of the budget with those, in rank order, each group's own order kept.
         blocked: set[int] = set()
-        for _, _, group_id, channels in ranked[low:low + FILL_TRIES]:
+        for block in ranked[low:low + FILL_TRIES]:
+            group_id = block[2]
             if chosen_cost >= LANDING_BAND * target:
                 break
             if group_id in blocked:
                 continue
-            trial = build(kept + [(group_id, channels)])
+            trial = build(kept + [block])
             trial_cost = cost(trial)
             if trial_cost <= target:
-                kept.append((group_id, channels))
+                kept.append(block)
                 chosen, chosen_cost = trial, trial_cost
             else:
                 blocked.add(group_id)

@@ -75,20 +75,15 @@ def insert_gates(model: onnx.ModelProto, regs: list[GroupRegularizer], placement
     width = sum(r.width for r in regs)
     offsets = np.concatenate([[0], np.cumsum([r.width for r in regs])]).astype(np.int64)
     offset_of = {r.group_id: int(o) for r, o in zip(regs, offsets[:-1])}
+    width_of = {r.group_id: r.width for r in regs}
     graph.input.append(helper.make_tensor_value_info(NOISE, onnx.TensorProto.FLOAT, [width]))
-    names = []
     nodes: list[onnx.NodeProto] = []
 
     def const(name: str, value: np.ndarray) -> str:
         graph.initializer.append(numpy_helper.from_array(value, name))
         return name
 
-    logits = []
-    for reg in regs:
-        name = logit_name(reg.group_id)
-        const(name, np.full(reg.width, INITIAL_LOGIT, np.float32))
-        names.append(name)
-        logits.append(name)
+    logits = [const(logit_name(r.group_id), np.full(r.width, INITIAL_LOGIT, np.float32)) for r in regs]
     all_logits = "morphnet/figs/logits"
     nodes.append(helper.make_node("Concat", logits, [all_logits], axis=0) if len(logits) > 1
                  else helper.make_node("Identity", logits, [all_logits]))
@@ -112,7 +107,7 @@ def insert_gates(model: onnx.ModelProto, regs: list[GroupRegularizer], placement
     renamed: dict[str, str] = {}
     for k, placement in enumerate(placements):
         source = renamed.get(placement.tensor, placement.tensor)
-        index = np.where(placement.index < _width(regs, placement.group_id),
+        index = np.where(placement.index < width_of[placement.group_id],
                          placement.index + offset_of[placement.group_id], width)
         shape = [1] * placement.rank
         shape[placement.axis] = len(index)
@@ -125,11 +120,7 @@ def insert_gates(model: onnx.ModelProto, regs: list[GroupRegularizer], placement
                   helper.make_node("Mul", [source, gate], [gated])]
         renamed[placement.tensor] = gated
     _rewire(graph, renamed, nodes)
-    return names
-
-
-def _width(regs: list[GroupRegularizer], group_id: int) -> int:
-    return next(r.width for r in regs if r.group_id == group_id)
+    return logits
 
 
 def _rewire(graph: onnx.GraphProto, renamed: dict[str, str], gate_nodes: list[onnx.NodeProto]) -> None:

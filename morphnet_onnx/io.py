@@ -320,10 +320,11 @@ def _declare_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
     """Static input dims that --input-shape changed are declared so in the model (a copy): what the
     tool writes must accept the inputs it was trained and measured on. A symbolic batch stays."""
     changes = {}
+    real = set(graph_input_names(model))
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim if value.type.tensor_type.HasField("shape") else []
         wanted = shapes.get(value.name)
-        if wanted is None or len(wanted) != len(dims) or value.name in {t.name for t in model.graph.initializer}:
+        if wanted is None or len(wanted) != len(dims) or value.name not in real:
             continue
         if any(d.HasField("dim_value") and d.dim_value != w for axis, (d, w) in enumerate(zip(dims, wanted)) if axis):
             changes[value.name] = wanted
