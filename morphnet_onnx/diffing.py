@@ -1,0 +1,590 @@
+"""`diff`: what changed between two models (or two structures of one model), op by op.
+
+Ops are matched by name where both models name them alike (and the names agree with the graph),
+then by position along the graph: outwards from the matched inputs, outputs and ops, an op that
+reads (or writes) the tensors of matched ops and has the same type and attributes is the same op.
+That matches the ops of a model pruned by any tool, even one that renamed every node. What stays
+unmatched was removed or added; removed ops that touch each other form one branch, named by what it
+left behind: a residual block collapsed to its skip, a Concat input dropped, a squeeze-excitation
+gate turned into a constant scale.
+
+Only ops that compute on the data count: nodes that build weights or constants from constants
+alone (Constant, ConstantOfShape placeholders, a Reshape of a weight) are not layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+
+import networkx as nx
+import onnx
+
+from .analysis import analyze, node_names
+from .cost import BUFFER_INPUTS, FLOAT_TYPES, compute_costs, parse_hardware
+from .errors import MorphNetError
+from .io import InputShapes, LoadedModel, graph_input_names, load
+from .structure import Structure
+
+# Ops whose output channels sit on axis 1 whatever the input's layout (NCHW convolutions, norms, pools).
+CHANNEL_FIRST = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
+                 "GlobalAveragePool", "GlobalMaxPool", "LpPool", "LRN", "GroupNormalization"}
+# Ops whose output channels are on the last axis (a Linear layer's features).
+CHANNEL_LAST = {"Gemm", "MatMul", "LayerNormalization"}
+# Attributes that tell two ops of one type apart; `group` only as depthwise or not (pruning changes it).
+SIGNATURE_ATTRIBUTES = ("kernel_shape", "strides", "dilations", "axis", "axes", "perm", "transA", "transB", "mode")
+MERGES = {"Add": "residual", "Sum": "residual", "Sub": "residual", "Concat": "concat", "Mul": "gate", "Div": "gate"}
+BRANCH_TEXT = {
+    "residual": "residual branch: the block collapsed to its skip",
+    "concat": "Concat input dropped (its tower is gone)",
+    "gate": "gating branch (squeeze-excitation) turned into a constant scale",
+    "branch": "branch",
+    "op": "op",
+}
+TOTALS = ("flops", "macs", "params", "param_bytes", "latency_s")
+
+
+@dataclass
+class OpSide:
+    """One op as it is in one of the two models."""
+
+    op: str
+    op_type: str
+    width: int | None  # output channels (axis 1; the last axis after Gemm/MatMul); None: not a float tensor of static shape
+    flops: float  # MorphNet's convention (2 x MACs of Conv/Gemm/MatMul, batch 1)
+    params: int  # float weight elements the op reads (running statistics excluded)
+    latency_s: float  # roofline estimate
+
+    def to_dict(self) -> dict:
+        return {"op": self.op, "width": self.width, "flops": self.flops, "params": self.params,
+                "latency_s": self.latency_s}
+
+
+@dataclass
+class LayerChange:
+    """One op of either model: matched (both sides), removed (before only) or added (after only)."""
+
+    before: OpSide | None
+    after: OpSide | None
+    matched_by: str = ""  # "name" or "position"; "" for removed and added ops
+
+    @property
+    def op(self) -> str:
+        return (self.before or self.after).op
+
+    @property
+    def op_type(self) -> str:
+        return (self.before or self.after).op_type
+
+    @property
+    def status(self) -> str:
+        """removed, added, narrower, wider, changed (same width, other costs: its inputs changed) or same."""
+        if self.after is None:
+            return "removed"
+        if self.before is None:
+            return "added"
+        b, a = self.before, self.after
+        if b.width is not None and a.width is not None and a.width != b.width:
+            return "narrower" if a.width < b.width else "wider"
+        if (b.flops, b.params) != (a.flops, a.params):
+            return "changed"
+        return "same"
+
+    @property
+    def is_compute(self) -> bool:
+        """A layer with FLOPs (Conv, Gemm, MatMul) in either model: the rows of the table and the plot."""
+        return any(side is not None and side.flops > 0 for side in (self.before, self.after))
+
+    def to_dict(self) -> dict:
+        doc = {"op": self.op, "op_type": self.op_type, "status": self.status, "matched_by": self.matched_by or None,
+               "before": self.before.to_dict() if self.before else None,
+               "after": self.after.to_dict() if self.after else None}
+        return doc
+
+
+@dataclass
+class Branch:
+    """Removed (or added) ops that touch each other, with the kept ops around them."""
+
+    ops: list[str]
+    kind: str  # residual, concat, gate (see BRANCH_TEXT), branch (several ops), op (one op)
+    entry: list[str]  # kept ops (or model inputs) it read from
+    exit: list[str]  # kept ops it fed
+    flops: float
+    params: int
+
+    @property
+    def description(self) -> str:
+        return BRANCH_TEXT[self.kind]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "description": self.description, "ops": self.ops, "from": self.entry,
+                "into": self.exit, "flops": self.flops, "params": self.params}
+
+
+@dataclass
+class ModelDiff:
+    """The diff of two models: every op side by side, removed and added branches, totals.
+
+    `layers` holds every op that computes on the data, in graph order (added ops where they sit in
+    the new model); `edges` are (i, j) pairs of `layers` indices where i feeds j in either model.
+    """
+
+    before: str
+    after: str
+    layers: list[LayerChange]
+    removed: list[Branch]
+    added: list[Branch]
+    totals: dict[str, tuple[float, float]]  # flops, macs, params, param_bytes, latency_s: (before, after)
+    op_counts: dict[str, tuple[int, int]]  # op type: (before, after)
+    edges: list[tuple[int, int]] = field(default_factory=list)
+    hardware: str = ""
+
+    @property
+    def compute_layers(self) -> list[LayerChange]:
+        """The layers with FLOPs (all layers where a model has none): what the table and plot show."""
+        rows = [layer for layer in self.layers if layer.is_compute]
+        return rows or self.layers
+
+    def counts(self) -> Counter:
+        return Counter(layer.status for layer in self.layers)
+
+    def to_dict(self) -> dict:
+        def change(before: float, after: float) -> dict:
+            pct = (after - before) / before * 100 if before else None
+            return {"before": before, "after": after, "change_pct": pct}
+
+        totals = {key: change(*self.totals[key]) for key in TOTALS}
+        totals["ops"] = {op_type: {"before": b, "after": a} for op_type, (b, a) in sorted(self.op_counts.items())}
+        totals["op_count"] = change(sum(b for b, _ in self.op_counts.values()), sum(a for _, a in self.op_counts.values()))
+        matched = [layer for layer in self.layers if layer.matched_by]
+        return {
+            "before": self.before, "after": self.after, "hardware": self.hardware,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "removed": [b.to_dict() for b in self.removed],
+            "added": [b.to_dict() for b in self.added],
+            "totals": totals,
+            "matched": {"by_name": sum(1 for m in matched if m.matched_by == "name"),
+                        "by_position": sum(1 for m in matched if m.matched_by == "position")},
+        }
+
+
+# ---- one model's ops ------------------------------------------------------------------------------------
+
+class _View:
+    """The ops of one model that compute on the data, their wiring, widths and costs."""
+
+    def __init__(self, loaded: LoadedModel, hardware) -> None:
+        graph = loaded.model.graph
+        self.loaded = loaded
+        self.nodes = list(graph.node)
+        self.names = node_names(graph)
+        data = set(graph_input_names(loaded.model))
+        self.layers: list[int] = []
+        self.data_inputs: dict[int, list[str]] = {}
+        for index, node in enumerate(self.nodes):
+            inputs = [t for t in node.input if t and t in data]
+            if inputs:
+                self.layers.append(index)
+                self.data_inputs[index] = inputs
+                data.update(o for o in node.output if o)
+        self.position = {index: k for k, index in enumerate(self.layers)}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for index in self.layers:
+            for t in self.nodes[index].output:
+                if t:
+                    self.producer[t] = index
+            for t in dict.fromkeys(self.data_inputs[index]):
+                self.consumers.setdefault(t, []).append(index)
+        self.inputs = graph_input_names(loaded.model)
+        self.outputs = [o.name for o in graph.output]
+        # Real names only: invented `{op_type}_{index}` names shift when ops go and would pair the wrong ops.
+        counts = Counter(n.name for n in self.nodes)
+        self.by_name = {node.name: i for i, node in enumerate(self.nodes)
+                        if node.name and counts[node.name] == 1 and i in self.position}
+        self.signature = {i: _signature(self.nodes[i]) for i in self.layers}
+        costs = compute_costs(analyze(loaded), loaded, hardware)
+        self.costs = costs
+        flops: Counter = Counter()
+        latency: Counter = Counter()
+        for op_cost in costs.ops:
+            flops[op_cost.op] += op_cost.flops
+            latency[op_cost.op] += op_cost.latency_s
+        widths = _widths(self.nodes, self.layers, loaded)
+        self.side = {i: OpSide(self.names[i], self.nodes[i].op_type, widths[i], float(flops[self.names[i]]),
+                               _op_params(self.nodes[i], loaded, data), float(latency[self.names[i]]))
+                     for i in self.layers}
+
+    def op_counts(self) -> Counter:
+        return Counter(self.nodes[i].op_type for i in self.layers)
+
+
+def _signature(node: onnx.NodeProto) -> str:
+    parts = [node.domain, node.op_type]
+    for attr in sorted(node.attribute, key=lambda a: a.name):
+        if attr.name in SIGNATURE_ATTRIBUTES:
+            parts.append(f"{attr.name}={onnx.helper.get_attribute_value(attr)}")
+        elif attr.name == "group":
+            parts.append(f"grouped={attr.i > 1}")
+    return " ".join(parts)
+
+
+def _widths(nodes: list[onnx.NodeProto], layers: list[int], loaded: LoadedModel) -> dict[int, int | None]:
+    """Output channels of every op: follows where the channel axis is (axis 1 after a Conv, the last
+    axis after a Gemm/MatMul, moved by Transpose, kept by element-wise ops)."""
+    axis_of: dict[str, int] = {}
+    widths: dict[int, int | None] = {}
+    for index in layers:
+        node = nodes[index]
+        out = node.output[0] if node.output else ""
+        shape = loaded.shapes.get(out)
+        if not shape or loaded.dtypes.get(out) not in FLOAT_TYPES:
+            widths[index] = None
+            continue
+        rank = len(shape)
+        first = node.input[0] if node.input else ""
+        if node.op_type in CHANNEL_LAST:
+            axis = rank - 1
+        elif node.op_type in CHANNEL_FIRST:
+            axis = 1 if rank > 1 else 0
+        elif node.op_type == "Transpose" and first in axis_of:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(reversed(range(rank))))
+            axis = perm.index(axis_of[first]) if axis_of[first] in perm else min(1, rank - 1)
+        elif first in axis_of and len(loaded.shapes.get(first, ())) == rank:
+            axis = axis_of[first]
+        else:
+            axis = min(1, rank - 1)
+        axis_of[out] = axis
+        widths[index] = int(shape[axis]) if shape[axis] > 0 else None
+    return widths
+
+
+def _op_params(node: onnx.NodeProto, loaded: LoadedModel, data: set[str]) -> int:
+    """Float weight elements the op reads: its inputs of more than one element that are not `data`."""
+    buffers = {node.input[i] for i in BUFFER_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+    total = 0
+    for name in dict.fromkeys(node.input):
+        shape = loaded.shapes.get(name)
+        if (not name or name in data or name in buffers or shape is None or -1 in shape
+                or loaded.dtypes.get(name) not in FLOAT_TYPES):
+            continue
+        count = 1
+        for d in shape:
+            count *= d
+        total += count if count > 1 else 0
+    return total
+
+
+# ---- matching -------------------------------------------------------------------------------------------
+
+class _Matcher:
+    """Pairs the ops of two views: names first, then outwards along the graph (see the module docstring)."""
+
+    def __init__(self, b: _View, a: _View) -> None:
+        self.b, self.a = b, a
+        self.pairs: dict[int, int] = {}
+        self.back: dict[int, int] = {}
+        self.how: dict[int, str] = {}
+        self.tensors: dict[str, str] = {}
+        self.tensors_back: dict[str, str] = {}
+        self.queue: list[tuple[str, object, object]] = []
+
+    def run(self) -> None:
+        for i, j in self._name_pairs():
+            self._link(i, j, "name")
+        for tb, ta in _pair_names(self.b.inputs, self.a.inputs):
+            self._link_tensor(tb, ta)
+            self.queue.append(("tensor", tb, ta))
+        outputs = _pair_names(self.b.outputs, self.a.outputs)
+        while True:
+            self._drain()
+            # Outputs anchor the walk backwards: ops after a changed stretch are found from the end.
+            linked = False
+            for tb, ta in outputs:
+                i, j = self.b.producer.get(tb), self.a.producer.get(ta)
+                if i is not None and j is not None and i not in self.pairs and j not in self.back \
+                        and self.b.signature[i] == self.a.signature[j]:
+                    self._link(i, j, "position")
+                    linked = True
+            if not linked:
+                break
+
+    def _name_pairs(self) -> list[tuple[int, int]]:
+        b, a = self.b, self.a
+        pairs = [(i, a.by_name[name]) for name, i in b.by_name.items()
+                 if name in a.by_name and b.nodes[i].op_type == a.nodes[a.by_name[name]].op_type]
+        # Names another tool renumbered can pair the wrong ops: trust them only if the pairs agree with
+        # the wiring (a name-matched op reads what the name-match of its producer writes).
+        paired = dict(pairs)
+        checked = agree = 0
+        for i, j in pairs:
+            after_inputs = set(a.nodes[j].input)
+            for t in b.data_inputs[i]:
+                p = b.producer.get(t)
+                if p in paired:
+                    checked += 1
+                    agree += any(o in after_inputs for o in a.nodes[paired[p]].output)
+        return pairs if not checked or agree * 2 >= checked else []
+
+    def _link(self, i: int, j: int, how: str) -> None:
+        self.pairs[i], self.back[j], self.how[i] = j, i, how
+        for tb, ta in zip(self.b.nodes[i].output, self.a.nodes[j].output):
+            if tb and ta:
+                self._link_tensor(tb, ta)
+        self.queue.append(("node", i, j))
+
+    def _link_tensor(self, tb: str, ta: str) -> None:
+        self.tensors[tb], self.tensors_back[ta] = ta, tb
+
+    def _drain(self) -> None:
+        while self.queue:
+            kind, x, y = self.queue.pop(0)
+            if kind == "tensor":
+                self._align_consumers(x, y)
+                continue
+            for tb, ta in zip(self.b.nodes[x].output, self.a.nodes[y].output):
+                if tb and ta:
+                    self._align_consumers(tb, ta)
+            producers_b = [self.b.producer[t] for t in self.b.data_inputs[x] if t in self.b.producer]
+            producers_a = [self.a.producer[t] for t in self.a.data_inputs.get(y, []) if t in self.a.producer]
+            self._align(list(dict.fromkeys(producers_b)), list(dict.fromkeys(producers_a)))
+
+    def _align_consumers(self, tb: str, ta: str) -> None:
+        self._align(self.b.consumers.get(tb, []), self.a.consumers.get(ta, []))
+
+    def _align(self, before: list[int], after: list[int]) -> None:
+        """Pair unmatched ops of two ordered lists by their signatures, in order (dropped ones skipped)."""
+        before = [i for i in before if i not in self.pairs]
+        after = [j for j in after if j not in self.back]
+        if not before or not after:
+            return
+        matcher = SequenceMatcher(None, [self.b.signature[i] for i in before], [self.a.signature[j] for j in after],
+                                  autojunk=False)
+        for block in matcher.get_matching_blocks():
+            for k in range(block.size):
+                i, j = before[block.a + k], after[block.b + k]
+                if i not in self.pairs and j not in self.back and self._consistent(i, j):
+                    self._link(i, j, "position")
+
+    def _consistent(self, i: int, j: int) -> bool:
+        """The op pair reads what the pairs of its producers write, both ways."""
+        inputs_a, inputs_b = set(self.a.nodes[j].input), set(self.b.nodes[i].input)
+        return (all(self.tensors[t] in inputs_a for t in self.b.data_inputs[i] if t in self.tensors)
+                and all(self.tensors_back[t] in inputs_b for t in self.a.data_inputs[j] if t in self.tensors_back))
+
+
+def _pair_names(before: list[str], after: list[str]) -> list[tuple[str, str]]:
+    """Graph inputs or outputs: by name when both models use the same names, else by position."""
+    if set(before) == set(after):
+        return [(name, name) for name in before]
+    return list(zip(before, after))
+
+
+# ---- the diff ---------------------------------------------------------------------------------------------
+
+def _branches(view: _View, members: list[int]) -> list[Branch]:
+    """Connected pieces of `members` (ops only one model has), with what they read and fed."""
+    graph = nx.Graph()
+    graph.add_nodes_from(members)
+    member_set = set(members)
+    for i in members:
+        for t in view.data_inputs[i]:
+            p = view.producer.get(t)
+            if p in member_set:
+                graph.add_edge(p, i)
+    pieces = sorted((sorted(c, key=view.position.get) for c in nx.connected_components(graph)),
+                    key=lambda c: view.position[c[0]])
+    branches = []
+    for piece in pieces:
+        inside = set(piece)
+        produced = {o for i in piece for o in view.nodes[i].output if o}
+        read = [t for i in piece for t in view.data_inputs[i] if view.producer.get(t) not in inside]
+        entry = list(dict.fromkeys(view.names[view.producer[t]] if t in view.producer else t for t in read))
+        exits = [c for t in produced for c in view.consumers.get(t, []) if c not in inside]
+        exits = sorted(dict.fromkeys(exits), key=view.position.get)
+        kind = "op" if len(piece) == 1 else "branch"
+        for c in exits:
+            merge = MERGES.get(view.nodes[c].op_type)
+            # A merge op that also reads something outside the branch: the branch was one way among others.
+            if merge and any(t not in produced for t in view.data_inputs[c]):
+                kind = merge
+                break
+        branches.append(Branch(ops=[view.names[i] for i in piece], kind=kind, entry=entry,
+                               exit=[view.names[c] for c in exits],
+                               flops=sum(view.side[i].flops for i in piece),
+                               params=sum(view.side[i].params for i in piece)))
+    return branches
+
+
+def diff_loaded(before: LoadedModel, after: LoadedModel, hardware: str | None = None,
+                cost_batch_size: int = 1) -> ModelDiff:
+    """The diff of two loaded models (see `diff`)."""
+    hw = parse_hardware(hardware, cost_batch_size)
+    b, a = _View(before, hw), _View(after, hw)
+    matcher = _Matcher(b, a)
+    matcher.run()
+    pairs, back = matcher.pairs, matcher.back
+    # Rows in the old model's order; added ops sit after the matched op that precedes them.
+    keyed: list[tuple[tuple[int, int, int], str, int]] = [((b.position[i], 0, 0), "b", i) for i in b.layers]
+    last, extra = -1, 0
+    for j in a.layers:
+        if j in back:
+            last = b.position[back[j]]
+        else:
+            extra += 1
+            keyed.append(((last, 1, extra), "a", j))
+    keyed.sort()
+    layers, row_b, row_a = [], {}, {}
+    for row, (_, side, index) in enumerate(keyed):
+        if side == "b":
+            j = pairs.get(index)
+            layers.append(LayerChange(b.side[index], a.side[j] if j is not None else None, matcher.how.get(index, "")))
+            row_b[index] = row
+            if j is not None:
+                row_a[j] = row
+        else:
+            layers.append(LayerChange(None, a.side[index]))
+            row_a[index] = row
+    edges = set()
+    for view, rows in ((b, row_b), (a, row_a)):
+        for index in view.layers:
+            for t in view.data_inputs[index]:
+                if t in view.producer:
+                    edges.add((rows[view.producer[t]], rows[index]))
+    removed = _branches(b, [i for i in b.layers if i not in pairs])
+    added = _branches(a, [j for j in a.layers if j not in back])
+    totals = {key: (float(getattr(b.costs, key)), float(getattr(a.costs, key))) for key in TOTALS}
+    counts_b, counts_a = b.op_counts(), a.op_counts()
+    op_counts = {t: (counts_b.get(t, 0), counts_a.get(t, 0)) for t in sorted(set(counts_b) | set(counts_a))}
+    return ModelDiff(before=before.name, after=after.name, layers=layers, removed=removed, added=added,
+                     totals=totals, op_counts=op_counts, edges=sorted(edges), hardware=b.costs.hardware.name)
+
+
+def _is_structure(side) -> bool:
+    if isinstance(side, (dict, Structure)):
+        return True
+    return isinstance(side, (str, os.PathLike)) and Path(side).suffix.lower() == ".json"
+
+
+def _model_of_structure(path: Path) -> Path | None:
+    """The model a structure file names (`model`), as given or beside the file; None if neither exists."""
+    try:
+        named = json.loads(path.read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None  # prune reports what is wrong with the file
+    if not isinstance(named, str) or not named:
+        return None
+    for candidate in (Path(named), path.parent / named):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_side(side, model, input_shapes: InputShapes | None) -> tuple[LoadedModel, str]:
+    """A side of the diff as a loaded model, and how to name it."""
+    from .pruning import prune  # pruning imports surgery, which is only needed for structures
+
+    if isinstance(side, LoadedModel):
+        return side, side.name
+    if not _is_structure(side):
+        loaded = load(side, input_shapes)
+        return loaded, loaded.name
+    if model is None and isinstance(side, (str, os.PathLike)):
+        model = _model_of_structure(Path(side))
+    shown = str(side) if isinstance(side, (str, os.PathLike)) else "the structure"
+    if model is None:
+        raise MorphNetError(f"{shown}: a structure needs the model it was made for: give --model MODEL.onnx")
+    if isinstance(model, LoadedModel):
+        model_name, model = model.name, model.model
+    else:
+        model_name = str(model) if isinstance(model, (str, os.PathLike)) else (model.graph.name or "<model>")
+    result = prune(model, side, input_shapes=input_shapes)
+    return load(result.model, input_shapes), f"{shown} applied to {model_name}"
+
+
+def diff(before, after, model=None, input_shapes: InputShapes | None = None, hardware: str | None = None,
+         cost_batch_size: int = 1) -> ModelDiff:
+    """What changed from `before` to `after`: every op's width and FLOPs, removed and added branches, totals.
+
+    >>> d = diff("resnet50.onnx", "resnet50_small.onnx")              # doctest: +SKIP
+    >>> d.totals["flops"], [b.kind for b in d.removed]                 # doctest: +SKIP
+    ((8.18e9, 4.02e9), ['residual', 'residual'])
+    >>> d.to_dict()["totals"]["params"]["change_pct"]                  # doctest: +SKIP
+    -47.5
+
+    Each side is an .onnx path, a ModelProto or a LoadedModel, or a structure (a structure .json path,
+    its dict, or a `Structure`): a structure is applied to `model`, which defaults to the side that is
+    a model (`diff("m.onnx", "s.json")` previews what prune would write) or to the model the
+    structure file names. `input_shapes` fixes symbolic dims of both models; `hardware` and
+    `cost_batch_size` set the latency roofline (see `inspect`).
+    """
+    sides = (before, after)
+    if model is None:
+        models = [s for s in sides if not _is_structure(s)]
+        if len(models) == 1 and any(_is_structure(s) for s in sides):
+            model = models[0]
+    (loaded_before, name_before), (loaded_after, name_after) = (_load_side(s, model, input_shapes) for s in sides)
+    result = diff_loaded(loaded_before, loaded_after, hardware, cost_batch_size)
+    result.before, result.after = name_before, name_after
+    return result
+
+
+# ---- the short form (prune, shrink) ------------------------------------------------------------------------
+
+def change_text(before: float, after: float, fmt) -> str:
+    """'36.5M -> 19.9M (-45.4%)'."""
+    pct = f" ({(after - before) / before:+.1%})" if before else ""
+    return f"{fmt(before)} -> {fmt(after)}{pct}"
+
+
+def seconds_text(value: float) -> str:
+    """Latency with a readable unit: '6.62 us', '1.3 ms'."""
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def short_summary(d: ModelDiff, max_branches: int = 3) -> list[str]:
+    """A few lines for the end of prune/shrink/expand/cycle: totals, layer changes, removed branches.
+
+    >>> for line in short_summary(diff("m.onnx", "small.onnx")): print(line)   # doctest: +SKIP
+    diff: FLOPs 36.5M -> 19.9M (-45.4%), params 76.3K -> 40.5K (-46.9%), latency 6.62 us -> 4.1 us (-38.1%)
+    diff: 9 of 13 layers narrower, 0 wider, 1 branch removed (5 ops), 0 ops added
+    diff: removed conv2 .. bn3 (5 ops, from conv1.relu into add4): residual branch: the block collapsed to its skip
+    """
+    from .report import human
+
+    t = d.totals
+    lines = [f"diff: FLOPs {change_text(*t['flops'], human)}, params {change_text(*t['params'], human)}, "
+             f"latency {change_text(*t['latency_s'], seconds_text)}"]
+    rows = d.compute_layers
+    status = Counter(layer.status for layer in rows)
+    n_removed = sum(len(branch.ops) for branch in d.removed)
+    n_added = sum(len(branch.ops) for branch in d.added)
+    lines.append(f"diff: {status['narrower']} of {len(rows)} layers narrower, {status['wider']} wider, "
+                 f"{len(d.removed)} branch{'es' if len(d.removed) != 1 else ''} removed ({n_removed} ops), "
+                 f"{n_added} ops added")
+    for branch in d.removed[:max_branches]:
+        lines.append(f"diff: removed {branch_span(branch)}: {branch.description}")
+    if len(d.removed) > max_branches:
+        lines.append(f"diff: ... and {len(d.removed) - max_branches} more removed branches (morphnet-onnx diff lists them)")
+    return lines
+
+
+def branch_span(branch: Branch) -> str:
+    """'conv2 .. bn3 (5 ops, from conv1.relu into add4)'."""
+    ops = branch.ops[0] if len(branch.ops) == 1 else f"{branch.ops[0]} .. {branch.ops[-1]} ({len(branch.ops)} ops"
+    where = []
+    if branch.entry:
+        where.append(f"from {', '.join(branch.entry[:2])}")
+    if branch.exit:
+        where.append(f"into {', '.join(branch.exit[:2])}")
+    if len(branch.ops) == 1:
+        return f"{ops} ({', '.join(where)})" if where else ops
+    return f"{ops}{', ' + ', '.join(where) if where else ''})"
