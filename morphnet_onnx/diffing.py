@@ -28,6 +28,7 @@ from .analysis import analyze, node_names
 from .cost import BUFFER_INPUTS, FLOAT_TYPES, compute_costs, parse_hardware
 from .errors import MorphNetError
 from .io import InputShapes, LoadedModel, graph_input_names, load
+from .report import branch_span, change_text, human, seconds_text
 from .structure import Structure
 
 # Ops whose output channels sit on axis 1 whatever the input's layout (NCHW convolutions, norms, pools).
@@ -536,20 +537,6 @@ def diff(before, after, model=None, input_shapes: InputShapes | None = None, har
 
 # ---- the short form (prune, shrink) ------------------------------------------------------------------------
 
-def change_text(before: float, after: float, fmt) -> str:
-    """'36.5M -> 19.9M (-45.4%)'."""
-    pct = f" ({(after - before) / before:+.1%})" if before else ""
-    return f"{fmt(before)} -> {fmt(after)}{pct}"
-
-
-def seconds_text(value: float) -> str:
-    """Latency with a readable unit: '6.62 us', '1.3 ms'."""
-    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value / 1e-9:.3g} ns"
-
-
 def short_summary(d: ModelDiff, max_branches: int = 3) -> list[str]:
     """A few lines for the end of prune/shrink/expand/cycle: totals, layer changes, removed branches.
 
@@ -558,8 +545,6 @@ def short_summary(d: ModelDiff, max_branches: int = 3) -> list[str]:
     diff: 9 of 13 layers narrower, 0 wider, 1 branch removed (5 ops), 0 ops added
     diff: removed conv2 .. bn3 (5 ops, from conv1.relu into add4): residual branch: the block collapsed to its skip
     """
-    from .report import human
-
     t = d.totals
     lines = [f"diff: FLOPs {change_text(*t['flops'], human)}, params {change_text(*t['params'], human)}, "
              f"latency {change_text(*t['latency_s'], seconds_text)}"]
@@ -575,16 +560,3 @@ def short_summary(d: ModelDiff, max_branches: int = 3) -> list[str]:
     if len(d.removed) > max_branches:
         lines.append(f"diff: ... and {len(d.removed) - max_branches} more removed branches (morphnet-onnx diff lists them)")
     return lines
-
-
-def branch_span(branch: Branch) -> str:
-    """'conv2 .. bn3 (5 ops, from conv1.relu into add4)'."""
-    ops = branch.ops[0] if len(branch.ops) == 1 else f"{branch.ops[0]} .. {branch.ops[-1]} ({len(branch.ops)} ops"
-    where = []
-    if branch.entry:
-        where.append(f"from {', '.join(branch.entry[:2])}")
-    if branch.exit:
-        where.append(f"into {', '.join(branch.exit[:2])}")
-    if len(branch.ops) == 1:
-        return f"{ops} ({', '.join(where)})" if where else ops
-    return f"{ops}{', ' + ', '.join(where) if where else ''})"

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .inspection import Inspection
+
+if TYPE_CHECKING:  # diffing imports the formatting below
+    from .diffing import Branch, ModelDiff
 
 
 def human(value: float, unit: str = "") -> str:
@@ -58,3 +64,98 @@ def print_inspection(report: Inspection, console: Console | None = None) -> None
         console.print(f"[W] opset {report.loaded.upgraded_from} upgraded to {report.loaded.opset} for analysis")
     for note in report.analysis.notes:
         console.print(f"[W] not understood, channels kept: {note}")
+
+
+# ---- diff ------------------------------------------------------------------------------------------------
+
+STATUS_STYLE = {"removed": "bold red", "added": "bold green", "narrower": "yellow", "wider": "cyan",
+                "changed": "", "same": "dim"}
+
+
+def change_text(before: float, after: float, fmt) -> str:
+    """'36.5M -> 19.9M (-45.4%)'."""
+    pct = f" ({(after - before) / before:+.1%})" if before else ""
+    return f"{fmt(before)} -> {fmt(after)}{pct}"
+
+
+def seconds_text(value: float) -> str:
+    """Latency with a readable unit: '6.62 us', '1.3 ms'."""
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def branch_span(branch: Branch) -> str:
+    """'conv2 .. bn3 (5 ops, from conv1.relu, into add4)'."""
+    ops = branch.ops[0] if len(branch.ops) == 1 else f"{branch.ops[0]} .. {branch.ops[-1]} ({len(branch.ops)} ops"
+    where = []
+    if branch.entry:
+        where.append(f"from {', '.join(branch.entry[:2])}")
+    if branch.exit:
+        where.append(f"into {', '.join(branch.exit[:2])}")
+    if len(branch.ops) == 1:
+        return f"{ops} ({', '.join(where)})" if where else ops
+    return f"{ops}{', ' + ', '.join(where) if where else ''})"
+
+
+def pair_text(before, after, attribute: str, fmt) -> str:
+    """A layer's value on both sides ('16 -> 8', '16' when equal, '-' for a missing side, '?' unknown)."""
+    def cell(side) -> str:
+        if side is None:
+            return "-"
+        value = getattr(side, attribute)
+        return "?" if value is None else fmt(value)
+
+    left, right = cell(before), cell(after)
+    return left if left == right and before is not None and after is not None else f"{left} -> {right}"
+
+
+def print_diff(d: ModelDiff, console: Console | None = None) -> None:
+    """The diff as tables: layers with FLOPs, removed and added branches, totals, op counts."""
+    console = console or make_console()
+    rows = d.compute_layers
+    table = Table(title=f"{d.before} -> {d.after}", title_justify="left")
+    for name, justify in (("op", "left"), ("type", "left"), ("width", "right"), ("FLOPs", "right"),
+                          ("params", "right"), ("", "left")):
+        table.add_column(name, justify=justify)
+    for layer in rows:
+        b, a = layer.before, layer.after
+        name = layer.op if not (b and a and a.op != b.op) else f"{b.op} (now {a.op})"
+        table.add_row(escape(name), layer.op_type, pair_text(b, a, "width", str), pair_text(b, a, "flops", human),
+                      pair_text(b, a, "params", human), layer.status, style=STATUS_STYLE[layer.status])
+    console.print(table)
+    for title, branches, style in (("removed", d.removed, "red"), ("added", d.added, "green")):
+        for branch in branches:
+            console.print(f"[{style}]{title}[/] {escape(branch_span(branch))}: {branch.description}; "
+                          f"FLOPs {human(branch.flops)}, params {human(branch.params)}", highlight=False)
+    totals = Table(title="Totals", title_justify="left")
+    for name, justify in (("", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
+        totals.add_column(name, justify=justify)
+    t = d.totals
+    shown = (("FLOPs", t["flops"], human), ("MACs", t["macs"], human), ("params", t["params"], human),
+             ("weights", t["param_bytes"], lambda v: human(v, "B")),
+             (f"latency ({d.hardware})", t["latency_s"], seconds_text),
+             ("ops", (sum(b for b, _ in d.op_counts.values()), sum(a for _, a in d.op_counts.values())), str))
+    for label, (before, after), fmt in shown:
+        totals.add_row(label, fmt(before), fmt(after), *_change_cell(before, after))
+    for op_type, (before, after) in d.op_counts.items():
+        if before != after:
+            totals.add_row(f"  {op_type}", str(before), str(after), *_change_cell(before, after))
+    console.print(totals)
+    status = d.counts()
+    by = Counter(layer.matched_by for layer in d.layers if layer.matched_by)
+    hidden = sum(1 for layer in d.layers if layer not in rows and layer.status in ("narrower", "wider"))
+    console.print(f"{by['name'] + by['position']} ops matched ({by['name']} by name, {by['position']} by "
+                  f"position), {status['removed']} removed, {status['added']} added"
+                  + (f"; {hidden} ops without FLOPs changed width with their layers (--json lists every op)"
+                     if hidden else ""), highlight=False)
+
+
+def _change_cell(before: float, after: float) -> tuple[str]:
+    if before == after:
+        return ("[dim]=[/]",)
+    if not before:
+        return ("[red]new[/]",)
+    style = "green" if after < before else "red"
+    return (f"[{style}]{(after - before) / before:+.1%}[/]",)
