@@ -1,13 +1,14 @@
 """morphnet-onnx: MorphNet's resource-targeted structure learning for ONNX models.
 
 The public API: `inspect` (channel groups and costs), `check` (is surgery exact on this model),
-`prune` (apply a structure), `shrink` (MorphNet: learn a structure under a budget), `train`,
-`evaluate`; the CLI `morphnet-onnx` is a thin layer over it.
+`prune` (apply a structure), `diff` (what changed between two models), `shrink` (MorphNet: learn a
+structure under a budget), `train`, `evaluate`; the CLI `morphnet-onnx` is a thin layer over it.
 """
 
 from .analysis import Analysis, Group, analyze
 from .checking import CheckResult, check
 from .cost import HARDWARE, Costs, compute_costs, parse_hardware
+from .diffing import ModelDiff, diff
 from .errors import MorphNetError
 from .inspection import Inspection, inspect
 from .io import LoadedModel, load
@@ -30,7 +31,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Analysis", "CheckResult", "Costs", "Group", "HARDWARE", "Inspection", "LoadedModel", "MorphNetError",
-    "PruneResult", "Structure", "analyze", "check", "compute_costs", "inspect", "load", "load_structure",
+    "Analysis", "CheckResult", "Costs", "Group", "HARDWARE", "Inspection", "LoadedModel", "ModelDiff", "MorphNetError",
+    "PruneResult", "Structure", "analyze", "check", "compute_costs", "diff", "inspect", "load", "load_structure",
     "parse_hardware", "prune", "shrink", "train", "evaluate", "Budget", "LearnResult", "TrainOptions",
 ]

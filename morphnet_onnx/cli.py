@@ -24,6 +24,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="never prune the channels of ops whose name matches (repeatable)")
 
 
+def _add_picture_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plot", metavar="FILE.png|FILE.svg",
+                        help="per-layer widths and FLOPs before and after (needs the extra `plot`: matplotlib)")
+    parser.add_argument("--html", metavar="FILE.html",
+                        help="one self-contained page: totals, the plot, the topology with removed ops marked, every op")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="morphnet-onnx", description=__doc__.splitlines()[0],
                                      epilog="Exit codes: 0 success, 1 check failed or internal error, 2 bad input.")
@@ -38,7 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-batch-size", type=int, default=1, metavar="B",
                    help="batch of the latency roofline (FLOPs and parameters stay per example)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.add_argument("after", nargs="?", metavar="AFTER", help="a second model: what changed (the same as `diff`)")
+    _add_picture_options(p)
     p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("diff", help="what changed between two models, or two structure files of one model")
+    p.add_argument("before", help="the original .onnx (or a structure .json)")
+    p.add_argument("after", help="the changed .onnx (or a structure .json, applied to --model)")
+    p.add_argument("--model", dest="structure_model", metavar="MODEL.onnx",
+                   help="the model structure files apply to (default: the .onnx side, else the model the file names)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
+                   help="static shape of an input with symbolic dims, for both models (repeatable)")
+    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="latency roofline (see inspect; default V100)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    _add_picture_options(p)
+    p.set_defaults(run=_diff)
 
     p = sub.add_parser("prune", help="remove the channels a structure file marks dead; write a smaller model")
     _add_model_options(p)
@@ -50,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approximate-borders", action="store_true",
                    help="remove channels whose constant value a padded conv spreads unevenly, folding the "
                         "interior value into the bias (exact except at the borders; fine-tune afterwards)")
+    _add_picture_options(p)
     p.set_defaults(run=_prune)
 
     p = sub.add_parser("check", help="prove on random data that pruning this model is exact")
@@ -83,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decide a structure even when the training loss never fell (the gates are then noise)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    _add_picture_options(p)
     p.set_defaults(run=_shrink)
 
     p = sub.add_parser("train", help="plain training (no regularizer): the baseline for MorphNet results")
@@ -179,7 +202,9 @@ def _print_learned(result, args, label: str) -> None:
 
 def _shrink(args: argparse.Namespace) -> int:
     from .learning import Budget, shrink
+    from .pictures import check_picture_paths
 
+    check_picture_paths(args.plot, args.html)
     if args.finetune_steps is not None and args.finetune_steps < 0:
         raise MorphNetError(f"--finetune-steps {args.finetune_steps}: must be 0 or more")
     budget = None
@@ -193,6 +218,7 @@ def _shrink(args: argparse.Namespace) -> int:
                     keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure,
                     force=args.force, finetune_steps=args.finetune_steps, cost_batch_size=args.cost_batch_size)
     _print_learned(result, args, "shrink")
+    _end_with_diff(args.model, args.output, args)
     return 0
 
 
@@ -224,6 +250,12 @@ def _inspect(args: argparse.Namespace) -> int:
     from .inspection import inspect
     from .report import print_inspection
 
+    if args.after is not None:  # `inspect BEFORE AFTER` is `diff BEFORE AFTER`
+        if args.keep:
+            raise MorphNetError("--keep does not apply to a diff of two models")
+        return _diff(argparse.Namespace(**{**vars(args), "before": args.model, "structure_model": None}))
+    if args.plot or args.html:
+        raise MorphNetError("--plot and --html show a diff: give two models (inspect BEFORE AFTER)")
     report = inspect(args.model, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
                      hardware=args.hardware, cost_batch_size=args.cost_batch_size)
     if not report.analysis.prunable_groups:
@@ -239,11 +271,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    from .pictures import check_picture_paths
     from .pruning import prune
     from .report import human
 
     if args.round_to < 1:
         raise MorphNetError(f"--round-to {args.round_to}: must be 1 or more")
+    check_picture_paths(args.plot, args.html)
     result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
                    keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
     if args.save_structure:
@@ -253,6 +287,38 @@ def _prune(args: argparse.Namespace) -> int:
           f"{human(result.params_after)}, {len(result.removed_ops)} ops removed")
     for note in result.notes:
         print(f"[W] {note}")
+    _end_with_diff(args.model, args.output, args)
+    return 0
+
+
+def _end_with_diff(before, after, args: argparse.Namespace) -> None:
+    """The short diff after a command that wrote a model (stdout unless --json), then --plot/--html."""
+    from .diffing import diff, short_summary
+    from .pictures import write_pictures
+
+    result = diff(before, after, input_shapes=parse_input_shapes(args.input_shape))
+    out = sys.stderr if getattr(args, "json", False) else sys.stdout
+    if out is sys.stdout:
+        print("\n".join(short_summary(result)))
+    for path in write_pictures(result, args.plot, args.html):
+        print(f"wrote {path}", file=out)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .diffing import diff
+    from .pictures import check_picture_paths, write_pictures
+    from .report import print_diff
+
+    check_picture_paths(args.plot, args.html)
+    result = diff(args.before, args.after, model=args.structure_model, input_shapes=parse_input_shapes(args.input_shape),
+                  hardware=args.hardware, cost_batch_size=getattr(args, "cost_batch_size", 1))
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print_diff(result)
+    for path in write_pictures(result, args.plot, args.html):
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -284,23 +284,29 @@ def _op_params(node: onnx.NodeProto, loaded: LoadedModel, data: set[str]) -> int
 # ---- matching -------------------------------------------------------------------------------------------
 
 class _Matcher:
-    """Pairs the ops of two views: names first, then outwards along the graph (see the module docstring)."""
+    """Pairs the ops of two views: names first, then outwards along the graph (see the module docstring).
+
+    A pair is *sure* when the walk that found it never had to choose between ops of one signature
+    (two identical parallel convs, one of them removed, are told apart by order only: not sure).
+    """
 
     def __init__(self, b: _View, a: _View) -> None:
         self.b, self.a = b, a
         self.pairs: dict[int, int] = {}
         self.back: dict[int, int] = {}
         self.how: dict[int, str] = {}
+        self.sure: dict[int, bool] = {}
         self.tensors: dict[str, str] = {}
         self.tensors_back: dict[str, str] = {}
-        self.queue: list[tuple[str, object, object]] = []
+        self.queue: list[tuple[str, object, object, bool]] = []
 
-    def run(self) -> None:
-        for i, j in self._name_pairs():
-            self._link(i, j, "name")
+    def run(self, names: bool = True) -> None:
+        if names:
+            for i, j in self._name_pairs():
+                self._link(i, j, "name", True)
         for tb, ta in _pair_names(self.b.inputs, self.a.inputs):
             self._link_tensor(tb, ta)
-            self.queue.append(("tensor", tb, ta))
+            self.queue.append(("tensor", tb, ta, True))
         outputs = _pair_names(self.b.outputs, self.a.outputs)
         while True:
             self._drain()
@@ -310,67 +316,67 @@ class _Matcher:
                 i, j = self.b.producer.get(tb), self.a.producer.get(ta)
                 if i is not None and j is not None and i not in self.pairs and j not in self.back \
                         and self.b.signature[i] == self.a.signature[j]:
-                    self._link(i, j, "position")
+                    self._link(i, j, "position", True)
                     linked = True
             if not linked:
                 break
 
     def _name_pairs(self) -> list[tuple[int, int]]:
+        """Ops of one name and type, unless the wiring alone surely pairs either with another op:
+        another tool may have reused names for other ops."""
         b, a = self.b, self.a
-        pairs = [(i, a.by_name[name]) for name, i in b.by_name.items()
-                 if name in a.by_name and b.nodes[i].op_type == a.nodes[a.by_name[name]].op_type]
-        # Names another tool renumbered can pair the wrong ops: trust them only if the pairs agree with
-        # the wiring (a name-matched op reads what the name-match of its producer writes).
-        paired = dict(pairs)
-        checked = agree = 0
-        for i, j in pairs:
-            after_inputs = set(a.nodes[j].input)
-            for t in b.data_inputs[i]:
-                p = b.producer.get(t)
-                if p in paired:
-                    checked += 1
-                    agree += any(o in after_inputs for o in a.nodes[paired[p]].output)
-        return pairs if not checked or agree * 2 >= checked else []
+        structural = _Matcher(b, a)
+        structural.run(names=False)
+        pairs = []
+        for name, i in b.by_name.items():
+            j = a.by_name.get(name)
+            if j is None or b.nodes[i].op_type != a.nodes[j].op_type:
+                continue
+            other_j, other_i = structural.pairs.get(i, j), structural.back.get(j, i)
+            if (other_j != j and structural.sure[i]) or (other_i != i and structural.sure[other_i]):
+                continue
+            pairs.append((i, j))
+        return pairs
 
-    def _link(self, i: int, j: int, how: str) -> None:
-        self.pairs[i], self.back[j], self.how[i] = j, i, how
+    def _link(self, i: int, j: int, how: str, sure: bool) -> None:
+        self.pairs[i], self.back[j], self.how[i], self.sure[i] = j, i, how, sure
         for tb, ta in zip(self.b.nodes[i].output, self.a.nodes[j].output):
             if tb and ta:
                 self._link_tensor(tb, ta)
-        self.queue.append(("node", i, j))
+        self.queue.append(("node", i, j, sure))
 
     def _link_tensor(self, tb: str, ta: str) -> None:
         self.tensors[tb], self.tensors_back[ta] = ta, tb
 
     def _drain(self) -> None:
         while self.queue:
-            kind, x, y = self.queue.pop(0)
+            kind, x, y, sure = self.queue.pop(0)
             if kind == "tensor":
-                self._align_consumers(x, y)
+                self._align(self.b.consumers.get(x, []), self.a.consumers.get(y, []), sure)
                 continue
             for tb, ta in zip(self.b.nodes[x].output, self.a.nodes[y].output):
                 if tb and ta:
-                    self._align_consumers(tb, ta)
+                    self._align(self.b.consumers.get(tb, []), self.a.consumers.get(ta, []), sure)
             producers_b = [self.b.producer[t] for t in self.b.data_inputs[x] if t in self.b.producer]
             producers_a = [self.a.producer[t] for t in self.a.data_inputs.get(y, []) if t in self.a.producer]
-            self._align(list(dict.fromkeys(producers_b)), list(dict.fromkeys(producers_a)))
+            self._align(list(dict.fromkeys(producers_b)), list(dict.fromkeys(producers_a)), sure)
 
-    def _align_consumers(self, tb: str, ta: str) -> None:
-        self._align(self.b.consumers.get(tb, []), self.a.consumers.get(ta, []))
-
-    def _align(self, before: list[int], after: list[int]) -> None:
+    def _align(self, before: list[int], after: list[int], sure: bool) -> None:
         """Pair unmatched ops of two ordered lists by their signatures, in order (dropped ones skipped)."""
         before = [i for i in before if i not in self.pairs]
         after = [j for j in after if j not in self.back]
         if not before or not after:
             return
-        matcher = SequenceMatcher(None, [self.b.signature[i] for i in before], [self.a.signature[j] for j in after],
-                                  autojunk=False)
+        signatures_b = [self.b.signature[i] for i in before]
+        signatures_a = [self.a.signature[j] for j in after]
+        count_b, count_a = Counter(signatures_b), Counter(signatures_a)
+        matcher = SequenceMatcher(None, signatures_b, signatures_a, autojunk=False)
         for block in matcher.get_matching_blocks():
             for k in range(block.size):
                 i, j = before[block.a + k], after[block.b + k]
                 if i not in self.pairs and j not in self.back and self._consistent(i, j):
-                    self._link(i, j, "position")
+                    signature = self.b.signature[i]
+                    self._link(i, j, "position", sure and count_b[signature] == 1 and count_a[signature] == 1)
 
     def _consistent(self, i: int, j: int) -> bool:
         """The op pair reads what the pairs of its producers write, both ways."""
