@@ -457,3 +457,19 @@ def test_names_decide_between_identical_parallel_ops():
     d = diff(model, removing(model, "twin_a"))
     assert [b.ops for b in d.removed] == [["twin_a", "relu1"]]
     assert changes(d) == {"twin_a": "removed", "relu1": "removed", "cat": "narrower", "mix": "changed"}
+
+
+def test_shrink_ends_with_the_short_diff_and_writes_the_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", input=rng.standard_normal((32, 3, 32, 32)).astype(np.float32),
+             labels=rng.integers(0, 10, 32))
+    out, plot = tmp_path / "s.onnx", tmp_path / "w.png"
+    assert main(["shrink", str(TINY), "--data", str(tmp_path / "train.npz"), "--budget-flops", "0.6x", "--steps", "4",
+                 "--batch-size", "16", "--no-progress", "-o", str(out), "--plot", str(plot)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    flops_line = next(line for line in lines if line.startswith("diff: FLOPs 36.5M -> "))
+    assert lines[-1] == f"wrote {plot}" and plot.read_bytes()[:4] == b"\x89PNG"
+    written = diff(TINY, out)
+    assert flops_line == short_summary(written)[0]
+    assert written.totals["flops"][1] <= 0.6 * written.totals["flops"][0]
