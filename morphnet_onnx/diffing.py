@@ -43,10 +43,13 @@ BRANCH_TEXT = {
     "residual": "residual branch: the block collapsed to its skip",
     "concat": "Concat input dropped (its tower is gone)",
     "gate": "gating branch (squeeze-excitation) turned into a constant scale",
+    "bypassed": "bypassed: its input goes straight on (e.g. a norm folded into its conv)",
+    "inserted": "inserted between two ops that were connected",
     "branch": "branch",
     "op": "op",
 }
 TOTALS = ("flops", "macs", "params", "param_bytes", "latency_s")
+SIDE_TYPES = (str, os.PathLike, onnx.ModelProto, LoadedModel, dict, Structure)
 
 
 @dataclass
@@ -112,7 +115,7 @@ class Branch:
     """Removed (or added) ops that touch each other, with the kept ops around them."""
 
     ops: list[str]
-    kind: str  # residual, concat, gate (see BRANCH_TEXT), branch (several ops), op (one op)
+    kind: str  # residual, concat, gate, bypassed, inserted (see BRANCH_TEXT), branch (several ops), op (one op)
     entry: list[str]  # kept ops (or model inputs) it read from
     exit: list[str]  # kept ops it fed
     flops: float
@@ -394,8 +397,11 @@ def _pair_names(before: list[str], after: list[str]) -> list[tuple[str, str]]:
 
 # ---- the diff ---------------------------------------------------------------------------------------------
 
-def _branches(view: _View, members: list[int]) -> list[Branch]:
-    """Connected pieces of `members` (ops only one model has), with what they read and fed."""
+def _branches(view: _View, members: list[int], other: _View, partner: dict[int, int],
+              tensor_map: dict[str, str], bypass: str) -> list[Branch]:
+    """Connected pieces of `members` (ops only `view`'s model has), with what they read and fed;
+    `partner` and `tensor_map` pair ops and tensors of `view` with those of `other`; a piece whose
+    input goes straight to its consumers in `other` is of kind `bypass`."""
     graph = nx.Graph()
     graph.add_nodes_from(members)
     member_set = set(members)
@@ -415,7 +421,9 @@ def _branches(view: _View, members: list[int]) -> list[Branch]:
         exits = [c for t in produced for c in view.consumers.get(t, []) if c not in inside]
         exits = sorted(dict.fromkeys(exits), key=view.position.get)
         kind = "op" if len(piece) == 1 else "branch"
-        for c in exits:
+        if _bypassed(view, exits, read, other, partner, tensor_map):
+            kind = bypass
+        for c in exits if kind != bypass else ():
             merge = MERGES.get(view.nodes[c].op_type)
             # A merge op that also reads something outside the branch: the branch was one way among others.
             if merge and any(t not in produced for t in view.data_inputs[c]):
@@ -426,6 +434,22 @@ def _branches(view: _View, members: list[int]) -> list[Branch]:
                                flops=sum(view.side[i].flops for i in piece),
                                params=sum(view.side[i].params for i in piece)))
     return branches
+
+
+def _bypassed(view: _View, exits: list[int], read: list[str], other: _View, partner: dict[int, int],
+              tensor_map: dict[str, str]) -> bool:
+    """Whether the piece's input now goes straight to an op it fed (a BatchNormalization folded into
+    its conv, an Identity dropped): that op reads the piece's input more often in the other model.
+    A residual Add keeps reading its skip once, so a removed residual branch is not a bypass."""
+    entry = set(read)
+    mapped = {tensor_map[t] for t in entry if t in tensor_map}
+    for c in exits:
+        if c in partner:
+            here = sum(t in entry for t in view.nodes[c].input)
+            there = sum(t in mapped for t in other.nodes[partner[c]].input)
+            if there > here:
+                return True
+    return False
 
 
 def diff_loaded(before: LoadedModel, after: LoadedModel, hardware: str | None = None,
@@ -463,8 +487,8 @@ def diff_loaded(before: LoadedModel, after: LoadedModel, hardware: str | None = 
             for t in view.data_inputs[index]:
                 if t in view.producer:
                     edges.add((rows[view.producer[t]], rows[index]))
-    removed = _branches(b, [i for i in b.layers if i not in pairs])
-    added = _branches(a, [j for j in a.layers if j not in back])
+    removed = _branches(b, [i for i in b.layers if i not in pairs], a, pairs, matcher.tensors, "bypassed")
+    added = _branches(a, [j for j in a.layers if j not in back], b, back, matcher.tensors_back, "inserted")
     totals = {key: (float(getattr(b.costs, key)), float(getattr(a.costs, key))) for key in TOTALS}
     counts_b, counts_a = b.op_counts(), a.op_counts()
     op_counts = {t: (counts_b.get(t, 0), counts_a.get(t, 0)) for t in sorted(set(counts_b) | set(counts_a))}
@@ -496,6 +520,10 @@ def _load_side(side, model, input_shapes: InputShapes | None) -> tuple[LoadedMod
     """A side of the diff as a loaded model, and how to name it."""
     from .pruning import prune  # pruning imports surgery, which is only needed for structures
 
+    for value in (side, model):
+        if value is not None and not isinstance(value, SIDE_TYPES):
+            raise MorphNetError(f"diff: expected an .onnx or structure .json path, a ModelProto, a LoadedModel, "
+                                f"a structure dict or a Structure, got {type(value).__name__}")
     if isinstance(side, LoadedModel):
         return side, side.name
     if not _is_structure(side):
@@ -530,6 +558,7 @@ def diff(before, after, model=None, input_shapes: InputShapes | None = None, har
     structure file names. `input_shapes` fixes symbolic dims of both models; `hardware` and
     `cost_batch_size` set the latency roofline (see `inspect`).
     """
+    parse_hardware(hardware, cost_batch_size)  # bad options fail before anything loads
     sides = (before, after)
     if model is None:
         models = [s for s in sides if not _is_structure(s)]
@@ -549,20 +578,24 @@ def short_summary(d: ModelDiff, max_branches: int = 3) -> list[str]:
     >>> for line in short_summary(diff("m.onnx", "small.onnx")): print(line)   # doctest: +SKIP
     diff: FLOPs 36.5M -> 19.9M (-45.4%), params 76.3K -> 40.5K (-46.9%), latency 6.62 us -> 4.1 us (-38.1%)
     diff: 9 of 13 layers narrower, 0 wider, 1 branch removed (5 ops), 0 ops added
-    diff: removed conv2 .. bn3 (5 ops, from conv1.relu into add4): residual branch: the block collapsed to its skip
+    diff: removed conv2 .. bn3 (5 ops, from conv1.relu, into add4): residual branch: the block collapsed to its skip
     """
     t = d.totals
     lines = [f"diff: FLOPs {change_text(*t['flops'], human)}, params {change_text(*t['params'], human)}, "
              f"latency {change_text(*t['latency_s'], seconds_text)}"]
     rows = d.compute_layers
     status = Counter(layer.status for layer in rows)
-    n_removed = sum(len(branch.ops) for branch in d.removed)
-    n_added = sum(len(branch.ops) for branch in d.added)
-    lines.append(f"diff: {status['narrower']} of {len(rows)} layers narrower, {status['wider']} wider, "
-                 f"{len(d.removed)} branch{'es' if len(d.removed) != 1 else ''} removed ({n_removed} ops), "
-                 f"{n_added} ops added")
-    for branch in d.removed[:max_branches]:
+    branches = [branch for branch in d.removed if branch.kind != "bypassed"]
+    bypassed = sum(len(branch.ops) for branch in d.removed if branch.kind == "bypassed")
+    parts = [f"{status['narrower']} of {len(rows)} layers narrower", f"{status['wider']} wider",
+             f"{len(branches)} branch{'es' if len(branches) != 1 else ''} removed "
+             f"({sum(len(branch.ops) for branch in branches)} ops)"]
+    if bypassed:
+        parts.append(f"{bypassed} ops bypassed")
+    parts.append(f"{sum(len(branch.ops) for branch in d.added)} ops added")
+    lines.append("diff: " + ", ".join(parts))
+    for branch in branches[:max_branches]:
         lines.append(f"diff: removed {branch_span(branch)}: {branch.description}")
-    if len(d.removed) > max_branches:
-        lines.append(f"diff: ... and {len(d.removed) - max_branches} more removed branches (morphnet-onnx diff lists them)")
+    if len(branches) > max_branches:
+        lines.append(f"diff: ... and {len(branches) - max_branches} more removed branches (morphnet-onnx diff lists them)")
     return lines

@@ -113,6 +113,7 @@ def pair_text(before, after, attribute: str, fmt) -> str:
 
 def print_diff(d: ModelDiff, console: Console | None = None) -> None:
     """The diff as tables: layers with FLOPs, removed and added branches, totals, op counts."""
+    from .diffing import BRANCH_TEXT  # diffing imports this module at its top
     console = console or make_console()
     rows = d.compute_layers
     table = Table(title=f"{d.before} -> {d.after}", title_justify="left")
@@ -127,8 +128,16 @@ def print_diff(d: ModelDiff, console: Console | None = None) -> None:
     console.print(table)
     for title, branches, style in (("removed", d.removed, "red"), ("added", d.added, "green")):
         for branch in branches:
-            console.print(f"[{style}]{title}[/] {escape(branch_span(branch))}: {branch.description}; "
-                          f"FLOPs {human(branch.flops)}, params {human(branch.params)}", highlight=False)
+            if branch.kind not in ("bypassed", "inserted"):
+                console.print(f"[{style}]{title}[/] {escape(branch_span(branch))}: {branch.description}; "
+                              f"FLOPs {human(branch.flops)}, params {human(branch.params)}", highlight=False)
+        # Single ops spliced out or in (norms folded, Identities dropped) go on one line.
+        spliced = [op for branch in branches if branch.kind in ("bypassed", "inserted") for op in branch.ops]
+        if spliced:
+            kind = "bypassed" if title == "removed" else "inserted"
+            shown = ", ".join(spliced[:3]) + (f" (+{len(spliced) - 3})" if len(spliced) > 3 else "")
+            console.print(f"[{style}]{title}[/] {len(spliced)} ops {escape(BRANCH_TEXT[kind])}: {escape(shown)}",
+                          highlight=False)
     totals = Table(title="Totals", title_justify="left")
     for name, justify in (("", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
         totals.add_column(name, justify=justify)

@@ -473,3 +473,30 @@ def test_shrink_ends_with_the_short_diff_and_writes_the_plot(tmp_path, capsys):
     written = diff(TINY, out)
     assert flops_line == short_summary(written)[0]
     assert written.totals["flops"][1] <= 0.6 * written.totals["flops"][0]
+
+
+@pytest.mark.skipif(not (TORCHVISION_DIR / "resnet18_folded.onnx").exists(), reason="torchvision exports missing")
+def test_norms_folded_by_another_tool_are_bypassed_ops():
+    """torch's export with BatchNormalization folded into the convs: every norm is gone, its conv feeds
+    what the norm fed, nothing is narrower and no branch is reported removed."""
+    bn, folded = TORCHVISION_DIR / "resnet18_bn.onnx", TORCHVISION_DIR / "resnet18_folded.onnx"
+    d = diff(bn, folded)
+    gone = [layer for layer in d.layers if layer.status == "removed"]
+    assert len(gone) == 20 and {layer.op_type for layer in gone} == {"BatchNormalization"}
+    assert {branch.kind for branch in d.removed} == {"bypassed"} and not d.added
+    assert {layer.status for layer in d.layers} == {"same", "changed", "removed"}
+    assert all(layer.op_type == "Conv" for layer in d.layers if layer.status == "changed")  # they took the bias
+    assert d.totals["flops"][0] == d.totals["flops"][1]
+    assert "0 branches removed (0 ops), 20 ops bypassed, 0 ops added" in short_summary(d)[1]
+    back = diff(folded, bn)
+    assert {branch.kind for branch in back.added} == {"inserted"} and not back.removed
+
+
+@pytest.mark.parametrize("before,kw,match", [
+    (42, {}, "got int"),
+    (TINY, {"hardware": "Z80"}, "--hardware 'Z80'"),
+    (TINY, {"cost_batch_size": 0}, "--cost-batch-size 0"),
+])
+def test_api_checks_its_arguments(before, kw, match):
+    with pytest.raises(MorphNetError, match=match):
+        diff(before, TINY, **kw)
