@@ -150,20 +150,40 @@ def _width_label(layer) -> str:
     return pair_text(b, a, "width", str).replace("->", "\u2192")
 
 
-def topology_svg(d: ModelDiff) -> str:
-    """The ops of both models as one layered drawing: removed ops and branches marked, widths before -> after."""
-    depths = _depths(d)
+def _layout(d: ModelDiff, depths: list[int]) -> dict[int, tuple[float, float]]:
+    """Top-left corner of every op's box: rows by depth; in a row, each op as near as it can be to
+    the mean place of the ops feeding it, so a chain runs straight down and towers sit side by side."""
     rows: dict[int, list[int]] = {}
     for index, depth in enumerate(depths):
         rows.setdefault(depth, []).append(index)
-    widest = max((len(r) for r in rows.values()), default=1)
-    content_w = 2 * MARGIN + widest * (BOX_W + GAP_X) - GAP_X
-    place = {}
-    for depth, members in rows.items():
-        left = MARGIN + (widest - len(members)) * (BOX_W + GAP_X) / 2
-        for k, index in enumerate(members):
-            place[index] = (left + k * (BOX_W + GAP_X), MARGIN + depth * (BOX_H + GAP_Y))
-    height = 2 * MARGIN + (max(rows, default=0) + 1) * (BOX_H + GAP_Y)
+    feeders: dict[int, list[int]] = {}
+    for i, j in d.edges:
+        feeders.setdefault(j, []).append(i)
+    step = BOX_W + GAP_X
+    x: dict[int, float] = {}
+    for depth in sorted(rows):
+        wanted = {}
+        for k, index in enumerate(rows[depth]):
+            placed = [x[f] for f in feeders.get(index, []) if f in x]
+            wanted[index] = sum(placed) / len(placed) if placed else k * step
+        order = sorted(rows[depth], key=lambda index: (wanted[index], index))
+        spots: list[float] = []
+        for index in order:
+            spots.append(wanted[index] if not spots else max(wanted[index], spots[-1] + step))
+        # Centre the row on where its ops want to be (pushing right only would drift the drawing).
+        shift = sum(wanted.values()) / len(order) - sum(spots) / len(spots)
+        for index, spot in zip(order, spots):
+            x[index] = spot + shift
+    left = min(x.values(), default=0.0)
+    return {index: (MARGIN + x[index] - left, MARGIN + depths[index] * (BOX_H + GAP_Y)) for index in x}
+
+
+def topology_svg(d: ModelDiff) -> str:
+    """The ops of both models as one layered drawing: removed ops and branches marked, widths before -> after."""
+    depths = _depths(d)
+    place = _layout(d, depths)
+    content_w = MARGIN + max((px for px, _ in place.values()), default=0.0) + BOX_W + MARGIN
+    height = 2 * MARGIN + (max(depths, default=0) + 1) * (BOX_H + GAP_Y)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{content_w + LABELS_W:.0f}" height="{height:.0f}" '
              f'font-family="sans-serif" font-size="11">']
     for i, j in d.edges:
