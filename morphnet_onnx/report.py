@@ -115,8 +115,10 @@ def print_diff(d: ModelDiff, console: Console | None = None) -> None:
     """The diff as tables: layers with FLOPs, removed and added branches, totals, op counts."""
     from .diffing import BRANCH_TEXT  # diffing imports this module at its top
     console = console or make_console()
-    rows = d.compute_layers
-    table = Table(title=f"{d.before} -> {d.after}", title_justify="left")
+    # Layers with FLOPs, and any other op whose own costs changed (an Add now reading a constant).
+    rows = [layer for layer in d.layers if layer.is_compute or layer.status == "changed"] or d.layers
+    console.print(f"[bold]{escape(d.before)} -> {escape(d.after)}[/]", highlight=False)
+    table = Table()
     for name, justify in (("op", "left"), ("type", "left"), ("width", "right"), ("FLOPs", "right"),
                           ("params", "right"), ("", "left")):
         table.add_column(name, justify=justify)
