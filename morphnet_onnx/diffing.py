@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
 from pathlib import Path
 
 import networkx as nx
 import onnx
 
 from .analysis import analyze, node_names
-from .cost import BUFFER_INPUTS, FLOAT_TYPES, compute_costs, parse_hardware
+from .cost import BUFFER_INPUTS, FLOAT_TYPES, Hardware, compute_costs, parse_hardware
 from .errors import MorphNetError
 from .io import InputShapes, LoadedModel, graph_input_names, load
 from .report import branch_span, change_text, human, seconds_text
@@ -36,7 +35,8 @@ CHANNEL_FIRST = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormali
                  "GlobalAveragePool", "GlobalMaxPool", "LpPool", "LRN", "GroupNormalization"}
 # Ops whose output channels are on the last axis (a Linear layer's features).
 CHANNEL_LAST = {"Gemm", "MatMul", "LayerNormalization"}
-# Attributes that tell two ops of one type apart; `group` only as depthwise or not (pruning changes it).
+# Attributes that tell two ops of one type apart. Not `group`: pruning changes it (a depthwise conv cut
+# to one channel has group 1).
 SIGNATURE_ATTRIBUTES = ("kernel_shape", "strides", "dilations", "axis", "axes", "perm", "transA", "transB", "mode")
 MERGES = {"Add": "residual", "Sum": "residual", "Sub": "residual", "Concat": "concat", "Mul": "gate", "Div": "gate"}
 BRANCH_TEXT = {
@@ -49,6 +49,8 @@ BRANCH_TEXT = {
     "op": "op",
 }
 TOTALS = ("flops", "macs", "params", "param_bytes", "latency_s")
+# Ops of one signature competing for a pair are told apart by their neighbourhoods (see _Matcher._align).
+CONTEXT_DEPTH, CONTEXT_OPS, MAX_CANDIDATE_PAIRS = 6, 32, 4096
 SIDE_TYPES = (str, os.PathLike, onnx.ModelProto, LoadedModel, dict, Structure)
 
 
@@ -150,11 +152,12 @@ class ModelDiff:
 
     @property
     def compute_layers(self) -> list[LayerChange]:
-        """The layers with FLOPs (all layers where a model has none): what the table and plot show."""
+        """The layers with FLOPs (all layers where neither model has any): the plot's bars."""
         rows = [layer for layer in self.layers if layer.is_compute]
         return rows or self.layers
 
     def counts(self) -> Counter:
+        """How many ops have each status."""
         return Counter(layer.status for layer in self.layers)
 
     def to_dict(self) -> dict:
@@ -182,7 +185,7 @@ class ModelDiff:
 class _View:
     """The ops of one model that compute on the data, their wiring, widths and costs."""
 
-    def __init__(self, loaded: LoadedModel, hardware) -> None:
+    def __init__(self, loaded: LoadedModel, hardware: Hardware) -> None:
         graph = loaded.model.graph
         self.loaded = loaded
         self.nodes = list(graph.node)
@@ -212,6 +215,7 @@ class _View:
         self.by_name = {node.name: i for i, node in enumerate(self.nodes)
                         if node.name and counts[node.name] == 1 and i in self.position}
         self.signature = {i: _signature(self.nodes[i]) for i in self.layers}
+        self._contexts: dict[int, Counter] = {}
         costs = compute_costs(analyze(loaded), loaded, hardware)
         self.costs = costs
         flops: Counter = Counter()
@@ -219,7 +223,7 @@ class _View:
         for op_cost in costs.ops:
             flops[op_cost.op] += op_cost.flops
             latency[op_cost.op] += op_cost.latency_s
-        widths = _widths(self.nodes, self.layers, loaded)
+        widths = _widths(self.nodes, self.layers, self.data_inputs, loaded)
         self.side = {i: OpSide(self.names[i], self.nodes[i].op_type, widths[i], float(flops[self.names[i]]),
                                _op_params(self.nodes[i], loaded, data), float(latency[self.names[i]]))
                      for i in self.layers}
@@ -227,18 +231,42 @@ class _View:
     def op_counts(self) -> Counter:
         return Counter(self.nodes[i].op_type for i in self.layers)
 
+    def context(self, index: int) -> Counter:
+        """The signatures around an op, by signed distance: consumers' at +1, +2, ..., producers' at -1, ...
+        (up to CONTEXT_DEPTH steps, CONTEXT_OPS ops each way)."""
+        if index not in self._contexts:
+            found: Counter = Counter()
+            for direction, step in ((1, self._next_ops), (-1, self._previous_ops)):
+                seen, frontier = {index}, [index]
+                for depth in range(1, CONTEXT_DEPTH + 1):
+                    frontier = [k for op in frontier for k in step(op) if k not in seen][:CONTEXT_OPS]
+                    seen.update(frontier)
+                    found.update((direction * depth, self.signature[k]) for k in frontier)
+            self._contexts[index] = found
+        return self._contexts[index]
+
+    def _next_ops(self, index: int) -> list[int]:
+        return [c for t in self.nodes[index].output if t for c in self.consumers.get(t, [])]
+
+    def _previous_ops(self, index: int) -> list[int]:
+        return [self.producer[t] for t in self.data_inputs[index] if t in self.producer]
+
+
+def _likeness(first: Counter, second: Counter) -> int:
+    """How many (distance, signature) entries two neighbourhoods share."""
+    return sum((first & second).values())
+
 
 def _signature(node: onnx.NodeProto) -> str:
     parts = [node.domain, node.op_type]
     for attr in sorted(node.attribute, key=lambda a: a.name):
         if attr.name in SIGNATURE_ATTRIBUTES:
             parts.append(f"{attr.name}={onnx.helper.get_attribute_value(attr)}")
-        elif attr.name == "group":
-            parts.append(f"grouped={attr.i > 1}")
     return " ".join(parts)
 
 
-def _widths(nodes: list[onnx.NodeProto], layers: list[int], loaded: LoadedModel) -> dict[int, int | None]:
+def _widths(nodes: list[onnx.NodeProto], layers: list[int], data_inputs: dict[int, list[str]],
+            loaded: LoadedModel) -> dict[int, int | None]:
     """Output channels of every op: follows where the channel axis is (axis 1 after a Conv, the last
     axis after a Gemm/MatMul, moved by Transpose, kept by element-wise ops)."""
     axis_of: dict[str, int] = {}
@@ -256,13 +284,13 @@ def _widths(nodes: list[onnx.NodeProto], layers: list[int], loaded: LoadedModel)
             axis = rank - 1
         elif node.op_type in CHANNEL_FIRST:
             axis = 1 if rank > 1 else 0
-        elif node.op_type == "Transpose" and first in axis_of:
+        elif node.op_type == "Transpose" and first in axis_of:  # output axis k is input axis perm[k]
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(reversed(range(rank))))
             axis = perm.index(axis_of[first]) if axis_of[first] in perm else min(1, rank - 1)
-        elif first in axis_of and len(loaded.shapes.get(first, ())) == rank:
-            axis = axis_of[first]
         else:
-            axis = min(1, rank - 1)
+            # Element-wise and other ops keep the channel axis of the data they read, rank allowing.
+            known = [t for t in data_inputs[index] if t in axis_of and len(loaded.shapes.get(t, ())) == rank]
+            axis = axis_of[known[0]] if known else min(1, rank - 1)
         axis_of[out] = axis
         widths[index] = int(shape[axis]) if shape[axis] > 0 else None
     return widths
@@ -301,7 +329,7 @@ class _Matcher:
         self.sure: dict[int, bool] = {}
         self.tensors: dict[str, str] = {}
         self.tensors_back: dict[str, str] = {}
-        self.queue: list[tuple[str, object, object, bool]] = []
+        self.queue: deque[tuple[str, object, object, bool]] = deque()
 
     def run(self, names: bool = True) -> None:
         if names:
@@ -353,7 +381,7 @@ class _Matcher:
 
     def _drain(self) -> None:
         while self.queue:
-            kind, x, y, sure = self.queue.pop(0)
+            kind, x, y, sure = self.queue.popleft()
             if kind == "tensor":
                 self._align(self.b.consumers.get(x, []), self.a.consumers.get(y, []), sure)
                 continue
@@ -365,21 +393,30 @@ class _Matcher:
             self._align(list(dict.fromkeys(producers_b)), list(dict.fromkeys(producers_a)), sure)
 
     def _align(self, before: list[int], after: list[int], sure: bool) -> None:
-        """Pair unmatched ops of two ordered lists by their signatures, in order (dropped ones skipped)."""
+        """Pair unmatched ops of two ordered lists that have the same signature. Where several share
+        one (a residual block's first conv and its downsample conv both read the block's input),
+        the ops whose neighbourhoods look most alike pair first, then the list order decides."""
         before = [i for i in before if i not in self.pairs]
         after = [j for j in after if j not in self.back]
-        if not before or not after:
-            return
-        signatures_b = [self.b.signature[i] for i in before]
-        signatures_a = [self.a.signature[j] for j in after]
-        count_b, count_a = Counter(signatures_b), Counter(signatures_a)
-        matcher = SequenceMatcher(None, signatures_b, signatures_a, autojunk=False)
-        for block in matcher.get_matching_blocks():
-            for k in range(block.size):
-                i, j = before[block.a + k], after[block.b + k]
+        groups_b: dict[str, list[int]] = {}
+        groups_a: dict[str, list[int]] = {}
+        for i in before:
+            groups_b.setdefault(self.b.signature[i], []).append(i)
+        for j in after:
+            groups_a.setdefault(self.a.signature[j], []).append(j)
+        for signature, ops_b in groups_b.items():
+            ops_a = groups_a.get(signature, [])
+            if len(ops_b) == 1 and len(ops_a) == 1:
+                candidates, alone = [(ops_b[0], ops_a[0])], True
+            elif len(ops_b) * len(ops_a) <= MAX_CANDIDATE_PAIRS:
+                ranked = [(-_likeness(self.b.context(i), self.a.context(j)), abs(rb - ra), rb, i, j)
+                          for rb, i in enumerate(ops_b) for ra, j in enumerate(ops_a)]
+                candidates, alone = [(i, j) for *_, i, j in sorted(ranked)], False
+            else:
+                candidates, alone = list(zip(ops_b, ops_a)), False
+            for i, j in candidates:
                 if i not in self.pairs and j not in self.back and self._consistent(i, j):
-                    signature = self.b.signature[i]
-                    self._link(i, j, "position", sure and count_b[signature] == 1 and count_a[signature] == 1)
+                    self._link(i, j, "position", sure and alone)
 
     def _consistent(self, i: int, j: int) -> bool:
         """The op pair reads what the pairs of its producers write, both ways."""
@@ -489,7 +526,7 @@ def diff_loaded(before: LoadedModel, after: LoadedModel, hardware: str | None = 
                     edges.add((rows[view.producer[t]], rows[index]))
     removed = _branches(b, [i for i in b.layers if i not in pairs], a, pairs, matcher.tensors, "bypassed")
     added = _branches(a, [j for j in a.layers if j not in back], b, back, matcher.tensors_back, "inserted")
-    totals = {key: (float(getattr(b.costs, key)), float(getattr(a.costs, key))) for key in TOTALS}
+    totals = {key: (getattr(b.costs, key), getattr(a.costs, key)) for key in TOTALS}
     counts_b, counts_a = b.op_counts(), a.op_counts()
     op_counts = {t: (counts_b.get(t, 0), counts_a.get(t, 0)) for t in sorted(set(counts_b) | set(counts_a))}
     return ModelDiff(before=before.name, after=after.name, layers=layers, removed=removed, added=added,

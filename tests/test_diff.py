@@ -500,3 +500,23 @@ def test_norms_folded_by_another_tool_are_bypassed_ops():
 def test_api_checks_its_arguments(before, kw, match):
     with pytest.raises(MorphNetError, match=match):
         diff(before, TINY, **kw)
+
+
+def downsample_block_model() -> onnx.ModelProto:
+    """A bottleneck whose first conv and its downsample conv are alike (1x1) and read the same tensor."""
+    net = Net(input_shape=(1, 3, 8, 8), seed=6)
+    x = net.relu(net.bn(net.conv("input", 3, 8, name="stem", bias=False), 8, name="stem_bn"))
+    h = net.relu(net.bn(net.conv(x, 8, 4, k=1, name="reduce", bias=False), 4, name="reduce_bn"))
+    h = net.bn(net.conv(h, 4, 12, name="expand", bias=False), 12, name="expand_bn")
+    skip = net.bn(net.conv(x, 8, 12, k=1, name="downsample", bias=False), 12, name="downsample_bn")
+    return head(net, net.relu(net.op("Add", [h, skip], name="join")), 12)
+
+
+def test_renamed_block_without_its_branch_keeps_its_downsample():
+    """Position alone: of two alike convs reading one tensor, the one whose neighbours match stays."""
+    model = downsample_block_model()
+    after = removing(model, "reduce")
+    by_name, by_position = diff(model, after), diff(model, renamed(after))
+    assert [b.ops for b in by_name.removed] == [["reduce", "reduce_bn", "relu2", "expand", "expand_bn"]]
+    assert changes(by_position) == changes(by_name)
+    assert [(b.ops, b.kind) for b in by_position.removed] == [(b.ops, b.kind) for b in by_name.removed]
