@@ -14,10 +14,11 @@ import pytest
 from builders import Net
 from conftest import REPO, TORCHVISION_DIR
 from morphnet_onnx import MorphNetError, diff, prune
+from morphnet_onnx.checking import random_structure
 from morphnet_onnx.cli import main
 from morphnet_onnx.diffing import short_summary
 from morphnet_onnx.pictures import AFTER_COLOR, STATUS_COLORS, check_picture_paths, write_pictures
-from morphnet_onnx.pruning import prepare
+from morphnet_onnx.pruning import prepare, prune_loaded
 
 TINY = REPO / "models" / "tiny_resnet.onnx"
 
@@ -519,4 +520,19 @@ def test_renamed_block_without_its_branch_keeps_its_downsample():
     by_name, by_position = diff(model, after), diff(model, renamed(after))
     assert [b.ops for b in by_name.removed] == [["reduce", "reduce_bn", "relu2", "expand", "expand_bn"]]
     assert changes(by_position) == changes(by_name)
+    assert [(b.ops, b.kind) for b in by_position.removed] == [(b.ops, b.kind) for b in by_name.removed]
+
+
+@pytest.mark.parametrize("name", ["resnet18_bn", "mobilenet_v3_small_bn", "googlenet_bn"])
+def test_real_models_pruned_at_random_match_by_position_as_by_name(name):
+    """check's random structure with whole branches removed: renaming every node changes nothing."""
+    path = TORCHVISION_DIR / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip("torchvision exports missing")
+    loaded, analysis = prepare(str(path), seed=0)
+    result = prune_loaded(loaded, analysis, random_structure(loaded, analysis, 1.0, 0), approximate_borders=True)
+    by_name, by_position = diff(loaded.model, result.model), diff(loaded.model, renamed(result.model))
+    assert by_name.removed and changes(by_name)
+    assert changes(by_position) == changes(by_name)
+    assert widths(by_position) == widths(by_name)
     assert [(b.ops, b.kind) for b in by_position.removed] == [(b.ops, b.kind) for b in by_name.removed]
