@@ -66,18 +66,25 @@ def write_pictures(d: ModelDiff, plot: str | os.PathLike | None = None,
 
 # ---- the plot ---------------------------------------------------------------------------------------------
 
-def _figure_class():
+def _matplotlib():
     # matplotlib is an optional extra: imported here so that everything else works without it.
     try:
+        import matplotlib
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise MorphNetError(f"--plot and --html {MISSING_MATPLOTLIB}") from exc
-    return Figure
+    return matplotlib, Figure
 
 
 def plot_bytes(d: ModelDiff, fmt: str = "png") -> bytes:
     """Per-layer widths of both models side by side along the depth, and FLOPs per layer ("png" or "svg")."""
-    Figure = _figure_class()
+    matplotlib, Figure = _matplotlib()
+    # A fixed salt for the SVG's element ids, and no date: the same diff gives the same file.
+    with matplotlib.rc_context({"svg.hashsalt": "morphnet-onnx"}):
+        return _plot(Figure, d, fmt)
+
+
+def _plot(Figure, d: ModelDiff, fmt: str) -> bytes:
     rows = d.compute_layers
     n = len(rows)
     x = list(range(n))
@@ -106,7 +113,6 @@ def plot_bytes(d: ModelDiff, fmt: str = "png") -> bytes:
     ax_flops.set_xticklabels([_short(rows[i].op, 28) for i in x[::step]], rotation=90, fontsize=7)
     ax_flops.set_xlabel("layers with FLOPs, in graph order")
     buffer = io.BytesIO()
-    # No date in the SVG: the same diff gives the same file.
     fig.savefig(buffer, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
     return buffer.getvalue()
 

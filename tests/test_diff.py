@@ -17,7 +17,7 @@ from morphnet_onnx import MorphNetError, diff, prune
 from morphnet_onnx.checking import random_structure
 from morphnet_onnx.cli import main
 from morphnet_onnx.diffing import short_summary
-from morphnet_onnx.pictures import AFTER_COLOR, STATUS_COLORS, check_picture_paths, write_pictures
+from morphnet_onnx.pictures import AFTER_COLOR, STATUS_COLORS, check_picture_paths, plot_bytes, write_pictures
 from morphnet_onnx.pruning import prepare, prune_loaded
 
 TINY = REPO / "models" / "tiny_resnet.onnx"
@@ -308,6 +308,7 @@ def test_png_and_svg_plots_are_valid(tmp_path, residual_diff):
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     text = svg.read_text()
     assert AFTER_COLOR in text and "inner" in text  # the "after" bars and the layer names
+    assert plot_bytes(residual_diff, "svg") == svg.read_bytes()  # the same diff, the same file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.SVG", "p.png"]  # no temp files left
 
 
