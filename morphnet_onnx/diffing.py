@@ -27,6 +27,7 @@ from .analysis import analyze, node_names
 from .cost import BUFFER_INPUTS, FLOAT_TYPES, Hardware, compute_costs, parse_hardware
 from .errors import MorphNetError
 from .io import InputShapes, LoadedModel, graph_input_names, load
+from .pruning import prune
 from .report import branch_span, change_text, human, seconds_text
 from .structure import Structure
 
@@ -555,8 +556,6 @@ def _model_of_structure(path: Path) -> Path | None:
 
 def _load_side(side, model, input_shapes: InputShapes | None) -> tuple[LoadedModel, str]:
     """A side of the diff as a loaded model, and how to name it."""
-    from .pruning import prune  # pruning imports surgery, which is only needed for structures
-
     for value in (side, model):
         if value is not None and not isinstance(value, SIDE_TYPES):
             raise MorphNetError(f"diff: expected an .onnx or structure .json path, a ModelProto, a LoadedModel, "

@@ -113,7 +113,6 @@ def pair_text(before, after, attribute: str, fmt) -> str:
 
 def print_diff(d: ModelDiff, console: Console | None = None) -> None:
     """The diff as tables: layers with FLOPs, removed and added branches, totals, op counts."""
-    from .diffing import BRANCH_TEXT  # diffing imports this module at its top
     console = console or make_console()
     # Layers with FLOPs, and any other op whose own costs changed (an Add now reading a constant).
     rows = [layer for layer in d.layers if layer.is_compute or layer.status == "changed"] or d.layers
@@ -133,12 +132,12 @@ def print_diff(d: ModelDiff, console: Console | None = None) -> None:
             if branch.kind not in ("bypassed", "inserted"):
                 console.print(f"[{style}]{title}[/] {escape(branch_span(branch))}: {branch.description}; "
                               f"FLOPs {human(branch.flops)}, params {human(branch.params)}", highlight=False)
-        # Single ops spliced out or in (norms folded, Identities dropped) go on one line.
-        spliced = [op for branch in branches if branch.kind in ("bypassed", "inserted") for op in branch.ops]
+        # Ops spliced out or in (norms folded, Identities dropped) go on one line.
+        spliced = [branch for branch in branches if branch.kind in ("bypassed", "inserted")]
         if spliced:
-            kind = "bypassed" if title == "removed" else "inserted"
-            shown = ", ".join(spliced[:3]) + (f" (+{len(spliced) - 3})" if len(spliced) > 3 else "")
-            console.print(f"[{style}]{title}[/] {len(spliced)} ops {escape(BRANCH_TEXT[kind])}: {escape(shown)}",
+            ops = [op for branch in spliced for op in branch.ops]
+            shown = ", ".join(ops[:3]) + (f" (+{len(ops) - 3})" if len(ops) > 3 else "")
+            console.print(f"[{style}]{title}[/] {len(ops)} ops {escape(spliced[0].description)}: {escape(shown)}",
                           highlight=False)
     totals = Table(title="Totals", title_justify="left")
     for name, justify in (("", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
