@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 
 def live_tensors(graph: onnx.GraphProto) -> set[str]:
@@ -131,3 +133,27 @@ def _fresh_name(name: str, taken: set[str]) -> str:
         candidate = f"{name}_{k}"
     taken.add(candidate)
     return candidate
+
+
+def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of the model with new values for its initializers or Constant weights, by name."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name in params:
+            tensor.CopyFrom(numpy_helper.from_array(params[tensor.name].astype(
+                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)), tensor.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in params and node.attribute[0].name == "value":
+            value = params[node.output[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type))
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(value, node.output[0]))
+    return out
+
+
+def constant_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values of the initializers and of the Constant nodes holding a tensor, by name."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values

@@ -8,7 +8,6 @@ alive structure meets the budget, then holds it; `strength` gives lambda by hand
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,10 +16,13 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import Analysis, analyze
+from .budget import Budget
 from .cost import compute_costs, parse_hardware, resource_cost
 from .decision import Decision, decide
 from .errors import MorphNetError
 from .figs import FIGS_THRESHOLD, figs_regularizers
+from .graph_utils import with_params
+from .initialization import INITS, initialize_weights
 from .io import InputShapes, LoadedModel, load, save_model
 from .pruning import prepare, verify_model
 from .regularizers import REGULARIZERS, GroupRegularizer, channel_weights, group_regularizers, group_vectors
@@ -31,7 +33,6 @@ from .training.data import Dataset, input_specs, load_module_batches, load_npz
 from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
-RESOURCES = ("flops", "size", "latency")
 # shrink ends with a fine-tune of the pruned model: this share of the training steps, at this share
 # of the learning rate.
 FINETUNE_SHARE = 0.1
@@ -39,38 +40,6 @@ FINETUNE_SHARE = 0.1
 LAMBDA_SPAN = 1e3
 LAMBDA_REACH = 0.5
 FINETUNE_LR_SHARE = 0.1
-UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
-
-
-@dataclass
-class Budget:
-    resource: str  # flops | size | latency
-    text: str
-
-    def target(self, full_cost: float) -> float:
-        text = self.text.strip().lower()
-        if text.endswith("x"):
-            value = _number(text[:-1], self.text)
-            if not 0 < value:
-                raise MorphNetError(f"--budget-{self.resource} {self.text}: must be above 0")
-            return value * full_cost
-        if self.resource == "latency":
-            match = re.fullmatch(r"([0-9.e+-]+)\s*(s|ms|us)", text)
-            if not match:
-                raise MorphNetError(f"--budget-latency {self.text}: expected e.g. 0.5x or 1.2ms")
-            return _number(match.group(1), self.text) * TIME_UNITS[match.group(2)]
-        match = re.fullmatch(r"([0-9.e+-]+)\s*([kmgt]?)", text)
-        if not match:
-            raise MorphNetError(f"--budget-{self.resource} {self.text}: expected e.g. 0.5x or 2.1G")
-        return _number(match.group(1), self.text) * UNITS[match.group(2)]
-
-
-def _number(text: str, whole: str) -> float:
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise MorphNetError(f"budget {whole!r}: {text!r} is not a number") from exc
 
 
 class BudgetController:
@@ -164,21 +133,6 @@ def load_data(path, module: str | None, loaded: LoadedModel, task: str) -> Datas
 def _classes(loaded: LoadedModel) -> int | None:
     shape = loaded.shapes.get(loaded.model.graph.output[0].name)
     return int(shape[-1]) if shape else None
-
-
-def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of the model with new values for its initializers or Constant weights, by name."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for tensor in out.graph.initializer:
-        if tensor.name in params:
-            tensor.CopyFrom(numpy_helper.from_array(params[tensor.name].astype(
-                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)), tensor.name))
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output[0] in params and node.attribute[0].name == "value":
-            value = params[node.output[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type))
-            node.attribute[0].t.CopyFrom(numpy_helper.from_array(value, node.output[0]))
-    return out
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max_batches: int = 100) -> onnx.ModelProto:
@@ -369,11 +323,19 @@ def _guard(result: TrainResult, validation: Evaluation | None, val_set: Dataset 
 
 
 def train(model, data=None, output=None, val=None, options: TrainOptions | None = None, data_module: str | None = None,
-          input_shapes: InputShapes | None = None) -> LearnResult:
-    """Plain training (no regularizer): the baseline every MorphNet result is compared with."""
+          input_shapes: InputShapes | None = None, init: str = "keep") -> LearnResult:
+    """Plain training (no regularizer): the baseline every MorphNet result is compared with.
+
+    `init`: "keep" trains from the model's weights; "fresh" re-initialises every weight first
+    (seeded by `options.seed`; initialization.py), so that any model is retrained from scratch.
+    """
     options = options or TrainOptions()
+    if init not in INITS:
+        raise MorphNetError(f"--init {init}: choose one of {', '.join(INITS)}")
     # Placeholder weights (ConstantOfShape) mean an untrained model: they start random.
     loaded, analysis = prepare(model, input_shapes, seed=options.seed)
+    if init == "fresh":
+        loaded.model = initialize_weights(loaded.model, options.seed)
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
     trainer = Trainer(loaded, options, target_shape=_target_shape(loaded, options))

@@ -102,8 +102,13 @@ def _lookup(name, inits, values, constant_values=None):
 
 
 class Surgeon:
+    """Surgery state for one model and one structure. With `copies` (how many times every analysis
+    element appears in the result, 1 or more) it widens instead: every run of positions that one
+    channel holds along a channel axis is repeated that many times, the copies right after it, so
+    the per-op cutters slice weights, split sizes and shapes to the wider layout unchanged."""
+
     def __init__(self, loaded: LoadedModel, analysis: Analysis, structure: Structure,
-                 approximate_borders: bool = False) -> None:
+                 approximate_borders: bool = False, copies: np.ndarray | None = None) -> None:
         self.approximate_borders = approximate_borders
         self.approximated: list[str] = []
         self.loaded = loaded
@@ -121,6 +126,13 @@ class Surgeon:
         self.static_spatial = self._static_spatial()
         self.notes: list[str] = []
         self._shape_values: dict[str, np.ndarray] | None = None
+        self.element_alive = self.structure.element_alive(analysis)
+        self.copies = copies
+        self._layouts: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        # What removed channels hold (pass 1), per channel position or True when wholly known.
+        self.val: dict[str, np.ndarray] = {}
+        self.known: dict[str, np.ndarray | bool] = {}
+        self.folds: dict[str, np.ndarray] = {}  # op name -> contribution to add to its output
 
     # ---- constants ---------------------------------------------------------------------------
     def _constants(self) -> dict[str, object]:
@@ -173,7 +185,10 @@ class Surgeon:
         return self.element_alive[ids]
 
     def keep(self, tensor: str) -> dict[int, np.ndarray]:
-        """Kept indices per channel axis that loses positions."""
+        """Kept indices per channel axis that loses positions (when widening: the source position of
+        every position of the wider axis)."""
+        if self.copies is not None:
+            return {axis: source for axis, (source, _) in self.layout(tensor).items()}
         alive = self.alive(tensor)
         if alive is None or alive.all():
             return {}
@@ -196,6 +211,34 @@ class Surgeon:
         if not np.array_equal(product, np.broadcast_to(alive, product.shape)):
             raise MorphNetError(f"internal: channels of {tensor!r} are not removable as a rectangle")
         return keep
+
+    def layout(self, tensor: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Widening: per channel axis that grows, (source position, is a new copy) of every position."""
+        if tensor in self._layouts:
+            return self._layouts[tensor]
+        ids = self.ids.get(tensor)
+        layout: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if ids is not None and ids.size and not (self.copies[ids] == 1).all():
+            axes = [a for a in range(ids.ndim) if ids.shape[a] > 1]
+            if len(axes) > 1:
+                raise MorphNetError(f"internal: {tensor!r} holds channels on several axes; it cannot widen")
+            if axes:
+                axis = axes[0]
+            else:
+                shape = self.shapes[tensor]
+                axis = 1 if len(shape) > 1 and shape[1] == 1 else len(shape) - 1
+            elements = ids.reshape(-1)
+            channel = self.analysis.element_group[elements] * (1 << 32) + self.analysis.element_channel[elements]
+            starts = np.concatenate([[0], np.nonzero(channel[1:] != channel[:-1])[0] + 1, [len(elements)]])
+            sources, new = [], []
+            for begin, end in zip(starts[:-1].tolist(), starts[1:].tolist()):
+                run = np.arange(begin, end)
+                for copy in range(int(self.copies[elements[begin]])):
+                    sources.append(run)
+                    new.append(np.full(len(run), copy > 0))
+            layout[axis] = (np.concatenate(sources), np.concatenate(new))
+        self._layouts[tensor] = layout
+        return layout
 
     def is_empty(self, tensor: str) -> bool:
         alive = self.alive(tensor)
@@ -227,9 +270,7 @@ class Surgeon:
     # ---- pass 1: values of removed channels ------------------------------------------------------
     def follow_values(self) -> set[int]:
         """Compute what removed channels hold; return elements that must stay for exactness."""
-        self.val: dict[str, np.ndarray] = {}
-        self.known: dict[str, np.ndarray | bool] = {}  # per channel position (ids-shaped) or True
-        self.folds: dict[str, np.ndarray] = {}  # op name -> contribution to add to its output
+        self.val, self.known, self.folds = {}, {}, {}
         revive: set[int] = set()
         for node, name in zip(self.graph.node, self.names):
             if node.op_type in SHAPE_READERS or node.op_type in ("Constant", "ConstantOfShape"):
