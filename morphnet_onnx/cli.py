@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every width a multiple of N")
     p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
     p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
+    p.add_argument("--force", action="store_true", help="let shrink decide even when its training loss never fell")
     p.add_argument("--json", action="store_true", help="print the table as one JSON document")
     p.set_defaults(run=_cycle)
 
@@ -297,7 +298,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _cycle(args: argparse.Namespace) -> int:
-    from .cycle import cycle
+    from .cycling import cycle
     from .report import print_cycle
 
     if args.checkpoint_dir:
@@ -307,7 +308,7 @@ def _cycle(args: argparse.Namespace) -> int:
                    shrink_to=args.shrink_to, options=_train_options(args), data_module=args.data_module,
                    regularizer=args.regularizer, round_to=args.round_to, keep=args.keep,
                    input_shapes=parse_input_shapes(args.input_shape), hardware=args.hardware,
-                   cost_batch_size=args.cost_batch_size, resume=resume)
+                   cost_batch_size=args.cost_batch_size, resume=resume, force=args.force)
     if args.json:
         json.dump(result.to_dict(), sys.stdout)
         sys.stdout.write("\n")

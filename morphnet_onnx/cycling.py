@@ -61,13 +61,14 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
           rounds: int = 2, shrink_to: float = SHRINK_TO, options: TrainOptions | None = None,
           data_module: str | None = None, regularizer: str = "auto", round_to: int = 1,
           keep: list[str] | None = None, input_shapes: InputShapes | None = None, hardware: str | None = None,
-          cost_batch_size: int = 1, resume: bool = False) -> CycleResult:
+          cost_batch_size: int = 1, resume: bool = False, force: bool = False) -> CycleResult:
     """Run `rounds` rounds of shrink -> expand -> retrain from scratch -> evaluate (module docstring).
 
     >>> cycle("resnet.onnx", "train.npz", "val.npz", budget=Budget("flops", "1.0x"), out_dir="runs")  # doctest: +SKIP
 
     `budget`: relative budgets are of `model`. `options`: the one training recipe every step uses.
-    The models, structures and the table (`cycle.json`) go to `out_dir`.
+    The models, structures and the table (`cycle.json`) go to `out_dir`. `force`: shrink decides even
+    when its training loss never fell (see `shrink`).
     """
     options = options or TrainOptions()
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -116,7 +117,7 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
             learned = shrink(source, data, shrunk, val=val, budget=shrink_budget, regularizer=regularizer,
                              hardware=hardware, options=options_for(f"round{index}_shrink"),
                              data_module=data_module, round_to=round_to, keep=keep, input_shapes=input_shapes,
-                             structure_path=structure, cost_batch_size=cost_batch_size)
+                             structure_path=structure, cost_batch_size=cost_batch_size, force=force)
             return {"model": str(shrunk), "cost": learned.cost_after, "warnings": learned.warnings}
 
         def do_expand(shrunk=shrunk, expanded=expanded, index=index):
