@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
     p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
-    p.add_argument("--structure", metavar="OUT.json", help="also write the learned structure")
+    p.add_argument("--save-structure", metavar="OUT.json", help="also write the learned structure")
+    p.add_argument("--structure", metavar="OUT.json", dest="old_structure", help=argparse.SUPPRESS)
     p.add_argument("--finetune-steps", type=int, metavar="N",
                    help="plain training of the pruned model at a tenth of --lr (default: a tenth of the "
                         "training steps; 0: write the model as cut)")
@@ -236,10 +237,13 @@ def _shrink(args: argparse.Namespace) -> int:
 
     if args.finetune_steps is not None and args.finetune_steps < 0:
         raise MorphNetError(f"--finetune-steps {args.finetune_steps}: must be 0 or more")
+    if args.old_structure:  # --structure is an input everywhere else (prune, expand)
+        print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
+        args.save_structure = args.save_structure or args.old_structure
     result = shrink(args.model, args.data, args.output, val=args.val, budget=_budget(args), strength=args.strength,
                     regularizer=args.regularizer, threshold=args.threshold, hardware=args.hardware,
                     options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
-                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure,
+                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.save_structure,
                     force=args.force, finetune_steps=args.finetune_steps, cost_batch_size=args.cost_batch_size)
     _print_learned(result, args, "shrink")
     return 0
