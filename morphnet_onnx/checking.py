@@ -127,6 +127,8 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     >>> check("resnet50.onnx").passed       # doctest: +SKIP
     True
     """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise MorphNetError(f"--fraction {fraction}: must be between 0 and 1")
     start = time.perf_counter()
     loaded, analysis = prepare(model, input_shapes, keep, seed=seed)
     if not analysis.prunable_groups:
@@ -142,7 +144,6 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     # Every tensor both models compute is compared, not just the outputs: in a randomly initialized
     # network the logits often no longer depend on the input, and an output-only check is blind.
     surgeon = Surgeon(gated_loaded, analysis, result.structure)
-    surgeon.element_alive = result.structure.element_alive(analysis)
     tensors = _shared_tensors(gated, result.model, loaded)
     expected = dict(zip(tensors, make_session(_with_outputs(gated, tensors)).run(tensors, feeds)))
     got = dict(zip(tensors, make_session(_with_outputs(result.model, tensors)).run(tensors, feeds)))

@@ -183,15 +183,6 @@ def _train_options(args: argparse.Namespace):
 
     from .training.trainer import TrainOptions
 
-    for name in ("epochs", "batch_size", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise MorphNetError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be 1 or more")
-    if args.steps is not None and args.steps < 1:
-        raise MorphNetError(f"--steps {args.steps}: must be 1 or more")
-    if args.lr <= 0:
-        raise MorphNetError(f"--lr {args.lr}: must be above 0")
-    if args.resume and not args.checkpoint_dir:
-        raise MorphNetError("--resume needs --checkpoint-dir")
     return TrainOptions(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
                         seed=args.seed, threads=args.threads, loss=args.loss,
@@ -235,8 +226,6 @@ def _print_learned(result, args, label: str) -> None:
 def _shrink(args: argparse.Namespace) -> int:
     from .learning import shrink
 
-    if args.finetune_steps is not None and args.finetune_steps < 0:
-        raise MorphNetError(f"--finetune-steps {args.finetune_steps}: must be 0 or more")
     if args.old_structure:  # --structure is an input everywhere else (prune, expand)
         print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
         args.save_structure = args.save_structure or args.old_structure
@@ -343,8 +332,6 @@ def _prune(args: argparse.Namespace) -> int:
     from .pruning import prune
     from .report import human
 
-    if args.round_to < 1:
-        raise MorphNetError(f"--round-to {args.round_to}: must be 1 or more")
     result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
                    keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
     if args.save_structure:
@@ -361,8 +348,6 @@ def _check(args: argparse.Namespace) -> int:
     from .checking import check
     from .report import human
 
-    if not 0.0 <= args.fraction <= 1.0:
-        raise MorphNetError(f"--fraction {args.fraction}: must be between 0 and 1")
     result = check(args.model, fraction=args.fraction, seed=args.seed,
                    input_shapes=parse_input_shapes(args.input_shape), keep=args.keep)
     if args.json:

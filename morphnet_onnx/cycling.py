@@ -22,6 +22,8 @@ from .errors import MorphNetError
 from .expansion import expand
 from .io import InputShapes, load, write_atomic_bytes
 from .learning import evaluate, shrink, train
+from .pruning import check_round_to
+from .regularizers import REGULARIZERS
 from .training.trainer import TrainOptions
 
 STATE_FILE = "cycle.json"
@@ -75,6 +77,9 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
         raise MorphNetError(f"--rounds {rounds}: must be a whole number, 1 or more")
     if not 0 < shrink_to < 1:
         raise MorphNetError(f"--shrink-to {shrink_to}: must be between 0 and 1 (a share of the budget)")
+    check_round_to(round_to)
+    if regularizer not in REGULARIZERS:
+        raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
     if val is None:
         raise MorphNetError("cycle compares the rounds on validation data: give --val VAL.npz")
     out = Path(out_dir)

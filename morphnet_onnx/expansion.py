@@ -33,7 +33,7 @@ from .gates import gate_magnitudes
 from .graph_utils import constant_arrays, with_params
 from .initialization import INITS, NORM_FRESH, draw, fans, initialize_weights, relu_follows, weight_layout
 from .io import InputShapes, LoadedModel, load, save_model
-from .pruning import prepare, verify_model
+from .pruning import check_round_to, prepare, verify_model
 from .structure import Structure, load_structure, structure_from_dict, top_channels
 from .surgery import Surgeon, apply_structure
 
@@ -138,8 +138,7 @@ def _validate(budget, multiplier, reference, round_to, init, seed) -> None:
             raise MorphNetError(f"--multiplier {multiplier}: must be a number above 0")
         if reference is not None:
             raise MorphNetError("--reference sets what a relative budget (1.0x) means; it does not apply to --multiplier")
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise MorphNetError(f"--round-to {round_to}: must be a whole number, 1 or more")
+    check_round_to(round_to)
     if init not in INITS:
         raise MorphNetError(f"--init {init}: choose one of {', '.join(INITS)}")
     if isinstance(seed, bool) or not isinstance(seed, int):

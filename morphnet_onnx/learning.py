@@ -24,7 +24,7 @@ from .figs import FIGS_THRESHOLD, figs_regularizers
 from .graph_utils import with_params
 from .initialization import INITS, initialize_weights
 from .io import InputShapes, LoadedModel, load, save_model
-from .pruning import prepare, verify_model
+from .pruning import check_round_to, prepare, verify_model
 from .regularizers import REGULARIZERS, GroupRegularizer, channel_weights, group_regularizers, group_vectors
 from .runtime import make_session
 from .structure import Structure
@@ -382,8 +382,16 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     say what the initialisation was, not which channels are worth their cost.
     """
     options = options or TrainOptions()
+    check_round_to(round_to)
+    if finetune_steps is not None and (isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int)
+                                       or finetune_steps < 0):
+        raise MorphNetError(f"--finetune-steps {finetune_steps}: must be a whole number, 0 or more")
+    if not threshold > 0:
+        raise MorphNetError(f"--threshold {threshold}: must be above 0")
     if (budget is None) == (strength is None):
         raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")
+    if strength is not None and not strength > 0:
+        raise MorphNetError(f"--strength {strength}: must be above 0")
     if regularizer not in REGULARIZERS:
         raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
     hw = parse_hardware(hardware, cost_batch_size)

@@ -177,6 +177,10 @@ class Surgeon:
         return True
 
     # ---- masks ---------------------------------------------------------------------------------
+    def set_alive(self, structure: Structure) -> None:
+        """Consider another alive set (feasibility checks try many on one surgeon)."""
+        self.element_alive = structure.element_alive(self.analysis)
+
     def alive(self, tensor: str) -> np.ndarray | None:
         """Alive flag per channel position (ids-shaped), None for tensors without channels."""
         ids = self.ids.get(tensor)
@@ -470,7 +474,7 @@ def vanishable_groups(loaded: LoadedModel, analysis: Analysis) -> set[int]:
     for group in analysis.prunable_groups:
         structure = Structure.full(analysis)
         structure.alive[group.id][:] = False
-        surgeon.element_alive = structure.element_alive(analysis)
+        surgeon.set_alive(structure)
         if not surgeon.structural_problems():
             result.add(group.id)
     return result
@@ -482,19 +486,18 @@ def repair_structure(loaded: LoadedModel, analysis: Analysis, structure: Structu
     alone may not all vanish together."""
     structure = Structure({g: m.copy() for g, m in structure.alive.items()})
     surgeon = Surgeon(loaded, analysis, structure)
-    surgeon.element_alive = structure.element_alive(analysis)
     while surgeon.structural_problems():
         pruned = [g.id for g in analysis.prunable_groups if not structure.alive[g.id].all()]
         for group_id in reversed(pruned):
             saved = structure.alive[group_id].copy()
             structure.alive[group_id][:] = True
-            surgeon.element_alive = structure.element_alive(analysis)
+            surgeon.set_alive(structure)
             if not surgeon.structural_problems():
                 break
             structure.alive[group_id] = saved
         else:
             structure.alive[pruned[-1]][:] = True
-        surgeon.element_alive = structure.element_alive(analysis)
+        surgeon.set_alive(structure)
     return structure
 
 
@@ -507,7 +510,7 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
     """
     surgeon = Surgeon(loaded, analysis, structure, approximate_borders)
     for _ in range(8):
-        surgeon.element_alive = surgeon.structure.element_alive(analysis)
+        surgeon.set_alive(surgeon.structure)
         surgeon.approximated = []
         revive = surgeon.follow_values()
         if not revive:

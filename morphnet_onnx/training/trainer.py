@@ -33,6 +33,11 @@ TASK_LOSS = "morphnet_task_loss"
 REG_VALUE = "morphnet_regularizer"
 
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+LOSSES = ("ce", "mse")
+
+
 @dataclass
 class TrainOptions:
     epochs: int = 15
@@ -50,6 +55,25 @@ class TrainOptions:
     resume: bool = False
     progress: bool = True
     probe: bool = True  # one step in a child process first, so a native crash becomes an error
+
+    def __post_init__(self) -> None:
+        """The same one-line errors for Python callers as for the CLI (named by its options)."""
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MorphNetError(f"--{name.replace('_', '-')} {value}: must be a whole number, 1 or more")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise MorphNetError(f"--steps {self.steps}: must be a whole number, 1 or more")
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise MorphNetError(f"--lr {self.lr}: must be above 0")
+        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
+            raise MorphNetError(f"--weight-decay {self.weight_decay}: must be 0 or more")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("loss", LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise MorphNetError(f"--{name} {getattr(self, name)}: choose one of {', '.join(allowed)}")
+        if self.resume and not self.checkpoint_dir:
+            raise MorphNetError("--resume needs --checkpoint-dir")
 
 
 @dataclass
