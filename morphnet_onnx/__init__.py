@@ -19,7 +19,7 @@ from .structure import Structure, load_structure
 __version__ = "0.1.0"
 
 # Training pulls in onnxruntime's training API: loaded on first use, so `inspect` stays light.
-_LAZY = {"shrink": "learning", "train": "learning", "evaluate": "learning", "cycle": "cycling", "CycleResult": "cycling",
+_LAZY = {"shrink": "learning", "train": "learning", "evaluate": "evaluation", "cycle": "cycling", "CycleResult": "cycling",
          "LearnResult": "learning", "TrainOptions": "training.trainer"}
 
 

@@ -527,3 +527,15 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
                      f"{', '.join(sorted(set(surgeon.approximated))[:5])}"
                      + (f" and {len(set(surgeon.approximated)) - 5} more" if len(set(surgeon.approximated)) > 5 else ""))
     return SurgeryResult(model=model, structure=surgeon.structure, notes=notes, removed_ops=removed)
+
+
+def floor_structure(loaded: LoadedModel, analysis: Analysis) -> Structure:
+    """The smallest valid structure: groups that can vanish do, the others keep one channel. What
+    no budget can go below."""
+    vanish = vanishable_groups(loaded, analysis)
+    structure = Structure.full(analysis)
+    for group in analysis.prunable_groups:
+        structure.alive[group.id][:] = False
+        if group.id not in vanish:
+            structure.alive[group.id][0] = True
+    return repair_structure(loaded, analysis, structure)
