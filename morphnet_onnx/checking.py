@@ -17,7 +17,9 @@ from onnx import numpy_helper
 from .analysis import Analysis
 from .cost import compute_costs
 from .errors import MorphNetError
-from .gates import NORMS, WEIGHTED, gate_ops, weight_rows
+from .gates import gate_ops, weight_rows
+from .ops import CHANNEL_NORMS as NORMS
+from .ops import WEIGHTED
 from .io import InputShapes, LoadedModel, load
 from .pruning import prepare, prune_loaded, verify_model
 from .runtime import make_session, random_feeds

@@ -31,7 +31,8 @@ from .cost import Hardware, compute_costs, parse_hardware, resource_cost
 from .errors import MorphNetError
 from .gates import gate_magnitudes
 from .graph_utils import constant_arrays, with_params
-from .initialization import INITS, NORM_FRESH, draw, fans, initialize_weights, relu_follows, weight_layout
+from .initialization import INITS, draw, fans, initialize_weights, relu_follows
+from .ops import NORM_FRESH, weight_layout
 from .io import InputShapes, LoadedModel, load, save_model
 from .pruning import check_round_to, prepare, verify_model
 from .structure import Structure, load_structure, structure_from_dict, top_channels

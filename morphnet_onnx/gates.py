@@ -14,9 +14,9 @@ from onnx import numpy_helper
 from .analysis import Analysis, node_names
 from .analysis.context import along, attr
 from .io import LoadedModel, tensor_value
+from .ops import CHANNEL_NORMS as NORMS
+from .ops import WEIGHTED, output_channel_axis
 
-NORMS = ("BatchNormalization", "InstanceNormalization")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _initializers(loaded: LoadedModel) -> dict[str, onnx.TensorProto]:
@@ -41,7 +41,7 @@ def gate_ops(analysis: Analysis, loaded: LoadedModel):
 
 def channel_axis(node: onnx.NodeProto, rank: int) -> int:
     """The axis of a gate op's output that holds its channels."""
-    return rank - 1 if node.op_type in ("Gemm", "MatMul") else 1
+    return output_channel_axis(node.op_type, rank)
 
 
 def prunable_groups_at(analysis: Analysis, positions: np.ndarray, prunable: set[int]):

@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .ops import NORM_PARAMETER_SLOTS
+
 
 def live_tensors(graph: onnx.GraphProto) -> set[str]:
     """Names of the tensors something on the way to an output reads (graph in topological order)."""
@@ -33,9 +35,6 @@ def drop_dead_nodes(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(used)
 
 
-# A norm's per-channel parameters (BatchNormalization's scale, shift, running mean and variance) belong
-# to that one layer: a tensor several norms read directly was shared by an exporter, not by the user.
-NORM_PARAMETER_SLOTS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
 
 
 def resolve_constant_aliases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

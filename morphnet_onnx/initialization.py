@@ -9,13 +9,11 @@ Other constants (per-channel scales of element-wise ops, PRelu slopes, shape ten
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
-from .analysis.context import attr
 from .graph_utils import constant_arrays, with_params
+from .ops import NORM_FRESH, WeightLayout, weight_layout
 
 INITS = ("fresh", "keep")
 RELU_FAMILY = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid", "Gelu",
@@ -24,38 +22,6 @@ RELU_FAMILY = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Har
 PASS_THROUGH = {"BatchNormalization", "InstanceNormalization", "Add", "Sum", "Sub", "Identity", "MaxPool",
                 "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Pad", "Flatten", "Reshape", "Transpose",
                 "Squeeze", "Unsqueeze", "Concat", "Dropout", "Resize"}
-# Norm inputs and their fresh values: scale, shift, running mean, running variance.
-NORM_FRESH = {"BatchNormalization": {1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0}, "InstanceNormalization": {1: 1.0, 2: 0.0},
-              "LayerNormalization": {1: 1.0, 2: 0.0}, "GroupNormalization": {1: 1.0, 2: 0.0}}
-
-
-@dataclass(frozen=True)
-class WeightLayout:
-    """Where a weighted op's channels are in its weight: the output and input axes, the bias input."""
-
-    weight: str
-    bias: str | None
-    out_axis: int
-    in_axis: int
-    groups: int = 1
-
-
-def weight_layout(node: onnx.NodeProto, constants) -> WeightLayout | None:
-    """The layout of a Conv/ConvTranspose/Gemm/MatMul whose weight is a constant, else None."""
-    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2:
-        return None
-    if node.input[1] not in constants:
-        return None
-    bias = node.input[2] if node.op_type != "MatMul" and len(node.input) > 2 and node.input[2] else None
-    if node.op_type == "Conv":
-        return WeightLayout(node.input[1], bias, 0, 1, attr(node, "group", 1))
-    if node.op_type == "ConvTranspose":
-        return WeightLayout(node.input[1], bias, 1, 0, attr(node, "group", 1))
-    if node.op_type == "Gemm":
-        return WeightLayout(node.input[1], bias, *((0, 1) if attr(node, "transB", 0) else (1, 0)))
-    return WeightLayout(node.input[1], None, -1, -2)
-
-
 def fans(weight: np.ndarray, layout: WeightLayout) -> tuple[int, int]:
     """(fan_in, fan_out) as torch counts them: the in/out axis times the kernel's spatial size."""
     spatial = int(np.prod(weight.shape[2:])) if weight.ndim > 2 and layout.out_axis in (0, 1) and \

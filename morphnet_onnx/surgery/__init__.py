@@ -19,12 +19,12 @@ from ..analysis import Analysis, node_names
 from ..errors import MorphNetError
 from ..folding import NONDETERMINISTIC, evaluate_node, fold_shape_values
 from ..io import LoadedModel, tensor_value
+from ..ops import CHANNEL_NORMS as NORMS
+from ..ops import POSITIVE_SLOTS, WEIGHTED, bias_input, output_channel_axis
 from ..structure import Structure
 from .cutters import CUTTERS, Rewrite, cut_default
 from .values import compress, evaluate
 
-NORMS = ("BatchNormalization", "InstanceNormalization")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that may take a constant in place of a removed branch (numpy broadcasting over the batch).
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Where"}
 SHAPE_READERS = {"Shape", "Size"}
@@ -45,7 +45,7 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
     folded into Constant nodes. Nodes keep their place and names."""
     inits = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(seed) if seed is not None else None
-    positive = {n.input[i] for n in model.graph.node if n.op_type in NORMS for i in (1, 4) if i < len(n.input)}
+    positive = {n.input[i] for n in model.graph.node for i in POSITIVE_SLOTS.get(n.op_type, ()) if i < len(n.input)}
     values: dict[str, np.ndarray] = {}
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -340,9 +340,9 @@ class Surgeon:
         if alive is None or alive.all():
             return value
         shape = self.shapes[out]
-        axis = len(shape) - 1 if node.op_type in ("Gemm", "MatMul") else 1
+        axis = output_channel_axis(node.op_type, len(shape))
         shift = np.zeros(shape[axis], dtype=np.float32)
-        bias_index = 2 if node.op_type in NORMS + ("Conv", "ConvTranspose", "Gemm") else None
+        bias_index = bias_input(node.op_type)
         if bias_index is not None and len(node.input) > bias_index and node.input[bias_index]:
             bias = self.const(node.input[bias_index])
             if bias is not None and bias.size in (1, shape[axis]):
