@@ -31,7 +31,6 @@ from .training.data import Dataset, input_specs, load_module_batches, load_npz
 from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
-RESOURCES = ("flops", "size", "latency")
 # shrink ends with a fine-tune of the pruned model: this share of the training steps, at this share
 # of the learning rate.
 FINETUNE_SHARE = 0.1
