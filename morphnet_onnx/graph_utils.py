@@ -1,8 +1,33 @@
-"""Small graph edits shared by surgery and training."""
+"""Small helpers every stage shares: reading a node's attributes, the canonical form of per-channel
+arrays, and graph edits used by surgery and training."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of the node's attribute `name` (ints, floats, strings as bytes, tensors, lists), or
+    `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def constant_along(values: np.ndarray, axis: int) -> bool:
+    """Whether `values` are the same at every position along `axis`."""
+    return bool(np.all(values == values.take([0], axis=axis)))
+
+
+def compress(values: np.ndarray) -> np.ndarray:
+    """Collapse the axes along which `values` do not vary to size 1: the canonical form of the channel
+    ids analysis tracks and of the constants surgery follows (both broadcast to the tensor's shape)."""
+    for axis in range(values.ndim):
+        if values.shape[axis] > 1 and constant_along(values, axis):
+            values = values.take([0], axis=axis)
+    return values
 
 
 def live_tensors(graph: onnx.GraphProto) -> set[str]:

@@ -21,7 +21,7 @@ from .cost import compute_costs, parse_hardware, resource_cost
 from .decision import Decision, decide
 from .errors import MorphNetError
 from .figs import FIGS_THRESHOLD, figs_regularizers
-from .io import InputShapes, LoadedModel, load, save_model
+from .io import InputShapes, LoadedModel, load, onnx_opset, save_model
 from .pruning import prepare, verify_model
 from .regularizers import REGULARIZERS, GroupRegularizer, channel_weights, group_regularizers, group_vectors
 from .runtime import make_session
@@ -188,7 +188,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
         return model
     stats = onnx.ModelProto()
     stats.CopyFrom(model)
-    opset = next(i.version for i in stats.opset_import if i.domain in ("", "ai.onnx"))
+    opset = onnx_opset(stats)
     if opset < 15:
         stats = onnx.version_converter.convert_version(stats, 15)
     graph = stats.graph

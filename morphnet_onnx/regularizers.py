@@ -21,8 +21,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .analysis import Analysis
-from .analysis.context import attr
 from .gates import NORMS, gate_ops, prunable_groups_at, weight_rows
+from .graph_utils import attr
 from .io import LoadedModel
 
 REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
