@@ -14,7 +14,8 @@ values; the size of a real export), written to a temporary folder first. For eac
 - `onnx.load(path)`;
 - `morphnet_onnx.io.load(path)`: onnx.load + opset check + constant-alias resolution + shape inference
   with folding (what every command starts with);
-- `gs.import_onnx(model)` of a model already loaded with onnx.load, and `gs.export_onnx(graph)` of it.
+- `gs.import_onnx(model)` of a model already loaded with onnx.load, and `gs.export_onnx(graph)` of it;
+- `model.SerializeToString()` of the loaded model, for scale: the in-memory part of writing a model today.
 
     .venv/bin/python tools/bench_graphsurgeon.py [--repeats 5] [--models resnet50_bn,vit_b_16_bn] [--json OUT]
 
@@ -90,7 +91,8 @@ def timed(fn, *args) -> tuple[float, object]:
 
 
 def bench_file(path: Path, repeats: int, gs) -> dict:
-    times: dict[str, list[float]] = {"onnx.load": [], "io.load": [], "gs.import_onnx": [], "gs.export_onnx": []}
+    times: dict[str, list[float]] = {"onnx.load": [], "io.load": [], "gs.import_onnx": [], "gs.export_onnx": [],
+                                     "serialize": []}
     nodes = None
     for i in range(repeats):
         order = ("onnx", "io") if i % 2 == 0 else ("io", "onnx")
@@ -107,7 +109,9 @@ def bench_file(path: Path, repeats: int, gs) -> dict:
             nodes = len(graph.nodes)
             seconds, exported = timed(gs.export_onnx, graph)
             times["gs.export_onnx"].append(seconds)
-            del model, graph, exported
+            seconds, data = timed(model.SerializeToString)
+            times["serialize"].append(seconds)
+            del model, graph, exported, data
     return {"file": path.name, "bytes": path.stat().st_size, "nodes": nodes, "runs_s": times,
             "median_s": {k: statistics.median(v) for k, v in times.items()}}
 
@@ -141,15 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name} {variant}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row["median_s"].items()),
                       file=sys.stderr, flush=True)
     print(f"\nmedians of {args.repeats} alternated runs, seconds")
-    print("| model | file | MB | nodes (gs) | onnx.load | io.load | gs.import_onnx | gs.export_onnx | "
+    print("| model | file | MB | nodes (gs) | onnx.load | io.load | gs.import_onnx | gs.export_onnx | serialize | "
           "import + export / io.load |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         m = r["median_s"]
         both = m["gs.import_onnx"] + m["gs.export_onnx"]
         print(f"| {r['model']} | {r['variant']} | {r['bytes'] / 1e6:.1f} | {r['nodes']} | {m['onnx.load']:.3f} | "
               f"{m['io.load']:.3f} | {m['gs.import_onnx']:.3f} | {m['gs.export_onnx']:.3f} | "
-              f"{both / m['io.load']:.2f}x |")
+              f"{m['serialize']:.3f} | {both / m['io.load']:.2f}x |")
     machine["loadavg_end"] = list(os.getloadavg())
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
     if args.json:
