@@ -199,9 +199,9 @@ def _error(got: np.ndarray, reference: np.ndarray, atol: float, rtol: float) -> 
 
 def check_batch(loaded: LoadedModel) -> int:
     """The batch `check` feeds: 2 when the first model input's batch dimension is symbolic, else the
-    batch that input declares.
+    batch that input declares. models/tiny_resnet.onnx's input is ["batch", 3, 32, 32]:
 
-    >>> check_batch(load("models/tiny_resnet.onnx"))  # input ["batch", 3, 32, 32]  # doctest: +SKIP
+    >>> check_batch(load("models/tiny_resnet.onnx"))   # doctest: +SKIP
     2
     """
     first = graph_input_names(loaded.model)[0]
