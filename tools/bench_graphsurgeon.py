@@ -19,8 +19,10 @@ values; the size of a real export), written to a temporary folder first. For eac
 
     .venv/bin/python tools/bench_graphsurgeon.py [--repeats 5] [--models resnet50_bn,vit_b_16_bn] [--json OUT]
 
-Prints a Markdown table of medians (seconds) and the file sizes. Exit status 2 when onnx-graphsurgeon
-is missing.
+Prints a Markdown table of medians (seconds) and the file sizes, and what gs's IR holds of the constants
+and shapes morphnet_onnx needs: how many tensors are `gs.Constant`, how many outputs of Constant and
+ConstantOfShape nodes are `gs.Variable` instead, how many Variables carry a fully static shape. Exit
+status 2 when onnx-graphsurgeon is missing.
 """
 
 from __future__ import annotations
@@ -90,10 +92,24 @@ def timed(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def ir_facts(graph, gs) -> dict:
+    """What the imported graph holds as values and shapes."""
+    tensors = graph.tensors()
+    variables = [t for t in tensors.values() if isinstance(t, gs.Variable)]
+    return {
+        "constants": sum(isinstance(t, gs.Constant) for t in tensors.values()),
+        "constant_node_outputs": sum(len(n.outputs) for n in graph.nodes if n.op == "Constant"),
+        "constant_of_shape_outputs": sum(len(n.outputs) for n in graph.nodes if n.op == "ConstantOfShape"),
+        "variables": len(variables),
+        "static_variables": sum(1 for t in variables if t.shape is not None
+                                and all(isinstance(d, int) for d in t.shape)),
+    }
+
+
 def bench_file(path: Path, repeats: int, gs) -> dict:
     times: dict[str, list[float]] = {"onnx.load": [], "io.load": [], "gs.import_onnx": [], "gs.export_onnx": [],
                                      "serialize": []}
-    nodes = None
+    nodes, facts = None, None
     for i in range(repeats):
         order = ("onnx", "io") if i % 2 == 0 else ("io", "onnx")
         for what in order:
@@ -107,12 +123,13 @@ def bench_file(path: Path, repeats: int, gs) -> dict:
             seconds, graph = timed(gs.import_onnx, model)
             times["gs.import_onnx"].append(seconds)
             nodes = len(graph.nodes)
+            facts = facts or ir_facts(graph, gs)
             seconds, exported = timed(gs.export_onnx, graph)
             times["gs.export_onnx"].append(seconds)
             seconds, data = timed(model.SerializeToString)
             times["serialize"].append(seconds)
             del model, graph, exported, data
-    return {"file": path.name, "bytes": path.stat().st_size, "nodes": nodes, "runs_s": times,
+    return {"file": path.name, "bytes": path.stat().st_size, "nodes": nodes, "ir": facts, "runs_s": times,
             "median_s": {k: statistics.median(v) for k, v in times.items()}}
 
 
@@ -154,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['model']} | {r['variant']} | {r['bytes'] / 1e6:.1f} | {r['nodes']} | {m['onnx.load']:.3f} | "
               f"{m['io.load']:.3f} | {m['gs.import_onnx']:.3f} | {m['gs.export_onnx']:.3f} | "
               f"{m['serialize']:.3f} | {both / m['io.load']:.2f}x |")
+    print("\nwhat gs.import_onnx gives")
+    for r in rows:
+        f = r["ir"]
+        print(f"- {r['model']} {r['variant']}: {f['constants']} gs.Constant tensors; the outputs of "
+              f"{f['constant_node_outputs']} Constant and {f['constant_of_shape_outputs']} ConstantOfShape nodes are "
+              f"gs.Variable; {f['static_variables']} of {f['variables']} Variables have a static shape")
     machine["loadavg_end"] = list(os.getloadavg())
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
     if args.json:
