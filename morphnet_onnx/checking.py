@@ -14,13 +14,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .analysis import Analysis
+from .analysis import Analysis, analyze
 from .cost import compute_costs
 from .errors import MorphNetError
 from .gates import gate_ops, weight_rows
+from .graph_utils import attr
+from .io import InputShapes, LoadedModel, graph_input_names, load
 from .ops import CHANNEL_NORMS as NORMS
 from .ops import WEIGHTED
-from .io import InputShapes, LoadedModel, load
 from .pruning import prepare, prune_loaded, verify_model
 from .runtime import make_session, random_feeds
 from .structure import Structure
@@ -48,6 +49,9 @@ class CheckResult:
 
 
 def random_structure(loaded: LoadedModel, analysis: Analysis, fraction: float, seed: int) -> Structure:
+    """The Structure `check` prunes: `fraction` of every prunable group's channels removed at random
+    (seed), a group emptied only at fraction 1 and where it may vanish, then repaired to what surgery can
+    apply exactly."""
     rng = np.random.default_rng(seed)
     structure = Structure.full(analysis)
     vanish = vanishable_groups(loaded, analysis) if fraction >= 1.0 else set()
@@ -107,8 +111,6 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
 
 
 def _unrows(node, rows: np.ndarray, shape) -> np.ndarray:
-    from .analysis.context import attr
-
     if node.op_type == "Conv":
         return rows.reshape(shape)
     if node.op_type == "ConvTranspose":
@@ -141,7 +143,7 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
                                upgraded_from=loaded.upgraded_from)
     result = prune_loaded(gated_loaded, analysis, structure)
     verify_model(result.model, "the pruned model")
-    batch = 2 if _symbolic_batch(loaded.model) else loaded.shapes[_first_input(loaded.model)][0]
+    batch = check_batch(loaded)
     feeds = random_feeds(loaded.model, loaded.shapes, batch, seed)
     # Every tensor both models compute is compared, not just the outputs: in a randomly initialized
     # network the logits often no longer depend on the input, and an output-only check is blind.
@@ -159,8 +161,6 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
             worst, worst_tensor = error, name
     before = compute_costs(analysis, loaded)
     after_loaded = load(result.model, input_shapes)
-    from .analysis import analyze
-
     after = compute_costs(analyze(after_loaded), after_loaded)
     pruned = sum(1 for g in analysis.groups if not result.structure.alive[g.id].all())
     removed = sum(1 for g in analysis.groups if not result.structure.alive[g.id].any())
@@ -200,12 +200,14 @@ def _error(got: np.ndarray, reference: np.ndarray, atol: float, rtol: float) -> 
     return float(np.max(err))
 
 
-def _first_input(model: onnx.ModelProto) -> str:
-    inits = {t.name for t in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in inits)
+def check_batch(loaded: LoadedModel) -> int:
+    """The batch `check` feeds: 2 when the first model input's batch dimension is symbolic, else the
+    batch that input declares. models/tiny_resnet.onnx's input is ["batch", 3, 32, 32]:
 
-
-def _symbolic_batch(model: onnx.ModelProto) -> bool:
-    value = next(i for i in model.graph.input if i.name == _first_input(model))
-    dims = value.type.tensor_type.shape.dim
-    return bool(dims) and not dims[0].HasField("dim_value")
+    >>> check_batch(load("models/tiny_resnet.onnx"))   # doctest: +SKIP
+    2
+    """
+    first = graph_input_names(loaded.model)[0]
+    dims = next(i for i in loaded.model.graph.input if i.name == first).type.tensor_type.shape.dim
+    symbolic = bool(dims) and not dims[0].HasField("dim_value")
+    return 2 if symbolic else loaded.shapes[first][0]

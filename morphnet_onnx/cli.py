@@ -191,7 +191,7 @@ def _train_options(args: argparse.Namespace):
                         progress=not args.no_progress and sys.stderr.isatty())
 
 
-def _print_learned(result, args, label: str) -> None:
+def _print_learned(result, args) -> None:
     from .report import human
 
     for warning in result.warnings:  # stderr: a --json document on stdout stays clean
@@ -234,7 +234,7 @@ def _shrink(args: argparse.Namespace) -> int:
                     options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
                     keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.save_structure,
                     force=args.force, finetune_steps=args.finetune_steps, cost_batch_size=args.cost_batch_size)
-    _print_learned(result, args, "shrink")
+    _print_learned(result, args)
     return 0
 
 
@@ -243,7 +243,7 @@ def _train(args: argparse.Namespace) -> int:
 
     result = train(args.model, args.data, args.output, val=args.val, options=_train_options(args),
                    data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape), init=args.init)
-    _print_learned(result, args, "train")
+    _print_learned(result, args)
     return 0
 
 

@@ -25,12 +25,11 @@ import numpy as np
 import onnx
 
 from .analysis import Analysis, analyze, node_names
-from .analysis.context import attr
 from .budget import Budget
 from .cost import Hardware, compute_costs, parse_hardware, resource_cost
 from .errors import MorphNetError
 from .gates import gate_magnitudes
-from .graph_utils import constant_arrays, with_params
+from .graph_utils import attr, constant_arrays, with_params
 from .initialization import INITS, draw, fans, initialize_weights, relu_follows
 from .ops import NORM_FRESH, weight_layout
 from .io import InputShapes, LoadedModel, load, save_model

@@ -12,7 +12,8 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import Analysis, node_names
-from .analysis.context import along, attr
+from .analysis.context import along
+from .graph_utils import attr
 from .io import LoadedModel, tensor_value
 from .ops import CHANNEL_NORMS as NORMS
 from .ops import WEIGHTED, output_channel_axis

@@ -14,7 +14,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import MorphNetError
 from .folding import fold_shape_values
-from .graph_utils import resolve_constant_aliases
+from .aliases import resolve_constant_aliases
 
 MIN_OPSET = 11
 MAX_OPSET = 21

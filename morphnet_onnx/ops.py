@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from .graph_utils import attr
+
 CONV = ("Conv", "ConvTranspose")
 DENSE = ("Gemm", "MatMul")
 WEIGHTED = CONV + DENSE
@@ -72,14 +74,10 @@ def weight_layout(node: onnx.NodeProto, constants) -> WeightLayout | None:
     slot = bias_input(node.op_type)
     bias = node.input[slot] if slot is not None and len(node.input) > slot and node.input[slot] else None
     if node.op_type == "Conv":
-        return WeightLayout(node.input[1], bias, 0, 1, _int_attribute(node, "group", 1))
+        return WeightLayout(node.input[1], bias, 0, 1, attr(node, "group", 1))
     if node.op_type == "ConvTranspose":
-        return WeightLayout(node.input[1], bias, 1, 0, _int_attribute(node, "group", 1))
+        return WeightLayout(node.input[1], bias, 1, 0, attr(node, "group", 1))
     if node.op_type == "Gemm":
-        return WeightLayout(node.input[1], bias, *((0, 1) if _int_attribute(node, "transB", 0) else (1, 0)))
+        return WeightLayout(node.input[1], bias, *((0, 1) if attr(node, "transB", 0) else (1, 0)))
     return WeightLayout(node.input[1], None, -1, -2)
 
-
-def _int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    # (not analysis.context.attr: loading imports this module before the analysis exists)
-    return next((int(a.i) for a in node.attribute if a.name == name), default)

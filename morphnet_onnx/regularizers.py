@@ -21,8 +21,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .analysis import Analysis
-from .analysis.context import attr
 from .gates import gate_ops, prunable_groups_at, weight_rows
+from .graph_utils import attr
 from .ops import CHANNEL_NORMS as NORMS
 from .ops import DENSE
 from .io import LoadedModel

@@ -109,7 +109,6 @@ class Group:
     width: int
     sources: list[str]  # ops that create these channels
     ops: list[str]  # every op that reads or writes them
-    tensors: list[str]
     prunable: bool
     reasons: list[str] = field(default_factory=list)  # why not prunable
 

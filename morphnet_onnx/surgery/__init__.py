@@ -18,12 +18,13 @@ from onnx import numpy_helper
 from ..analysis import Analysis, node_names
 from ..errors import MorphNetError
 from ..folding import NONDETERMINISTIC, evaluate_node, fold_shape_values
-from ..io import LoadedModel, tensor_value
+from ..graph_utils import compress
+from ..io import LoadedModel, onnx_opset, tensor_value
 from ..ops import CHANNEL_NORMS as NORMS
 from ..ops import POSITIVE_SLOTS, WEIGHTED, bias_input, output_channel_axis
 from ..structure import Structure
 from .cutters import CUTTERS, Rewrite, cut_default
-from .values import compress, evaluate
+from .values import evaluate
 
 # Ops that may take a constant in place of a removed branch (numpy broadcasting over the batch).
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Where"}
@@ -49,7 +50,7 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
     values: dict[str, np.ndarray] = {}
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
+    opset = onnx_opset(model)
     constant_values = {}
     for node in out.graph.node:
         if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":

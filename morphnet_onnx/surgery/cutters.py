@@ -13,10 +13,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..analysis.context import attr
 from ..analysis.handlers import removes_whole_groups
 from ..errors import MorphNetError
-from ..graph_utils import drop_dead_nodes
+from ..graph_utils import attr, drop_dead_nodes
 
 
 class Rewrite:

@@ -9,6 +9,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph_utils import with_params
+from ..io import onnx_opset
 from ..runtime import make_session
 from .data import Dataset
 
@@ -21,7 +22,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
         return model
     stats = onnx.ModelProto()
     stats.CopyFrom(model)
-    opset = next(i.version for i in stats.opset_import if i.domain in ("", "ai.onnx"))
+    opset = onnx_opset(stats)
     if opset < 15:
         stats = onnx.version_converter.convert_version(stats, 15)
     graph = stats.graph

@@ -306,7 +306,7 @@ class Trainer:
                     if step >= total:
                         break
                     if self.regs:
-                        update = (self.controller(step, lambda: self._params(state), force=weights is None)
+                        update = (self.controller(step, lambda: self.read_params(state), force=weights is None)
                                   if self.controller else None)
                         if update is not None:
                             weights = update
@@ -343,7 +343,7 @@ class Trainer:
                     if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total):
                         self._save(state, options.checkpoint_dir, step)
             seconds = time.perf_counter() - started
-            trained = self._params(state, tg.trainable)
+            trained = self.read_params(state, tg.trainable)
             for copy in tg.copies:  # untied copies: the first one's value goes back
                 trained.pop(copy, None)
             session_accuracy = None
@@ -385,8 +385,9 @@ class Trainer:
             hits += int(np.sum(np.argmax(logits[:real], axis=-1) == feeds["labels"][:real]))
         return hits / n
 
-    def _params(self, state, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Current values of the regularized parameters (or of `names`)."""
+    def read_params(self, state, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Current values of the regularized parameters (or of `names`) in an onnxruntime-training
+        CheckpointState: what a controller's `get_params` returns."""
         if names is None:
             names = sorted({m.param for r in self.regs for m in r.members})
         return {name: np.array(state.parameters[name].data) for name in names}
