@@ -70,30 +70,23 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     alive_el = structure.element_alive(analysis)
-    inits = {t.name: t for t in out.graph.initializer}
-    consts = {}
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output:
-            consts[node.output[0]] = node
-    view = LoadedModel(model=out, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes)
+    copy = LoadedModel(model=out, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes)
+    constants = copy.view
     counter = 0
-    for node, name, positions in list(gate_ops(analysis, view)):
+    for node, name, positions in list(gate_ops(analysis, copy)):
         dead = ~alive_el[positions]
         if not dead.any():
             continue
-        if node.op_type in WEIGHTED and (len(node.input) < 2 or (node.input[1] not in inits and node.input[1] not in consts)):
+        if node.op_type in WEIGHTED and (len(node.input) < 2 or not constants.is_stored(node.input[1])):
             continue
         slots = [1, 2] if node.op_type in NORMS or node.op_type != "MatMul" else [1]
         for slot in slots:
             if slot >= len(node.input) or not node.input[slot]:
                 continue
             source = node.input[slot]
-            if source in inits:
-                value = numpy_helper.to_array(inits[source]).copy()
-            elif source in consts:
-                value = numpy_helper.to_array(consts[source].attribute[0].t).copy()
-            else:
+            if not constants.is_stored(source):
                 continue
+            value = constants.value(source).copy()
             if node.op_type in WEIGHTED and slot == 1:
                 rows = weight_rows(node, value)
                 rows[dead] = 0

@@ -29,13 +29,14 @@ from .budget import Budget
 from .cost import Hardware, compute_costs, parse_hardware, resource_cost
 from .errors import MorphNetError
 from .gates import gate_magnitudes
-from .graph_utils import attr, constant_arrays, with_params
+from .graph_utils import attr, with_params
 from .initialization import INITS, draw, fans, initialize_weights, relu_follows
 from .ops import NORM_FRESH, weight_layout
 from .io import InputShapes, LoadedModel, load, save_model
 from .pruning import check_round_to, prepare, verify_model
 from .structure import Structure, load_structure, structure_from_dict, top_channels
 from .surgery import Surgeon, apply_structure
+from .view import ConstantView
 
 # Bisection steps on the multiplier: 2^-60 of its range, far below one channel of any group.
 BISECTION_STEPS = 60
@@ -299,7 +300,7 @@ def _initialize_new_channels(model: onnx.ModelProto, surgeon: Surgeon, seed: int
     they are read (so the model's outputs do not change), fresh norm parameters, zero biases."""
     rng = np.random.default_rng(seed)
     graph = model.graph
-    constants = constant_arrays(graph)
+    constants = ConstantView(graph).arrays()
     relu = relu_follows(graph)
     changed: dict[str, np.ndarray] = {}
 

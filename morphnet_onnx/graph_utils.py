@@ -72,12 +72,3 @@ def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.M
             value = params[node.output[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type))
             node.attribute[0].t.CopyFrom(numpy_helper.from_array(value, node.output[0]))
     return out
-
-
-def constant_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of the initializers and of the Constant nodes holding a tensor, by name."""
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values

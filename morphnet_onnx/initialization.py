@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph_utils import constant_arrays, with_params
+from .graph_utils import with_params
 from .ops import NORM_FRESH, WeightLayout, weight_layout
+from .view import ConstantView
 
 INITS = ("fresh", "keep")
 RELU_FAMILY = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid", "Gelu",
@@ -31,10 +32,7 @@ def fans(weight: np.ndarray, layout: WeightLayout) -> tuple[int, int]:
 
 def relu_follows(graph: onnx.GraphProto) -> dict[str, bool]:
     """Per tensor: does a ReLU-family activation read it, possibly through PASS_THROUGH ops?"""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = ConstantView(graph).consumers
     memo: dict[str, bool] = {}
 
     def follows(tensor: str, depth: int) -> bool:
@@ -65,7 +63,7 @@ def initialize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto
     """A copy of the model with every weight, bias and norm parameter freshly initialised (seeded)."""
     rng = np.random.default_rng(seed)
     graph = model.graph
-    constants = constant_arrays(graph)
+    constants = ConstantView(graph).arrays()
     relu = relu_follows(graph)
     fresh: dict[str, np.ndarray] = {}
     for node in graph.node:

@@ -15,7 +15,7 @@ from morphnet_onnx.analysis import analyze
 from morphnet_onnx.cli import main
 from morphnet_onnx.cost import compute_costs
 from morphnet_onnx.expansion import channel_copies
-from morphnet_onnx.graph_utils import constant_arrays
+from morphnet_onnx.view import ConstantView
 from morphnet_onnx.io import load
 from morphnet_onnx.pruning import prepare
 from morphnet_onnx.runtime import make_session, random_feeds
@@ -132,7 +132,7 @@ def test_fresh_weights_are_seeded_and_standard():
     c = expand(TINY, multiplier=1.0, init="fresh", seed=4).model
     assert a.SerializeToString() == b.SerializeToString()
     assert a.SerializeToString() != c.SerializeToString()
-    values = constant_arrays(a.graph)
+    values = ConstantView(a.graph).arrays()
     for node in a.graph.node:
         if node.op_type == "BatchNormalization":
             for index, expected in ((1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)):

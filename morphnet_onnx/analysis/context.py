@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 from ..folding import MAX_FOLD_ELEMENTS, NONDETERMINISTIC, evaluate_node
 from ..graph_utils import attr, compress, constant_along
-from ..io import LoadedModel, tensor_value
+from ..io import LoadedModel
+from ..view import tensor_value
 from .groups import CostedOp, Source, UnionFind
 
 # Reshape/Flatten trace channel positions through a full index tensor; beyond this many elements

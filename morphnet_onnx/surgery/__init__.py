@@ -19,7 +19,7 @@ from ..analysis import Analysis, node_names
 from ..errors import MorphNetError
 from ..folding import NONDETERMINISTIC, evaluate_node, fold_shape_values
 from ..graph_utils import compress
-from ..io import LoadedModel, onnx_opset, tensor_value
+from ..io import LoadedModel, onnx_opset
 from ..ops import CHANNEL_NORMS as NORMS
 from ..ops import POSITIVE_SLOTS, WEIGHTED, bias_input, output_channel_axis
 from ..structure import Structure
@@ -122,7 +122,7 @@ class Surgeon:
         self.shapes = loaded.shapes
         self.ids = analysis.tensor_ids
         self.base_dir = loaded.path.parent if loaded.path else None
-        self.consts = self._constants()
+        self.view = loaded.view
         self.graph_outputs = {o.name for o in self.graph.output}
         self.static_spatial = self._static_spatial()
         self.notes: list[str] = []
@@ -136,27 +136,9 @@ class Surgeon:
         self.folds: dict[str, np.ndarray] = {}  # op name -> contribution to add to its output
 
     # ---- constants ---------------------------------------------------------------------------
-    def _constants(self) -> dict[str, object]:
-        consts: dict[str, object] = {t.name: t for t in self.graph.initializer}
-        for node in self.graph.node:
-            if node.op_type == "Constant" and node.output:
-                for a in node.attribute:
-                    if a.name == "value":
-                        consts[node.output[0]] = a.t
-                    elif a.name in ("value_float", "value_floats", "value_int", "value_ints"):
-                        arr = np.array(onnx.helper.get_attribute_value(a),
-                                       dtype=np.float32 if "float" in a.name else np.int64)
-                        consts[node.output[0]] = numpy_helper.from_array(arr, node.output[0])
-        return consts
-
     def const(self, name: str) -> np.ndarray | None:
-        item = self.consts.get(name)
-        if item is None:
-            return None
-        if isinstance(item, onnx.TensorProto):
-            item = tensor_value(item, self.base_dir)
-            self.consts[name] = item
-        return item
+        """The value of an initializer or Constant of the original model (None for anything else)."""
+        return self.view.value(name, computed=False)
 
     def shape_value(self, name: str) -> np.ndarray | None:
         """Value of a constant or of shape arithmetic (at batch 1) in the original model."""
@@ -257,7 +239,7 @@ class Surgeon:
         for node, name in zip(self.graph.node, self.names):
             if node.op_type in ("Constant", "ConstantOfShape"):
                 continue
-            live = [i for i in node.input if i and i not in self.consts and self.shape_value(i) is None]
+            live = [i for i in node.input if i and not self.view.is_stored(i) and self.shape_value(i) is None]
             gone_inputs = [i for i in live if i in gone]
             if live and len(gone_inputs) == len(live) and node.op_type not in SHAPE_READERS:
                 gone.update(o for o in node.output if o)
@@ -335,7 +317,7 @@ class Surgeon:
         """A removed channel leaves a norm with its shift (beta) and a weighted op with its bias."""
         if node.op_type not in NORMS + WEIGHTED or out != node.output[0]:
             return value
-        if node.op_type in WEIGHTED and (len(node.input) < 2 or node.input[1] not in self.consts):
+        if node.op_type in WEIGHTED and (len(node.input) < 2 or not self.view.is_stored(node.input[1])):
             return value
         alive = self.alive(out)
         if alive is None or alive.all():
@@ -358,7 +340,7 @@ class Surgeon:
     def _partial(self, node, name, outputs_dead) -> set[int]:
         """Some channels of the op's inputs or outputs are removed: track or fold their values."""
         revive: set[int] = set()
-        if node.op_type in WEIGHTED and len(node.input) > 1 and node.input[1] in self.consts:
+        if node.op_type in WEIGHTED and len(node.input) > 1 and self.view.is_stored(node.input[1]):
             x = node.input[0]
             if self.has_dead(x) and not self.is_empty(node.output[0]):
                 revive |= self._fold(node, name, x)
@@ -416,7 +398,7 @@ class Surgeon:
         rw = Rewrite(self)
         removed = []
         for node, name in zip(self.graph.node, self.names):
-            if node.op_type in ("Constant", "ConstantOfShape") and node.output[0] in self.consts:
+            if node.op_type in ("Constant", "ConstantOfShape") and self.view.is_stored(node.output[0]):
                 rw.keep_node(node)
                 continue
             outputs = [o for o in node.output if o]
@@ -438,7 +420,7 @@ class Surgeon:
         """Inputs from removed branches: dropped from a Concat, a constant in broadcasting ops."""
         keep_inputs = []
         for index, tensor in enumerate(node.input):
-            if not tensor or tensor in self.consts or tensor not in self.known or not self.fully_known(tensor):
+            if not tensor or self.view.is_stored(tensor) or tensor not in self.known or not self.fully_known(tensor):
                 keep_inputs.append(tensor)
                 continue
             if self.is_empty(tensor):
