@@ -24,6 +24,7 @@ from .io import InputShapes, load, write_atomic_bytes
 from .learning import evaluate, shrink, train
 from .pruning import check_round_to
 from .regularizers import REGULARIZERS
+from .training.data import load_data
 from .training.trainer import TrainOptions
 
 STATE_FILE = "cycle.json"
@@ -89,6 +90,9 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     original = load(model, input_shapes)
     full = resource_cost(compute_costs(analyze(original, keep), original, hw), budget.resource)
     target = budget.target(full)
+    # Bad data fails here, before anything is written (every step reads the same files).
+    load_data(data, data_module, original, options.loss)
+    load_data(val, None, original, options.loss)
     config = {"model": str(Path(model).resolve()), "resource": budget.resource, "target": target,
               "shrink_to": shrink_to, "regularizer": regularizer, "round_to": round_to, "seed": options.seed}
     state = _open_state(out, config, resume)

@@ -79,3 +79,11 @@ def test_cli_cycle_bad_input(data, capsys, args, match):
     assert code == 2
     assert match in capsys.readouterr().err
     assert not (data / "run").exists()
+
+
+def test_bad_data_writes_nothing(data, capsys):
+    code = main(["cycle", str(TINY), "--data", str(data / "missing.npz"), "--val", str(data / "val.npz"),
+                 "--budget-flops", "0.8x", "--out-dir", str(data / "run"), "--steps", "2"])
+    assert code == 2
+    assert "missing.npz" in capsys.readouterr().err
+    assert not (data / "run").exists()
