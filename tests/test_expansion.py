@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from builders import Net
 from conftest import REPO
-from morphnet_onnx import Budget, MorphNetError, expand
+from morphnet_onnx import Budget, MorphNetError, expand, prune
 from morphnet_onnx.analysis import analyze
 from morphnet_onnx.cli import main
 from morphnet_onnx.cost import compute_costs
@@ -196,3 +196,13 @@ def test_cli_expand_reports_and_refuses_bad_input(tmp_path, capsys):
     assert "above 0" in capsys.readouterr().err
     assert not bad.exists()
     assert main(["expand", str(TINY), "--multiplier", "2", "-o", str(TINY)]) == 2  # never the input
+
+
+def test_a_structure_of_the_original_expands_like_the_model_it_prunes_to(tmp_path):
+    structure = {"conv2": 5, "conv8": 12, "conv12": 20}
+    from_structure = expand(TINY, structure=structure, budget=Budget("flops", "1.0x"))
+    pruned = tmp_path / "pruned.onnx"
+    prune(TINY, structure, pruned, approximate_borders=True)
+    from_model = expand(pruned, budget=Budget("flops", "1.0x"), reference=TINY)
+    assert from_structure.widths == from_model.widths
+    assert from_structure.cost_after == from_model.cost_after
