@@ -2,14 +2,17 @@
 
 The public API: `inspect` (channel groups and costs), `check` (is surgery exact on this model),
 `prune` (apply a structure), `diff` (what changed between two models), `shrink` (MorphNet: learn a
-structure under a budget), `train`, `evaluate`; the CLI `morphnet-onnx` is a thin layer over it.
+structure under a budget), `expand` (one width multiplier to a budget), `cycle` (rounds of shrink,
+expand, retrain), `train`, `evaluate`; the CLI `morphnet-onnx` is a thin layer over it.
 """
 
 from .analysis import Analysis, Group, analyze
+from .budget import Budget
 from .checking import CheckResult, check
 from .cost import HARDWARE, Costs, compute_costs, parse_hardware
 from .diffing import ModelDiff, diff
 from .errors import MorphNetError
+from .expansion import ExpandResult, expand
 from .inspection import Inspection, inspect
 from .io import LoadedModel, load
 from .pruning import PruneResult, prune
@@ -18,7 +21,7 @@ from .structure import Structure, load_structure
 __version__ = "0.1.0"
 
 # Training pulls in onnxruntime's training API: loaded on first use, so `inspect` stays light.
-_LAZY = {"shrink": "learning", "train": "learning", "evaluate": "learning", "Budget": "learning",
+_LAZY = {"shrink": "learning", "train": "learning", "evaluate": "evaluation", "cycle": "cycling", "CycleResult": "cycling",
          "LearnResult": "learning", "TrainOptions": "training.trainer"}
 
 
@@ -33,5 +36,6 @@ def __getattr__(name):
 __all__ = [
     "Analysis", "CheckResult", "Costs", "Group", "HARDWARE", "Inspection", "LoadedModel", "ModelDiff", "MorphNetError",
     "PruneResult", "Structure", "analyze", "check", "compute_costs", "diff", "inspect", "load", "load_structure",
-    "parse_hardware", "prune", "shrink", "train", "evaluate", "Budget", "LearnResult", "TrainOptions",
+    "parse_hardware", "prune", "shrink", "train", "evaluate", "Budget", "expand", "ExpandResult", "cycle",
+    "CycleResult", "LearnResult", "TrainOptions",
 ]

@@ -14,11 +14,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .analysis import Analysis
+from .analysis import Analysis, analyze
 from .cost import compute_costs
 from .errors import MorphNetError
-from .gates import NORMS, WEIGHTED, gate_ops, weight_rows
-from .io import InputShapes, LoadedModel, load
+from .gates import gate_ops, weight_rows
+from .graph_utils import attr
+from .io import InputShapes, LoadedModel, graph_input_names, load
+from .ops import CHANNEL_NORMS as NORMS
+from .ops import WEIGHTED
 from .pruning import prepare, prune_loaded, verify_model
 from .runtime import make_session, random_feeds
 from .structure import Structure
@@ -46,6 +49,9 @@ class CheckResult:
 
 
 def random_structure(loaded: LoadedModel, analysis: Analysis, fraction: float, seed: int) -> Structure:
+    """The Structure `check` prunes: `fraction` of every prunable group's channels removed at random
+    (seed), a group emptied only at fraction 1 and where it may vanish, then repaired to what surgery can
+    apply exactly."""
     rng = np.random.default_rng(seed)
     structure = Structure.full(analysis)
     vanish = vanishable_groups(loaded, analysis) if fraction >= 1.0 else set()
@@ -64,30 +70,23 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     alive_el = structure.element_alive(analysis)
-    inits = {t.name: t for t in out.graph.initializer}
-    consts = {}
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output:
-            consts[node.output[0]] = node
-    view = LoadedModel(model=out, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes)
+    copy = LoadedModel(model=out, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes)
+    constants = copy.view
     counter = 0
-    for node, name, positions in list(gate_ops(analysis, view)):
+    for node, name, positions in list(gate_ops(analysis, copy)):
         dead = ~alive_el[positions]
         if not dead.any():
             continue
-        if node.op_type in WEIGHTED and (len(node.input) < 2 or (node.input[1] not in inits and node.input[1] not in consts)):
+        if node.op_type in WEIGHTED and (len(node.input) < 2 or not constants.is_stored(node.input[1])):
             continue
         slots = [1, 2] if node.op_type in NORMS or node.op_type != "MatMul" else [1]
         for slot in slots:
             if slot >= len(node.input) or not node.input[slot]:
                 continue
             source = node.input[slot]
-            if source in inits:
-                value = numpy_helper.to_array(inits[source]).copy()
-            elif source in consts:
-                value = numpy_helper.to_array(consts[source].attribute[0].t).copy()
-            else:
+            if not constants.is_stored(source):
                 continue
+            value = constants.value(source).copy()
             if node.op_type in WEIGHTED and slot == 1:
                 rows = weight_rows(node, value)
                 rows[dead] = 0
@@ -105,8 +104,6 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
 
 
 def _unrows(node, rows: np.ndarray, shape) -> np.ndarray:
-    from .analysis.context import attr
-
     if node.op_type == "Conv":
         return rows.reshape(shape)
     if node.op_type == "ConvTranspose":
@@ -127,6 +124,8 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     >>> check("resnet50.onnx").passed       # doctest: +SKIP
     True
     """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise MorphNetError(f"--fraction {fraction}: must be between 0 and 1")
     start = time.perf_counter()
     loaded, analysis = prepare(model, input_shapes, keep, seed=seed)
     if not analysis.prunable_groups:
@@ -137,12 +136,11 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
                                upgraded_from=loaded.upgraded_from)
     result = prune_loaded(gated_loaded, analysis, structure)
     verify_model(result.model, "the pruned model")
-    batch = 2 if _symbolic_batch(loaded.model) else loaded.shapes[_first_input(loaded.model)][0]
+    batch = check_batch(loaded)
     feeds = random_feeds(loaded.model, loaded.shapes, batch, seed)
     # Every tensor both models compute is compared, not just the outputs: in a randomly initialized
     # network the logits often no longer depend on the input, and an output-only check is blind.
     surgeon = Surgeon(gated_loaded, analysis, result.structure)
-    surgeon.element_alive = result.structure.element_alive(analysis)
     tensors = _shared_tensors(gated, result.model, loaded)
     expected = dict(zip(tensors, make_session(_with_outputs(gated, tensors)).run(tensors, feeds)))
     got = dict(zip(tensors, make_session(_with_outputs(result.model, tensors)).run(tensors, feeds)))
@@ -156,8 +154,6 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
             worst, worst_tensor = error, name
     before = compute_costs(analysis, loaded)
     after_loaded = load(result.model, input_shapes)
-    from .analysis import analyze
-
     after = compute_costs(analyze(after_loaded), after_loaded)
     pruned = sum(1 for g in analysis.groups if not result.structure.alive[g.id].all())
     removed = sum(1 for g in analysis.groups if not result.structure.alive[g.id].any())
@@ -197,12 +193,14 @@ def _error(got: np.ndarray, reference: np.ndarray, atol: float, rtol: float) -> 
     return float(np.max(err))
 
 
-def _first_input(model: onnx.ModelProto) -> str:
-    inits = {t.name for t in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in inits)
+def check_batch(loaded: LoadedModel) -> int:
+    """The batch `check` feeds: 2 when the first model input's batch dimension is symbolic, else the
+    batch that input declares. models/tiny_resnet.onnx's input is ["batch", 3, 32, 32]:
 
-
-def _symbolic_batch(model: onnx.ModelProto) -> bool:
-    value = next(i for i in model.graph.input if i.name == _first_input(model))
-    dims = value.type.tensor_type.shape.dim
-    return bool(dims) and not dims[0].HasField("dim_value")
+    >>> check_batch(load("models/tiny_resnet.onnx"))   # doctest: +SKIP
+    2
+    """
+    first = graph_input_names(loaded.model)[0]
+    dims = next(i for i in loaded.model.graph.input if i.name == first).type.tensor_type.shape.dim
+    symbolic = bool(dims) and not dims[0].HasField("dim_value")
+    return 2 if symbolic else loaded.shapes[first][0]

@@ -86,9 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_training_options(p)
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--budget-flops", metavar="0.5x|2.1G", help="target FLOPs, relative (0.5x) or absolute")
-    budget.add_argument("--budget-size", metavar="0.5x|1.2M", help="target weight count, relative or absolute")
-    budget.add_argument("--budget-latency", metavar="0.5x|1.2ms", help="target roofline latency (see --hardware)")
+    _add_budget_options(budget)
     budget.add_argument("--strength", type=float, metavar="LAMBDA", help="manual mode: fixed regularization strength")
     p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso", "figs"], default="auto",
                    help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model; "
@@ -97,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
     p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
-    p.add_argument("--structure", metavar="OUT.json", help="also write the learned structure")
+    p.add_argument("--save-structure", metavar="OUT.json", help="also write the learned structure")
+    p.add_argument("--structure", metavar="OUT.json", dest="old_structure", help=argparse.SUPPRESS)
     p.add_argument("--finetune-steps", type=int, metavar="N",
                    help="plain training of the pruned model at a tenth of --lr (default: a tenth of the "
                         "training steps; 0: write the model as cut)")
@@ -108,9 +107,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_picture_options(p)
     p.set_defaults(run=_shrink)
 
+    p = sub.add_parser("expand", help="scale every prunable width by one multiplier, to a budget; write the model")
+    _add_model_options(p)
+    p.add_argument("--structure", metavar="S.json", help="structure of MODEL to expand (default: MODEL as it is)")
+    size = p.add_mutually_exclusive_group(required=True)
+    _add_budget_options(size)
+    size.add_argument("--multiplier", type=float, metavar="M",
+                      help="one width multiplier for every prunable group (the uniform baseline: on the original)")
+    p.add_argument("--reference", metavar="ORIGINAL.onnx", help="what a relative budget (1.0x) is of (default: MODEL)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every width a multiple of N")
+    p.add_argument("--init", choices=["fresh", "keep"], default="fresh",
+                   help="fresh: every weight re-initialised, for retraining from scratch (default); keep: only the "
+                        "new channels, read with zero weights (the wider model computes what MODEL computes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh weights")
+    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
+    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    p.set_defaults(run=_expand)
+
+    p = sub.add_parser("cycle", help="MorphNet's recipe: rounds of shrink, expand to the budget, retrain, evaluate")
+    _add_model_options(p)
+    _add_training_options(p)
+    size = p.add_mutually_exclusive_group(required=True)
+    _add_budget_options(size)
+    p.add_argument("--rounds", type=int, default=2, help="shrink/expand rounds after the original (default 2)")
+    p.add_argument("--shrink-to", type=float, default=0.5, metavar="F",
+                   help="each round shrinks to this share of the budget before expanding back (default 0.5)")
+    p.add_argument("--out-dir", required=True, metavar="DIR",
+                   help="every round's models and structure, checkpoints and the table (cycle.json)")
+    p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso", "figs"], default="auto")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every width a multiple of N")
+    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
+    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
+    p.add_argument("--force", action="store_true", help="let shrink decide even when its training loss never fell")
+    p.add_argument("--json", action="store_true", help="print the table as one JSON document")
+    p.set_defaults(run=_cycle)
+
     p = sub.add_parser("train", help="plain training (no regularizer): the baseline for MorphNet results")
     _add_model_options(p)
     _add_training_options(p)
+    p.add_argument("--init", choices=["keep", "fresh"], default="keep",
+                   help="keep: train from the model's weights (default); fresh: re-initialise every weight first "
+                        "(retrain from scratch)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_train)
@@ -124,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_evaluate)
     return parser
+
+
+def _add_budget_options(group) -> None:
+    group.add_argument("--budget-flops", metavar="0.5x|2.1G", help="target FLOPs, relative (0.5x) or absolute")
+    group.add_argument("--budget-size", metavar="0.5x|1.2M", help="target weight count, relative or absolute")
+    group.add_argument("--budget-latency", metavar="0.5x|1.2ms", help="target roofline latency (see --hardware)")
+
+
+def _budget(args: argparse.Namespace):
+    from .budget import RESOURCES, Budget
+
+    for resource in RESOURCES:
+        text = getattr(args, f"budget_{resource}")
+        if text is not None:
+            return Budget(resource, text)
+    return None
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -151,15 +206,6 @@ def _train_options(args: argparse.Namespace):
 
     from .training.trainer import TrainOptions
 
-    for name in ("epochs", "batch_size", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise MorphNetError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be 1 or more")
-    if args.steps is not None and args.steps < 1:
-        raise MorphNetError(f"--steps {args.steps}: must be 1 or more")
-    if args.lr <= 0:
-        raise MorphNetError(f"--lr {args.lr}: must be above 0")
-    if args.resume and not args.checkpoint_dir:
-        raise MorphNetError("--resume needs --checkpoint-dir")
     return TrainOptions(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
                         seed=args.seed, threads=args.threads, loss=args.loss,
@@ -168,7 +214,7 @@ def _train_options(args: argparse.Namespace):
                         progress=not args.no_progress and sys.stderr.isatty())
 
 
-def _print_learned(result, args, label: str) -> None:
+def _print_learned(result, args) -> None:
     from .report import human
 
     for warning in result.warnings:  # stderr: a --json document on stdout stays clean
@@ -201,23 +247,19 @@ def _print_learned(result, args, label: str) -> None:
 
 
 def _shrink(args: argparse.Namespace) -> int:
-    from .learning import Budget, shrink
+    from .learning import shrink
     from .pictures import check_picture_paths
 
     check_picture_paths(args.plot, args.html)
-    if args.finetune_steps is not None and args.finetune_steps < 0:
-        raise MorphNetError(f"--finetune-steps {args.finetune_steps}: must be 0 or more")
-    budget = None
-    for resource in ("flops", "size", "latency"):
-        text = getattr(args, f"budget_{resource}")
-        if text is not None:
-            budget = Budget(resource, text)
-    result = shrink(args.model, args.data, args.output, val=args.val, budget=budget, strength=args.strength,
+    if args.old_structure:  # --structure is an input everywhere else (prune, expand)
+        print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
+        args.save_structure = args.save_structure or args.old_structure
+    result = shrink(args.model, args.data, args.output, val=args.val, budget=_budget(args), strength=args.strength,
                     regularizer=args.regularizer, threshold=args.threshold, hardware=args.hardware,
                     options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
-                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.structure,
+                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.save_structure,
                     force=args.force, finetune_steps=args.finetune_steps, cost_batch_size=args.cost_batch_size)
-    _print_learned(result, args, "shrink")
+    _print_learned(result, args)
     _end_with_diff(args.model, args.output, args)
     return 0
 
@@ -226,8 +268,36 @@ def _train(args: argparse.Namespace) -> int:
     from .learning import train
 
     result = train(args.model, args.data, args.output, val=args.val, options=_train_options(args),
-                   data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape))
-    _print_learned(result, args, "train")
+                   data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape), init=args.init)
+    _print_learned(result, args)
+    return 0
+
+
+def _expand(args: argparse.Namespace) -> int:
+    from .expansion import expand
+    from .report import human
+
+    result = expand(args.model, args.output, structure=args.structure, budget=_budget(args),
+                    multiplier=args.multiplier, reference=args.reference, round_to=args.round_to, init=args.init,
+                    seed=args.seed, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
+                    hardware=args.hardware, cost_batch_size=args.cost_batch_size)
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    print(f"wrote {args.output}: width multiplier {result.multiplier:.4g} on {len(result.widths)} groups "
+          f"({args.init} weights); FLOPs {human(result.flops_before)} -> {human(result.flops_after)}, "
+          f"params {human(result.params_before)} -> {human(result.params_after)}")
+    if result.target is not None:
+        unit = {"flops": "FLOPs", "size": "weights", "latency": "s"}[result.resource]
+        print(f"{result.resource}: {result.cost_after:.6g} {unit} = {result.cost_after / result.target:.2%} of the "
+              f"budget {result.target:.6g} ({result.target / result.reference_cost:.3g}x of the reference); "
+              f"one rounding step more: {result.next_step_cost / result.target:.2%}")
+    widths = ", ".join(f"{row['sources'][0]} {row['before']}->{row['after']}" for row in result.widths[:6])
+    more = f" and {len(result.widths) - 6} more" if len(result.widths) > 6 else ""
+    print(f"widths: {widths}{more}")
+    for note in result.notes:
+        print(f"[W] {note}")
     return 0
 
 
@@ -243,6 +313,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{args.model}: top-1 {result.accuracy:.2%}, top-5 {result.top5:.2%} on {result.examples} examples")
     else:
         print(f"{args.model}: mse {result.mse:.6g} on {result.examples} examples")
+    return 0
+
+
+def _cycle(args: argparse.Namespace) -> int:
+    from .cycling import cycle
+    from .report import print_cycle
+
+    if args.checkpoint_dir:
+        raise MorphNetError("cycle keeps its checkpoints in --out-dir/checkpoints: drop --checkpoint-dir")
+    resume, args.resume = args.resume, False
+    result = cycle(args.model, args.data, args.val, budget=_budget(args), out_dir=args.out_dir, rounds=args.rounds,
+                   shrink_to=args.shrink_to, options=_train_options(args), data_module=args.data_module,
+                   regularizer=args.regularizer, round_to=args.round_to, keep=args.keep,
+                   input_shapes=parse_input_shapes(args.input_shape), hardware=args.hardware,
+                   cost_batch_size=args.cost_batch_size, resume=resume, force=args.force)
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print_cycle(result)
     return 0
 
 
@@ -275,8 +365,6 @@ def _prune(args: argparse.Namespace) -> int:
     from .pruning import prune
     from .report import human
 
-    if args.round_to < 1:
-        raise MorphNetError(f"--round-to {args.round_to}: must be 1 or more")
     check_picture_paths(args.plot, args.html)
     result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
                    keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
@@ -326,8 +414,6 @@ def _check(args: argparse.Namespace) -> int:
     from .checking import check
     from .report import human
 
-    if not 0.0 <= args.fraction <= 1.0:
-        raise MorphNetError(f"--fraction {args.fraction}: must be between 0 and 1")
     result = check(args.model, fraction=args.fraction, seed=args.seed,
                    input_shapes=parse_input_shapes(args.input_shape), keep=args.keep)
     if args.json:

@@ -19,6 +19,7 @@ from .analysis import Analysis
 from .errors import MorphNetError
 from .graph_utils import live_tensors
 from .io import LoadedModel
+from .ops import BUFFER_INPUTS
 
 # Peak GFLOP/s and memory bandwidth GB/s, from MorphNet's latency regularizer.
 HARDWARE: dict[str, tuple[float, float]] = {
@@ -180,8 +181,6 @@ def _per_slot(slot_of_element: np.ndarray, ids: np.ndarray | None, n_slots: int)
 
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
-# Inputs that hold running statistics rather than learned parameters.
-BUFFER_INPUTS = {"BatchNormalization": (3, 4)}
 
 
 def count_parameters(model: onnx.ModelProto) -> tuple[int, int]:

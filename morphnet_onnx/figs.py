@@ -20,7 +20,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .analysis import Analysis
-from .gates import NORMS, channel_axis, gate_ops, prunable_groups_at
+from .gates import channel_axis, gate_ops, prunable_groups_at
+from .ops import CHANNEL_NORMS as NORMS
 from .io import LoadedModel
 from .regularizers import GroupRegularizer, Member
 

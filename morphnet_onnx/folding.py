@@ -10,23 +10,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .graph_utils import attr
+
 # Only small tensors are folded: shape arithmetic, not weights.
 MAX_FOLD_ELEMENTS = 1 << 16
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                     "Bernoulli", "Dropout"}
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _axes(node, inputs, index):
     if len(inputs) > index and inputs[index] is not None:
         return [int(a) for a in np.asarray(inputs[index]).reshape(-1)]
-    return _attr(node, "axes")
+    return attr(node, "axes")
 
 
 def _fast(node: onnx.NodeProto, inputs: list, opset: int):
@@ -44,7 +39,7 @@ def _fast(node: onnx.NodeProto, inputs: list, opset: int):
     if op == "Identity":
         return [x]
     if op == "Gather":
-        return [np.take(x, np.asarray(inputs[1]).astype(np.int64), axis=_attr(node, "axis", 0))]
+        return [np.take(x, np.asarray(inputs[1]).astype(np.int64), axis=attr(node, "axis", 0))]
     if op == "Unsqueeze":
         out = x
         axes = sorted(a % (x.ndim + len(_axes(node, inputs, 1))) for a in _axes(node, inputs, 1))
@@ -55,9 +50,9 @@ def _fast(node: onnx.NodeProto, inputs: list, opset: int):
         axes = _axes(node, inputs, 1)
         return [np.squeeze(x, axis=tuple(axes) if axes else None)]
     if op == "Concat":
-        return [np.concatenate([np.atleast_1d(v) for v in inputs], axis=_attr(node, "axis"))]
+        return [np.concatenate([np.atleast_1d(v) for v in inputs], axis=attr(node, "axis"))]
     if op == "Cast":
-        return [x.astype(onnx.helper.tensor_dtype_to_np_dtype(_attr(node, "to")))]
+        return [x.astype(onnx.helper.tensor_dtype_to_np_dtype(attr(node, "to")))]
     if op in ("Add", "Sub", "Mul"):
         fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op]
         return [fn(x, inputs[1]).astype(np.result_type(x, inputs[1]))]
@@ -101,7 +96,7 @@ def fold_shape_values(graph: onnx.GraphProto, shapes: dict[str, tuple[int, ...]]
             shape = shapes.get(node.input[0])
             if shape is None or any(d < 0 for d in shape):
                 continue
-            start, end = _attr(node, "start", 0), _attr(node, "end", None)
+            start, end = attr(node, "start", 0), attr(node, "end", None)
             values[node.output[0]] = np.array(shape, dtype=np.int64)[start:end]
             continue
         if node.op_type == "Size":

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .analysis import Analysis, node_names
-from .analysis.context import along, attr
-from .io import LoadedModel, tensor_value
+from .analysis.context import along
+from .graph_utils import attr
+from .io import LoadedModel
+from .ops import CHANNEL_NORMS as NORMS
+from .ops import WEIGHTED, output_channel_axis
 
-NORMS = ("BatchNormalization", "InstanceNormalization")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def _initializers(loaded: LoadedModel) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in loaded.model.graph.initializer}
 
 
 def gate_ops(analysis: Analysis, loaded: LoadedModel):
@@ -41,7 +37,7 @@ def gate_ops(analysis: Analysis, loaded: LoadedModel):
 
 def channel_axis(node: onnx.NodeProto, rank: int) -> int:
     """The axis of a gate op's output that holds its channels."""
-    return rank - 1 if node.op_type in ("Gemm", "MatMul") else 1
+    return output_channel_axis(node.op_type, rank)
 
 
 def prunable_groups_at(analysis: Analysis, positions: np.ndarray, prunable: set[int]):
@@ -71,22 +67,21 @@ def weight_rows(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
 def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.ndarray]:
     """Per group, per channel: max |gamma| over the group's norms; groups without one use the max
     L2 norm of the filters writing the channel (MorphNet's gamma and group-lasso criteria)."""
-    inits = _initializers(loaded)
-    base = loaded.path.parent if loaded.path else None
+    view = loaded.view
     bn_mag = {g.id: np.full(g.width, -np.inf) for g in analysis.groups}
     filt_mag = {g.id: np.full(g.width, -np.inf) for g in analysis.groups}
     for node, _, positions in gate_ops(analysis, loaded):
         groups = analysis.element_group[positions]
         channels = analysis.element_channel[positions]
         if node.op_type in NORMS:
-            scale = _value(node.input[1], inits, base, loaded)
+            scale = view.value(node.input[1])
             if scale is None:
                 continue
             for g in np.unique(groups):
                 sel = groups == g
                 np.maximum.at(bn_mag[g], channels[sel], np.abs(scale.reshape(-1)[sel]))
         else:
-            weight = _value(node.input[1], inits, base, loaded)
+            weight = view.value(node.input[1])
             if weight is None:
                 continue
             norms = np.linalg.norm(weight_rows(node, weight).astype(np.float64), axis=1)
@@ -100,18 +95,3 @@ def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.nda
         mag = bn_mag[group.id] if np.isfinite(bn_mag[group.id]).any() else filt_mag[group.id]
         out[group.id] = np.where(np.isfinite(mag), mag, 0.0)
     return out
-
-
-def _value(name: str, inits, base, loaded: LoadedModel) -> np.ndarray | None:
-    if name in inits:
-        return tensor_value(inits[name], base)
-    for node in loaded.model.graph.node:  # Constant / ConstantOfShape weights (rare: light models)
-        if name in node.output:
-            if node.op_type == "Constant":
-                return numpy_helper.to_array(node.attribute[0].t)
-            if node.op_type == "ConstantOfShape" and node.input[0] in inits:
-                shape = tensor_value(inits[node.input[0]], base)
-                fill = next((a.t for a in node.attribute if a.name == "value"), None)
-                value = numpy_helper.to_array(fill).reshape(-1)[0] if fill is not None else 0.0
-                return np.full([int(d) for d in shape], value, dtype=np.float32)
-    return None

@@ -1,8 +1,34 @@
-"""Small graph edits shared by surgery and training."""
+"""Small helpers every stage shares: reading a node's attributes, the canonical form of per-channel
+arrays, and graph edits used by surgery and training."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of the node's attribute `name` (ints, floats, strings as bytes, tensors, lists), or
+    `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def constant_along(values: np.ndarray, axis: int) -> bool:
+    """Whether `values` are the same at every position along `axis`."""
+    return bool(np.all(values == values.take([0], axis=axis)))
+
+
+def compress(values: np.ndarray) -> np.ndarray:
+    """Collapse the axes along which `values` do not vary to size 1: the canonical form of the channel
+    ids analysis tracks and of the constants surgery follows (both broadcast to the tensor's shape)."""
+    for axis in range(values.ndim):
+        if values.shape[axis] > 1 and constant_along(values, axis):
+            values = values.take([0], axis=axis)
+    return values
 
 
 def live_tensors(graph: onnx.GraphProto) -> set[str]:
@@ -31,103 +57,18 @@ def drop_dead_nodes(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(used)
 
 
-# A norm's per-channel parameters (BatchNormalization's scale, shift, running mean and variance) belong
-# to that one layer: a tensor several norms read directly was shared by an exporter, not by the user.
-NORM_PARAMETER_SLOTS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
 
 
-def resolve_constant_aliases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Give every alias of a constant its own initializer; return the model and the count resolved.
-
-    torch's exporter deduplicates initializers with equal values: in an untrained network every
-    BatchNormalization of one width has the same scale, shift and statistics, so all but one read
-    the kept tensor through `Identity` nodes named like the user's parameters. Each stage that
-    trains, re-measures or cuts a norm's parameters must see that norm's own tensor, so here
-    `Identity` chains over initializers (or Constant nodes) become initializers under the
-    Identity's output name, and a norm parameter several norms read directly is copied apart
-    (`<name>__<k>`). The caller's model is never changed: a copy is returned when anything moved.
-    """
-    aliases = _identity_aliases(model.graph)
-    shared = _shared_norm_parameters(model.graph, set(aliases))
-    if not aliases and not shared:
-        return model, 0
+def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of the model with new values for its initializers or Constant weights, by name."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
-    sources = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
-            sources.setdefault(node.output[0], node.attribute[0].t)
-    added: list[onnx.TensorProto] = []
-    for output, source in aliases.items():
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(sources[source])
-        tensor.name = output
-        added.append(tensor)
-    graph_outputs = {o.name for o in graph.output}
-    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in aliases)]
-    del graph.node[:]
-    graph.node.extend(keep)
-    taken = set(sources) | set(aliases) | {o for n in graph.node for o in n.output} | graph_outputs
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for slot in NORM_PARAMETER_SLOTS.get(node.op_type, ()):
-            name = node.input[slot] if slot < len(node.input) else ""
-            if name not in shared:
-                continue
-            readers[name] = readers.get(name, 0) + 1
-            if readers[name] == 1:
-                continue  # the first reader keeps the user's tensor
-            copy_name = _fresh_name(f"{name}__{readers[name]}", taken)
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(sources[name] if name in sources else next(t for t in added if t.name == name))
-            tensor.name = copy_name
-            added.append(tensor)
-            node.input[slot] = copy_name
-    graph.initializer.extend(added)
-    if out.ir_version < 4:  # IR 3 wants every initializer among the graph inputs
-        graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in added)
-    return out, len(aliases) + sum(count - 1 for count in readers.values())
-
-
-def _identity_aliases(graph: onnx.GraphProto) -> dict[str, str]:
-    """{Identity output: the initializer or Constant it finally reads}, for Identity chains over constants."""
-    constants = _constant_names(graph)
-    outputs = {o.name for o in graph.output}
-    aliases: dict[str, str] = {}
-    for node in graph.node:  # topological order: a chain's links come in order
-        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
-            continue
-        source = node.input[0]
-        source = aliases.get(source, source)
-        if source in constants:
-            aliases[node.output[0]] = source
-    return aliases
-
-
-def _shared_norm_parameters(graph: onnx.GraphProto, aliases: set[str]) -> set[str]:
-    """Constants read as a norm parameter by more than one norm (an alias counts as its own tensor)."""
-    constants = _constant_names(graph) | aliases
-    seen: dict[str, int] = {}
-    for node in graph.node:
-        for slot in NORM_PARAMETER_SLOTS.get(node.op_type, ()):
-            name = node.input[slot] if slot < len(node.input) else ""
-            if name in constants:
-                seen[name] = seen.get(name, 0) + 1
-    return {name for name, count in seen.items() if count > 1}
-
-
-def _constant_names(graph: onnx.GraphProto) -> set[str]:
-    names = {t.name for t in graph.initializer}
-    names |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output and n.attribute
-              and n.attribute[0].name == "value"}
-    return names
-
-
-def _fresh_name(name: str, taken: set[str]) -> str:
-    candidate, k = name, 1
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}_{k}"
-    taken.add(candidate)
-    return candidate
+    for tensor in out.graph.initializer:
+        if tensor.name in params:
+            tensor.CopyFrom(numpy_helper.from_array(params[tensor.name].astype(
+                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)), tensor.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in params and node.attribute[0].name == "value":
+            value = params[node.output[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type))
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(value, node.output[0]))
+    return out

@@ -14,7 +14,8 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import MorphNetError
 from .folding import fold_shape_values
-from .graph_utils import resolve_constant_aliases
+from .aliases import resolve_constant_aliases
+from .view import ConstantView
 
 MIN_OPSET = 11
 MAX_OPSET = 21
@@ -45,6 +46,14 @@ class LoadedModel:
     dtypes: dict[str, int] = field(default_factory=dict)
     upgraded_from: int | None = None
     aliases_resolved: int = 0  # exporter-shared constants given their own tensors (see resolve_constant_aliases)
+    _view: tuple[onnx.ModelProto, ConstantView] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def view(self) -> ConstantView:
+        """The constants, producers and consumers of `model` (rebuilt when `model` is replaced)."""
+        if self._view is None or self._view[0] is not self.model:
+            self._view = (self.model, ConstantView(self.model.graph, self.path.parent if self.path else None))
+        return self._view[1]
 
     @property
     def batch(self) -> int:
@@ -338,13 +347,6 @@ def _declare_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
                 if axis and dim.HasField("dim_value"):
                     dim.dim_value = size
     return out
-
-
-def tensor_value(tensor: onnx.TensorProto, base_dir: Path | None = None) -> np.ndarray:
-    """An initializer's value, reading external data on demand."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return numpy_helper.to_array(tensor, str(base_dir) if base_dir else "")
-    return numpy_helper.to_array(tensor)
 
 
 # ---- writing -------------------------------------------------------------------------------------

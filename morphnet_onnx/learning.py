@@ -1,292 +1,47 @@
-"""Structure learning and training: `shrink` (MorphNet), `train` (the baseline), `evaluate`.
+"""The training commands: `shrink` (MorphNet) and `train` (the baseline).
 
 shrink = load -> analyze -> regularize + train (onnxruntime-training) -> decide (alive channels,
 budget enforced) -> surgery -> write. The budget mode adapts lambda during training until the
-alive structure meets the budget, then holds it; `strength` gives lambda by hand.
+alive structure meets the budget, then holds it (controller.py); `strength` gives lambda by hand.
+Budgets: budget.py; deciding the structure: decision.py; evaluation: evaluation.py; batch-norm
+statistics: training/batchnorm.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .analysis import Analysis, analyze
+from .budget import Budget
+from .controller import BudgetController
 from .cost import compute_costs, parse_hardware, resource_cost
 from .decision import Decision, decide
 from .errors import MorphNetError
+from .evaluation import Evaluation, evaluate, evaluate_model
 from .figs import FIGS_THRESHOLD, figs_regularizers
+from .graph_utils import with_params
+from .initialization import INITS, initialize_weights
 from .io import InputShapes, LoadedModel, load, save_model
-from .pruning import prepare, verify_model
-from .regularizers import REGULARIZERS, GroupRegularizer, channel_weights, group_regularizers, group_vectors
-from .runtime import make_session
+from .pruning import check_round_to, prepare, verify_model
+from .regularizers import REGULARIZERS, group_regularizers
 from .structure import Structure
-from .surgery import apply_structure, repair_structure, vanishable_groups
-from .training.data import Dataset, input_specs, load_module_batches, load_npz
+from .surgery import apply_structure, floor_structure
+from .training.batchnorm import recalibrate_batchnorm
+from .training.data import Dataset, load_data
 from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
-RESOURCES = ("flops", "size", "latency")
+# Re-exported: the learning layer's public names in one place.
+__all__ = ["Budget", "BudgetController", "Evaluation", "LearnResult", "evaluate", "load_data", "resource_cost",
+           "shrink", "train"]
+
 # shrink ends with a fine-tune of the pruned model: this share of the training steps, at this share
 # of the learning rate.
 FINETUNE_SHARE = 0.1
-# Budget mode: lambda may grow by this factor within this share of the run's lambda updates.
-LAMBDA_SPAN = 1e3
-LAMBDA_REACH = 0.5
 FINETUNE_LR_SHARE = 0.1
-UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
-
-
-@dataclass
-class Budget:
-    resource: str  # flops | size | latency
-    text: str
-
-    def target(self, full_cost: float) -> float:
-        text = self.text.strip().lower()
-        if text.endswith("x"):
-            value = _number(text[:-1], self.text)
-            if not 0 < value:
-                raise MorphNetError(f"--budget-{self.resource} {self.text}: must be above 0")
-            return value * full_cost
-        if self.resource == "latency":
-            match = re.fullmatch(r"([0-9.e+-]+)\s*(s|ms|us)", text)
-            if not match:
-                raise MorphNetError(f"--budget-latency {self.text}: expected e.g. 0.5x or 1.2ms")
-            return _number(match.group(1), self.text) * TIME_UNITS[match.group(2)]
-        match = re.fullmatch(r"([0-9.e+-]+)\s*([kmgt]?)", text)
-        if not match:
-            raise MorphNetError(f"--budget-{self.resource} {self.text}: expected e.g. 0.5x or 2.1G")
-        return _number(match.group(1), self.text) * UNITS[match.group(2)]
-
-
-def _number(text: str, whole: str) -> float:
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise MorphNetError(f"budget {whole!r}: {text!r} is not a number") from exc
-
-
-class BudgetController:
-    """Every `every` steps: threshold the gates, cost the alive structure, adapt lambda, and return
-    the per-channel cost weights lambda x (MorphNet's marginal cost) / (full cost).
-
-    Budget mode: lambda grows while the alive structure costs more than the budget; once it fits,
-    lambda holds while the cost stays within [band x budget, budget] and eases off below that."""
-
-    def __init__(self, analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], resource: str,
-                 target: float | None, strength: float | None, threshold: float, hardware, every: int = 25,
-                 initial: float = 0.05, growth: float = 1.15, band: float = 0.9, gain: float = 1.0,
-                 lookahead: float = 2.0, total_steps: int | None = None) -> None:
-        self.analysis, self.loaded, self.regs = analysis, loaded, regs
-        self.resource, self.target, self.threshold, self.hardware = resource, target, threshold, hardware
-        self.every, self.band, self.gain = every, band, gain
-        # A short run must still be able to raise lambda by LAMBDA_SPAN within LAMBDA_REACH of its
-        # updates (measured: 650 steps at 15% per update never pruned the 2-D digits ResNet).
-        updates = max((total_steps or 0) / every * LAMBDA_REACH, 1.0)
-        self.growth = max(growth, LAMBDA_SPAN ** (1 / updates)) if total_steps else growth
-        self.full = resource_cost(compute_costs(analysis, loaded, hardware), resource)
-        self.strength = strength if strength is not None else initial
-        self.manual = strength is not None
-        self.met_at: int | None = None
-        self.cost = self.full
-        self.previous_cost: float | None = None
-        self.lookahead = lookahead
-        self.alive_share = 1.0
-        self.log: list[dict] = []
-
-    def alive_structure(self, params: dict[str, np.ndarray]) -> Structure:
-        structure = Structure.full(self.analysis)
-        for group_id, vector in group_vectors(self.regs, params).items():
-            structure.alive[group_id] = vector > self.threshold
-        return structure
-
-    def __call__(self, step: int, get_params, force: bool = False):
-        if step % self.every and not force:
-            return None
-        structure = self.alive_structure(get_params())
-        alive = structure.element_alive(self.analysis)
-        costs = compute_costs(self.analysis, self.loaded, self.hardware, alive=alive)
-        self.cost = resource_cost(costs, self.resource)
-        total = sum(r.width for r in self.regs)
-        self.alive_share = sum(int(structure.alive[r.group_id].sum()) for r in self.regs) / max(total, 1)
-        if not self.manual and self.target is not None and step > 0:
-            # Proportional in log space, bounded: far over the budget lambda grows by `growth` per
-            # update, near it by little (the thresholded cost lags the gates: a fixed step
-            # overshoots), within [band x budget, budget] it holds, and below it eases off the same
-            # way, or the held pressure keeps shrinking the model far below what the budget allows.
-            # While over the budget but falling fast enough to reach it within `lookahead` updates,
-            # lambda holds: the gates already on their way down get there without more push.
-            ratio = self.cost / self.target
-            falling = self.previous_cost - self.cost if self.previous_cost is not None else 0.0
-            arriving = ratio > 1 and falling > 0 and self.cost - self.lookahead * falling <= self.target
-            if arriving:
-                pass
-            elif ratio > 1 or ratio < self.band:
-                if ratio <= 1 and self.met_at is None:
-                    self.met_at = step
-                step_factor = ratio if ratio > 1 else ratio / self.band
-                self.strength *= float(np.clip(step_factor ** self.gain, self.growth ** -0.5, self.growth))
-            elif self.met_at is None:
-                self.met_at = step
-        self.previous_cost = self.cost
-        self.log.append({"step": step, "lambda": self.strength, "cost": self.cost, "alive_share": self.alive_share})
-        marginal = costs.channel_marginal[self.resource]
-        return (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
-
-    def state(self) -> dict:
-        return {"strength": self.strength, "met_at": self.met_at, "previous_cost": self.previous_cost}
-
-    def load_state(self, state: dict) -> None:
-        self.strength = state.get("strength", self.strength)
-        self.previous_cost = state.get("previous_cost")
-        self.met_at = state.get("met_at")
-
-
-# ---- data, weights, batch-norm statistics ----------------------------------------------------------
-
-def load_data(path, module: str | None, loaded: LoadedModel, task: str) -> Dataset:
-    specs = input_specs(loaded.model, loaded.shapes)
-    classes = _classes(loaded) if task == "ce" else None
-    if module:
-        return load_module_batches(module, specs, task, classes)
-    if path is None:
-        raise MorphNetError("give --data train.npz or --data-module package.module:function")
-    return load_npz(path, specs, task, classes)
-
-
-def _classes(loaded: LoadedModel) -> int | None:
-    shape = loaded.shapes.get(loaded.model.graph.output[0].name)
-    return int(shape[-1]) if shape else None
-
-
-def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of the model with new values for its initializers or Constant weights, by name."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for tensor in out.graph.initializer:
-        if tensor.name in params:
-            tensor.CopyFrom(numpy_helper.from_array(params[tensor.name].astype(
-                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)), tensor.name))
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output[0] in params and node.attribute[0].name == "value":
-            value = params[node.output[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type))
-            node.attribute[0].t.CopyFrom(numpy_helper.from_array(value, node.output[0]))
-    return out
-
-
-def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max_batches: int = 100) -> onnx.ModelProto:
-    """Running statistics for every BatchNormalization, measured with batch statistics in the layers
-    before it (as in training): onnxruntime-training keeps them frozen, so they are set here."""
-    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
-    if not bns:
-        return model
-    stats = onnx.ModelProto()
-    stats.CopyFrom(model)
-    opset = next(i.version for i in stats.opset_import if i.domain in ("", "ai.onnx"))
-    if opset < 15:
-        stats = onnx.version_converter.convert_version(stats, 15)
-    graph = stats.graph
-    outputs = []
-    for index, node in enumerate(n for n in graph.node if n.op_type == "BatchNormalization"):
-        for a in list(node.attribute):
-            if a.name == "training_mode":
-                node.attribute.remove(a)
-        node.attribute.append(onnx.helper.make_attribute("training_mode", 1))
-        del node.output[1:]
-        node.output.extend([f"{node.output[0]}__rm{index}", f"{node.output[0]}__rv{index}"])
-        outputs.append((node, node.input[0], f"morphnet/bnstats_axes{index}"))
-    del graph.output[:]
-    del graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(stats)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.graph.value_info) + list(graph.input)}
-    names = []
-    for index, (node, x, axes) in enumerate(outputs):
-        reduce_axes = [a for a in range(ranks.get(x, 4)) if a != 1]
-        mean, sq, meansq = f"morphnet/bn_mean{index}", f"morphnet/bn_sq{index}", f"morphnet/bn_meansq{index}"
-        graph.node.append(onnx.helper.make_node("Mul", [x, x], [sq]))
-        for source, target in ((x, mean), (sq, meansq)):
-            if max(opset, 15) >= 18:
-                if not any(t.name == axes for t in graph.initializer):
-                    graph.initializer.append(numpy_helper.from_array(np.array(reduce_axes, dtype=np.int64), axes))
-                graph.node.append(onnx.helper.make_node("ReduceMean", [source, axes], [target], keepdims=0))
-            else:
-                graph.node.append(onnx.helper.make_node("ReduceMean", [source], [target], keepdims=0,
-                                                        axes=reduce_axes))
-        graph.output.extend([onnx.helper.make_tensor_value_info(mean, onnx.TensorProto.FLOAT, None),
-                             onnx.helper.make_tensor_value_info(meansq, onnx.TensorProto.FLOAT, None)])
-        names.append((mean, meansq))
-    session = make_session(stats)
-    input_names = [i.name for i in session.get_inputs()]
-    sums = None
-    count = 0
-    for batch in data.batches(batch, True, 12345):
-        values = session.run(None, {k: batch[k] for k in input_names})
-        sums = values if sums is None else [a + b for a, b in zip(sums, values)]
-        count += 1
-        if count >= max_batches:
-            break
-    # Each norm has its own statistics tensors (io.load unties exporter-shared ones), held as an
-    # initializer or, for placeholder weights, a Constant node: with_params writes either.
-    measured = {}
-    for index, node in enumerate(bns):
-        mean = sums[2 * index] / count
-        measured[node.input[3]] = mean
-        measured[node.input[4]] = np.maximum(sums[2 * index + 1] / count - mean ** 2, 0)
-    return with_params(model, measured)
-
-
-# ---- evaluate ------------------------------------------------------------------------------------------
-
-@dataclass
-class Evaluation:
-    examples: int
-    loss: str
-    accuracy: float | None = None
-    top5: float | None = None
-    mse: float | None = None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batch: int = 256) -> Evaluation:
-    session = make_session(model)
-    names = [i.name for i in session.get_inputs()]
-    correct = correct5 = 0
-    squared = 0.0
-    n = len(data)
-    for start in range(0, n, batch):
-        feeds = {k: data.arrays[k][start:start + batch] for k in names}
-        out = session.run(None, feeds)[0]
-        labels = data.labels[start:start + batch]
-        if task == "ce":
-            correct += int(np.sum(np.argmax(out, axis=-1) == labels))
-            top = np.argsort(-out, axis=-1)[:, :5]
-            correct5 += int(np.sum(np.any(top == labels[:, None], axis=1)))
-        else:
-            squared += float(np.sum((out.reshape(labels.shape) - labels) ** 2))
-    if task == "ce":
-        return Evaluation(n, task, accuracy=correct / n, top5=correct5 / n)
-    return Evaluation(n, task, mse=squared / max(n * int(np.prod(data.labels.shape[1:] or (1,))), 1))
-
-
-def evaluate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike, loss: str = "ce",
-             input_shapes: InputShapes | None = None, batch: int = 256) -> Evaluation:
-    """Top-1 / top-5 accuracy (cross-entropy) or mse of a model on an .npz dataset.
-
-    >>> evaluate("small.onnx", "val.npz").accuracy     # doctest: +SKIP
-    0.862
-    """
-    loaded = load(model, input_shapes)
-    dataset = load_data(data, None, loaded, loss)
-    return evaluate_model(loaded.model, dataset, loss, batch)
 
 
 # ---- train and shrink -----------------------------------------------------------------------------------
@@ -369,11 +124,21 @@ def _guard(result: TrainResult, validation: Evaluation | None, val_set: Dataset 
 
 
 def train(model, data=None, output=None, val=None, options: TrainOptions | None = None, data_module: str | None = None,
-          input_shapes: InputShapes | None = None) -> LearnResult:
-    """Plain training (no regularizer): the baseline every MorphNet result is compared with."""
+          input_shapes: InputShapes | None = None, init: str = "keep") -> LearnResult:
+    """Plain training (no regularizer): the baseline every MorphNet result is compared with.
+
+    `model`, `data`/`data_module`, `output`, `val`, `options`, `input_shapes`: as for `shrink`.
+
+    `init`: "keep" trains from the model's weights; "fresh" re-initialises every weight first
+    (seeded by `options.seed`; initialization.py), so that any model is retrained from scratch.
+    """
     options = options or TrainOptions()
+    if init not in INITS:
+        raise MorphNetError(f"--init {init}: choose one of {', '.join(INITS)}")
     # Placeholder weights (ConstantOfShape) mean an untrained model: they start random.
     loaded, analysis = prepare(model, input_shapes, seed=options.seed)
+    if init == "fresh":
+        loaded.model = initialize_weights(loaded.model, options.seed)
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
     trainer = Trainer(loaded, options, target_shape=_target_shape(loaded, options))
@@ -386,9 +151,10 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     validation = evaluate_model(trained, val_set, options.loss) if val_set else None
     if output is not None:
         save_model(trained, Path(output), inputs=[loaded.path] if loaded.path else [])
-    return LearnResult(trained, None, analysis, costs.flops, costs.flops, "flops", costs.flops, costs.flops,
-                       costs.params, costs.params, validation, result.steps, result.seconds,
-                       learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
+    return LearnResult(model=trained, structure=None, analysis=analysis, cost_before=costs.flops,
+                       cost_after=costs.flops, resource="flops", flops_before=costs.flops, flops_after=costs.flops,
+                       params_before=costs.params, params_after=costs.params, validation=validation,
+                       steps=result.steps, seconds=result.seconds, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
                        warnings=_guard(result, validation, val_set))
 
 
@@ -409,19 +175,39 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     """MorphNet: train with the resource-weighted regularizer, keep the channels worth their cost,
     fine-tune the smaller model briefly and write it.
 
-    `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
-    learning rate, cosine), as every pruning tool ends; None: FINETUNE_SHARE of the training steps;
-    0: none, the model is written as cut. `cost_batch_size`: the batch of the latency roofline
-    (`hardware`), for `--budget-latency`.
-
     >>> shrink("resnet.onnx", "train.npz", "small.onnx", val="val.npz", budget=Budget("flops", "0.5x"))  # doctest: +SKIP
+
+    Parameters (each is the CLI option of the same name):
+    - `model`: a path or ModelProto; `data`: the training .npz (or `data_module`, "pkg.mod:fn"
+      returning an iterable of batches); `output`: where to write (None: nothing written);
+      `val`: validation .npz (accuracy before and after).
+    - `budget`: a `Budget` (FLOPs, size or latency, relative or absolute) that the controller
+      adapts lambda to; or `strength`: a fixed lambda (manual mode). Exactly one.
+    - `regularizer`: "auto" (gamma where a group has a BatchNormalization, else group lasso),
+      "gamma", "group-lasso" or "figs"; `threshold`: a channel is alive while its gate is above it.
+    - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch.
+    - `options`: the `TrainOptions` (steps, lr, schedule, seed, checkpoints...).
+    - `round_to`: widths multiples of it; `keep`: regexes of ops whose channels stay.
+    - `input_shapes`: static shapes for symbolic input dims; `structure_path`: also write the
+      learned structure (with the decision record) there.
+    - `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
+      learning rate, cosine), as every pruning tool ends; None: FINETUNE_SHARE of the training
+      steps; 0: none, the model is written as cut.
 
     A run whose training loss never fell decides nothing (MorphNetError) unless `force`: its gates
     say what the initialisation was, not which channels are worth their cost.
     """
     options = options or TrainOptions()
+    check_round_to(round_to)
+    if finetune_steps is not None and (isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int)
+                                       or finetune_steps < 0):
+        raise MorphNetError(f"--finetune-steps {finetune_steps}: must be a whole number, 0 or more")
+    if not threshold > 0:
+        raise MorphNetError(f"--threshold {threshold}: must be above 0")
     if (budget is None) == (strength is None):
         raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")
+    if strength is not None and not strength > 0:
+        raise MorphNetError(f"--strength {strength}: must be above 0")
     if regularizer not in REGULARIZERS:
         raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
     hw = parse_hardware(hardware, cost_batch_size)
@@ -433,7 +219,7 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     full = resource_cost(full_costs, resource)
     target = budget.target(full) if budget else None
     if target is not None:
-        floor = resource_cost(compute_costs(analysis, loaded, hw, alive=_floor_alive(loaded, analysis)), resource)
+        floor = resource_cost(compute_costs(analysis, loaded, hw, alive=floor_structure(loaded, analysis).element_alive(analysis)), resource)
         if target < floor:
             raise MorphNetError(f"budget {budget.text} ({target:.4g}) is below what the unprunable part of the model "
                                 f"costs ({floor:.4g} of {full:.4g} {resource}, every prunable group at its minimum); "
@@ -488,10 +274,11 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     warnings = _guard(result, validation, val_set, pruned=True)
     if decision.forced:
         warnings.insert(0, _forced_warning(decision, resource))
-    return LearnResult(written_model, surgery.structure, analysis, full, written_cost, resource,
-                       full_costs.flops, after_costs.flops, full_costs.params, after_costs.params, validation,
-                       result.steps, result.seconds, controller.log, surgery.notes,
-                       learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
+    return LearnResult(model=written_model, structure=surgery.structure, analysis=analysis, cost_before=full,
+                       cost_after=written_cost, resource=resource, flops_before=full_costs.flops,
+                       flops_after=after_costs.flops, params_before=full_costs.params,
+                       params_after=after_costs.params, validation=validation, steps=result.steps,
+                       seconds=result.seconds, lambda_log=controller.log, notes=surgery.notes, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
                        warnings=warnings, decision=record, cut_validation=cut_validation)
 
 
@@ -517,13 +304,3 @@ def _forced_warning(decision: Decision, resource: str) -> str:
 
 
 
-def _floor_alive(loaded: LoadedModel, analysis: Analysis) -> np.ndarray:
-    """Elements alive in the smallest valid structure: groups that can vanish do, the others keep
-    one channel. What no budget can go below."""
-    vanish = vanishable_groups(loaded, analysis)
-    structure = Structure.full(analysis)
-    for group in analysis.prunable_groups:
-        structure.alive[group.id][:] = False
-        if group.id not in vanish:
-            structure.alive[group.id][0] = True
-    return repair_structure(loaded, analysis, structure).element_alive(analysis)

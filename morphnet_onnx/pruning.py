@@ -41,6 +41,11 @@ def verify_model(model: onnx.ModelProto, name: str):
     return make_session(model)
 
 
+def check_round_to(round_to) -> None:
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise MorphNetError(f"--round-to {round_to}: must be a whole number, 1 or more")
+
+
 def prepare(model, input_shapes: InputShapes | None = None, keep: list[str] | None = None,
             seed: int | None = None) -> tuple[LoadedModel, Analysis]:
     """Load (placeholder weights made real), analyze."""
@@ -71,6 +76,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
     """
     from .cost import compute_costs
 
+    check_round_to(round_to)
     loaded, analysis = prepare(model, input_shapes, keep)
     if isinstance(structure, Structure):
         chosen = structure

@@ -21,8 +21,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .analysis import Analysis
-from .analysis.context import attr
-from .gates import NORMS, gate_ops, prunable_groups_at, weight_rows
+from .gates import gate_ops, prunable_groups_at, weight_rows
+from .graph_utils import attr
+from .ops import CHANNEL_NORMS as NORMS
+from .ops import DENSE
 from .io import LoadedModel
 
 REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
@@ -143,7 +145,7 @@ def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix
                 else:
                     squared = node("Mul", [member.param, member.param])
                     rank = _rank(graph, member.param)
-                    keep_axis = (0 if member.trans_b else rank - 1) if member.op_type in ("Gemm", "MatMul") else 0
+                    keep_axis = (0 if member.trans_b else rank - 1) if member.op_type in DENSE else 0
                     axes = np.array([a for a in range(rank) if a != keep_axis], dtype=np.int64)
                     summed = node("ReduceSum", [squared, const(axes)], keepdims=0)
                     fan_in = int(np.prod([_dims(graph, member.param)[a] for a in axes]))

@@ -66,6 +66,21 @@ def print_inspection(report: Inspection, console: Console | None = None) -> None
         console.print(f"[W] not understood, channels kept: {note}")
 
 
+def print_cycle(result, console: Console | None = None) -> None:
+    """The rounds of `cycle`: cost and validation accuracy of every round, the original first."""
+    console = console or make_console()
+    table = Table(title=f"cycle: budget {human(result.target)} {result.resource} ({result.out_dir})")
+    for column in ("round", "multiplier", "FLOPs", "params", "latency", "top-1", "top-5", "model"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in result.rows:
+        accuracy = f"{row.accuracy:.2%}" if row.accuracy is not None else f"mse {row.mse:.4g}"
+        table.add_row("original" if row.round == 0 else str(row.round),
+                      f"{row.multiplier:.3f}" if row.multiplier is not None else "",
+                      human(row.flops), human(row.params), f"{row.latency_s * 1e6:.1f} us", accuracy,
+                      f"{row.top5:.2%}" if row.top5 is not None else "", row.model)
+    console.print(table)
+
+
 # ---- diff ------------------------------------------------------------------------------------------------
 
 STATUS_STYLE = {"removed": "bold red", "added": "bold green", "narrower": "yellow", "wider": "cyan",

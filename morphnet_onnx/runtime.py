@@ -44,13 +44,6 @@ def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) 
     return session.run(None, feeds)
 
 
-ORT_DTYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
 def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int, seed: int) -> dict:
     """Random inputs for every model input: normal floats, small non-negative integers."""
     rng = np.random.default_rng(seed)

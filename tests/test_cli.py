@@ -9,6 +9,8 @@ import pytest
 
 from builders import Net
 from conftest import LIGHT_DIR, REPO
+import morphnet_onnx as mn
+from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
 
 
@@ -128,3 +130,20 @@ def test_check_nothing_to_prune(tmp_path):
     onnx.save(net.model(net.gemm("input", 16, 4, name="fc")), path)
     result = run_cli("check", str(path))
     assert result.returncode == 2 and "nothing to prune" in result.stderr
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: mn.check(REPO / "models" / "tiny_resnet.onnx", fraction=2), "--fraction"),
+    (lambda: mn.prune(REPO / "models" / "tiny_resnet.onnx", {}, round_to=0), "--round-to"),
+    (lambda: mn.TrainOptions(lr=0), "--lr"),
+    (lambda: mn.TrainOptions(steps=0), "--steps"),
+    (lambda: mn.TrainOptions(optimizer="adam"), "--optimizer"),
+    (lambda: mn.TrainOptions(resume=True), "--checkpoint-dir"),
+    (lambda: mn.shrink(REPO / "models" / "tiny_resnet.onnx", None, strength=-1.0), "--strength"),
+    (lambda: mn.shrink(REPO / "models" / "tiny_resnet.onnx", None, strength=1.0,
+                                                 round_to=0), "--round-to"),
+    (lambda: mn.Budget("energy", "1x"), "budget resource"),
+])
+def test_python_api_validates_its_arguments_like_the_cli(call, match):
+    with pytest.raises(MorphNetError, match=match):
+        call()

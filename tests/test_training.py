@@ -275,3 +275,27 @@ def test_shrink_latency_budget(data):
     result = shrink(TINY, data / "train.npz", data / "lat.onnx", budget=Budget("latency", "0.6x"), hardware="T4",
                     options=quick(steps=3))
     assert result.resource == "latency" and result.cost_after <= 0.6 * result.cost_before
+
+
+def test_shrink_save_structure_and_the_deprecated_spelling(data, capsys):
+    common = ["shrink", str(TINY), "--data", str(data / "train.npz"), "--budget-flops", "0.7x", "--steps", "2",
+              "--batch-size", "16", "--force", "--no-progress", "--finetune-steps", "0"]
+    assert main(common + ["-o", str(data / "a.onnx"), "--save-structure", str(data / "a.json")]) == 0
+    assert json.loads((data / "a.json").read_text())["format"] == "morphnet-onnx-structure"
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(common + ["-o", str(data / "b.onnx"), "--structure", str(data / "b.json")]) == 0
+    assert (data / "b.json").exists()
+    assert "--save-structure" in capsys.readouterr().err
+
+
+def test_train_init_fresh_starts_from_new_weights(data):
+    kept = train(TINY, data / "train.npz", None, options=quick(steps=1, lr=1e-9))
+    # (seed 0 would redraw this model's own weights: models/make_examples.py draws them the same way)
+    fresh = train(TINY, data / "train.npz", None, options=quick(steps=1, lr=1e-9, seed=5), init="fresh")
+    original = {t.name: t for t in onnx.load(str(TINY)).graph.initializer}
+    conv = next(n for n in fresh.model.graph.node if n.op_type == "Conv").input[1]
+    value = lambda model: next(onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name == conv)
+    assert np.allclose(value(kept.model), onnx.numpy_helper.to_array(original[conv]), atol=1e-6)
+    assert not np.allclose(value(fresh.model), onnx.numpy_helper.to_array(original[conv]), atol=1e-3)
+    with pytest.raises(MorphNetError, match="--init"):
+        train(TINY, data / "train.npz", None, options=quick(steps=1), init="warm")

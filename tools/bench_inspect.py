@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from machine import machine_info  # tools/machine.py
 from morphnet_onnx import inspect
+from morphnet_onnx.builders import Net
 
 DEFAULT_MODEL = "/work/cache/torchvision/resnet50_bn.onnx"
 RATIO_TARGET = 2.0
@@ -135,45 +135,32 @@ def bench_cli(path: str) -> dict:
 
 def residual_net(blocks: int, width: int = 16, spatial: int = 8, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
     """input [1,W,S,S] -> blocks x (Conv3x3+BN+Relu -> Conv3x3+BN -> Add(skip) -> Relu) -> GAP -> Flatten -> Gemm."""
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-
-    def const(name: str, array: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(array.astype(np.float32), name))
-        return name
+    net = Net(input_shape=(1, width, spatial, spatial), seed=seed)
 
     def conv_bn(prefix: str, x: str) -> str:
-        w = const(f"{prefix}.w", rng.normal(0, 0.05, (width, width, 3, 3)))
-        nodes.append(helper.make_node("Conv", [x, w], [f"{prefix}.conv"], name=f"{prefix}.conv",
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-        bn = [const(f"{prefix}.bn.{k}", v) for k, v in (
-            ("scale", rng.uniform(0.5, 1.5, width)), ("bias", rng.normal(0, 0.1, width)),
-            ("mean", rng.normal(0, 0.1, width)), ("var", rng.uniform(0.5, 1.5, width)))]
-        nodes.append(helper.make_node("BatchNormalization", [f"{prefix}.conv", *bn], [f"{prefix}.bn"],
-                                      name=f"{prefix}.bn", epsilon=1e-5))
-        return f"{prefix}.bn"
+        w = net.const(net.rng.normal(0, 0.05, (width, width, 3, 3)).astype(np.float32), f"{prefix}.w")
+        net.op("Conv", [x, w], name=f"{prefix}.conv", outputs=[f"{prefix}.conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        bn = [net.const(v.astype(np.float32), f"{prefix}.bn.{k}") for k, v in (
+            ("scale", net.rng.uniform(0.5, 1.5, width)), ("bias", net.rng.normal(0, 0.1, width)),
+            ("mean", net.rng.normal(0, 0.1, width)), ("var", net.rng.uniform(0.5, 1.5, width)))]
+        return net.op("BatchNormalization", [f"{prefix}.conv", *bn], name=f"{prefix}.bn", outputs=[f"{prefix}.bn"],
+                      epsilon=1e-5)
 
     x = "input"
     for i in range(blocks):
         p = f"block{i}"
         h = conv_bn(f"{p}.a", x)
-        nodes.append(helper.make_node("Relu", [h], [f"{p}.a.relu"], name=f"{p}.a.relu"))
+        net.op("Relu", [h], name=f"{p}.a.relu", outputs=[f"{p}.a.relu"])
         h = conv_bn(f"{p}.b", f"{p}.a.relu")
-        nodes.append(helper.make_node("Add", [h, x], [f"{p}.add"], name=f"{p}.add"))
-        nodes.append(helper.make_node("Relu", [f"{p}.add"], [f"{p}.out"], name=f"{p}.relu"))
-        x = f"{p}.out"
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
-    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1))
-    fc_w = const("fc.w", rng.normal(0, 0.05, (classes, width)))
-    fc_b = const("fc.b", np.zeros(classes))
-    nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(
-        nodes, f"residual{blocks}",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, width, spatial, spatial])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_inspect")
-    model.ir_version = 8
+        net.op("Add", [h, x], name=f"{p}.add", outputs=[f"{p}.add"])
+        x = net.op("Relu", [f"{p}.add"], name=f"{p}.relu", outputs=[f"{p}.out"])
+    net.op("GlobalAveragePool", [x], name="gap", outputs=["gap"])
+    net.op("Flatten", ["gap"], name="flatten", outputs=["flat"], axis=1)
+    fc_w = net.const(net.rng.normal(0, 0.05, (classes, width)).astype(np.float32), "fc.w")
+    fc_b = net.const(np.zeros(classes, np.float32), "fc.b")
+    net.op("Gemm", ["flat", fc_w, fc_b], name="fc", outputs=["logits"], transB=1)
+    model = net.model("logits", graph_name=f"residual{blocks}", output_shapes={"logits": [1, classes]},
+                      producer_name="bench_inspect")
     onnx.checker.check_model(model)
     return model
 

@@ -38,30 +38,31 @@ missing file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
-import inspect
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 from machine import machine_info  # tools/machine.py
 from morphnet_onnx.cost import compute_costs, parse_hardware
 from morphnet_onnx.learning import Budget, BudgetController, load_data, resource_cost
 from morphnet_onnx.pruning import prepare
 from morphnet_onnx.regularizers import group_regularizers
-from morphnet_onnx.training.trainer import Trainer, TrainOptions
+from morphnet_onnx.training.graph import TRAINABLE_INPUTS, training_graph
+from morphnet_onnx.training.ort import api
+from morphnet_onnx.training.trainer import COST_WEIGHTS, Trainer, TrainOptions, build_artifacts, learning_rate
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_PYTHON = "/work/torchvenv/bin/python"
 EVERY = 25  # BudgetController's default period
-CONTROLLER_FORCE = "force" in inspect.signature(BudgetController.__call__).parameters
 
 
 # ---- machine -----------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class TimedController:
             return params
 
         start = time.perf_counter()
-        result = self.inner(step, timed_params, **kwargs)  # kwargs: what Trainer.run passes (force=...)
+        result = self.inner(step, timed_params, **kwargs)  # kwargs: what Trainer.run passes (force)
         if result is not None:
             self.calls.append({"step": step, "seconds": time.perf_counter() - start, "params_s": fetch[0]})
         return result
@@ -109,13 +110,11 @@ class Setup:
         self.full = resource_cost(compute_costs(self.analysis, self.loaded, self.hw), "flops")
         self.target = Budget("flops", args.budget).target(self.full)
         self.regs = group_regularizers(self.analysis, self.loaded, "auto")
-        extra = {"probe": False} if "probe" in {f.name for f in dataclasses.fields(TrainOptions)} else {}
+        # probe=False: the probe (one step in a child process) is no step time.
         self.options = TrainOptions(steps=args.steps, batch_size=args.batch_size, progress=False, seed=0,
-                                    threads=args.threads, **extra)  # the probe (a child process) costs no step time
+                                    threads=args.threads, probe=False)
         trainable = {m for n in self.loaded.model.graph.node
-                     for i, m in enumerate(n.input) if (n.op_type, i) in {("Conv", 1), ("Conv", 2), ("Gemm", 1),
-                                                                          ("Gemm", 2), ("BatchNormalization", 1),
-                                                                          ("BatchNormalization", 2)}}
+                     for i, m in enumerate(n.input) if i in TRAINABLE_INPUTS.get(n.op_type, ())}
         self.params = int(sum(np.prod(t.dims) for t in self.loaded.model.graph.initializer if t.name in trainable))
 
 
@@ -180,15 +179,9 @@ class Session:
     """One training session set up as Trainer.run sets it up (artifacts, checkpoint, Module, Optimizer)."""
 
     def __init__(self, setup: Setup, regs: list, work: Path) -> None:
-        import onnxruntime
-
-        from morphnet_onnx.training.graph import training_graph
-        from morphnet_onnx.training.ort import api
-        from morphnet_onnx.training.trainer import build_artifacts
-
         onnxruntime.set_default_logger_severity(3)
         self.regs = regs
-        self.trainer = Trainer(setup.loaded, setup.options, regs)  # for its _params
+        self.trainer = Trainer(setup.loaded, setup.options, regs)  # for its read_params
         tg = training_graph(setup.loaded, setup.options.batch_size)
         build_artifacts(tg, work, setup.options, regs, None)
         self.state = api.CheckpointState.load_checkpoint(str(work / "checkpoint"))
@@ -205,13 +198,10 @@ class Session:
 
     def step(self, batch: dict, step: int, lr: float, controller=None) -> tuple[float, float]:
         """(seconds of the whole step, seconds of the controller call): Trainer.run's loop body."""
-        from morphnet_onnx.training.trainer import COST_WEIGHTS
-
         start = time.perf_counter()
         ctl = 0.0
         if self.regs:
-            kwargs = {"force": self.weights is None} if CONTROLLER_FORCE else {}
-            update = controller(step, lambda: self.trainer._params(self.state), **kwargs)
+            update = controller(step, lambda: self.trainer.read_params(self.state), force=self.weights is None)
             ctl = time.perf_counter() - start
             if update is not None:
                 self.weights = update
@@ -227,10 +217,6 @@ class Session:
 def paired_blocks(setup: Setup, blocks: int) -> dict:
     """Plain and MorphNet sessions in one process, alternating blocks of EVERY steps on the same batches
     (each MorphNet block holds one controller call): both see the same machine load within seconds."""
-    import tempfile
-
-    from morphnet_onnx.training.trainer import learning_rate
-
     args = setup.args
     with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
         (Path(tmp) / "p").mkdir()

@@ -36,7 +36,8 @@ and seed) and compares its outputs for two different random inputs with check's 
 (``max |y1 - y2| / (atol * max(1, max|y1|) + rtol * |y1|)``, atol 1e-4, rtol 1e-3). A value <= 1
 means the outputs for two different inputs would pass as equal: the data path does not reach the
 model output (dead or vanishing signal, e.g. randomly initialized weights), and that run's pass
-proves little. It imports morphnet_onnx internals (``checking.random_structure``, ``zero_gates``).
+proves little. It uses ``morphnet_onnx.checking``'s public helpers (``random_structure``, ``zero_gates``,
+``check_batch``).
 
 The Markdown table is printed at the end (and written with ``--markdown``); ``--json`` writes every
 run's parsed result, return code, error line (the last line on stderr), wall time and peak memory.
@@ -62,6 +63,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from morphnet_onnx.report import human
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_NOTE = 160
@@ -205,7 +208,7 @@ def run_check(path: Path, fraction: float, seed: int, timeout: float, extra: lis
 # second random input (seed + 1), and measures the difference of the two outputs with check's own
 # error measure. Below 1, the outputs for two different inputs would pass the check as "equal": the
 # comparison cannot see the data path at the model output (only constants reach it), so a pass says
-# little about exactness. Uses morphnet_onnx internals (checking.random_structure, zero_gates, ...).
+# little about exactness. Uses morphnet_onnx.checking's public helpers (random_structure, zero_gates, check_batch).
 PROBE = r"""
 import json, sys
 import numpy as np
@@ -217,8 +220,7 @@ atol, rtol = 1e-4, 1e-3
 loaded, analysis = prepare(path, None, None, seed=seed)
 structure = checking.random_structure(loaded, analysis, fraction, seed)
 gated = checking.zero_gates(loaded.model, loaded, analysis, structure)
-first = checking._first_input(loaded.model)
-batch = 2 if checking._symbolic_batch(loaded.model) else loaded.shapes[first][0]
+batch = checking.check_batch(loaded)
 session = make_session(gated)
 ref = session.run(None, random_feeds(loaded.model, loaded.shapes, batch, seed))
 other = session.run(None, random_feeds(loaded.model, loaded.shapes, batch, seed + 1))
@@ -252,15 +254,6 @@ def run_probe(path: Path, fraction: float, seed: int, timeout: float, root: Path
 
 
 # ---------------------------------------------------------------------------- report
-
-def human(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{prefix}"
-    return f"{value:.3g}"
-
 
 def suspicious(runs: list[Run]) -> list[str]:
     """Things that passed but look wrong."""

@@ -137,18 +137,14 @@ def _finish(ctx: Context, name: str) -> Analysis:
             if reason not in reasons[group] and len(reasons[group]) < MAX_REASONS:
                 reasons[group].append(reason)
     ops: list[dict[str, None]] = [{} for _ in range(n_groups)]
-    tensors: list[dict[str, None]] = [{} for _ in range(n_groups)]
     for op, ids in ctx.touched:
         for group in np.unique(element_group[ids]).tolist():
             ops[group][op] = None
-    for tensor, ids in ctx.ids.items():
-        for group in np.unique(element_group[ids]).tolist():
-            tensors[group][tensor] = None
     sources_of: list[list[str]] = [[] for _ in range(n_groups)]
     for source, group in zip(ctx.sources, source_group.tolist()):
         sources_of[group].append(source.op)
     groups = [
-        Group(id=g, width=int(widths[g]), sources=sources_of[g], ops=list(ops[g]), tensors=list(tensors[g]),
+        Group(id=g, width=int(widths[g]), sources=sources_of[g], ops=list(ops[g]),
               prunable=not reasons[g], reasons=reasons[g])
         for g in range(n_groups)
     ]

@@ -9,7 +9,9 @@ import onnx
 from onnx import numpy_helper
 
 from ..folding import MAX_FOLD_ELEMENTS, NONDETERMINISTIC, evaluate_node
-from ..io import LoadedModel, tensor_value
+from ..graph_utils import attr, compress, constant_along
+from ..io import LoadedModel
+from ..view import tensor_value
 from .groups import CostedOp, Source, UnionFind
 
 # Reshape/Flatten trace channel positions through a full index tensor; beyond this many elements
@@ -70,12 +72,12 @@ class Context:
         constants = {t.name: ConstantInfo(t.name, tuple(t.dims), t.data_type, tensor=t) for t in self.graph.initializer}
         for node in self.graph.node:
             if node.op_type == "Constant" and node.output:
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        constants[node.output[0]] = ConstantInfo(node.output[0], tuple(attr.t.dims), attr.t.data_type, tensor=attr.t)
-                    elif attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                        arr = np.array(onnx.helper.get_attribute_value(attr),
-                                       dtype=np.float32 if "float" in attr.name else np.int64)
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        constants[node.output[0]] = ConstantInfo(node.output[0], tuple(attribute.t.dims), attribute.t.data_type, tensor=attribute.t)
+                    elif attribute.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                        arr = np.array(onnx.helper.get_attribute_value(attribute),
+                                       dtype=np.float32 if "float" in attribute.name else np.int64)
                         tensor = numpy_helper.from_array(arr, node.output[0])
                         constants[node.output[0]] = ConstantInfo(node.output[0], arr.shape, tensor.data_type, tensor=tensor)
             elif node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
@@ -240,11 +242,7 @@ def align(ids: np.ndarray, rank: int) -> np.ndarray:
 
 def channel_axes(ids: np.ndarray) -> list[int]:
     """Axes along which the channel elements vary."""
-    return [axis for axis, size in enumerate(ids.shape) if size > 1 and not _constant_along(ids, axis)]
-
-
-def _constant_along(ids: np.ndarray, axis: int) -> bool:
-    return bool(np.all(ids == ids.take([0], axis=axis)))
+    return [axis for axis, size in enumerate(ids.shape) if size > 1 and not constant_along(ids, axis)]
 
 
 def along(ids: np.ndarray | None, axis: int, size: int) -> np.ndarray | None:
@@ -262,16 +260,3 @@ def along(ids: np.ndarray | None, axis: int, size: int) -> np.ndarray | None:
     return None
 
 
-def compress(ids: np.ndarray) -> np.ndarray:
-    """Collapse axes along which the ids do not vary to size 1 (the canonical form)."""
-    for axis in range(ids.ndim):
-        if ids.shape[axis] > 1 and _constant_along(ids, axis):
-            ids = ids.take([0], axis=axis)
-    return ids
-
-
-def attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default

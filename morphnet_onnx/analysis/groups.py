@@ -55,14 +55,16 @@ class CostedOp:
     weight_bytes_extra: float = 0.0  # biases etc. (small, kept fixed)
 
     def counts(self, alive: np.ndarray | None = None) -> tuple[float, float]:
-        """Input and output channel counts, at full width or with only `alive` elements kept."""
+        """Input and output channel counts, at full width or with only `alive` elements kept (a bool
+        per element), or with every element repeated `alive[e]` times (a count per element: widths
+        after expansion)."""
         return self._count(self.in_ids, self.in_fixed, alive), self._count(self.out_ids, self.out_fixed, alive)
 
     @staticmethod
     def _count(ids: np.ndarray | None, fixed: int, alive: np.ndarray | None) -> float:
         if ids is None:
             return float(fixed)
-        return float(len(ids)) if alive is None else float(np.count_nonzero(alive[ids]))
+        return float(len(ids)) if alive is None else float(alive[ids].sum())
 
 
 class UnionFind:
@@ -107,7 +109,6 @@ class Group:
     width: int
     sources: list[str]  # ops that create these channels
     ops: list[str]  # every op that reads or writes them
-    tensors: list[str]
     prunable: bool
     reasons: list[str] = field(default_factory=list)  # why not prunable
 

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .context import MAX_TRACE_ELEMENTS, Context, Unsupported, align, along, attr, channel_axes, compress
+from ..graph_utils import attr, compress
+from .context import MAX_TRACE_ELEMENTS, Context, Unsupported, align, along, channel_axes
 from .groups import CostedOp
 
 Handler = Callable[[Context, onnx.NodeProto, str], None]

@@ -18,13 +18,14 @@ from onnx import numpy_helper
 from ..analysis import Analysis, node_names
 from ..errors import MorphNetError
 from ..folding import NONDETERMINISTIC, evaluate_node, fold_shape_values
-from ..io import LoadedModel, tensor_value
+from ..graph_utils import compress
+from ..io import LoadedModel, onnx_opset
+from ..ops import CHANNEL_NORMS as NORMS
+from ..ops import POSITIVE_SLOTS, WEIGHTED, bias_input, output_channel_axis
 from ..structure import Structure
 from .cutters import CUTTERS, Rewrite, cut_default
-from .values import compress, evaluate
+from .values import evaluate
 
-NORMS = ("BatchNormalization", "InstanceNormalization")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that may take a constant in place of a removed branch (numpy broadcasting over the batch).
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Where"}
 SHAPE_READERS = {"Shape", "Size"}
@@ -45,11 +46,11 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
     folded into Constant nodes. Nodes keep their place and names."""
     inits = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(seed) if seed is not None else None
-    positive = {n.input[i] for n in model.graph.node if n.op_type in NORMS for i in (1, 4) if i < len(n.input)}
+    positive = {n.input[i] for n in model.graph.node for i in POSITIVE_SLOTS.get(n.op_type, ()) if i < len(n.input)}
     values: dict[str, np.ndarray] = {}
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
+    opset = onnx_opset(model)
     constant_values = {}
     for node in out.graph.node:
         if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
@@ -102,8 +103,13 @@ def _lookup(name, inits, values, constant_values=None):
 
 
 class Surgeon:
+    """Surgery state for one model and one structure. With `copies` (how many times every analysis
+    element appears in the result, 1 or more) it widens instead: every run of positions that one
+    channel holds along a channel axis is repeated that many times, the copies right after it, so
+    the per-op cutters slice weights, split sizes and shapes to the wider layout unchanged."""
+
     def __init__(self, loaded: LoadedModel, analysis: Analysis, structure: Structure,
-                 approximate_borders: bool = False) -> None:
+                 approximate_borders: bool = False, copies: np.ndarray | None = None) -> None:
         self.approximate_borders = approximate_borders
         self.approximated: list[str] = []
         self.loaded = loaded
@@ -116,34 +122,23 @@ class Surgeon:
         self.shapes = loaded.shapes
         self.ids = analysis.tensor_ids
         self.base_dir = loaded.path.parent if loaded.path else None
-        self.consts = self._constants()
+        self.view = loaded.view
         self.graph_outputs = {o.name for o in self.graph.output}
         self.static_spatial = self._static_spatial()
         self.notes: list[str] = []
         self._shape_values: dict[str, np.ndarray] | None = None
+        self.element_alive = self.structure.element_alive(analysis)
+        self.copies = copies
+        self._layouts: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        # What removed channels hold (pass 1), per channel position or True when wholly known.
+        self.val: dict[str, np.ndarray] = {}
+        self.known: dict[str, np.ndarray | bool] = {}
+        self.folds: dict[str, np.ndarray] = {}  # op name -> contribution to add to its output
 
     # ---- constants ---------------------------------------------------------------------------
-    def _constants(self) -> dict[str, object]:
-        consts: dict[str, object] = {t.name: t for t in self.graph.initializer}
-        for node in self.graph.node:
-            if node.op_type == "Constant" and node.output:
-                for a in node.attribute:
-                    if a.name == "value":
-                        consts[node.output[0]] = a.t
-                    elif a.name in ("value_float", "value_floats", "value_int", "value_ints"):
-                        arr = np.array(onnx.helper.get_attribute_value(a),
-                                       dtype=np.float32 if "float" in a.name else np.int64)
-                        consts[node.output[0]] = numpy_helper.from_array(arr, node.output[0])
-        return consts
-
     def const(self, name: str) -> np.ndarray | None:
-        item = self.consts.get(name)
-        if item is None:
-            return None
-        if isinstance(item, onnx.TensorProto):
-            item = tensor_value(item, self.base_dir)
-            self.consts[name] = item
-        return item
+        """The value of an initializer or Constant of the original model (None for anything else)."""
+        return self.view.value(name, computed=False)
 
     def shape_value(self, name: str) -> np.ndarray | None:
         """Value of a constant or of shape arithmetic (at batch 1) in the original model."""
@@ -165,6 +160,10 @@ class Surgeon:
         return True
 
     # ---- masks ---------------------------------------------------------------------------------
+    def set_alive(self, structure: Structure) -> None:
+        """Consider another alive set (feasibility checks try many on one surgeon)."""
+        self.element_alive = structure.element_alive(self.analysis)
+
     def alive(self, tensor: str) -> np.ndarray | None:
         """Alive flag per channel position (ids-shaped), None for tensors without channels."""
         ids = self.ids.get(tensor)
@@ -173,7 +172,10 @@ class Surgeon:
         return self.element_alive[ids]
 
     def keep(self, tensor: str) -> dict[int, np.ndarray]:
-        """Kept indices per channel axis that loses positions."""
+        """Kept indices per channel axis that loses positions (when widening: the source position of
+        every position of the wider axis)."""
+        if self.copies is not None:
+            return {axis: source for axis, (source, _) in self.layout(tensor).items()}
         alive = self.alive(tensor)
         if alive is None or alive.all():
             return {}
@@ -197,6 +199,34 @@ class Surgeon:
             raise MorphNetError(f"internal: channels of {tensor!r} are not removable as a rectangle")
         return keep
 
+    def layout(self, tensor: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Widening: per channel axis that grows, (source position, is a new copy) of every position."""
+        if tensor in self._layouts:
+            return self._layouts[tensor]
+        ids = self.ids.get(tensor)
+        layout: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if ids is not None and ids.size and not (self.copies[ids] == 1).all():
+            axes = [a for a in range(ids.ndim) if ids.shape[a] > 1]
+            if len(axes) > 1:
+                raise MorphNetError(f"internal: {tensor!r} holds channels on several axes; it cannot widen")
+            if axes:
+                axis = axes[0]
+            else:
+                shape = self.shapes[tensor]
+                axis = 1 if len(shape) > 1 and shape[1] == 1 else len(shape) - 1
+            elements = ids.reshape(-1)
+            channel = self.analysis.element_group[elements] * (1 << 32) + self.analysis.element_channel[elements]
+            starts = np.concatenate([[0], np.nonzero(channel[1:] != channel[:-1])[0] + 1, [len(elements)]])
+            sources, new = [], []
+            for begin, end in zip(starts[:-1].tolist(), starts[1:].tolist()):
+                run = np.arange(begin, end)
+                for copy in range(int(self.copies[elements[begin]])):
+                    sources.append(run)
+                    new.append(np.full(len(run), copy > 0))
+            layout[axis] = (np.concatenate(sources), np.concatenate(new))
+        self._layouts[tensor] = layout
+        return layout
+
     def is_empty(self, tensor: str) -> bool:
         alive = self.alive(tensor)
         return alive is not None and not alive.any()
@@ -209,7 +239,7 @@ class Surgeon:
         for node, name in zip(self.graph.node, self.names):
             if node.op_type in ("Constant", "ConstantOfShape"):
                 continue
-            live = [i for i in node.input if i and i not in self.consts and self.shape_value(i) is None]
+            live = [i for i in node.input if i and not self.view.is_stored(i) and self.shape_value(i) is None]
             gone_inputs = [i for i in live if i in gone]
             if live and len(gone_inputs) == len(live) and node.op_type not in SHAPE_READERS:
                 gone.update(o for o in node.output if o)
@@ -227,9 +257,7 @@ class Surgeon:
     # ---- pass 1: values of removed channels ------------------------------------------------------
     def follow_values(self) -> set[int]:
         """Compute what removed channels hold; return elements that must stay for exactness."""
-        self.val: dict[str, np.ndarray] = {}
-        self.known: dict[str, np.ndarray | bool] = {}  # per channel position (ids-shaped) or True
-        self.folds: dict[str, np.ndarray] = {}  # op name -> contribution to add to its output
+        self.val, self.known, self.folds = {}, {}, {}
         revive: set[int] = set()
         for node, name in zip(self.graph.node, self.names):
             if node.op_type in SHAPE_READERS or node.op_type in ("Constant", "ConstantOfShape"):
@@ -289,15 +317,15 @@ class Surgeon:
         """A removed channel leaves a norm with its shift (beta) and a weighted op with its bias."""
         if node.op_type not in NORMS + WEIGHTED or out != node.output[0]:
             return value
-        if node.op_type in WEIGHTED and (len(node.input) < 2 or node.input[1] not in self.consts):
+        if node.op_type in WEIGHTED and (len(node.input) < 2 or not self.view.is_stored(node.input[1])):
             return value
         alive = self.alive(out)
         if alive is None or alive.all():
             return value
         shape = self.shapes[out]
-        axis = len(shape) - 1 if node.op_type in ("Gemm", "MatMul") else 1
+        axis = output_channel_axis(node.op_type, len(shape))
         shift = np.zeros(shape[axis], dtype=np.float32)
-        bias_index = 2 if node.op_type in NORMS + ("Conv", "ConvTranspose", "Gemm") else None
+        bias_index = bias_input(node.op_type)
         if bias_index is not None and len(node.input) > bias_index and node.input[bias_index]:
             bias = self.const(node.input[bias_index])
             if bias is not None and bias.size in (1, shape[axis]):
@@ -312,7 +340,7 @@ class Surgeon:
     def _partial(self, node, name, outputs_dead) -> set[int]:
         """Some channels of the op's inputs or outputs are removed: track or fold their values."""
         revive: set[int] = set()
-        if node.op_type in WEIGHTED and len(node.input) > 1 and node.input[1] in self.consts:
+        if node.op_type in WEIGHTED and len(node.input) > 1 and self.view.is_stored(node.input[1]):
             x = node.input[0]
             if self.has_dead(x) and not self.is_empty(node.output[0]):
                 revive |= self._fold(node, name, x)
@@ -370,7 +398,7 @@ class Surgeon:
         rw = Rewrite(self)
         removed = []
         for node, name in zip(self.graph.node, self.names):
-            if node.op_type in ("Constant", "ConstantOfShape") and node.output[0] in self.consts:
+            if node.op_type in ("Constant", "ConstantOfShape") and self.view.is_stored(node.output[0]):
                 rw.keep_node(node)
                 continue
             outputs = [o for o in node.output if o]
@@ -392,7 +420,7 @@ class Surgeon:
         """Inputs from removed branches: dropped from a Concat, a constant in broadcasting ops."""
         keep_inputs = []
         for index, tensor in enumerate(node.input):
-            if not tensor or tensor in self.consts or tensor not in self.known or not self.fully_known(tensor):
+            if not tensor or self.view.is_stored(tensor) or tensor not in self.known or not self.fully_known(tensor):
                 keep_inputs.append(tensor)
                 continue
             if self.is_empty(tensor):
@@ -429,7 +457,7 @@ def vanishable_groups(loaded: LoadedModel, analysis: Analysis) -> set[int]:
     for group in analysis.prunable_groups:
         structure = Structure.full(analysis)
         structure.alive[group.id][:] = False
-        surgeon.element_alive = structure.element_alive(analysis)
+        surgeon.set_alive(structure)
         if not surgeon.structural_problems():
             result.add(group.id)
     return result
@@ -441,19 +469,18 @@ def repair_structure(loaded: LoadedModel, analysis: Analysis, structure: Structu
     alone may not all vanish together."""
     structure = Structure({g: m.copy() for g, m in structure.alive.items()})
     surgeon = Surgeon(loaded, analysis, structure)
-    surgeon.element_alive = structure.element_alive(analysis)
     while surgeon.structural_problems():
         pruned = [g.id for g in analysis.prunable_groups if not structure.alive[g.id].all()]
         for group_id in reversed(pruned):
             saved = structure.alive[group_id].copy()
             structure.alive[group_id][:] = True
-            surgeon.element_alive = structure.element_alive(analysis)
+            surgeon.set_alive(structure)
             if not surgeon.structural_problems():
                 break
             structure.alive[group_id] = saved
         else:
             structure.alive[pruned[-1]][:] = True
-        surgeon.element_alive = structure.element_alive(analysis)
+        surgeon.set_alive(structure)
     return structure
 
 
@@ -466,7 +493,7 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
     """
     surgeon = Surgeon(loaded, analysis, structure, approximate_borders)
     for _ in range(8):
-        surgeon.element_alive = surgeon.structure.element_alive(analysis)
+        surgeon.set_alive(surgeon.structure)
         surgeon.approximated = []
         revive = surgeon.follow_values()
         if not revive:
@@ -483,3 +510,15 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
                      f"{', '.join(sorted(set(surgeon.approximated))[:5])}"
                      + (f" and {len(set(surgeon.approximated)) - 5} more" if len(set(surgeon.approximated)) > 5 else ""))
     return SurgeryResult(model=model, structure=surgeon.structure, notes=notes, removed_ops=removed)
+
+
+def floor_structure(loaded: LoadedModel, analysis: Analysis) -> Structure:
+    """The smallest valid structure: groups that can vanish do, the others keep one channel. What
+    no budget can go below."""
+    vanish = vanishable_groups(loaded, analysis)
+    structure = Structure.full(analysis)
+    for group in analysis.prunable_groups:
+        structure.alive[group.id][:] = False
+        if group.id not in vanish:
+            structure.alive[group.id][0] = True
+    return repair_structure(loaded, analysis, structure)

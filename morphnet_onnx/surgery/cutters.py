@@ -13,10 +13,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..analysis.context import attr
 from ..analysis.handlers import removes_whole_groups
 from ..errors import MorphNetError
-from ..graph_utils import drop_dead_nodes
+from ..graph_utils import attr, drop_dead_nodes
 
 
 class Rewrite:
@@ -198,7 +197,7 @@ def cut_gemm(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
 
 @cuts("MatMul")
 def cut_matmul(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
-    if node.input[1] not in rw.s.consts:
+    if not rw.s.view.is_stored(node.input[1]):
         return  # two activations: their channels are fixed
     keep_in = _keep_on(rw, node.input[0], -1)
     keep_out = _keep_on(rw, node.output[0], -1)
@@ -231,7 +230,7 @@ def cut_elementwise(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
         return
     rank = len(rw.s.shapes[node.output[0]])
     for index, tensor in enumerate(node.input):
-        if not tensor or tensor not in rw.s.consts:
+        if not tensor or not rw.s.view.is_stored(tensor):
             continue  # activations, or constants already cut (left by removed branches)
         value = rw.value_of(tensor)
         aligned = value.reshape((1,) * (rank - value.ndim) + value.shape)
@@ -339,7 +338,7 @@ def _rewrite_shape(rw: Rewrite, node: onnx.NodeProto, name: str, index: int) -> 
     """A constant target shape (Reshape, Expand) gets the new sizes of the channel axes."""
     out = node.output[0]
     out_keep = rw.s.keep(out)
-    if not out_keep or len(node.input) <= index or node.input[index] not in rw.s.consts:
+    if not out_keep or len(node.input) <= index or not rw.s.view.is_stored(node.input[index]):
         return
     target = rw.value_of(node.input[index]).astype(np.int64).copy()
     for axis, kept in out_keep.items():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..analysis.context import attr
+from ..graph_utils import attr, compress
 from ..runtime import run_node
 
 UNARY = {
@@ -39,13 +39,6 @@ UNIFORM_KEEPING = {"MaxPool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "U
 
 def spatially_uniform(value: np.ndarray, channel_axes: set[int]) -> bool:
     return all(size == 1 for axis, size in enumerate(value.shape) if axis not in channel_axes)
-
-
-def compress(value: np.ndarray) -> np.ndarray:
-    for axis in range(value.ndim):
-        if value.shape[axis] > 1 and np.all(value == value.take([0], axis=axis)):
-            value = value.take([0], axis=axis)
-    return value
 
 
 def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], shapes: list[tuple | None],

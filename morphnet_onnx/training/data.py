@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..errors import MorphNetError
-from ..io import graph_input_names
+from ..io import LoadedModel, graph_input_names
 
 
 @dataclass
@@ -140,3 +140,18 @@ def load_module_batches(spec: str, specs: list[InputSpec], task: str, classes: i
         raise MorphNetError(f"--data-module {spec!r}: returned no batches")
     arrays = {k: np.concatenate(v) for k, v in collected.items()}
     return make_dataset(arrays, specs, task, classes, spec)
+
+
+def load_data(path, module: str | None, loaded: LoadedModel, task: str) -> Dataset:
+    specs = input_specs(loaded.model, loaded.shapes)
+    classes = _classes(loaded) if task == "ce" else None
+    if module:
+        return load_module_batches(module, specs, task, classes)
+    if path is None:
+        raise MorphNetError("give --data train.npz or --data-module package.module:function")
+    return load_npz(path, specs, task, classes)
+
+
+def _classes(loaded: LoadedModel) -> int | None:
+    shape = loaded.shapes.get(loaded.model.graph.output[0].name)
+    return int(shape[-1]) if shape else None

@@ -18,12 +18,9 @@ from onnx import version_converter
 from ..errors import MorphNetError
 from ..graph_utils import drop_dead_nodes
 from ..io import LoadedModel, graph_input_names
+from ..ops import TRAINABLE_INPUTS
 from .rewrites import rewrite_for_training, verify_rewrites
 
-TRAINABLE_INPUTS = {
-    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
-    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2), "PRelu": (1,),
-}
 # BN's training mode (3 outputs) exists from opset 14.
 MIN_TRAINING_OPSET = 15
 

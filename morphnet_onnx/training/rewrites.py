@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..analysis.context import attr
 from ..errors import MorphNetError
+from ..graph_utils import attr
+from ..io import onnx_opset
 
 
 class _Emitter:
@@ -97,7 +98,7 @@ REWRITES = {"HardSwish": _hardswish, "HardSigmoid": _hardsigmoid, "InstanceNorma
 def rewrite_for_training(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """Rewrite in place; returns what was rewritten (op types and counts) for the report."""
     graph = model.graph
-    opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+    opset = onnx_opset(model)
     new_nodes, done = [], {}
     for index, node in enumerate(graph.node):
         rewrite = REWRITES.get(node.op_type)

@@ -33,6 +33,11 @@ TASK_LOSS = "morphnet_task_loss"
 REG_VALUE = "morphnet_regularizer"
 
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+LOSSES = ("ce", "mse")
+
+
 @dataclass
 class TrainOptions:
     epochs: int = 15
@@ -50,6 +55,25 @@ class TrainOptions:
     resume: bool = False
     progress: bool = True
     probe: bool = True  # one step in a child process first, so a native crash becomes an error
+
+    def __post_init__(self) -> None:
+        """The same one-line errors for Python callers as for the CLI (named by its options)."""
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MorphNetError(f"--{name.replace('_', '-')} {value}: must be a whole number, 1 or more")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise MorphNetError(f"--steps {self.steps}: must be a whole number, 1 or more")
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise MorphNetError(f"--lr {self.lr}: must be above 0")
+        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
+            raise MorphNetError(f"--weight-decay {self.weight_decay}: must be 0 or more")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("loss", LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise MorphNetError(f"--{name} {getattr(self, name)}: choose one of {', '.join(allowed)}")
+        if self.resume and not self.checkpoint_dir:
+            raise MorphNetError("--resume needs --checkpoint-dir")
 
 
 @dataclass
@@ -282,7 +306,7 @@ class Trainer:
                     if step >= total:
                         break
                     if self.regs:
-                        update = (self.controller(step, lambda: self._params(state), force=weights is None)
+                        update = (self.controller(step, lambda: self.read_params(state), force=weights is None)
                                   if self.controller else None)
                         if update is not None:
                             weights = update
@@ -319,7 +343,7 @@ class Trainer:
                     if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total):
                         self._save(state, options.checkpoint_dir, step)
             seconds = time.perf_counter() - started
-            trained = self._params(state, tg.trainable)
+            trained = self.read_params(state, tg.trainable)
             for copy in tg.copies:  # untied copies: the first one's value goes back
                 trained.pop(copy, None)
             session_accuracy = None
@@ -361,8 +385,9 @@ class Trainer:
             hits += int(np.sum(np.argmax(logits[:real], axis=-1) == feeds["labels"][:real]))
         return hits / n
 
-    def _params(self, state, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Current values of the regularized parameters (or of `names`)."""
+    def read_params(self, state, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Current values of the regularized parameters (or of `names`) in an onnxruntime-training
+        CheckpointState: what a controller's `get_params` returns."""
         if names is None:
             names = sorted({m.param for r in self.regs for m in r.members})
         return {name: np.array(state.parameters[name].data) for name in names}

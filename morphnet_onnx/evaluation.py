@@ -1,0 +1,58 @@
+"""`evaluate`: top-1/top-5 accuracy (cross-entropy tasks) or mse of a model with onnxruntime."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .io import InputShapes, load
+from .runtime import make_session
+from .training.data import Dataset, load_data
+
+
+@dataclass
+class Evaluation:
+    examples: int
+    loss: str
+    accuracy: float | None = None
+    top5: float | None = None
+    mse: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batch: int = 256) -> Evaluation:
+    session = make_session(model)
+    names = [i.name for i in session.get_inputs()]
+    correct = correct5 = 0
+    squared = 0.0
+    n = len(data)
+    for start in range(0, n, batch):
+        feeds = {k: data.arrays[k][start:start + batch] for k in names}
+        out = session.run(None, feeds)[0]
+        labels = data.labels[start:start + batch]
+        if task == "ce":
+            correct += int(np.sum(np.argmax(out, axis=-1) == labels))
+            top = np.argsort(-out, axis=-1)[:, :5]
+            correct5 += int(np.sum(np.any(top == labels[:, None], axis=1)))
+        else:
+            squared += float(np.sum((out.reshape(labels.shape) - labels) ** 2))
+    if task == "ce":
+        return Evaluation(n, task, accuracy=correct / n, top5=correct5 / n)
+    return Evaluation(n, task, mse=squared / max(n * int(np.prod(data.labels.shape[1:] or (1,))), 1))
+
+
+def evaluate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike, loss: str = "ce",
+             input_shapes: InputShapes | None = None, batch: int = 256) -> Evaluation:
+    """Top-1 / top-5 accuracy (cross-entropy) or mse of a model on an .npz dataset.
+
+    >>> evaluate("small.onnx", "val.npz").accuracy     # doctest: +SKIP
+    0.862
+    """
+    loaded = load(model, input_shapes)
+    dataset = load_data(data, None, loaded, loss)
+    return evaluate_model(loaded.model, dataset, loss, batch)

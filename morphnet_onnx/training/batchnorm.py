@@ -1,0 +1,75 @@
+"""Batch-norm running statistics, measured: onnxruntime-training keeps them frozen during training,
+so after training they are measured with batch statistics in the layers before each norm (as in
+training) and written into the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..graph_utils import with_params
+from ..io import onnx_opset
+from ..runtime import make_session
+from .data import Dataset
+
+
+def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max_batches: int = 100) -> onnx.ModelProto:
+    """Running statistics for every BatchNormalization, measured with batch statistics in the layers
+    before it (as in training): onnxruntime-training keeps them frozen, so they are set here."""
+    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    if not bns:
+        return model
+    stats = onnx.ModelProto()
+    stats.CopyFrom(model)
+    opset = onnx_opset(stats)
+    if opset < 15:
+        stats = onnx.version_converter.convert_version(stats, 15)
+    graph = stats.graph
+    outputs = []
+    for index, node in enumerate(n for n in graph.node if n.op_type == "BatchNormalization"):
+        for a in list(node.attribute):
+            if a.name == "training_mode":
+                node.attribute.remove(a)
+        node.attribute.append(onnx.helper.make_attribute("training_mode", 1))
+        del node.output[1:]
+        node.output.extend([f"{node.output[0]}__rm{index}", f"{node.output[0]}__rv{index}"])
+        outputs.append((node, node.input[0], f"morphnet/bnstats_axes{index}"))
+    del graph.output[:]
+    del graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(stats)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.graph.value_info) + list(graph.input)}
+    names = []
+    for index, (node, x, axes) in enumerate(outputs):
+        reduce_axes = [a for a in range(ranks.get(x, 4)) if a != 1]
+        mean, sq, meansq = f"morphnet/bn_mean{index}", f"morphnet/bn_sq{index}", f"morphnet/bn_meansq{index}"
+        graph.node.append(onnx.helper.make_node("Mul", [x, x], [sq]))
+        for source, target in ((x, mean), (sq, meansq)):
+            if max(opset, 15) >= 18:
+                if not any(t.name == axes for t in graph.initializer):
+                    graph.initializer.append(numpy_helper.from_array(np.array(reduce_axes, dtype=np.int64), axes))
+                graph.node.append(onnx.helper.make_node("ReduceMean", [source, axes], [target], keepdims=0))
+            else:
+                graph.node.append(onnx.helper.make_node("ReduceMean", [source], [target], keepdims=0,
+                                                        axes=reduce_axes))
+        graph.output.extend([onnx.helper.make_tensor_value_info(mean, onnx.TensorProto.FLOAT, None),
+                             onnx.helper.make_tensor_value_info(meansq, onnx.TensorProto.FLOAT, None)])
+        names.append((mean, meansq))
+    session = make_session(stats)
+    input_names = [i.name for i in session.get_inputs()]
+    sums = None
+    count = 0
+    for batch in data.batches(batch, True, 12345):
+        values = session.run(None, {k: batch[k] for k in input_names})
+        sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+        count += 1
+        if count >= max_batches:
+            break
+    # Each norm has its own statistics tensors (io.load unties exporter-shared ones), held as an
+    # initializer or, for placeholder weights, a Constant node: with_params writes either.
+    measured = {}
+    for index, node in enumerate(bns):
+        mean = sums[2 * index] / count
+        measured[node.input[3]] = mean
+        measured[node.input[4]] = np.maximum(sums[2 * index + 1] / count - mean ** 2, 0)
+    return with_params(model, measured)
