@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    _add_picture_options(p)
     p.set_defaults(run=_expand)
 
     p = sub.add_parser("cycle", help="MorphNet's recipe: rounds of shrink, expand to the budget, retrain, evaluate")
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
     p.add_argument("--force", action="store_true", help="let shrink decide even when its training loss never fell")
     p.add_argument("--json", action="store_true", help="print the table as one JSON document")
+    _add_picture_options(p)
     p.set_defaults(run=_cycle)
 
     p = sub.add_parser("train", help="plain training (no regularizer): the baseline for MorphNet results")
@@ -275,8 +277,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _expand(args: argparse.Namespace) -> int:
     from .expansion import expand
+    from .pictures import check_picture_paths
     from .report import human
 
+    check_picture_paths(args.plot, args.html)
     result = expand(args.model, args.output, structure=args.structure, budget=_budget(args),
                     multiplier=args.multiplier, reference=args.reference, round_to=args.round_to, init=args.init,
                     seed=args.seed, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
@@ -284,6 +288,7 @@ def _expand(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(result.to_dict(), sys.stdout)
         sys.stdout.write("\n")
+        _end_with_diff(args.model, args.output, args)
         return 0
     print(f"wrote {args.output}: width multiplier {result.multiplier:.4g} on {len(result.widths)} groups "
           f"({args.init} weights); FLOPs {human(result.flops_before)} -> {human(result.flops_after)}, "
@@ -298,6 +303,7 @@ def _expand(args: argparse.Namespace) -> int:
     print(f"widths: {widths}{more}")
     for note in result.notes:
         print(f"[W] {note}")
+    _end_with_diff(args.model, args.output, args)
     return 0
 
 
@@ -318,8 +324,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _cycle(args: argparse.Namespace) -> int:
     from .cycling import cycle
+    from .pictures import check_picture_paths
     from .report import print_cycle
 
+    check_picture_paths(args.plot, args.html)
     if args.checkpoint_dir:
         raise MorphNetError("cycle keeps its checkpoints in --out-dir/checkpoints: drop --checkpoint-dir")
     resume, args.resume = args.resume, False
@@ -333,6 +341,8 @@ def _cycle(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_cycle(result)
+    # What the rounds did to the network: the original against the last round's model.
+    _end_with_diff(args.model, result.rows[-1].model, args)
     return 0
 
 

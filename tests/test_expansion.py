@@ -206,3 +206,12 @@ def test_a_structure_of_the_original_expands_like_the_model_it_prunes_to(tmp_pat
     from_model = expand(pruned, budget=Budget("flops", "1.0x"), reference=TINY)
     assert from_structure.widths == from_model.widths
     assert from_structure.cost_after == from_model.cost_after
+
+
+def test_cli_expand_ends_with_the_short_diff_and_draws_it(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out, plot = tmp_path / "wide.onnx", tmp_path / "wide.svg"
+    assert main(["expand", str(TINY), "--multiplier", "1.5", "-o", str(out), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "diff: FLOPs 36.5M -> 81.5M" in text and "10 wider" in text
+    assert plot.read_text().lstrip().startswith("<?xml")
