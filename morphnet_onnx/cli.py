@@ -92,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model; "
                         "figs: MorphNet's probabilistic gates (decides on p > 0.5, --threshold unused)")
     p.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")
-    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
-    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
+    _add_roofline_options(p)
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
     p.add_argument("--save-structure", metavar="OUT.json", help="also write the learned structure")
     p.add_argument("--structure", metavar="OUT.json", dest="old_structure", help=argparse.SUPPRESS)
@@ -120,8 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fresh: every weight re-initialised, for retraining from scratch (default); keep: only the "
                         "new channels, read with zero weights (the wider model computes what MODEL computes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh weights")
-    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
-    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
+    _add_roofline_options(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
     _add_picture_options(p)
@@ -139,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every round's models and structure, checkpoints and the table (cycle.json)")
     p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso", "figs"], default="auto")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every width a multiple of N")
-    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
-    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
+    _add_roofline_options(p)
     p.add_argument("--force", action="store_true", help="let shrink decide even when its training loss never fell")
     p.add_argument("--json", action="store_true", help="print the table as one JSON document")
     _add_picture_options(p)
@@ -171,6 +168,11 @@ def _add_budget_options(group) -> None:
     group.add_argument("--budget-flops", metavar="0.5x|2.1G", help="target FLOPs, relative (0.5x) or absolute")
     group.add_argument("--budget-size", metavar="0.5x|1.2M", help="target weight count, relative or absolute")
     group.add_argument("--budget-latency", metavar="0.5x|1.2ms", help="target roofline latency (see --hardware)")
+
+
+def _add_roofline_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hardware", metavar="NAME|PEAK/BW", help="roofline for --budget-latency (default V100)")
+    p.add_argument("--cost-batch-size", type=int, default=1, metavar="B", help="batch of the latency roofline")
 
 
 def _budget(args: argparse.Namespace):
