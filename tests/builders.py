@@ -8,7 +8,7 @@ import onnx
 
 from morphnet_onnx.builders import Net
 
-__all__ = ["Net", "independent_flops"]
+__all__ = ["Net", "concat_of_two_branches", "independent_flops", "random_dataset"]
 
 
 def independent_flops(model: onnx.ModelProto, input_shapes: dict | None = None) -> float:
@@ -40,3 +40,22 @@ def independent_flops(model: onnx.ModelProto, input_shapes: dict | None = None) 
             k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
             total += 2 * np.prod(out) * k
     return float(total)
+
+
+def concat_of_two_branches() -> onnx.ModelProto:
+    """Convs `a` (4 channels) and `b` (5) concatenated and read by a 1x1 conv `head`: a Concat tower."""
+    net = Net(input_shape=(1, 3, 8, 8), seed=2)
+    a = net.relu(net.conv("input", 3, 4, name="a"))
+    b = net.relu(net.conv("input", 3, 5, name="b"))
+    x = net.op("Concat", [a, b], axis=1, name="cat")
+    return net.model(net.conv(x, 9, 2, k=1, name="head"))
+
+
+def random_dataset(folder, examples: int, val_examples: int, val_key: str = "input"):
+    """train.npz and val.npz of random 3x32x32 inputs and 10-class labels (for models/tiny_resnet.onnx)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((examples, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, examples)
+    np.savez(folder / "train.npz", input=x, labels=labels)
+    np.savez(folder / "val.npz", **{val_key: x[:val_examples]}, labels=labels[:val_examples])
+    return folder

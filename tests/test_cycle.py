@@ -2,9 +2,9 @@
 
 import json
 
-import numpy as np
 import pytest
 
+from builders import random_dataset
 from conftest import REPO
 from morphnet_onnx import Budget, MorphNetError, cycle
 from morphnet_onnx.cli import main
@@ -15,12 +15,7 @@ TINY = REPO / "models" / "tiny_resnet.onnx"
 
 @pytest.fixture
 def data(tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
-    labels = rng.integers(0, 10, 64)
-    np.savez(tmp_path / "train.npz", input=x, labels=labels)
-    np.savez(tmp_path / "val.npz", input=x[:32], labels=labels[:32])
-    return tmp_path
+    return random_dataset(tmp_path, 64, 32)
 
 
 def quick():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import Net
+from builders import Net, concat_of_two_branches
 from conftest import REPO
 from morphnet_onnx import Budget, MorphNetError, expand, prune
 from morphnet_onnx.analysis import analyze
@@ -107,11 +107,7 @@ def test_absolute_budget_and_round_to(tmp_path):
 
 
 def test_groups_at_zero_stay_at_zero():
-    net = Net(input_shape=(1, 3, 8, 8), seed=2)
-    a = net.relu(net.conv("input", 3, 4, name="a"))
-    b = net.relu(net.conv("input", 3, 5, name="b"))
-    x = net.op("Concat", [a, b], axis=1, name="cat")
-    model = net.model(net.conv(x, 9, 2, k=1, name="head"))
+    model = concat_of_two_branches()
     _, analysis = prepare(model)
     group = next(g for g in analysis.groups if "b" in g.sources)
     result = expand(model, structure={"groups": [{"id": group.id, "alive": []}]}, multiplier=2.0)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import Net
+from builders import Net, concat_of_two_branches
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.checking import check, zero_gates
 from morphnet_onnx.pruning import prepare, prune, prune_loaded
@@ -216,11 +216,7 @@ def test_dead_inner_group_collapses_the_block_to_its_skip():
 
 
 def test_dead_concat_branch_disappears():
-    net = Net(input_shape=(1, 3, 8, 8), seed=2)
-    a = net.relu(net.conv("input", 3, 4, name="a"))
-    b = net.relu(net.conv("input", 3, 5, name="b"))
-    x = net.op("Concat", [a, b], axis=1, name="cat")
-    model = net.model(net.conv(x, 9, 2, k=1, name="head"))
+    model = concat_of_two_branches()
     loaded, analysis = prepare(model)
     group = next(g for g in analysis.groups if "b" in g.sources)
     result = prune(model, {"groups": [{"id": group.id, "alive": []}]})
