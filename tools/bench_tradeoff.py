@@ -54,7 +54,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -414,7 +414,6 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
     import torch.nn as nn
     import torch_pruning as tp
 
-    import morphnet_onnx as mn
     from morphnet_onnx.training.trainer import learning_rate
 
     torch.set_num_threads(max(threads, 1))
