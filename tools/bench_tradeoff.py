@@ -655,20 +655,26 @@ def plot(task: str, table: list[dict], full_flops: float, path: Path, quick: boo
               "shrink-as-written": ("tab:cyan", "v", "--"), "expand": ("tab:green", "^", ""),
               "cycle-round2": ("tab:red", "*", ""), "torch-pruning": ("tab:orange", "D", "-"),
               "shrink-finetuned": ("tab:purple", "P", ":"), "torch-dense": ("tab:brown", "x", "")}
-    fig, ax = plt.subplots(figsize=(7, 4.6))
-    for method in METHODS:
-        rows = sorted((r for r in table if r["method"] == method), key=lambda r: r["flops_mean"])
-        if not rows:
-            continue
-        color, marker, line = styles[method]
-        ax.errorbar([r["flops_mean"] / full_flops for r in rows], [100 * r["accuracy_mean"] for r in rows],
-                    yerr=[100 * r["accuracy_std"] for r in rows], color=color, marker=marker, linestyle=line or "none",
-                    capsize=3, label=method, markersize=8 if marker == "*" else 5)
-    ax.set_xlabel("FLOPs (fraction of the original network)")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"{task}: accuracy vs FLOPs, mean ± std over seeds" + (" (--quick)" if quick else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # left: the whole range; right: the top of it, where the methods differ by a point or two
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    best = max((100 * r["accuracy_mean"] for r in table), default=100.0)
+    for ax in axes:
+        for method in METHODS:
+            rows = sorted((r for r in table if r["method"] == method), key=lambda r: r["flops_mean"])
+            if not rows:
+                continue
+            color, marker, line = styles[method]
+            ax.errorbar([r["flops_mean"] / full_flops for r in rows], [100 * r["accuracy_mean"] for r in rows],
+                        yerr=[100 * r["accuracy_std"] for r in rows], color=color, marker=marker,
+                        linestyle=line or "none", capsize=3, label=method, markersize=8 if marker == "*" else 5)
+        ax.set_xlabel("FLOPs (fraction of the original network)")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(best - 5, best + 1)
+    axes[0].set_title(f"{task}: accuracy vs FLOPs, mean ± std over seeds" + (" (--quick)" if quick else ""),
+                      fontsize=10)
+    axes[1].set_title("the top 5 points of the same", fontsize=10)
+    axes[0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -710,7 +716,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="skip jobs whose results are in --work")
     parser.add_argument("--diagnostics", action="store_true",
                         help="a second phase: shrink-finetuned and torch-dense (see the module docstring)")
+    parser.add_argument("--replot", action="store_true", help="redraw the plots from OUT/tradeoff.json, run nothing")
     args = parser.parse_args(argv)
+    if args.replot:
+        result = Path(args.out) / ("tradeoff_quick.json" if args.quick else "tradeoff.json")
+        summary = json.loads(result.read_text())
+        for name, entry in summary["tasks"].items():
+            plot(name, entry["table"], entry["original"]["flops"],
+                 Path(args.out) / (f"tradeoff_{name}" + ("_quick" if args.quick else "") + ".png"), args.quick)
+        return 0
 
     settings = task_settings(args.quick)
     if args.steps:
