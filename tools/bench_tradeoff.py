@@ -59,6 +59,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -707,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~5-minute smoke run: 1 seed, 3 multipliers, "
                                                              "one budget, a few dozen steps")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"), help="folder for tradeoff.json and the plots")
-    parser.add_argument("--work", default=None, help="folder for models and per-job results (default: OUT/work)")
+    parser.add_argument("--work", default=None, help="folder for models and per-job results (default: "
+                                                     "a folder under the system's temporary directory)")
     parser.add_argument("--tasks", default="mnist1d,digits")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3; --quick 1)")
     parser.add_argument("--steps", default=None, help="override steps per training, e.g. mnist1d=300,digits=150")
@@ -735,7 +737,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work) if args.work else out / ("work_quick" if args.quick else "work")
+    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / (
+        "bench_tradeoff_quick" if args.quick else "bench_tradeoff")  # models stay out of the repository
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "log.txt"
 
