@@ -24,6 +24,14 @@ lr 3e-3, batch 64, `steps` of the task), every point is trained with `--seeds` s
                       shrink + its retrain. One sparse training per seed serves every target (its
                       regularizer does not depend on the target).
 
+`--diagnostics` adds a second phase (after the first, reading its models; with `--resume` it runs
+alone), to tell the method from the training budget in the comparison with torch-pruning:
+- shrink-finetuned:   the model shrink wrote, trained on (weights kept) for N more steps with the same
+                      recipe: N + 0.1 N + N steps, torch-pruning's total, with inherited weights as it has;
+- torch-dense:        the unpruned torch network trained with the same recipe for N steps (point "N",
+                      the framework control for uniform 1.0), then a second one-cycle run of 1.1 N
+                      steps (point "2.1N": torch-pruning's two runs without pruning or regularizer).
+
 FLOPs and parameters of every model (torch-pruning's too, exported to ONNX) are counted by
 `morphnet_onnx.inspect` (MorphNet's convention: 2 x MACs of conv and linear layers, batch 1).
 
@@ -51,10 +59,11 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -65,7 +74,8 @@ for extra in (ROOT / "tools", ROOT / "models"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-METHODS = ("uniform", "shrink-retrained", "shrink-as-written", "expand", "cycle-round2", "torch-pruning")
+METHODS = ("uniform", "shrink-retrained", "shrink-as-written", "expand", "cycle-round2", "torch-pruning",
+           "shrink-finetuned", "torch-dense")
 # Linear interpolation may reach this far (relative) past the end of a curve's FLOPs range:
 # a budget lands just below its target (0.499x for 0.5x), a baseline point may land just above.
 FLOPS_TOLERANCE = 0.02
@@ -188,6 +198,7 @@ def headline(table: list[dict]) -> dict:
     vs_tp_saved = flops_saved_at_equal_accuracy(torch_pruning, retrained)
     vs_tp_gain = accuracy_gain_at_equal_flops(pts(torch_pruning), pts(retrained))
     tp_vs_uniform = flops_saved_at_equal_accuracy(uniform, torch_pruning)
+    finetuned = curve(table, "shrink-finetuned")
     return {
         "flops_saved_at_equal_accuracy": saved["mean"],
         "expand_accuracy_gain": gain["mean"],
@@ -204,6 +215,12 @@ def headline(table: list[dict]) -> dict:
             "vs_torch_pruning.expand_accuracy_gain (shrink-retrained vs torch-pruning at equal FLOPs, points)":
                 vs_tp_gain,
             "flops_saved_at_equal_accuracy (torch-pruning vs uniform)": tp_vs_uniform,
+            "diagnostic: flops_saved_at_equal_accuracy (shrink-finetuned vs torch-pruning)":
+                flops_saved_at_equal_accuracy(torch_pruning, finetuned),
+            "diagnostic: accuracy gain (shrink-finetuned vs torch-pruning at equal FLOPs, points)":
+                accuracy_gain_at_equal_flops(pts(torch_pruning), pts(finetuned)),
+            "diagnostic: accuracy gain (shrink-finetuned vs uniform at equal FLOPs, points)":
+                accuracy_gain_at_equal_flops(as_points, pts(finetuned)),
         },
     }
 
@@ -407,25 +424,29 @@ def job_cycle(task: Task, files: dict, folder: Path, seed: int, threads: int, re
     return rows
 
 
-def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads: int) -> list[dict]:
-    """Torch-Pruning's recipe on the same network: sparse training, progressive pruning to each FLOPs
-    target, fine-tune; same optimizer, schedule, batch and total steps as shrink + retrain."""
-    import torch
-    import torch.nn as nn
-    import torch_pruning as tp
+class TorchTrainer:
+    """The recipe of TrainOptions (AdamW, its schedule, batch, seeded epoch order) in torch."""
 
-    from morphnet_onnx.training.trainer import learning_rate
+    def __init__(self, task: Task, files: dict, seed: int, threads: int) -> None:
+        import torch
 
-    torch.set_num_threads(max(threads, 1))
-    torch.manual_seed(seed)
-    with np.load(files["train"]) as d:
-        x_all, y_all = torch.from_numpy(d["x"]), torch.from_numpy(d["labels"])
-    with np.load(files["val"]) as d:
-        x_val, y_val = torch.from_numpy(d["x"]), d["labels"]
-    example = torch.zeros(*files["input"])
-    options = _options(task, seed, threads)
+        torch.set_num_threads(max(threads, 1))
+        torch.manual_seed(seed)
+        with np.load(files["train"]) as d:
+            self.x_all, self.y_all = torch.from_numpy(d["x"]), torch.from_numpy(d["labels"])
+        with np.load(files["val"]) as d:
+            self.x_val, self.y_val = torch.from_numpy(d["x"]), d["labels"]
+        self.example = torch.zeros(*files["input"])
+        self.options = _options(task, seed, threads)
+        self.seed = seed
 
-    def run(net, steps: int, pruner=None) -> None:
+    def run(self, net, steps: int, pruner=None) -> None:
+        import torch
+        import torch.nn as nn
+
+        from morphnet_onnx.training.trainer import learning_rate
+
+        options, seed, x_all, y_all = self.options, self.seed, self.x_all, self.y_all
         optimizer = torch.optim.AdamW(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         per_epoch = len(y_all) // options.batch_size
         net.train()
@@ -447,11 +468,22 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
                 optimizer.step()
                 step += 1
 
-    def accuracy(net) -> float:
+    def accuracy(self, net) -> float:
+        import torch
+
         net.eval()
         with torch.no_grad():
-            return float((net(x_val).argmax(1).numpy() == y_val).mean())
+            return float((net(self.x_val).argmax(1).numpy() == self.y_val).mean())
 
+
+def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads: int) -> list[dict]:
+    """Torch-Pruning's recipe on the same network: sparse training, progressive pruning to each FLOPs
+    target, fine-tune; same optimizer, schedule, batch and total steps as shrink + retrain."""
+    import torch.nn as nn
+    import torch_pruning as tp
+
+    trainer = TorchTrainer(task, files, seed, threads)
+    run, accuracy, example = trainer.run, trainer.accuracy, trainer.example
     start = time.time()
     net = torch_net(task)
     ignored = [m for m in net.modules() if isinstance(m, nn.Linear)]  # the classifier's outputs stay
@@ -486,6 +518,33 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
     return rows
 
 
+def job_finetune(task: Task, files: dict, folder: Path, seed: int, threads: int, budget: float) -> list[dict]:
+    """Diagnostic: the model shrink wrote, trained N more steps with its weights (torch-pruning's total)."""
+    import morphnet_onnx as mn
+
+    shrunk = folder / (f"cycle_s{seed}/round1_shrunk.onnx" if budget == 0.5 else f"shrunk_{budget}_s{seed}.onnx")
+    out = folder / f"finetuned_{budget}_s{seed}.onnx"
+    start = time.time()
+    mn.train(shrunk, files["train"], out, options=_options(task, seed, threads), init="keep")
+    return [_measure(out, files["val"], "shrink-finetuned", budget, seed, time.time() - start,
+                     steps=task.steps + max(1, round(0.1 * task.steps)) + task.steps)]
+
+
+def job_torch_dense(task: Task, files: dict, folder: Path, seed: int, threads: int) -> list[dict]:
+    """Diagnostic: the unpruned torch network, N steps, then a second one-cycle run of 1.1 N steps."""
+    trainer = TorchTrainer(task, files, seed, threads)
+    net = torch_net(task)
+    rows = []
+    start = time.time()
+    for point, steps in (("N", task.steps), ("2.1N", task.steps + max(1, round(0.1 * task.steps)))):
+        trainer.run(net, steps)
+        path = folder / f"torch_dense_{point}_s{seed}.onnx"
+        export_onnx(net, path, files["input"])
+        rows.append(_measure(path, files["val"], "torch-dense", point, seed, time.time() - start,
+                             torch_accuracy=trainer.accuracy(net)))
+    return rows
+
+
 def run_job(spec: dict) -> dict:
     """Worker entry: run one job, write its rows (or its error) to spec['result']."""
     task = Task(**spec["task"])
@@ -499,6 +558,10 @@ def run_job(spec: dict) -> dict:
             rows = job_shrink(task, files, folder, seed, threads, spec["arg"])
         elif kind == "cycle":
             rows = job_cycle(task, files, folder, seed, threads, spec["resume"])
+        elif kind == "finetune":
+            rows = job_finetune(task, files, folder, seed, threads, spec["arg"])
+        elif kind == "torch-dense":
+            rows = job_torch_dense(task, files, folder, seed, threads)
         else:
             rows = job_torch_pruning(task, files, folder, seed, threads)
         record = {"name": spec["name"], "rows": rows, "seconds": time.time() - start}
@@ -511,11 +574,19 @@ def run_job(spec: dict) -> dict:
 
 # ---- orchestration -----------------------------------------------------------------------------------
 
-def job_specs(task: Task, files: dict, work: Path, seeds: list[int], threads: int, resume: bool) -> list[dict]:
+def job_specs(task: Task, files: dict, work: Path, seeds: list[int], threads: int, resume: bool,
+              diagnostics: bool = False) -> list[dict]:
+    """The jobs of the main phase, or (diagnostics) of the second phase, which reads the first's models."""
     folder = work / task.name
     (folder / "results").mkdir(parents=True, exist_ok=True)
     base = {"task": asdict(task), "files": files, "folder": str(folder), "threads": threads, "resume": resume}
     specs = []
+    if diagnostics:
+        for seed in seeds:
+            specs.append(dict(base, kind="torch-dense", seed=seed, arg=None, weight=1.0))
+            for budget in task.budgets:
+                specs.append(dict(base, kind="finetune", seed=seed, arg=budget, weight=budget))
+        return _name(specs, task, folder)
     # longest first, so the last job in flight is a short one
     for seed in seeds:
         specs.append(dict(base, kind="cycle", seed=seed, arg=None, weight=5.2))
@@ -531,6 +602,10 @@ def job_specs(task: Task, files: dict, work: Path, seeds: list[int], threads: in
             continue  # cycle's round 0
         for seed in seeds:
             specs.append(dict(base, kind="uniform", seed=seed, arg=multiplier, weight=multiplier ** 2))
+    return _name(specs, task, folder)
+
+
+def _name(specs: list[dict], task: Task, folder: Path) -> list[dict]:
     for spec in specs:
         spec["weight"] *= task.steps * (2.0 if task.name == "digits" else 1.0)  # measured: a digits step ~2x
         spec["name"] = f"{task.name}/{spec['kind']}" + (f"_{spec['arg']}" if spec["arg"] is not None else "") \
@@ -579,21 +654,28 @@ def plot(task: str, table: list[dict], full_flops: float, path: Path, quick: boo
 
     styles = {"uniform": ("k", "o", "-"), "shrink-retrained": ("tab:blue", "s", "-"),
               "shrink-as-written": ("tab:cyan", "v", "--"), "expand": ("tab:green", "^", ""),
-              "cycle-round2": ("tab:red", "*", ""), "torch-pruning": ("tab:orange", "D", "-")}
-    fig, ax = plt.subplots(figsize=(7, 4.6))
-    for method in METHODS:
-        rows = sorted((r for r in table if r["method"] == method), key=lambda r: r["flops_mean"])
-        if not rows:
-            continue
-        color, marker, line = styles[method]
-        ax.errorbar([r["flops_mean"] / full_flops for r in rows], [100 * r["accuracy_mean"] for r in rows],
-                    yerr=[100 * r["accuracy_std"] for r in rows], color=color, marker=marker, linestyle=line or "none",
-                    capsize=3, label=method, markersize=8 if marker == "*" else 5)
-    ax.set_xlabel("FLOPs (fraction of the original network)")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"{task}: accuracy vs FLOPs, mean ± std over seeds" + (" (--quick)" if quick else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+              "cycle-round2": ("tab:red", "*", ""), "torch-pruning": ("tab:orange", "D", "-"),
+              "shrink-finetuned": ("tab:purple", "P", ":"), "torch-dense": ("tab:brown", "x", "")}
+    # left: the whole range; right: the top of it, where the methods differ by a point or two
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    best = max((100 * r["accuracy_mean"] for r in table), default=100.0)
+    for ax in axes:
+        for method in METHODS:
+            rows = sorted((r for r in table if r["method"] == method), key=lambda r: r["flops_mean"])
+            if not rows:
+                continue
+            color, marker, line = styles[method]
+            ax.errorbar([r["flops_mean"] / full_flops for r in rows], [100 * r["accuracy_mean"] for r in rows],
+                        yerr=[100 * r["accuracy_std"] for r in rows], color=color, marker=marker,
+                        linestyle=line or "none", capsize=3, label=method, markersize=8 if marker == "*" else 5)
+        ax.set_xlabel("FLOPs (fraction of the original network)")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(best - 5, best + 1)
+    axes[0].set_title(f"{task}: accuracy vs FLOPs, mean ± std over seeds" + (" (--quick)" if quick else ""),
+                      fontsize=10)
+    axes[1].set_title("the top 5 points of the same", fontsize=10)
+    axes[0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -626,14 +708,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~5-minute smoke run: 1 seed, 3 multipliers, "
                                                              "one budget, a few dozen steps")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"), help="folder for tradeoff.json and the plots")
-    parser.add_argument("--work", default=None, help="folder for models and per-job results (default: OUT/work)")
+    parser.add_argument("--work", default=None, help="folder for models and per-job results (default: "
+                                                     "a folder under the system's temporary directory)")
     parser.add_argument("--tasks", default="mnist1d,digits")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3; --quick 1)")
     parser.add_argument("--steps", default=None, help="override steps per training, e.g. mnist1d=300,digits=150")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run in parallel (worker processes)")
     parser.add_argument("--threads", type=int, default=1, help="threads per training (onnxruntime and torch)")
     parser.add_argument("--resume", action="store_true", help="skip jobs whose results are in --work")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="a second phase: shrink-finetuned and torch-dense (see the module docstring)")
+    parser.add_argument("--replot", action="store_true", help="redraw the plots from OUT/tradeoff.json, run nothing")
     args = parser.parse_args(argv)
+    if args.replot:
+        result = Path(args.out) / ("tradeoff_quick.json" if args.quick else "tradeoff.json")
+        summary = json.loads(result.read_text())
+        for name, entry in summary["tasks"].items():
+            plot(name, entry["table"], entry["original"]["flops"],
+                 Path(args.out) / (f"tradeoff_{name}" + ("_quick" if args.quick else "") + ".png"), args.quick)
+        return 0
 
     settings = task_settings(args.quick)
     if args.steps:
@@ -644,7 +737,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work) if args.work else out / ("work_quick" if args.quick else "work")
+    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / (
+        "bench_tradeoff_quick" if args.quick else "bench_tradeoff")  # models stay out of the repository
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "log.txt"
 
@@ -666,15 +760,28 @@ def main(argv: list[str] | None = None) -> int:
         all_specs += job_specs(task, files_of[task.name], work, seeds, args.threads, args.resume)
     all_specs.sort(key=lambda s: -s["weight"])
     records = run_all(all_specs, args.jobs, args.resume, log)
+    phase_seconds = {"main": round(time.time() - started)}
+    if args.diagnostics:
+        second = []
+        for task in tasks:
+            second += job_specs(task, files_of[task.name], work, seeds, args.threads, args.resume, diagnostics=True)
+        records += run_all(sorted(second, key=lambda s: -s["weight"]), args.jobs, args.resume, log)
+        phase_seconds["diagnostics"] = round(time.time() - started) - phase_seconds["main"]
     wall = time.time() - started
     load_after = load_average()
 
     result_path = out / ("tradeoff_quick.json" if args.quick else "tradeoff.json")
+    previous = []
+    if args.resume and result_path.exists():  # the runs whose results this one reuses
+        old = json.loads(result_path.read_text())
+        previous = old.get("previous_runs", []) + [{k: old.get(k) for k in (
+            "command", "date", "commit", "machine", "wall_seconds", "phase_seconds")}]
     summary = {"command": "python tools/bench_tradeoff.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit(),
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                            "load_average_before": load_before, "load_average_after": load_after},
-               "wall_seconds": round(wall), "jobs": args.jobs, "threads": args.threads, "seeds": seeds, "tasks": {}}
+               "wall_seconds": round(wall), "phase_seconds": phase_seconds, "previous_runs": previous,
+               "diagnostics": args.diagnostics, "jobs": args.jobs, "threads": args.threads, "seeds": seeds, "tasks": {}}
     for task in tasks:
         rows, errors = [], []
         for record in records:
