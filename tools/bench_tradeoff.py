@@ -278,37 +278,14 @@ def prepare_task(task: Task, work: Path) -> dict:
 # ---- torch: the same networks ------------------------------------------------------------------------
 
 def torch_net(task: Task):
-    import torch.nn as nn
-
     if task.name == "digits":
         from export_digits_resnet import DigitsResNet
 
         return DigitsResNet(widths=task.widths)
 
-    def conv_bn(c_in, c_out, k=3, stride=1):
-        return [nn.Conv1d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm1d(c_out, eps=1e-5)]
+    from torch_nets import resnet1d  # models/make_mnist1d.py's network
 
-    class Block(nn.Module):  # models/make_mnist1d.py's block
-        def __init__(self, c_in, c_out, stride):
-            super().__init__()
-            self.conv1 = nn.Sequential(*conv_bn(c_in, c_out, 3, stride), nn.ReLU())
-            self.conv2 = nn.Sequential(*conv_bn(c_out, c_out, 3))
-            self.down = (nn.Sequential(*conv_bn(c_in, c_out, 1, stride)) if stride != 1 or c_in != c_out
-                         else nn.Identity())
-
-        def forward(self, x):
-            import torch
-
-            return torch.relu(self.conv2(self.conv1(x)) + self.down(x))
-
-    layers = [*conv_bn(1, 32, 5), nn.ReLU()]
-    c = 32
-    for stage, w in enumerate((32, 64, 128)):
-        for i in range(2):
-            layers.append(Block(c, w, 2 if stage > 0 and i == 0 else 1))
-            c = w
-    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, 10)]
-    return nn.Sequential(*layers)
+    return resnet1d()
 
 
 def export_onnx(net, path: Path, shape: list[int]) -> None:

@@ -28,7 +28,7 @@ more than 10% the script warns: on a 2-vCPU VM onnxruntime's 2-thread step switc
 speeds ~2x apart (see docs/benchmarks.md); `--threads 1` is steadier there.
 
 torch: `--torch-python` (default /work/torchvenv/bin/python when it exists) runs an equivalent
-PyTorch net (see TORCH_SCRIPT; same layers and parameter count as models/make_mnist1d.py), AdamW,
+PyTorch net (tools/torch_nets.py; same layers and parameter count as models/make_mnist1d.py), AdamW,
 same batch and steps, in a subprocess, once per repeat, interleaved with the ORT runs.
 
 Exit status: 0 if the mean ratio morphnet/plain is at most --target (1.05), 1 otherwise, 2 on a
@@ -265,36 +265,11 @@ import torch
 from torch import nn
 
 data, steps, batch, warmup, every, threads, seed = sys.argv[1], *map(int, sys.argv[2:8])
+sys.path.insert(0, sys.argv[8])  # tools/
+from torch_nets import resnet1d
+
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
-
-
-def conv_bn(c_in, c_out, k=3, stride=1):
-    return [nn.Conv1d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm1d(c_out, eps=1e-5)]
-
-
-class Block(nn.Module):
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.conv1 = nn.Sequential(*conv_bn(c_in, c_out, 3, stride), nn.ReLU())
-        self.conv2 = nn.Sequential(*conv_bn(c_out, c_out, 3))
-        self.down = (nn.Sequential(*conv_bn(c_in, c_out, 1, stride)) if stride != 1 or c_in != c_out
-                     else nn.Identity())
-
-    def forward(self, x):
-        return torch.relu(self.conv2(self.conv1(x)) + self.down(x))
-
-
-def resnet1d(classes=10):
-    layers = [*conv_bn(1, 32, 5), nn.ReLU()]
-    c = 32
-    for stage, w in enumerate((32, 64, 128)):
-        for i in range(2):
-            layers.append(Block(c, w, 2 if stage > 0 and i == 0 else 1))
-            c = w
-    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, classes)]
-    return nn.Sequential(*layers)
-
 
 with np.load(data) as d:
     x_all, y_all = torch.from_numpy(d["x"]), torch.from_numpy(d["labels"])
@@ -330,7 +305,7 @@ print(json.dumps({"median_s": float(np.median(durations)), "mean_s": float(np.me
 
 def run_torch(python: str, args) -> dict:
     proc = subprocess.run([python, "-c", TORCH_SCRIPT, str(args.data), str(args.steps), str(args.batch_size),
-                           str(args.warmup), str(EVERY), str(args.torch_threads), "0"],
+                           str(args.warmup), str(EVERY), str(args.torch_threads), "0", str(Path(__file__).parent)],
                           check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"torch run failed: {proc.stderr.strip()[-2000:]}")
