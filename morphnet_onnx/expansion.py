@@ -99,18 +99,17 @@ def expand(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike
     resource = budget.resource if budget else "flops"
     pinned, notes = _unwidenable_groups(loaded, analysis)
     plan = WidthPlan(analysis, loaded, chosen, pinned, round_to, resource, hw)
-    cost_before = plan.cost_at(None)
-    reference_cost = resource_cost(compute_costs(analysis, loaded, hw), resource)
-    if reference is not None:
-        ref_loaded, ref_analysis = prepare(reference, input_shapes, keep)
-        reference_cost = resource_cost(compute_costs(ref_analysis, ref_loaded, hw), resource)
+    before_costs = compute_costs(analysis, loaded, hw, alive=plan.copies(None))
+    cost_before = resource_cost(before_costs, resource)
+    ref_loaded, ref_analysis = prepare(reference, input_shapes, keep) if reference is not None else (loaded, analysis)
+    reference_cost = resource_cost(compute_costs(ref_analysis, ref_loaded, hw), resource)
     target = None
     next_step = None
     if budget is not None:
         target = budget.target(reference_cost)
         multiplier, next_step = plan.solve(target, budget.text)
     widths = plan.widths(multiplier)
-    result_model = build(loaded, analysis, chosen, widths, init, seed, input_shapes)
+    result_model = build(loaded, analysis, chosen, widths, plan.magnitudes, init, seed, input_shapes)
     verify_model(result_model, f"the expanded model {output or ''}".strip())
     after = load(result_model, input_shapes)
     after_costs = compute_costs(analyze(after), after, hw)
@@ -118,7 +117,6 @@ def expand(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike
     if target is not None and cost_after > target * (1 + 1e-9):
         raise MorphNetError(f"internal: the expanded model costs {cost_after:.6g} {resource}, over the budget "
                             f"{target:.6g} the width plan met ({plan.cost_at(multiplier):.6g})")
-    before_costs = compute_costs(analysis, loaded, hw, alive=plan.copies(None))
     if output is not None:
         inputs = [p for p in (loaded.path, Path(reference) if isinstance(reference, (str, os.PathLike)) else None)
                   if p is not None]
@@ -265,13 +263,13 @@ def channel_copies(alive: np.ndarray, width: int, magnitude: np.ndarray | None) 
     return counts
 
 
-def build(loaded: LoadedModel, analysis: Analysis, structure: Structure, widths: dict[int, int], init: str,
-          seed: int, input_shapes: InputShapes | None) -> onnx.ModelProto:
-    """The model at `widths`: narrower groups cut (as `prune`), then wider ones widened."""
+def build(loaded: LoadedModel, analysis: Analysis, structure: Structure, widths: dict[int, int],
+          magnitudes: dict[int, np.ndarray], init: str, seed: int, input_shapes: InputShapes | None) -> onnx.ModelProto:
+    """The model at `widths`: narrower groups cut (as `prune`, the strongest channels by
+    `magnitudes` staying), then wider ones widened."""
     # Groups are found again on the cut model: its ops keep their names, so sources identify them.
     width_of_source = {source: widths[g.id] for g in analysis.groups for source in g.sources}
-    magnitudes = gate_magnitudes(analysis, loaded)
-    narrowed = Structure({g.id: channel_copies(structure.alive[g.id], widths[g.id], magnitudes[g.id]) > 0
+    narrowed = Structure({g.id: channel_copies(structure.alive[g.id], widths[g.id], magnitudes.get(g.id)) > 0
                           for g in analysis.groups})
     model = loaded.model
     if not all(mask.all() for mask in narrowed.alive.values()):
