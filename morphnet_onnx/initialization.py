@@ -25,8 +25,8 @@ PASS_THROUGH = {"BatchNormalization", "InstanceNormalization", "Add", "Sum", "Su
                 "Squeeze", "Unsqueeze", "Concat", "Dropout", "Resize"}
 def fans(weight: np.ndarray, layout: WeightLayout) -> tuple[int, int]:
     """(fan_in, fan_out) as torch counts them: the in/out axis times the kernel's spatial size."""
-    spatial = int(np.prod(weight.shape[2:])) if weight.ndim > 2 and layout.out_axis in (0, 1) and \
-        layout.in_axis in (0, 1) else 1
+    # Conv-like weights are [out, in, *kernel] (or [in, out, ...]); a MatMul's leading axes are batch.
+    spatial = int(np.prod(weight.shape[2:])) if layout.out_axis >= 0 else 1
     return weight.shape[layout.in_axis] * spatial, weight.shape[layout.out_axis] * spatial
 
 
