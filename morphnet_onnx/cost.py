@@ -20,6 +20,7 @@ from .errors import MorphNetError
 from .graph_utils import live_tensors
 from .io import LoadedModel
 from .ops import BUFFER_INPUTS
+from .view import ConstantView
 
 # Peak GFLOP/s and memory bandwidth GB/s, from MorphNet's latency regularizer.
 HARDWARE: dict[str, tuple[float, float]] = {
@@ -189,23 +190,12 @@ def count_parameters(model: onnx.ModelProto) -> tuple[int, int]:
     count but not from the bytes."""
     elements: dict[str, tuple[int, int, int]] = {}  # name -> (count, dtype, bytes)
     graph = model.graph
-    for tensor in graph.initializer:
-        count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        elements[tensor.name] = (count, tensor.data_type, count * _itemsize(tensor.data_type))
-    shape_values = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                count = int(np.prod(value.dims)) if value.dims else 1
-                elements[node.output[0]] = (count, value.data_type, count * _itemsize(value.data_type))
-                shape_values[node.output[0]] = value
-        elif node.op_type == "ConstantOfShape" and node.input and node.input[0] in shape_values:
-            dims = onnx.numpy_helper.to_array(shape_values[node.input[0]]).reshape(-1)
-            fill = next((a.t for a in node.attribute if a.name == "value"), None)
-            dtype = fill.data_type if fill is not None else onnx.TensorProto.FLOAT
-            count = int(np.prod(dims)) if dims.size else 1
-            elements[node.output[0]] = (count, dtype, count * _itemsize(dtype))
+    view = ConstantView(graph)
+    for name in view.stored_names() + view.filled_names():
+        meta = view.meta(name)
+        if meta is not None:
+            count = int(np.prod(meta[0])) if meta[0] else 1
+            elements[name] = (count, meta[1], count * _itemsize(meta[1]))
     # Only tensors on the way to an output: a weight folded into a Constant leaves its original behind.
     used = live_tensors(graph)
     elements = {name: value for name, value in elements.items() if name in used}
