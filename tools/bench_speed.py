@@ -4,7 +4,8 @@
 One process runs four parts and prints one report (markdown tables on stdout, everything in `--json`):
 
 1. models: `inspect`, `check` and `prune` of a ResNet-50 and a ViT-B/16 (torchvision graphs with real
-   random weights, 102.5 MB and 346.7 MB) against `onnx.load` + `onnx.save` of the same file, alternated.
+   random weights, 102.5 MB and 346.7 MB) against `onnx.load` + `onnx.save` of the same file, alternated;
+   `check` also against tools/bench_check.py's baseline (load + save + two onnxruntime runs).
 2. latency: onnxruntime CPU inference latency of pruned models against the original's, next to their
    FLOP ratio, with and without `round_to=8`, at batch 1 and a larger batch, fixed threads.
    Goal: latency ratio <= FLOP ratio + 0.10 with `round_to=8`.
@@ -52,6 +53,7 @@ from onnx import numpy_helper
 
 from bench_inspect import linear_fit, residual_net  # tools/bench_inspect.py
 from machine import machine_info  # tools/machine.py
+import morphnet_onnx
 from morphnet_onnx import check, inspect, prune
 from morphnet_onnx.checking import random_structure
 from morphnet_onnx.ops import POSITIVE_SLOTS
@@ -163,6 +165,19 @@ def load_and_save(path: Path, out: Path) -> None:
     onnx.save(onnx.load(str(path)), str(out))
 
 
+def load_save_run(path: Path, out: Path) -> None:
+    """tools/bench_check.py's baseline, what `check` cannot avoid: load, save, and two onnxruntime
+    sessions (original and pruned) each run once on a batch of 2 (onnxruntime's default threads)."""
+    model = onnx.load(str(path))
+    onnx.save(model, str(out))
+    data = model.SerializeToString()
+    for _ in range(2):
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        sess = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        sess.run(None, feeds(sess, 2))
+
+
 def bench_models(models: dict[str, tuple[Path, str]], repeats: int, fraction: float, work: Path) -> dict:
     results = {}
     for label, (path, origin) in models.items():
@@ -174,6 +189,7 @@ def bench_models(models: dict[str, tuple[Path, str]], repeats: int, fraction: fl
             "inspect": lambda: inspect(path),
             "check": lambda: check(path, fraction=fraction, seed=0),
             "prune": lambda: prune(path, structure, pruned, approximate_borders=True),
+            "load+save+2 runs": lambda: load_save_run(path, resaved),
         }
         times: dict[str, list[float]] = {k: [] for k in ops}
         cold, facts = {}, {}
@@ -204,6 +220,7 @@ def bench_models(models: dict[str, tuple[Path, str]], repeats: int, fraction: fl
             "fraction": fraction, "repeats": repeats, "runs_s": times, "cold_s": cold,
             "median_s": {k: med(v) for k, v in times.items()},
             "ratio": {k: med(v) / base for k, v in times.items() if k != "load+save"},
+            "check_ratio_bench_check": med(times["check"]) / med(times["load+save+2 runs"]),
         }
     return results
 
@@ -364,16 +381,19 @@ def report(results: dict) -> list[dict]:
     if m:
         print("\n### inspect, check and prune against onnx.load + onnx.save of the same file\n")
         print("| model | file MB | groups | GFLOPs | load+save s | inspect s | check s | prune s "
-              "| inspect / base | check / base | prune / base |")
-        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+              "| inspect / base | check / base | prune / base | load+save+2 runs s | check / that |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for label, r in m.items():
             s, q = r["median_s"], r["ratio"]
             print(f"| {label} | {r['size_bytes'] / 1e6:.1f} | {r['groups']} | {r['flops'] / 1e9:.2f} | "
                   f"{s['load+save']:.3f} | {s['inspect']:.3f} | {s['check']:.3f} | {s['prune']:.3f} | "
-                  f"{q['inspect']:.2f}x | {q['check']:.2f}x | {q['prune']:.2f}x |")
+                  f"{q['inspect']:.2f}x | {q['check']:.2f}x | {q['prune']:.2f}x | {s['load+save+2 runs']:.3f} | "
+                  f"{r['check_ratio_bench_check']:.2f}x |")
         first = next(iter(m.values()))
         print(f"\nMedians of {first['repeats']} alternated rounds after a warm-up round; check and prune at "
-              f"fraction {first['fraction']} (prune: approximate_borders). Models: " +
+              f"fraction {first['fraction']} (prune: approximate_borders). base = onnx.load + onnx.save. "
+              f"load+save+2 runs = tools/bench_check.py's baseline (two onnxruntime sessions each run on a batch "
+              f"of 2, what check cannot avoid). Models: " +
               "; ".join(f"{k}: {r['origin']}" for k, r in m.items()) + ". FLOPs kept by check / prune: " +
               ", ".join(f"{k} {r['check_flops_ratio']:.2f} / {r['prune_flops_ratio']:.2f}"
                         f"{'' if r['check_passed'] else ' (CHECK FAILED)'}" for k, r in m.items()))
@@ -478,9 +498,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine['morphnet_onnx']} ({machine['git_commit']})")
     print(f"machine: {machine['nproc']} cores, {machine['cpu']}; Python {machine['python']}, onnx {machine['onnx']}, "
           f"onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}; load average at start "
-          f"{' '.join(f'{x:.2f}' for x in machine['loadavg_start'])}", flush=True)
+          f"{' '.join(f'{x:.2f}' for x in machine['loadavg_start'])}")
+    # A script's sys.path starts at tools/, so the package is the one the venv installed (editable: its
+    # checkout), which need not be this file's checkout: say which one was measured.
+    package = str(Path(morphnet_onnx.__file__).resolve().parent)
+    print(f"package measured: {package}", flush=True)
     results: dict = {"machine": machine, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                     "quick": args.quick, "timings_s": {}}
+                     "package": package, "quick": args.quick, "timings_s": {}}
     resnet = model_file("resnet50", args.resnet50, work) if parts & {"models", "latency"} else None
     if "models" in parts:
         print("\n## part 1: models", flush=True)
