@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import statistics
@@ -194,7 +195,7 @@ def bench_models(models: dict[str, tuple[Path, str]], repeats: int, fraction: fl
         times: dict[str, list[float]] = {k: [] for k in ops}
         cold, facts = {}, {}
         # Round 0 is the warm-up (first call in the process: imports, caches), reported apart; then the
-        # four are alternated, the order rotated each round, so drift hits them alike.
+        # five are alternated, the order rotated each round, so drift hits them alike.
         for round_ in range(repeats + 1):
             names = list(ops)
             names = names[round_ % len(names):] + names[:round_ % len(names)]
@@ -349,8 +350,11 @@ def bench_depth(depths: list[int], repeats: int, fraction: float) -> dict:
 
 def bench_train(threads: int, extra: list[str], work: Path) -> dict:
     out = work / "bench_train_step.json"
+    out.unlink(missing_ok=True)
+    # PyTorch runs with this Python when it has torch (the [bench] extra), else that figure is left out.
+    torch = ["--torch-python", sys.executable] if importlib.util.find_spec("torch") else ["--no-torch"]
     cmd = [sys.executable, str(TOOLS / "bench_train_step.py"), "--threads", str(threads), "--torch-threads",
-           str(threads), "--torch-python", sys.executable, "--json", str(out), *extra]
+           str(threads), *torch, "--json", str(out), *extra]
     print(f"  {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
