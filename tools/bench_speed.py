@@ -73,7 +73,7 @@ SHAPE_SUFFIX = "__SHAPE"  # how export_torchvision's light copies name a placeho
 
 # Settings of the full run and of --quick (a smoke run: every part, fewer repeats and runs).
 SETTINGS = {
-    "full": {"repeats": 3, "depths": "100,200,400,800", "depth_repeats": 3, "fractions": "0.3,0.5,0.7",
+    "full": {"repeats": 3, "depths": "50,100,200,400", "depth_repeats": 3, "fractions": "0.3,0.5,0.7",
              "latency_rounds": 5, "latency_budget_s": 20.0, "threads": "1,2",
              "train_args": []},
     "quick": {"repeats": 1, "depths": "16,32,64", "depth_repeats": 1, "fractions": "0.3,0.7",
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", help="random-structure fractions of part 2 (full 0.3,0.5,0.7)")
     parser.add_argument("--threads", help="onnxruntime intra-op threads of part 2 (full 1,2)")
     parser.add_argument("--latency-budget", type=float, help="seconds per latency cell (full 20)")
-    parser.add_argument("--depths", help="residual blocks of part 3 (full 100,200,400,800)")
+    parser.add_argument("--depths", help="residual blocks of part 3 (full 50,100,200,400)")
     parser.add_argument("--train-threads", type=int, default=1,
                         help="threads of onnxruntime and of PyTorch in part 4 (default 1: the steadier on 2 vCPUs)")
     parser.add_argument("--json", metavar="OUT", help="also write every number as JSON to OUT")
