@@ -138,24 +138,31 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
         n_in, n_out = cost.counts(alive)
         latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
         ops.append(OpCost(cost.op, cost.op_type, flops, cost.size_coeff * n_in * n_out, latency, compute_bound))
-        in_c = _per_slot(slot_of_element, cost.in_ids, n_slots)
-        out_c = _per_slot(slot_of_element, cost.out_ids, n_slots)
-        if not (in_c.any() or out_c.any()):
+        # Only the slots this op touches (dense per-op vectors made the pass quadratic in depth).
+        in_s, in_n = _slot_counts(slot_of_element, cost.in_ids)
+        out_s, out_n = _slot_counts(slot_of_element, cost.out_ids)
+        slots = np.union1d(in_s, out_s)
+        if not len(slots):
             continue
-        in_g = np.bincount(slot_group, weights=in_c, minlength=n_groups)
-        out_g = np.bincount(slot_group, weights=out_c, minlength=n_groups)
-        removable += cost.flops_coeff * (in_g * n_out + out_g * n_in - in_g * out_g)
-        marginal_flops += cost.flops_coeff * (in_c * n_out + out_c * n_in)
-        marginal_params += cost.size_coeff * (in_c * n_out + out_c * n_in)
+        in_c = np.zeros(len(slots))
+        out_c = np.zeros(len(slots))
+        in_c[np.searchsorted(slots, in_s)] = in_n
+        out_c[np.searchsorted(slots, out_s)] = out_n
+        touched, group_index = np.unique(slot_group[slots], return_inverse=True)
+        in_g = np.bincount(group_index, weights=in_c, minlength=len(touched))
+        out_g = np.bincount(group_index, weights=out_c, minlength=len(touched))
+        removable[touched] += cost.flops_coeff * (in_g * n_out + out_g * n_in - in_g * out_g)
+        marginal_flops[slots] += cost.flops_coeff * (in_c * n_out + out_c * n_in)
+        marginal_params[slots] += cost.size_coeff * (in_c * n_out + out_c * n_in)
         # The roofline follows whichever term dominates; its derivative is that term's.
         if compute_bound:
-            marginal_latency += (cost.flops_coeff * (in_c * n_out + out_c * n_in) * hardware.batch
-                                 / (hardware.peak_gflops * 1e9))
+            marginal_latency[slots] += (cost.flops_coeff * (in_c * n_out + out_c * n_in) * hardware.batch
+                                        / (hardware.peak_gflops * 1e9))
         else:
             per_byte = cost.dtype_bytes / (hardware.bandwidth_gbs * 1e9)
-            marginal_latency += per_byte * (cost.size_coeff * (in_c * n_out + out_c * n_in) + hardware.batch * (
+            marginal_latency[slots] += per_byte * (cost.size_coeff * (in_c * n_out + out_c * n_in) + hardware.batch * (
                 cost.in_act_per_channel * in_c + cost.out_act_per_channel * out_c))
-        if ((in_g + out_g > 0) & prunable).any():
+        if ((in_g + out_g > 0) & prunable[touched]).any():
             prunable_flops += flops
 
     def per_group(values: np.ndarray) -> dict[int, np.ndarray]:
@@ -175,10 +182,11 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
                  channel_marginal=channel_marginal)
 
 
-def _per_slot(slot_of_element: np.ndarray, ids: np.ndarray | None, n_slots: int) -> np.ndarray:
+def _slot_counts(slot_of_element: np.ndarray, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The slots an op's channel ids fall on, and how many positions each (sorted by slot)."""
     if ids is None:
-        return np.zeros(n_slots)
-    return np.bincount(slot_of_element[ids], minlength=n_slots).astype(np.float64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.unique(slot_of_element[np.asarray(ids).reshape(-1)], return_counts=True)
 
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}

@@ -68,7 +68,7 @@ def _memory_cost(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     shape = ctx.shapes.get(out)
     if not shape or -1 in shape:
         return
-    batch = ctx.loaded.batch
+    batch = ctx.batch
 
     def elements(name: str) -> float:
         dims = ctx.shapes.get(name)

@@ -24,6 +24,7 @@ class Context:
         self.graph = loaded.model.graph
         self.shapes = loaded.shapes
         self.view = loaded.view
+        self.batch = loaded.batch  # read once: it scans the graph's inputs
         self.uf = UnionFind()
         self.sources: list[Source] = []
         self.costed: list[CostedOp] = []
@@ -39,7 +40,7 @@ class Context:
     def per_example(self, rows: int) -> int:
         """Rows of a Gemm/MatMul per example: a model exported with a static batch carries it in its
         row count, while costs are per example (batch 1), as a Conv's spatial size is."""
-        batch = self.loaded.batch
+        batch = self.batch
         return rows // batch if batch > 1 and rows % batch == 0 else rows
 
     # ---- constants -----------------------------------------------------------------------------
