@@ -40,6 +40,12 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     return any(is_external(t) for t in model.graph.initializer)
 
 
+def needs_a_file(model: onnx.ModelProto) -> bool:
+    """Whether onnx's checker and onnxruntime must open the model as a file: its weights are on disk,
+    or it is too big for one protobuf message."""
+    return has_external_data(model) or model.ByteSize() >= TWO_GB
+
+
 def external_info(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
     """(location, offset, length or None) of an external tensor."""
     entries = {e.key: e.value for e in tensor.external_data}

@@ -10,7 +10,7 @@ import onnx
 
 from .analysis import Analysis, analyze
 from .errors import MorphNetError
-from .external import TWO_GB, has_external_data, on_disk
+from .external import needs_a_file, on_disk
 from .gates import gate_magnitudes
 from .io import InputShapes, LoadedModel, load, save_model
 from .placeholders import materialize_weights
@@ -35,7 +35,7 @@ class PruneResult:
 def verify_model(model: onnx.ModelProto, name: str):
     """Every model we write passes onnx's full check and loads in onnxruntime (the session is returned).
     A model that keeps its weights on disk (or is over 2 GB) is checked as a file, without a copy."""
-    big = has_external_data(model) or model.ByteSize() >= TWO_GB
+    big = needs_a_file(model)
     source = on_disk(model) if big else model
     try:
         onnx.checker.check_model(str(source) if big else source, full_check=True)

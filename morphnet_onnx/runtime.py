@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import MorphNetError
-from .external import TWO_GB, has_external_data, on_disk
+from .external import needs_a_file, on_disk
 
 
 def make_session(model: onnx.ModelProto | Path, threads: int = 0):
@@ -21,7 +21,7 @@ def make_session(model: onnx.ModelProto | Path, threads: int = 0):
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    if isinstance(model, onnx.ModelProto) and (has_external_data(model) or model.ByteSize() >= TWO_GB):
+    if isinstance(model, onnx.ModelProto) and needs_a_file(model):
         model = on_disk(model)
     if isinstance(model, Path):
         options.add_session_config_entry("session.disable_prepacking", "1")

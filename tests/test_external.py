@@ -9,6 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+import morphnet_onnx.external as external_module
+import morphnet_onnx.io as io_module
+import morphnet_onnx.pruning as pruning_module
 from builders import Net
 from morphnet_onnx import MorphNetError, check, expand, inspect, prune
 from morphnet_onnx.external import has_external_data, read_tensor
@@ -158,3 +161,22 @@ def test_training_reads_the_weights_into_its_graph(models):
     for tensor in graph.model.graph.initializer:
         if tensor.name in expected:
             np.testing.assert_array_equal(numpy_helper.to_array(tensor), expected[tensor.name])
+
+
+def test_a_model_over_the_protobuf_limit_is_checked_and_written_as_files(models, tmp_path, monkeypatch):
+    """An in-memory model too big for one protobuf message (the limit lowered to 1000 bytes): onnx's
+    checker and onnxruntime open it as a file, and it is written with external data."""
+    inline, _ = models
+    structure = {"conv2": 5, "fc1": 12}
+    expected = prune(inline, structure, tmp_path / "a.onnx")
+    monkeypatch.setattr(external_module, "TWO_GB", 1000)
+    monkeypatch.setattr(io_module, "TWO_GB", 1000)
+    opened = []
+    monkeypatch.setattr(pruning_module, "on_disk", lambda model: opened.append(1) or external_module.on_disk(model))
+    result = prune(onnx.load(str(inline)), structure, tmp_path / "b.onnx")
+    assert opened and not has_external_data(result.model)
+    assert result.flops_after == expected.flops_after
+    assert_written_with_external_data(tmp_path / "b.onnx")
+    a, b = tensors(tmp_path / "a.onnx"), tensors(tmp_path / "b.onnx")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

@@ -12,8 +12,8 @@ model needs no more memory than its largest tensor:
 
 Weights are constant per output channel (scaled by 1/fan_in so activations stay O(1)): writing
 them is quick and every channel still differs from its neighbours. Each command runs as the CLI
-(`morphnet_onnx.cli.main`) in a fresh subprocess that reports its own peak RSS (`ru_maxrss`) and
-wall time; the parent polls the child's RSS every 0.1 s, keeps the largest anonymous part seen
+(`morphnet_onnx.cli.main`) in a fresh subprocess that reports its own peak RSS (VmHWM) and wall
+time; the parent polls the child's RSS every 0.1 s, keeps the largest anonymous part seen
 (RssAnon: memory that is not a mapped file's pages, which the kernel cannot drop) and kills the
 child above `--cap-gb`, so a run that would need more memory than the machine has is recorded as
 "killed" instead of pushing others out.
@@ -44,17 +44,20 @@ from machine import machine_info  # noqa: E402
 VGG11_CONVS = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 MODELS = {"vgg11": 4096, "vgg11-wide": 13312}
 
+# The child's peak is VmHWM (the high-water mark of its own address space), not ru_maxrss: Linux
+# carries ru_maxrss over exec, so a child would report the benchmark's own RSS when that is larger.
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 start = time.perf_counter()
 from morphnet_onnx.cli import main
 try:
     code = main(sys.argv[2:])
 except SystemExit as exc:
     code = exc.code
+seconds = time.perf_counter() - start
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 with open(sys.argv[1], "w") as fh:
-    json.dump({"rc": code, "seconds": time.perf_counter() - start,
-               "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, fh)
+    json.dump({"rc": code, "seconds": seconds, "peak_rss_kb": int(status["VmHWM"].split()[0])}, fh)
 """
 
 
