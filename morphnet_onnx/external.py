@@ -66,14 +66,16 @@ def external_bytes(model: onnx.ModelProto) -> int:
 def resolve_locations(model: onnx.ModelProto, base_dir: Path, name: str) -> None:
     """Point every external tensor of a just-read model at its file by absolute path (in place),
     after checking that the file lies in the model's folder and holds the bytes the tensor names."""
-    base = base_dir.resolve()
+    base = Path(os.path.abspath(base_dir))
     sizes: dict[Path, int] = {}
     for tensor in model.graph.initializer:
         if not is_external(tensor):
             continue
         location, offset, length = external_info(tensor)
-        where = (base / location).resolve()
-        if not location or Path(location).is_absolute() or not where.is_relative_to(base):
+        # Checked by name, not with links followed: a data file may be a link (a download cache's blob).
+        relative = os.path.normpath(location) if location else ""
+        where = base / relative
+        if not relative or os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
             raise MorphNetError(f"{name}: cannot read its external data (tensor {tensor.name!r}: location "
                                 f"{location!r} is not a file inside the model's folder)")
         if where not in sizes:

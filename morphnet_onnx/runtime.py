@@ -14,7 +14,7 @@ from .external import needs_a_file, on_disk
 def make_session(model: onnx.ModelProto | Path, threads: int = 0):
     """An onnxruntime session on a model in memory, or on a file. A model that keeps its weights on
     disk (or is too big to serialize) is opened from a file, where onnxruntime maps its weights
-    rather than copying them, and without prepacking (a second copy of every Gemm/Conv weight)."""
+    rather than copying them, and without prepacking (a second copy of the Gemm weights)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

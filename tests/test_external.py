@@ -180,3 +180,14 @@ def test_a_model_over_the_protobuf_limit_is_checked_and_written_as_files(models,
     a, b = tensors(tmp_path / "a.onnx"), tensors(tmp_path / "b.onnx")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_a_data_file_that_is_a_link_is_read(models, tmp_path):
+    """Download caches keep the data file elsewhere and link it beside the model."""
+    inline, external = models
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    data = external.with_name("model.onnx.data")
+    data.rename(blob)
+    data.symlink_to(blob)
+    np.testing.assert_array_equal(load(external).view.value("fc1.w"), tensors(inline)["fc1.w"])
