@@ -53,16 +53,6 @@ def external_info(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
     return entries.get("location", ""), int(entries.get("offset") or 0), int(length) if length else None
 
 
-def external_bytes(model: onnx.ModelProto) -> int:
-    """The bytes the model's external tensors hold on disk."""
-    total = 0
-    for tensor in model.graph.initializer:
-        if is_external(tensor):
-            location, offset, length = external_info(tensor)
-            total += length if length is not None else os.path.getsize(location) - offset
-    return total
-
-
 def resolve_locations(model: onnx.ModelProto, base_dir: Path, name: str) -> None:
     """Point every external tensor of a just-read model at its file by absolute path (in place),
     after checking that the file lies in the model's folder and holds the bytes the tensor names."""
@@ -71,7 +61,11 @@ def resolve_locations(model: onnx.ModelProto, base_dir: Path, name: str) -> None
     for tensor in model.graph.initializer:
         if not is_external(tensor):
             continue
-        location, offset, length = external_info(tensor)
+        try:
+            location, offset, length = external_info(tensor)
+        except ValueError as exc:
+            raise MorphNetError(f"{name}: cannot read its external data (tensor {tensor.name!r}: "
+                                f"{exc})") from exc
         # Checked by name, not with links followed: a data file may be a link (a download cache's blob).
         relative = os.path.normpath(location) if location else ""
         where = base / relative

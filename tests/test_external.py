@@ -191,3 +191,14 @@ def test_a_data_file_that_is_a_link_is_read(models, tmp_path):
     data.rename(blob)
     data.symlink_to(blob)
     np.testing.assert_array_equal(load(external).view.value("fc1.w"), tensors(inline)["fc1.w"])
+
+
+def test_an_offset_that_is_not_a_number_is_refused(models):
+    _, external = models
+    model = onnx.load(str(external), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "offset":
+            entry.value = "twelve"
+    onnx.save(model, external)
+    with pytest.raises(MorphNetError, match="cannot read its external data.*twelve"):
+        load(external)
