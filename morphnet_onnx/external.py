@@ -77,7 +77,8 @@ def resolve_locations(model: onnx.ModelProto, base_dir: Path, name: str) -> None
                 sizes[where] = where.stat().st_size
             except OSError as exc:
                 raise MorphNetError(f"{name}: cannot read its external data ({exc.strerror}: {location})") from exc
-        expected = _element_count(tensor) * _item_size(tensor.data_type)
+        item_size = _item_size(tensor.data_type)
+        expected = _element_count(tensor) * item_size if item_size is not None else None
         if length is None:
             length = sizes[where] - offset
         if offset < 0 or offset + length > sizes[where] or (expected is not None and length != expected):
