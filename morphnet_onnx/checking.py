@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .analysis import Analysis, analyze
 from .cost import compute_costs
 from .errors import MorphNetError
+from .external import make_tensor, spill_for
 from .gates import gate_ops
 from .io import InputShapes, LoadedModel, graph_input_names, load
 from .ops import WEIGHTED, bias_input, weight_from_rows, weight_layout, weight_rows
@@ -70,6 +70,7 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
     alive_el = structure.element_alive(analysis)
     copy = LoadedModel(model=out, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes)
     constants = copy.view
+    spill = spill_for(model)
     counter = 0
     for node, name, positions in list(gate_ops(analysis, copy)):
         dead = ~alive_el[positions]
@@ -98,7 +99,7 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
                 continue
             counter += 1
             new_name = f"{source}__gated{counter}"
-            out.graph.initializer.append(numpy_helper.from_array(value.astype(value.dtype), new_name))
+            out.graph.initializer.append(make_tensor(value, new_name, spill))
             node.input[slot] = new_name
     return out
 

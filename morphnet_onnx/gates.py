@@ -47,6 +47,22 @@ def prunable_groups_at(analysis: Analysis, positions: np.ndarray, prunable: set[
             yield group_id, groups == group_id, channels
 
 
+# Filter norms are computed this many values at a time: in float64 a whole 1 GB weight would take
+# 2 GB, and its square 2 GB more.
+NORM_CHUNK = 1 << 22
+
+
+def row_norms(rows: np.ndarray) -> np.ndarray:
+    """The L2 norm of every row in float64, as np.linalg.norm(rows, axis=1) (the same sums: each
+    row is reduced whole), a block of rows at a time."""
+    norms = np.empty(rows.shape[0], dtype=np.float64)
+    step = max(1, NORM_CHUNK // max(rows.shape[1], 1))
+    for begin in range(0, rows.shape[0], step):
+        block = rows[begin:begin + step].astype(np.float64)
+        norms[begin:begin + step] = np.sqrt(np.add.reduce(block * block, axis=1))
+    return norms
+
+
 def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.ndarray]:
     """Per group, per channel: max |gamma| over the group's norms; groups without one use the max
     L2 norm of the filters writing the channel (MorphNet's gamma and group-lasso criteria)."""
@@ -67,8 +83,7 @@ def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.nda
             weight = view.value(node.input[1])
             if weight is None:
                 continue
-            rows = weight_rows(weight_layout(node, {node.input[1]: weight}), weight)
-            norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+            norms = row_norms(weight_rows(weight_layout(node, {node.input[1]: weight}), weight))
             if len(norms) != len(positions):
                 continue
             for g in np.unique(groups):

@@ -59,16 +59,26 @@ def drop_dead_nodes(graph: onnx.GraphProto) -> None:
 
 
 
-def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of the model with new values for its initializers or Constant weights, by name."""
+def with_params(model: onnx.ModelProto, params: dict[str, np.ndarray | onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of the model with new values for its initializers or Constant weights, by name: arrays
+    (cast to the tensor's dtype), or tensors already made (`external.make_tensor`: a model that keeps
+    its weights on disk gets them in a spill file)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for tensor in out.graph.initializer:
         if tensor.name in params:
-            tensor.CopyFrom(numpy_helper.from_array(params[tensor.name].astype(
-                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)), tensor.name))
+            tensor.CopyFrom(_as_tensor(params[tensor.name], tensor.name, tensor.data_type))
     for node in out.graph.node:
         if node.op_type == "Constant" and node.output[0] in params and node.attribute[0].name == "value":
-            value = params[node.output[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type))
-            node.attribute[0].t.CopyFrom(numpy_helper.from_array(value, node.output[0]))
+            node.attribute[0].t.CopyFrom(_as_tensor(params[node.output[0]], node.output[0],
+                                                    node.attribute[0].t.data_type))
     return out
+
+
+def _as_tensor(value: np.ndarray | onnx.TensorProto, name: str, data_type: int) -> onnx.TensorProto:
+    if isinstance(value, onnx.TensorProto):
+        if value.name != name:
+            value = onnx.TensorProto.FromString(value.SerializeToString())
+            value.name = name
+        return value
+    return numpy_helper.from_array(value.astype(onnx.helper.tensor_dtype_to_np_dtype(data_type)), name)

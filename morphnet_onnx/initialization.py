@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from .external import make_tensor, spill_for
 from .graph_utils import with_params
 from .ops import INIT_TRANSPARENT, NORM_FRESH, RELU_LIKE, WeightLayout, weight_layout
 from .view import ConstantView
@@ -47,11 +48,20 @@ def relu_follows(graph: onnx.GraphProto) -> dict[str, bool]:
     return {node.output[0]: follows(node.output[0], 0) for node in graph.node if node.output}
 
 
+# Fresh weights are drawn this many values at a time: the float64 draws of a 1 GB weight would
+# otherwise take 2 GB. The generator's stream is the same whatever the chunks.
+DRAW_CHUNK = 1 << 22
+
+
 def draw(rng: np.random.Generator, shape, fan_in: int, fan_out: int, he: bool, dtype) -> np.ndarray:
-    if he:
-        return (rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(dtype)
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    scale = np.sqrt(2.0 / max(fan_in, 1))
     limit = np.sqrt(6.0 / max(fan_in + fan_out, 1))
-    return rng.uniform(-limit, limit, shape).astype(dtype)
+    for begin in range(0, flat.size, DRAW_CHUNK):
+        count = min(DRAW_CHUNK, flat.size - begin)
+        flat[begin:begin + count] = rng.standard_normal(count) * scale if he else rng.uniform(-limit, limit, count)
+    return out
 
 
 def initialize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
@@ -60,18 +70,26 @@ def initialize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto
     graph = model.graph
     constants = ConstantView(graph).arrays()
     relu = relu_follows(graph)
-    fresh: dict[str, np.ndarray] = {}
+    # A model that keeps its weights on disk gets the fresh ones in a spill file, each written as
+    # soon as it is drawn.
+    spill = spill_for(model)
+    stored = {t.name for t in graph.initializer}
+    fresh: dict[str, np.ndarray | onnx.TensorProto] = {}
+
+    def put(name: str, value: np.ndarray) -> None:
+        fresh[name] = make_tensor(value, name, spill) if spill is not None and name in stored else value
+
     for node in graph.node:
         layout = weight_layout(node, constants)
         if layout is not None and layout.weight not in fresh:
             weight = constants[layout.weight]
             if np.issubdtype(weight.dtype, np.floating):
                 fan_in, fan_out = fans(weight, layout)
-                fresh[layout.weight] = draw(rng, weight.shape, fan_in, fan_out, relu.get(node.output[0], False),
-                                            weight.dtype)
+                put(layout.weight, draw(rng, weight.shape, fan_in, fan_out, relu.get(node.output[0], False),
+                                        weight.dtype))
             if layout.bias in constants:
-                fresh[layout.bias] = np.zeros_like(constants[layout.bias])
+                put(layout.bias, np.zeros_like(constants[layout.bias]))
         for index, value in NORM_FRESH.get(node.op_type, {}).items():
             if index < len(node.input) and node.input[index] in constants:
-                fresh[node.input[index]] = np.full_like(constants[node.input[index]], value)
+                put(node.input[index], np.full_like(constants[node.input[index]], value))
     return with_params(model, fresh)

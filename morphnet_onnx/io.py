@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import MorphNetError
+from .external import TWO_GB, has_external_data, resolve_locations, write_external
 from .folding import fold_shape_values
 from .aliases import resolve_constant_aliases
 from .view import ConstantView
@@ -78,8 +79,9 @@ def onnx_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
-def read_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
-    """Read an .onnx file (with or without external data); MorphNetError naming the file on failure."""
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an .onnx file; MorphNetError naming the file on failure. External data stays on disk
+    (external.py): each tensor is read, mapped, when a stage asks for it."""
     path = Path(path)
     if not path.exists():
         raise MorphNetError(f"{path}: no such file")
@@ -91,16 +93,8 @@ def read_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
         raise MorphNetError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     if not model.graph.node:
         raise MorphNetError(f"{path}: not an ONNX model (no graph nodes; truncated or another file type?)")
-    if load_weights and _has_external_data(model):
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except Exception as exc:
-            raise MorphNetError(f"{path}: cannot read its external data ({_first_line(exc)})") from exc
+    resolve_locations(model, path.parent, str(path))
     return model
-
-
-def _has_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -307,15 +301,14 @@ def _pin_values(light: onnx.ModelProto, values: dict[str, np.ndarray], known: di
     graph.node.extend(keep)
 
 
-def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,
-         load_weights: bool = True) -> LoadedModel:
+def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None) -> LoadedModel:
     """Load a model from a path or a ModelProto, upgrade old opsets, give every aliased constant its
     own tensor, and infer static shapes at batch 1."""
     if isinstance(path_or_model, onnx.ModelProto):
         model, path = path_or_model, None
     else:
         path = Path(path_or_model)
-        model = read_model(path, load_weights=load_weights)
+        model = read_model(path)
     name = str(path) if path else (model.graph.name or "<model>")
     model, upgraded_from = upgrade_opset(model, name)
     model, aliases_resolved = resolve_constant_aliases(model)
@@ -351,9 +344,6 @@ def _declare_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
 
 # ---- writing -------------------------------------------------------------------------------------
 
-TWO_GB = 2**31 - 1
-
-
 def write_atomic_bytes(path: str | os.PathLike, data: bytes | str) -> None:
     """Write a file through a temp file in the same folder and a rename: never half-written."""
     path = Path(path)
@@ -378,7 +368,8 @@ def _chmod_like_open(path: str | os.PathLike) -> None:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Path] = ()) -> None:
-    """Save atomically; models over 2 GB get their weights in `<name>.data` beside them.
+    """Save atomically. Models over 2 GB, and models that keep their weights on disk (loaded with
+    external data), get their weights in `<name>.data` beside them, streamed one tensor at a time.
 
     Refuses to overwrite any of `inputs`: users lose their trained model otherwise.
     """
@@ -390,7 +381,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
         raise MorphNetError(f"{path}: folder {path.parent} does not exist")
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
-    if model.ByteSize() < TWO_GB:
+    if not has_external_data(model) and model.ByteSize() < TWO_GB:
         write_atomic_bytes(path, model.SerializeToString())
         return
     data_name = path.name + ".data"
@@ -398,27 +389,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
     os.close(fd)
     tmp_data = Path(tmp).with_name(Path(tmp).name + ".data")
     try:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=tmp_data.name, size_threshold=1024)
+        written = write_external(model, Path(tmp), tmp_data, tmp_data.name)
         # The model refers to its data file by name, so the data must land under its final name first.
         _chmod_like_open(tmp_data)
         os.replace(tmp_data, path.parent / data_name)
-        _relocate_external_data(tmp, data_name)
+        for tensor in written.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_name
+        with open(tmp, "wb") as fh:
+            fh.write(written.SerializeToString())
         _chmod_like_open(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         tmp_data.unlink(missing_ok=True)
         raise
-
-
-def _relocate_external_data(model_path: str, location: str) -> None:
-    model = onnx.load(model_path, load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    with open(model_path, "wb") as fh:
-        fh.write(model.SerializeToString())

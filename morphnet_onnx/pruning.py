@@ -10,6 +10,7 @@ import onnx
 
 from .analysis import Analysis, analyze
 from .errors import MorphNetError
+from .external import needs_a_file, on_disk
 from .gates import gate_magnitudes
 from .io import InputShapes, LoadedModel, load, save_model
 from .placeholders import materialize_weights
@@ -32,14 +33,16 @@ class PruneResult:
 
 
 def verify_model(model: onnx.ModelProto, name: str):
-    """Every model we write passes onnx's full check and loads in onnxruntime (the session is returned)."""
+    """Every model we write passes onnx's full check and loads in onnxruntime (the session is returned).
+    A model that keeps its weights on disk (or is over 2 GB) is checked as a file, without a copy."""
+    big = needs_a_file(model)
+    source = on_disk(model) if big else model
     try:
-        if model.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(source) if big else source, full_check=True)
     except Exception as exc:
         raise MorphNetError(f"internal: {name} fails onnx's checker: "
                             f"{str(exc).splitlines()[0][:300]}") from exc
-    return make_session(model)
+    return make_session(source)
 
 
 def check_round_to(round_to) -> None:

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
 from .errors import MorphNetError
+from .external import needs_a_file, on_disk
 
 
-def make_session(model: onnx.ModelProto, threads: int = 0):
+def make_session(model: onnx.ModelProto | Path, threads: int = 0):
+    """An onnxruntime session on a model in memory, or on a file. A model that keeps its weights on
+    disk (or is too big to serialize) is opened from a file, where onnxruntime maps its weights
+    rather than copying them, and without prepacking (a second copy of the Gemm weights)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if isinstance(model, onnx.ModelProto) and needs_a_file(model):
+        model = on_disk(model)
+    if isinstance(model, Path):
+        options.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        source = str(model) if isinstance(model, Path) else model.SerializeToString()
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise MorphNetError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from exc
 

@@ -11,14 +11,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .external import external_info, is_external, read_tensor
+
 # Constant's attribute forms and the dtype of the scalar/list ones.
 CONSTANT_FORMS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
                   "value_ints": np.int64}
 
 
 def tensor_value(tensor: onnx.TensorProto, base_dir: Path | None = None) -> np.ndarray:
-    """An initializer's value, reading external data on demand."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    """An initializer's value, reading external data on demand: a loaded model's external tensors
+    (absolute locations) are read-only views of their mapped files, never copies."""
+    if is_external(tensor):
+        if Path(external_info(tensor)[0]).is_absolute():
+            return read_tensor(tensor)
         return numpy_helper.to_array(tensor, str(base_dir) if base_dir else "")
     return numpy_helper.to_array(tensor)
 

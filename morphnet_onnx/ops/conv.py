@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..graph_utils import attr
-from .base import Op, along, keep_on
+from .base import Op, along, keep_on, take_axes
 
 if TYPE_CHECKING:
     from ..analysis.context import Context
@@ -123,10 +123,7 @@ def cut_conv(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
     out_axis, in_axis = (1, 0) if transposed else (0, 1)
     new_groups = groups
     if groups == 1:
-        if keep_out is not None:
-            weight = weight.take(keep_out, axis=out_axis)
-        if keep_in is not None:
-            weight = weight.take(keep_in, axis=in_axis)
+        weight = take_axes(weight, {out_axis: keep_out, in_axis: keep_in})
     elif removes_whole_groups(groups, in_per_group):
         # Whole groups go: a group's input and output channels are kept or removed together.
         if transposed:

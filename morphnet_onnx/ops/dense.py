@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from ..graph_utils import attr
-from .base import Op, Unsupported, along, keep_on
+from .base import Op, Unsupported, along, keep_on, take_axes
 from .conv import fix_inputs_and_cost
 
 if TYPE_CHECKING:
@@ -80,10 +80,7 @@ def cut_gemm(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
         return
     weight = rw.value_of(node.input[1])
     trans_b = attr(node, "transB", 0)
-    if keep_out is not None:
-        weight = weight.take(keep_out, axis=0 if trans_b else 1)
-    if keep_in is not None:
-        weight = weight.take(keep_in, axis=1 if trans_b else 0)
+    weight = take_axes(weight, {0 if trans_b else 1: keep_out, 1 if trans_b else 0: keep_in})
     rw.set_input(node, 1, weight)
     if len(node.input) > 2 and node.input[2] and keep_out is not None:
         bias = rw.value_of(node.input[2])
@@ -98,12 +95,7 @@ def cut_matmul(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
     keep_out = keep_on(rw, node.output[0], -1)
     if keep_in is None and keep_out is None:
         return
-    weight = rw.value_of(node.input[1])
-    if keep_out is not None:
-        weight = weight.take(keep_out, axis=1)
-    if keep_in is not None:
-        weight = weight.take(keep_in, axis=0)
-    rw.set_input(node, 1, weight)
+    rw.set_input(node, 1, take_axes(rw.value_of(node.input[1]), {1: keep_out, 0: keep_in}))
 
 
 def _gemm_layout(node: onnx.NodeProto) -> tuple[int, int, int]:

@@ -1,17 +1,19 @@
 """The new graph under construction, which the op families' cutters edit (ops/): each cutter gets
 this state, a copy of the node to edit in place and the node's name. Sliced tensors are new
-initializers, so an initializer shared by several ops is copied apart.
+initializers, so an initializer shared by several ops is copied apart; when the model keeps its
+weights on disk, they are written to a spill file as they are made (external.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import MorphNetError
+from ..external import make_tensor, spill_for
 from ..graph_utils import drop_dead_nodes
 from ..ops import CONV, DENSE, bias_input, output_channel_axis
+from ..view import tensor_value
 
 
 class Rewrite:
@@ -21,6 +23,7 @@ class Rewrite:
         self.s = surgeon
         self.nodes: list[onnx.NodeProto] = []
         self.new_inits: dict[str, onnx.TensorProto] = {}
+        self.spill = spill_for(surgeon.model)
         self.used_names = {t.name for t in surgeon.graph.initializer} | {
             o for n in surgeon.graph.node for o in n.output} | {i.name for i in surgeon.graph.input}
 
@@ -34,7 +37,7 @@ class Rewrite:
 
     def add_constant(self, base: str, value: np.ndarray) -> str:
         name = self.unique(base)
-        self.new_inits[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        self.new_inits[name] = make_tensor(value, name, self.spill)
         return name
 
     def set_input(self, node: onnx.NodeProto, index: int, value: np.ndarray, suffix: str = "pruned") -> None:
@@ -76,7 +79,7 @@ class Rewrite:
 
     def value_of(self, tensor: str) -> np.ndarray:
         if tensor in self.new_inits:
-            return numpy_helper.to_array(self.new_inits[tensor])
+            return tensor_value(self.new_inits[tensor])
         value = self.s.const(tensor)
         if value is None:
             raise MorphNetError(f"internal: {tensor!r} is not a constant")

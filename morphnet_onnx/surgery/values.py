@@ -71,6 +71,8 @@ def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], shapes: list
     if op == "Transpose" and x is not None:
         perm = attr(node, "perm", list(reversed(range(x.ndim))))
         return [x.transpose(perm)]
-    full = [np.broadcast_to(v, s).copy() if v is not None and s is not None else v
+    # Broadcast values are made whole; a value already whole (a weight, possibly mapped from disk)
+    # is passed as it is rather than copied.
+    full = [np.broadcast_to(v, s).copy() if v is not None and s is not None and v.shape != tuple(s) else v
             for v, s in zip(inputs, shapes)]
     return [compress(np.asarray(out)) for out in run_node(node, full, opset)]

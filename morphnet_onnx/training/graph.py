@@ -16,6 +16,7 @@ import onnx
 from onnx import version_converter
 
 from ..errors import MorphNetError
+from ..external import inline_weights
 from ..graph_utils import drop_dead_nodes
 from ..io import LoadedModel, graph_input_names
 from ..ops import TRAINABLE_INPUTS
@@ -37,6 +38,7 @@ class TrainingGraph:
 def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
+    inline_weights(model)  # a model loaded with external data keeps its weights on disk until here
     opset = loaded.opset
     if opset < MIN_TRAINING_OPSET:
         try:
