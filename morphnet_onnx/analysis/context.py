@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..folding import MAX_FOLD_ELEMENTS, NONDETERMINISTIC, evaluate_node
-from ..graph_utils import attr, compress, constant_along
+from ..folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node
+from ..graph_utils import attr, compress, constant_along, node_reads
 from ..io import LoadedModel
 from ..view import tensor_value
 from .groups import CostedOp, Source, UnionFind
@@ -113,13 +113,13 @@ class Context:
     def fold_if_constant(self, node: onnx.NodeProto) -> bool:
         """Register the outputs of an op computed from constants alone (or reading a static shape)
         as constants: an Unsqueezed BN scale is still a per-channel parameter, not an activation."""
-        if node.op_type in NONDETERMINISTIC or not node.input:
+        if node.op_type in NOT_FOLDED or not node.input:
             return False
         if node.op_type == "Shape":
             if self.shape(node.input[0]) is None:
                 return False
-        elif not all(not name or name in self.constants for name in node.input):
-            return False
+        elif not all(name in self.constants for name in node_reads(node)):
+            return False  # (a control-flow op's subgraphs may read activations of this graph)
         for out in node.output:
             shape = self.shape(out) if out not in self.constants else self.constants[out].shape
             if shape is None:

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from ..analysis import Analysis, node_names
 from ..errors import MorphNetError
-from ..folding import NONDETERMINISTIC, evaluate_node, fold_shape_values
+from ..folding import NOT_FOLDED, evaluate_node, fold_shape_values
 from ..graph_utils import compress
 from ..io import LoadedModel, onnx_opset
 from ..ops import CHANNEL_NORMS as NORMS
@@ -58,7 +58,7 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
     for node in out.graph.node:
         if node.op_type == "Constant" or not node.output or node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type in NONDETERMINISTIC or not node.input:
+        if node.op_type in NOT_FOLDED or not node.input:
             continue
         if not all(not i or i in inits or i in values or i in constant_values for i in node.input):
             continue

@@ -127,12 +127,12 @@ def cuts(*op_types: str):
 
 @cuts("Conv", "ConvTranspose")
 def cut_conv(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
-    weight = rw.value_of(node.input[1])
     transposed = node.op_type == "ConvTranspose"
     keep_in = _keep_on(rw, node.input[0], 1)
     keep_out = _keep_on(rw, node.output[0], 1)
     if keep_in is None and keep_out is None:
-        return
+        return  # untouched: its weights may be computed at run time (a quantized conv, pinned)
+    weight = rw.value_of(node.input[1])
     groups = attr(node, "group", 1)
     c_in = rw.s.shapes[node.input[0]][1]
     in_per_group = c_in // groups
