@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -14,6 +15,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import MorphNetError
 from .folding import fold_shape_values
+from .graph_utils import node_reads
 from .aliases import resolve_constant_aliases
 from .view import ConstantView
 
@@ -106,6 +108,35 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def check_graph(model: onnx.ModelProto, name: str) -> None:
+    """Every tensor a node reads (its subgraphs too) is written before it by one node, or is an input
+    or an initializer; every output is computed. Otherwise MorphNetError naming the first problem."""
+    graph = model.graph
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    writers: dict[str, str] = {}
+    labels = [node.name or f"{node.op_type}_{index}" for index, node in enumerate(graph.node)]
+    for node, label in zip(graph.node, labels):
+        for out in node.output:
+            if out in writers or (out and out in defined):
+                first = writers.get(out, "an input or initializer")
+                raise MorphNetError(f"{name}: tensor {out!r} is written twice ({first} and node {label!r}); "
+                                    f"the graph is malformed: re-export the model")
+            writers[out] = f"node {label!r}"
+    for node, label in zip(graph.node, labels):
+        for read in sorted(node_reads(node)):
+            if read in defined:
+                continue
+            if read in writers:
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) reads {read!r} before {writers[read]} "
+                                    f"writes it (nodes out of topological order, or a cycle); re-export the model")
+            raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) reads {read!r}, which no node, input or "
+                                f"initializer provides (a missing initializer?); re-export the model")
+        defined.update(node.output)
+    for output in graph.output:
+        if output.name not in defined:
+            raise MorphNetError(f"{name}: the model output {output.name!r} is computed by no node; re-export the model")
 
 
 def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, int | None]:
@@ -317,6 +348,7 @@ def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: Input
         path = Path(path_or_model)
         model = read_model(path, load_weights=load_weights)
     name = str(path) if path else (model.graph.name or "<model>")
+    check_graph(model, name)
     model, upgraded_from = upgrade_opset(model, name)
     model, aliases_resolved = resolve_constant_aliases(model)
     shapes, dtypes = infer_static_shapes(model, input_shapes or {}, name)
@@ -354,18 +386,54 @@ def _declare_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
 TWO_GB = 2**31 - 1
 
 
+def check_output_path(path: str | os.PathLike, option: str = "-o", inputs=()) -> Path:
+    """Refuse, before any work, a place the tool could not write to: a missing folder, a directory, a
+    read-only folder, one of the `inputs` (users lose their model otherwise)."""
+    path = Path(path)
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+            raise MorphNetError(f"{path}: refusing to overwrite the input model; choose another {option}")
+    if path.is_dir():
+        raise MorphNetError(f"{option} {path}: is a directory; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise MorphNetError(f"{option} {path}: folder {folder} does not exist; create it or choose another {option}")
+    try:  # what every write does first (write_atomic_bytes): a temp file beside the target
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MorphNetError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); "
+                            f"choose another {option}") from exc
+    return path
+
+
+def _write_error(path: Path, exc: OSError) -> MorphNetError:
+    """A failed write as the one-line error: what happened to which file, and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MorphNetError(f"{path}: not written, the disk is full ({exc.strerror}); free space or write "
+                             f"elsewhere")
+    return MorphNetError(f"{path}: cannot write it ({exc.strerror or exc}); choose another place")
+
+
 def write_atomic_bytes(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file through a temp file in the same folder and a rename: never half-written."""
+    """Write a file through a temp file in the same folder and a rename: never half-written. A failed
+    write (a full disk, a read-only folder) is a MorphNetError and leaves nothing behind."""
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
         _chmod_like_open(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
 
 
@@ -382,12 +450,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
 
     Refuses to overwrite any of `inputs`: users lose their trained model otherwise.
     """
-    path = Path(path)
-    for source in inputs:
-        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
-            raise MorphNetError(f"{path}: refusing to overwrite the input model; choose another -o")
-    if not path.parent.exists():
-        raise MorphNetError(f"{path}: folder {path.parent} does not exist")
+    path = check_output_path(path, inputs=inputs)
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     if model.ByteSize() < TWO_GB:
@@ -408,9 +471,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
         _relocate_external_data(tmp, data_name)
         _chmod_like_open(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         tmp_data.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
 
 
