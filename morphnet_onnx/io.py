@@ -300,10 +300,13 @@ def _fill_from_declared(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> N
 
 
 def _infer(light: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    # Strict: a node that does not fit its schema (input count, types, ranks) is the user's broken
+    # model, said here in one line, not a crash of the analysis or of onnxruntime later.
     try:
-        return shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
-        raise MorphNetError(f"{name}: shape inference failed ({_first_line(exc)})") from exc
+        raise MorphNetError(f"{name}: the model is inconsistent, shape inference fails ({_first_line(exc)}); "
+                            f"re-export it") from exc
 
 
 def _collect_shapes(inferred: onnx.ModelProto) -> tuple[dict, dict]:
