@@ -15,7 +15,8 @@ from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import MorphNetError
 from .folding import fold_shape_values
-from .graph_utils import node_reads
+from .graph_utils import attr, node_reads
+from .ops import CONV, NORM_PARAMETER_SLOTS
 from .aliases import resolve_constant_aliases
 from .view import ConstantView
 
@@ -137,6 +138,64 @@ def check_graph(model: onnx.ModelProto, name: str) -> None:
     for output in graph.output:
         if output.name not in defined:
             raise MorphNetError(f"{name}: the model output {output.name!r} is computed by no node; re-export the model")
+    _check_schemas(graph, labels, onnx_opset(model), name)
+
+
+def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: str) -> None:
+    """Standard ops exist at the model's opset and get as many inputs and outputs as their schema
+    allows (shape inference skips what follows an op it does not know, so it cannot be relied on)."""
+    for node, label in zip(graph.node, labels):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except onnx.defs.SchemaError:
+            raise MorphNetError(f"{name}: node {label!r} has op type {node.op_type!r}, not an ONNX operator at "
+                                f"opset {opset}; re-export the model") from None
+        inputs = len(node.input)
+        while inputs and not node.input[inputs - 1]:
+            inputs -= 1  # trailing empty names are omitted optional inputs
+        if not schema.min_input <= inputs <= schema.max_input or \
+                not schema.min_output <= len(node.output) <= schema.max_output:
+            raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {inputs} inputs and {len(node.output)} "
+                                f"outputs, its schema allows {schema.min_input}..{schema.max_input} and "
+                                f"{schema.min_output}..{schema.max_output}; re-export the model")
+
+
+def check_channel_parameters(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:
+    """Per-channel parameters fit the channels they scale: a conv's input channels and bias, a channel
+    norm's scale, shift and statistics. onnx's shape inference checks none of these, and a model
+    that breaks them would otherwise fail deep in surgery or in onnxruntime."""
+
+    def known(tensor: str) -> tuple[int, ...] | None:
+        shape = shapes.get(tensor) if tensor else None
+        return shape if shape is not None and all(d >= 0 for d in shape) else None
+
+    for index, node in enumerate(model.graph.node):
+        label = node.name or f"{node.op_type}_{index}"
+        if node.domain not in ("", "ai.onnx") or not node.input:
+            continue
+        x = known(node.input[0])
+        if node.op_type in CONV and len(node.input) > 1 and x and len(x) > 1 and known(node.input[1]):
+            w = known(node.input[1])
+            groups = attr(node, "group", 1)
+            wanted = w[1] * groups if node.op_type == "Conv" else w[0]
+            if len(w) < 2 or x[1] != wanted:
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) reads {x[1]} channels, its weights "
+                                    f"{list(w)} (group {groups}) want {wanted}; the model is inconsistent: re-export it")
+            out_channels = w[0] if node.op_type == "Conv" else w[1] * groups
+            slots = [2]
+        elif node.op_type in NORM_PARAMETER_SLOTS and x and len(x) > 1:
+            out_channels = x[1]
+            slots = list(NORM_PARAMETER_SLOTS[node.op_type])
+        else:
+            continue
+        for slot in slots:
+            shape = known(node.input[slot]) if slot < len(node.input) else None
+            if shape is not None and tuple(shape) != (out_channels,):
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {node.input[slot]!r} of shape "
+                                    f"{list(shape)} for its {out_channels} channels; the model is inconsistent: "
+                                    f"re-export it")
 
 
 def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, int | None]:
@@ -355,6 +414,7 @@ def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: Input
     model, upgraded_from = upgrade_opset(model, name)
     model, aliases_resolved = resolve_constant_aliases(model)
     shapes, dtypes = infer_static_shapes(model, input_shapes or {}, name)
+    check_channel_parameters(model, shapes, name)
     model = _declare_input_shapes(model, shapes)
     return LoadedModel(model=model, path=path, shapes=shapes, dtypes=dtypes, upgraded_from=upgraded_from,
                        aliases_resolved=aliases_resolved)
