@@ -16,7 +16,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 from .errors import MorphNetError
 from .folding import fold_shape_values
 from .graph_utils import attr, node_reads
-from .ops import CONV, NORM_PARAMETER_SLOTS
+from .ops import CONV, DENSE, NORM_PARAMETER_SLOTS
 from .aliases import resolve_constant_aliases
 from .view import ConstantView
 
@@ -139,6 +139,32 @@ def check_graph(model: onnx.ModelProto, name: str) -> None:
         if output.name not in defined:
             raise MorphNetError(f"{name}: the model output {output.name!r} is computed by no node; re-export the model")
     _check_schemas(graph, labels, onnx_opset(model), name)
+    _check_tensor_sizes(graph, name)
+
+
+# Element types whose stored size is not dims x itemsize (strings; 4-bit types packed two per byte).
+_UNSIZED = {onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_tensor_sizes(graph: onnx.GraphProto, name: str) -> None:
+    """Every stored initializer holds as many values as its dims say (a truncated or hand-edited
+    file otherwise fails wherever the tensor is first decoded)."""
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type in _UNSIZED:
+            continue
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        if tensor.HasField("raw_data"):
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            stored, wanted = len(tensor.raw_data), count * itemsize
+            unit = "bytes"
+        else:
+            per_value = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            stored, wanted = sum(len(getattr(tensor, f)) for f in _TYPED_FIELDS), count * per_value
+            unit = "values"
+        if stored != wanted:
+            raise MorphNetError(f"{name}: initializer {tensor.name!r} of dims {list(tensor.dims)} holds {stored} "
+                                f"{unit}, not {wanted} (a truncated or damaged file?); re-export the model")
 
 
 def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: str) -> None:
@@ -162,10 +188,11 @@ def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: 
                                 f"{schema.min_output}..{schema.max_output}; re-export the model")
 
 
-def check_channel_parameters(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:
-    """Per-channel parameters fit the channels they scale: a conv's input channels and bias, a channel
-    norm's scale, shift and statistics. onnx's shape inference checks none of these, and a model
-    that breaks them would otherwise fail deep in surgery or in onnxruntime."""
+def check_parameter_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:
+    """Weights and per-channel parameters fit the channels they read and scale: a conv's input
+    channels and bias, a Gemm's or MatMul's contracted features, a channel norm's scale, shift and
+    statistics. onnx's shape inference checks none of these, and a model that breaks them would
+    otherwise fail deep in surgery or in onnxruntime."""
 
     def known(tensor: str) -> tuple[int, ...] | None:
         shape = shapes.get(tensor) if tensor else None
@@ -185,6 +212,18 @@ def check_channel_parameters(model: onnx.ModelProto, shapes: dict[str, tuple[int
                                     f"{list(w)} (group {groups}) want {wanted}; the model is inconsistent: re-export it")
             out_channels = w[0] if node.op_type == "Conv" else w[1] * groups
             slots = [2]
+        elif node.op_type in DENSE and len(node.input) > 1 and x and known(node.input[1]):
+            w = known(node.input[1])
+            if node.op_type == "Gemm" and len(x) == 2 and len(w) == 2:
+                k_x, k_w = x[0 if attr(node, "transA", 0) else 1], w[1 if attr(node, "transB", 0) else 0]
+            elif node.op_type == "MatMul" and len(w) >= 2:
+                k_x, k_w = x[-1], w[-2]
+            else:
+                continue
+            if k_x != k_w:
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) multiplies {k_x} features by weights "
+                                    f"{list(w)} made for {k_w}; the model is inconsistent: re-export it")
+            continue
         elif node.op_type in NORM_PARAMETER_SLOTS and x and len(x) > 1:
             out_channels = x[1]
             slots = list(NORM_PARAMETER_SLOTS[node.op_type])
@@ -414,7 +453,7 @@ def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: Input
     model, upgraded_from = upgrade_opset(model, name)
     model, aliases_resolved = resolve_constant_aliases(model)
     shapes, dtypes = infer_static_shapes(model, input_shapes or {}, name)
-    check_channel_parameters(model, shapes, name)
+    check_parameter_shapes(model, shapes, name)
     model = _declare_input_shapes(model, shapes)
     return LoadedModel(model=model, path=path, shapes=shapes, dtypes=dtypes, upgraded_from=upgraded_from,
                        aliases_resolved=aliases_resolved)

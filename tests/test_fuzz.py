@@ -38,7 +38,8 @@ def mutate(draw, model: onnx.ModelProto) -> str:
     kind = draw(st.sampled_from(["drop_input", "drop_initializer", "drop_node", "drop_output", "input_dims",
                                  "weight_dims", "weight_dtype", "bad_attribute", "cycle", "duplicate_output",
                                  "duplicate_node_name", "duplicate_initializer", "op_type", "shuffle", "opset",
-                                 "rename_input", "empty_input_name", "scalar_weight"]))
+                                 "rename_input", "empty_input_name", "scalar_weight", "truncated_weight",
+                                 "untyped_input", "attribute_type"]))
     if not graph.node:
         return "nothing left to change"
     i = _node_index(draw, model)
@@ -57,7 +58,10 @@ def mutate(draw, model: onnx.ModelProto) -> str:
             dims[draw(st.integers(1, len(dims) - 1))].dim_value = draw(st.sampled_from([0, 1, 2, 5, 1000]))
     elif kind in ("weight_dims", "weight_dtype", "scalar_weight") and graph.initializer:
         t = graph.initializer[draw(st.integers(0, len(graph.initializer) - 1))]
-        value = numpy_helper.to_array(t)
+        try:
+            value = numpy_helper.to_array(t)
+        except ValueError:  # truncated by an earlier change
+            return f"{kind} skipped: {t.name} unreadable"
         if kind == "weight_dims":
             value = np.resize(value, tuple(max(1, d + draw(st.integers(-1, 2))) for d in value.shape) or (2,))
         elif kind == "weight_dtype":
@@ -96,6 +100,16 @@ def mutate(draw, model: onnx.ModelProto) -> str:
         node.input[draw(st.integers(0, len(node.input) - 1))] = "nowhere"
     elif kind == "empty_input_name" and node.input:
         node.input[0] = ""
+    elif kind == "truncated_weight" and graph.initializer:
+        t = graph.initializer[draw(st.integers(0, len(graph.initializer) - 1))]
+        if not t.raw_data:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))  # as raw_data
+        t.raw_data = t.raw_data[: len(t.raw_data) // 2]
+    elif kind == "untyped_input" and graph.input:
+        graph.input[0].type.Clear()
+    elif kind == "attribute_type" and node.attribute:
+        a = node.attribute[draw(st.integers(0, len(node.attribute) - 1))]
+        a.CopyFrom(helper.make_attribute(a.name, "text"))
     return f"{kind} at node {i}"
 
 
@@ -178,6 +192,13 @@ ESCAPES = {
     # inference skips what follows an unknown op: IndexError in the Reshape rule)
     "unknown_op": (lambda g, n, t: setattr(n["bn_a"], "op_type", "Nonexistent"), "not an ONNX operator at opset 17"),
     "input_count": (lambda g, n, t: setattr(n["flat"], "op_type", "Reshape"), "its schema allows 2..2"),
+    # a GlobalAveragePool turned into a Relu: the head's Gemm gets 512 features for weights made for 8
+    # (IndexError in the Gemm cutter)
+    "gemm_features": (lambda g, n, t: setattr(n["pool"], "op_type", "Relu"),
+                      "'fc' (Gemm) multiplies 512 features by weights [4, 8] made for 8"),
+    # raw bytes cut short (numpy_helper's ValueError wherever the tensor was first decoded)
+    "truncated_tensor": (lambda g, n, t: setattr(t["b.w"], "raw_data", t["b.w"].raw_data[:100]),
+                         "initializer 'b.w' of dims [8, 8, 3, 3] holds 100 bytes, not 2304"),
     "dangling": (lambda g, n, t: n["b"].input.__setitem__(0, "nowhere"),
                  "reads 'nowhere', which no node, input or initializer provides"),
     "written_twice": (lambda g, n, t: n["bn_a"].output.__setitem__(0, n["a"].output[0]), "is written twice"),
