@@ -186,6 +186,12 @@ def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: 
             raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {inputs} inputs and {len(node.output)} "
                                 f"outputs, its schema allows {schema.min_input}..{schema.max_input} and "
                                 f"{schema.min_output}..{schema.max_output}; re-export the model")
+        for attribute in node.attribute:  # (an attribute the schema lacks, as old exporters' `spatial`, is ignored)
+            wanted = schema.attributes.get(attribute.name)
+            if wanted is not None and int(wanted.type) != int(attribute.type):
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has its attribute {attribute.name!r} of "
+                                    f"type {onnx.AttributeProto.AttributeType.Name(attribute.type)}, its schema wants "
+                                    f"{onnx.AttributeProto.AttributeType.Name(int(wanted.type))}; re-export the model")
 
 
 def check_parameter_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:

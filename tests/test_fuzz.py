@@ -192,6 +192,9 @@ ESCAPES = {
     # inference skips what follows an unknown op: IndexError in the Reshape rule)
     "unknown_op": (lambda g, n, t: setattr(n["bn_a"], "op_type", "Nonexistent"), "not an ONNX operator at opset 17"),
     "input_count": (lambda g, n, t: setattr(n["flat"], "op_type", "Reshape"), "its schema allows 2..2"),
+    # a norm's epsilon as a string (numpy's UFuncTypeError in surgery's values)
+    "attribute_type": (lambda g, n, t: n["bn_a"].attribute.append(helper.make_attribute("epsilon", "text")),
+                       "its attribute 'epsilon' of type STRING, its schema wants FLOAT"),
     # a GlobalAveragePool turned into a Relu: the head's Gemm gets 512 features for weights made for 8
     # (IndexError in the Gemm cutter)
     "gemm_features": (lambda g, n, t: setattr(n["pool"], "op_type", "Relu"),
