@@ -167,6 +167,11 @@ def _check_tensor_sizes(graph: onnx.GraphProto, name: str) -> None:
                                 f"{unit}, not {wanted} (a truncated or damaged file?); re-export the model")
 
 
+# Sizes that must be positive: onnx's shape inference divides by strides (a zero stride kills the
+# process with SIGFPE), and the analysis by group.
+POSITIVE_ATTRIBUTES = {"strides", "dilations", "kernel_shape", "group"}
+
+
 def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: str) -> None:
     """Standard ops exist at the model's opset and get as many inputs and outputs as their schema
     allows (shape inference skips what follows an op it does not know, so it cannot be relied on)."""
@@ -192,6 +197,10 @@ def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: 
                 raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has its attribute {attribute.name!r} of "
                                     f"type {onnx.AttributeProto.AttributeType.Name(attribute.type)}, its schema wants "
                                     f"{onnx.AttributeProto.AttributeType.Name(int(wanted.type))}; re-export the model")
+            value = onnx.helper.get_attribute_value(attribute)
+            if attribute.name in POSITIVE_ATTRIBUTES and any(v <= 0 for v in np.atleast_1d(value)):
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {attribute.name} {value}, which must "
+                                    f"be above 0; re-export the model")
 
 
 def check_parameter_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:

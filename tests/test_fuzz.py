@@ -174,6 +174,12 @@ def _set(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
 
 
+def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+
+
 ESCAPES = {
     # an op type changed under its inputs: Conv with a BatchNormalization's five (AxisError in a cutter)
     "schema": (lambda g, n, t: setattr(n["bn_a"], "op_type", "Conv"), "its schema allows 2..3"),
@@ -193,8 +199,13 @@ ESCAPES = {
     "unknown_op": (lambda g, n, t: setattr(n["bn_a"], "op_type", "Nonexistent"), "not an ONNX operator at opset 17"),
     "input_count": (lambda g, n, t: setattr(n["flat"], "op_type", "Reshape"), "its schema allows 2..2"),
     # a norm's epsilon as a string (numpy's UFuncTypeError in surgery's values)
-    "attribute_type": (lambda g, n, t: n["bn_a"].attribute.append(helper.make_attribute("epsilon", "text")),
+    "attribute_type": (lambda g, n, t: _set_attribute(n["bn_a"], "epsilon", "text"),
                        "its attribute 'epsilon' of type STRING, its schema wants FLOAT"),
+    # a zero stride: onnx's shape inference died with SIGFPE (the whole process)
+    "zero_stride": (lambda g, n, t: _set_attribute(n["b"], "strides", [0, 0]),
+                    "'b' (Conv) has strides [0, 0], which must be above 0"),
+    "zero_group": (lambda g, n, t: _set_attribute(n["b"], "group", 0),
+                   "'b' (Conv) has group 0, which must be above 0"),
     # a GlobalAveragePool turned into a Relu: the head's Gemm gets 512 features for weights made for 8
     # (IndexError in the Gemm cutter)
     "gemm_features": (lambda g, n, t: setattr(n["pool"], "op_type", "Relu"),
