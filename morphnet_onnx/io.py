@@ -168,7 +168,8 @@ def _check_tensor_sizes(graph: onnx.GraphProto, name: str) -> None:
 
 
 # Sizes that must be positive: onnx's shape inference divides by strides (a zero stride kills the
-# process with SIGFPE), and the analysis by group.
+# process with SIGFPE), and the analysis by group. Pads (but Pad's own) must not be negative:
+# onnxruntime's Conv crashes the process (SIGSEGV) on them.
 POSITIVE_ATTRIBUTES = {"strides", "dilations", "kernel_shape", "group"}
 
 
@@ -197,10 +198,14 @@ def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: 
                 raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has its attribute {attribute.name!r} of "
                                     f"type {onnx.AttributeProto.AttributeType.Name(attribute.type)}, its schema wants "
                                     f"{onnx.AttributeProto.AttributeType.Name(int(wanted.type))}; re-export the model")
+            if attribute.type not in (onnx.AttributeProto.INT, onnx.AttributeProto.INTS):
+                continue
             value = onnx.helper.get_attribute_value(attribute)
-            if attribute.name in POSITIVE_ATTRIBUTES and any(v <= 0 for v in np.atleast_1d(value)):
+            least = 1 if attribute.name in POSITIVE_ATTRIBUTES else 0 if (
+                attribute.name == "pads" and node.op_type != "Pad") else None
+            if least is not None and any(v < least for v in np.atleast_1d(value)):
                 raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {attribute.name} {value}, which must "
-                                    f"be above 0; re-export the model")
+                                    f"be {'above 0' if least else '0 or more'}; re-export the model")
 
 
 def check_parameter_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:

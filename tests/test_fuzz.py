@@ -206,6 +206,9 @@ ESCAPES = {
                     "'b' (Conv) has strides [0, 0], which must be above 0"),
     "zero_group": (lambda g, n, t: _set_attribute(n["b"], "group", 0),
                    "'b' (Conv) has group 0, which must be above 0"),
+    # negative conv pads: onnxruntime crashed the process (SIGSEGV) in check
+    "negative_pads": (lambda g, n, t: _set_attribute(n["a"], "pads", [-1] * 4),
+                      "'a' (Conv) has pads [-1, -1, -1, -1], which must be 0 or more"),
     # a GlobalAveragePool turned into a Relu: the head's Gemm gets 512 features for weights made for 8
     # (IndexError in the Gemm cutter)
     "gemm_features": (lambda g, n, t: setattr(n["pool"], "op_type", "Relu"),
@@ -250,3 +253,10 @@ def test_fuzz_escape_is_one_line(case, tmp_path, capsys):
 def test_bad_keep_regex_is_one_line():
     with pytest.raises(MorphNetError, match="--keep '\\(': not a regular expression"):
         check(fm.good(), keep=["("])
+
+
+def test_an_attribute_the_schema_lacks_is_ignored_whatever_its_type():
+    """A Relu given a string `group` (the schema has none): the positivity check of `group` once
+    compared the string with 0 (TypeError)."""
+    model = _good_with(lambda g, n, t: _set_attribute(next(x for x in g.node if x.op_type == "Relu"), "group", "x"))
+    assert check(model).passed
