@@ -192,9 +192,12 @@ def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: 
             raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {inputs} inputs and {len(node.output)} "
                                 f"outputs, its schema allows {schema.min_input}..{schema.max_input} and "
                                 f"{schema.min_output}..{schema.max_output}; re-export the model")
-        for attribute in node.attribute:  # (an attribute the schema lacks, as old exporters' `spatial`, is ignored)
+        for attribute in node.attribute:
             wanted = schema.attributes.get(attribute.name)
-            if wanted is not None and int(wanted.type) != int(attribute.type):
+            if wanted is None:  # onnx's checker refuses it too, in every model the tool would write
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has an attribute {attribute.name!r} its "
+                                    f"schema at opset {opset} does not know; re-export the model")
+            if int(wanted.type) != int(attribute.type):
                 raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has its attribute {attribute.name!r} of "
                                     f"type {onnx.AttributeProto.AttributeType.Name(attribute.type)}, its schema wants "
                                     f"{onnx.AttributeProto.AttributeType.Name(int(wanted.type))}; re-export the model")
