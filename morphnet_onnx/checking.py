@@ -130,7 +130,11 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
     # network the logits often no longer depend on the input, and an output-only check is blind.
     surgeon = Surgeon(gated_loaded, analysis, result.structure)
     tensors = _shared_tensors(gated, result.model, loaded)
-    expected = dict(zip(tensors, make_session(_with_outputs(gated, tensors)).run(tensors, feeds)))
+    try:
+        expected = dict(zip(tensors, make_session(_with_outputs(gated, tensors)).run(tensors, feeds)))
+    except Exception as exc:  # the model as given does not run: the user's model, not the surgery
+        raise MorphNetError(f"{loaded.name}: onnxruntime cannot run the model on random inputs "
+                            f"({str(exc).strip().splitlines()[0][:300]}); is it a valid model?") from exc
     got = dict(zip(tensors, make_session(_with_outputs(result.model, tensors)).run(tensors, feeds)))
     worst, worst_tensor = 0.0, ""
     for name in tensors:

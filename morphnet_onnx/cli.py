@@ -13,7 +13,7 @@ import traceback
 
 from . import __version__
 from .errors import MorphNetError
-from .io import parse_input_shapes
+from .io import check_output_path, parse_input_shapes
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -378,6 +378,8 @@ def _prune(args: argparse.Namespace) -> int:
     from .report import human
 
     check_picture_paths(args.plot, args.html)
+    if args.save_structure:
+        check_output_path(args.save_structure, "--save-structure")
     result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
                    keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
     if args.save_structure:

@@ -20,11 +20,12 @@ from .budget import Budget
 from .cost import compute_costs, parse_hardware, resource_cost
 from .errors import MorphNetError
 from .expansion import expand
-from .io import InputShapes, load, write_atomic_bytes
-from .learning import evaluate, shrink, train
-from .pruning import check_round_to
+from .io import InputShapes, check_output_path, load, write_atomic_bytes
+from .learning import check_shrinkable, evaluate, shrink, train
+from .pruning import check_round_to, prepare
 from .regularizers import REGULARIZERS
 from .training.data import load_data
+from .training.graph import check_trainable
 from .training.trainer import TrainOptions
 
 STATE_FILE = "cycle.json"
@@ -84,14 +85,18 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     if val is None:
         raise MorphNetError("cycle compares the rounds on validation data: give --val VAL.npz")
     out = Path(out_dir)
-    if not out.parent.exists():
-        raise MorphNetError(f"{out}: folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise MorphNetError(f"--out-dir {out}: is a file; give a folder")
+    check_output_path(out / STATE_FILE if out.is_dir() else out, "--out-dir")
     hw = parse_hardware(hardware, cost_batch_size)
-    original = load(model, input_shapes)
-    full = resource_cost(compute_costs(analyze(original, keep), original, hw), budget.resource)
+    original, analysis = prepare(model, input_shapes, keep)
+    check_trainable(original)
+    full = resource_cost(compute_costs(analysis, original, hw), budget.resource)
     target = budget.target(full)
-    # Bad data fails here, before anything is written (every step reads the same files).
-    load_data(data, data_module, original, options.loss)
+    # What round 1's shrink would refuse, and bad data, fail here, before round 0 trains or anything
+    # is written (every step reads the same files).
+    check_shrinkable(original, analysis, hw, budget.resource, shrink_to * target, f"{budget.text} x --shrink-to {shrink_to:g}")
+    load_data(data, data_module, original, options.loss).require_batches(options.batch_size)
     load_data(val, None, original, options.loss)
     config = {"model": str(Path(model).resolve()), "resource": budget.resource, "target": target,
               "shrink_to": shrink_to, "regularizer": regularizer, "round_to": round_to, "seed": options.seed}

@@ -16,6 +16,11 @@ from .graph_utils import attr
 MAX_FOLD_ELEMENTS = 1 << 16
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                     "Bernoulli", "Dropout"}
+# Quantized weights stay quantized: a DequantizeLinear of an int8 weight is computed at run time as far
+# as the analysis and surgery know (the op reading it is pinned), never folded into a float constant
+# that surgery would cut and write back dequantized.
+QUANTIZATION = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+NOT_FOLDED = NONDETERMINISTIC | QUANTIZATION
 
 
 def _axes(node, inputs, index):
@@ -88,7 +93,7 @@ def fold_shape_values(graph: onnx.GraphProto, shapes: dict[str, tuple[int, ...]]
     """Values of every small tensor computable from constants and static shapes (one pass, in order)."""
     values = dict(known)
     for node in graph.node:
-        if node.op_type in NONDETERMINISTIC or node.domain not in ("", "ai.onnx"):
+        if node.op_type in NOT_FOLDED or node.domain not in ("", "ai.onnx"):
             continue
         if all(out in values for out in node.output):
             continue

@@ -36,13 +36,33 @@ def live_tensors(graph: onnx.GraphProto) -> set[str]:
     return _walk(graph)[0]
 
 
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Tensors of the enclosing scope that the subgraphs of a control-flow op (If, Loop, Scan) read
+    by name without listing them as inputs of the node."""
+    reads: set[str] = set()
+    for attribute in node.attribute:
+        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+        for graph in graphs:
+            defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            for inner in graph.node:
+                reads.update(name for name in list(inner.input) + sorted(subgraph_reads(inner))
+                             if name and name not in defined)
+                defined.update(inner.output)
+    return reads
+
+
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor a node reads: its inputs and what its subgraphs read from the enclosing scope."""
+    return {name for name in node.input if name} | subgraph_reads(node)
+
+
 def _walk(graph: onnx.GraphProto) -> tuple[set[str], list[onnx.NodeProto]]:
     needed = {o.name for o in graph.output}
     kept = []
     for node in reversed(list(graph.node)):
         if any(o in needed for o in node.output):
             kept.append(node)
-            needed.update(i for i in node.input if i)
+            needed.update(node_reads(node))
     kept.reverse()
     return needed, kept
 

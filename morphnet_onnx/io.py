@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -15,6 +16,8 @@ from onnx import numpy_helper, shape_inference, version_converter
 from .errors import MorphNetError
 from .external import TWO_GB, has_external_data, resolve_locations, write_external
 from .folding import fold_shape_values
+from .graph_utils import attr, node_reads
+from .ops import CONV, DENSE, NORM_PARAMETER_SLOTS
 from .aliases import resolve_constant_aliases
 from .view import ConstantView
 
@@ -100,6 +103,155 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def check_graph(model: onnx.ModelProto, name: str) -> None:
+    """Every tensor a node reads (its subgraphs too) is written before it by one node, or is an input
+    or an initializer; every output is computed. Otherwise MorphNetError naming the first problem."""
+    graph = model.graph
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    writers: dict[str, str] = {}
+    labels = [node.name or f"{node.op_type}_{index}" for index, node in enumerate(graph.node)]
+    for node, label in zip(graph.node, labels):
+        for out in node.output:
+            if out in writers or (out and out in defined):
+                first = writers.get(out, "an input or initializer")
+                raise MorphNetError(f"{name}: tensor {out!r} is written twice ({first} and node {label!r}); "
+                                    f"the graph is malformed: re-export the model")
+            writers[out] = f"node {label!r}"
+    for node, label in zip(graph.node, labels):
+        for read in sorted(node_reads(node)):
+            if read in defined:
+                continue
+            if read in writers:
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) reads {read!r} before {writers[read]} "
+                                    f"writes it (nodes out of topological order, or a cycle); re-export the model")
+            raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) reads {read!r}, which no node, input or "
+                                f"initializer provides (a missing initializer?); re-export the model")
+        defined.update(node.output)
+    for output in graph.output:
+        if output.name not in defined:
+            raise MorphNetError(f"{name}: the model output {output.name!r} is computed by no node; re-export the model")
+    _check_schemas(graph, labels, onnx_opset(model), name)
+    _check_tensor_sizes(graph, name)
+
+
+# Element types whose stored size is not dims x itemsize (strings; 4-bit types packed two per byte).
+_UNSIZED = {onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_tensor_sizes(graph: onnx.GraphProto, name: str) -> None:
+    """Every stored initializer holds as many values as its dims say (a truncated or hand-edited
+    file otherwise fails wherever the tensor is first decoded)."""
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type in _UNSIZED:
+            continue
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        if tensor.HasField("raw_data"):
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            stored, wanted = len(tensor.raw_data), count * itemsize
+            unit = "bytes"
+        else:
+            per_value = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            stored, wanted = sum(len(getattr(tensor, f)) for f in _TYPED_FIELDS), count * per_value
+            unit = "values"
+        if stored != wanted:
+            raise MorphNetError(f"{name}: initializer {tensor.name!r} of dims {list(tensor.dims)} holds {stored} "
+                                f"{unit}, not {wanted} (a truncated or damaged file?); re-export the model")
+
+
+# Sizes that must be positive: onnx's shape inference divides by strides (a zero stride kills the
+# process with SIGFPE), and the analysis by group. Pads (but Pad's own) must not be negative:
+# onnxruntime's Conv crashes the process (SIGSEGV) on them.
+POSITIVE_ATTRIBUTES = {"strides", "dilations", "kernel_shape", "group"}
+
+
+def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: str) -> None:
+    """Standard ops exist at the model's opset and get as many inputs and outputs as their schema
+    allows (shape inference skips what follows an op it does not know, so it cannot be relied on)."""
+    for node, label in zip(graph.node, labels):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except onnx.defs.SchemaError:
+            raise MorphNetError(f"{name}: node {label!r} has op type {node.op_type!r}, not an ONNX operator at "
+                                f"opset {opset}; re-export the model") from None
+        inputs = len(node.input)
+        while inputs and not node.input[inputs - 1]:
+            inputs -= 1  # trailing empty names are omitted optional inputs
+        if not schema.min_input <= inputs <= schema.max_input or \
+                not schema.min_output <= len(node.output) <= schema.max_output:
+            raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {inputs} inputs and {len(node.output)} "
+                                f"outputs, its schema allows {schema.min_input}..{schema.max_input} and "
+                                f"{schema.min_output}..{schema.max_output}; re-export the model")
+        for attribute in node.attribute:
+            wanted = schema.attributes.get(attribute.name)
+            if wanted is None:  # onnx's checker refuses it too, in every model the tool would write
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has an attribute {attribute.name!r} its "
+                                    f"schema at opset {opset} does not know; re-export the model")
+            if int(wanted.type) != int(attribute.type):
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has its attribute {attribute.name!r} of "
+                                    f"type {onnx.AttributeProto.AttributeType.Name(attribute.type)}, its schema wants "
+                                    f"{onnx.AttributeProto.AttributeType.Name(int(wanted.type))}; re-export the model")
+            if attribute.type not in (onnx.AttributeProto.INT, onnx.AttributeProto.INTS):
+                continue
+            value = onnx.helper.get_attribute_value(attribute)
+            least = 1 if attribute.name in POSITIVE_ATTRIBUTES else 0 if (
+                attribute.name == "pads" and node.op_type != "Pad") else None
+            if least is not None and any(v < least for v in np.atleast_1d(value)):
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {attribute.name} {value}, which must "
+                                    f"be {'above 0' if least else '0 or more'}; re-export the model")
+
+
+def check_parameter_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:
+    """Weights and per-channel parameters fit the channels they read and scale: a conv's input
+    channels and bias, a Gemm's or MatMul's contracted features, a channel norm's scale, shift and
+    statistics. onnx's shape inference checks none of these, and a model that breaks them would
+    otherwise fail deep in surgery or in onnxruntime."""
+
+    def known(tensor: str) -> tuple[int, ...] | None:
+        shape = shapes.get(tensor) if tensor else None
+        return shape if shape is not None and all(d >= 0 for d in shape) else None
+
+    for index, node in enumerate(model.graph.node):
+        label = node.name or f"{node.op_type}_{index}"
+        if node.domain not in ("", "ai.onnx") or not node.input:
+            continue
+        x = known(node.input[0])
+        if node.op_type in CONV and len(node.input) > 1 and x and len(x) > 1 and known(node.input[1]):
+            w = known(node.input[1])
+            groups = attr(node, "group", 1)
+            wanted = w[1] * groups if node.op_type == "Conv" else w[0]
+            if len(w) < 2 or x[1] != wanted:
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) reads {x[1]} channels, its weights "
+                                    f"{list(w)} (group {groups}) want {wanted}; the model is inconsistent: re-export it")
+            out_channels = w[0] if node.op_type == "Conv" else w[1] * groups
+            slots = [2]
+        elif node.op_type in DENSE and len(node.input) > 1 and x and known(node.input[1]):
+            w = known(node.input[1])
+            if node.op_type == "Gemm" and len(x) == 2 and len(w) == 2:
+                k_x, k_w = x[0 if attr(node, "transA", 0) else 1], w[1 if attr(node, "transB", 0) else 0]
+            elif node.op_type == "MatMul" and len(w) >= 2:
+                k_x, k_w = x[-1], w[-2]
+            else:
+                continue
+            if k_x != k_w:
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) multiplies {k_x} features by weights "
+                                    f"{list(w)} made for {k_w}; the model is inconsistent: re-export it")
+            continue
+        elif node.op_type in NORM_PARAMETER_SLOTS and x and len(x) > 1:
+            out_channels = x[1]
+            slots = list(NORM_PARAMETER_SLOTS[node.op_type])
+        else:
+            continue
+        for slot in slots:
+            shape = known(node.input[slot]) if slot < len(node.input) else None
+            if shape is not None and tuple(shape) != (out_channels,):
+                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {node.input[slot]!r} of shape "
+                                    f"{list(shape)} for its {out_channels} channels; the model is inconsistent: "
+                                    f"re-export it")
 
 
 def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, int | None]:
@@ -263,10 +415,13 @@ def _fill_from_declared(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> N
 
 
 def _infer(light: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    # Strict: a node that does not fit its schema (input count, types, ranks) is the user's broken
+    # model, said here in one line, not a crash of the analysis or of onnxruntime later.
     try:
-        return shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
-        raise MorphNetError(f"{name}: shape inference failed ({_first_line(exc)})") from exc
+        raise MorphNetError(f"{name}: the model is inconsistent, shape inference fails ({_first_line(exc)}); "
+                            f"re-export it") from exc
 
 
 def _collect_shapes(inferred: onnx.ModelProto) -> tuple[dict, dict]:
@@ -310,9 +465,11 @@ def load(path_or_model: str | os.PathLike | onnx.ModelProto, input_shapes: Input
         path = Path(path_or_model)
         model = read_model(path)
     name = str(path) if path else (model.graph.name or "<model>")
+    check_graph(model, name)
     model, upgraded_from = upgrade_opset(model, name)
     model, aliases_resolved = resolve_constant_aliases(model)
     shapes, dtypes = infer_static_shapes(model, input_shapes or {}, name)
+    check_parameter_shapes(model, shapes, name)
     model = _declare_input_shapes(model, shapes)
     return LoadedModel(model=model, path=path, shapes=shapes, dtypes=dtypes, upgraded_from=upgraded_from,
                        aliases_resolved=aliases_resolved)
@@ -344,18 +501,54 @@ def _declare_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
 
 # ---- writing -------------------------------------------------------------------------------------
 
+def check_output_path(path: str | os.PathLike, option: str = "-o", inputs=()) -> Path:
+    """Refuse, before any work, a place the tool could not write to: a missing folder, a directory, a
+    read-only folder, one of the `inputs` (users lose their model otherwise)."""
+    path = Path(path)
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+            raise MorphNetError(f"{path}: refusing to overwrite the input model; choose another {option}")
+    if path.is_dir():
+        raise MorphNetError(f"{option} {path}: is a directory; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise MorphNetError(f"{option} {path}: folder {folder} does not exist; create it or choose another {option}")
+    try:  # what every write does first (write_atomic_bytes): a temp file beside the target
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MorphNetError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); "
+                            f"choose another {option}") from exc
+    return path
+
+
+def _write_error(path: Path, exc: OSError) -> MorphNetError:
+    """A failed write as the one-line error: what happened to which file, and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MorphNetError(f"{path}: not written, the disk is full ({exc.strerror}); free space or write "
+                             f"elsewhere")
+    return MorphNetError(f"{path}: cannot write it ({exc.strerror or exc}); choose another place")
+
+
 def write_atomic_bytes(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file through a temp file in the same folder and a rename: never half-written."""
+    """Write a file through a temp file in the same folder and a rename: never half-written. A failed
+    write (a full disk, a read-only folder) is a MorphNetError and leaves nothing behind."""
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
         _chmod_like_open(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
 
 
@@ -373,12 +566,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
 
     Refuses to overwrite any of `inputs`: users lose their trained model otherwise.
     """
-    path = Path(path)
-    for source in inputs:
-        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
-            raise MorphNetError(f"{path}: refusing to overwrite the input model; choose another -o")
-    if not path.parent.exists():
-        raise MorphNetError(f"{path}: folder {path.parent} does not exist")
+    path = check_output_path(path, inputs=inputs)
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     if not has_external_data(model) and model.ByteSize() < TWO_GB:
@@ -401,7 +589,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
             fh.write(written.SerializeToString())
         _chmod_like_open(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         tmp_data.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise

@@ -9,6 +9,7 @@ statistics: training/batchnorm.py.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,13 +25,14 @@ from .evaluation import Evaluation, evaluate, evaluate_model
 from .figs import FIGS_THRESHOLD, figs_regularizers
 from .graph_utils import with_params
 from .initialization import INITS, initialize_weights
-from .io import InputShapes, LoadedModel, load, save_model
+from .io import InputShapes, LoadedModel, check_output_path, load, save_model
 from .pruning import check_round_to, prepare, verify_model
 from .regularizers import REGULARIZERS, group_regularizers
 from .structure import Structure
 from .surgery import apply_structure, floor_structure
 from .training.batchnorm import recalibrate_batchnorm
 from .training.data import Dataset, load_data
+from .training.graph import check_trainable
 from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
@@ -135,8 +137,10 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     options = options or TrainOptions()
     if init not in INITS:
         raise MorphNetError(f"--init {init}: choose one of {', '.join(INITS)}")
+    _check_outputs(model, output)
     # Placeholder weights (ConstantOfShape) mean an untrained model: they start random.
     loaded, analysis = prepare(model, input_shapes, seed=options.seed)
+    check_trainable(loaded)
     if init == "fresh":
         loaded.model = initialize_weights(loaded.model, options.seed)
     dataset = load_data(data, data_module, loaded, options.loss)
@@ -211,22 +215,14 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     if regularizer not in REGULARIZERS:
         raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
     hw = parse_hardware(hardware, cost_batch_size)
+    _check_outputs(model, output, structure_path)
     loaded, analysis = prepare(model, input_shapes, keep, seed=options.seed)
-    if not analysis.prunable_groups:
-        raise MorphNetError(f"{loaded.name}: nothing to prune (no prunable channel group; see `inspect`)")
+    check_trainable(loaded)
     resource = budget.resource if budget else "flops"
     full_costs = compute_costs(analysis, loaded, hw)
     full = resource_cost(full_costs, resource)
     target = budget.target(full) if budget else None
-    if target is not None:
-        floor = resource_cost(compute_costs(analysis, loaded, hw, alive=floor_structure(loaded, analysis).element_alive(analysis)), resource)
-        if target < floor:
-            raise MorphNetError(f"budget {budget.text} ({target:.4g}) is below what the unprunable part of the model "
-                                f"costs ({floor:.4g} of {full:.4g} {resource}, every prunable group at its minimum); "
-                                f"raise the budget")
-        if target >= full:
-            raise MorphNetError(f"budget {budget.text} is not below the model's cost ({full:.4g} {resource}); "
-                                f"nothing to shrink")
+    check_shrinkable(loaded, analysis, hw, resource, target, budget.text if budget else "")
     gates = None
     if regularizer == "figs":
         regs, gates = figs_regularizers(analysis, loaded)
@@ -280,6 +276,35 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
                        params_after=after_costs.params, validation=validation, steps=result.steps,
                        seconds=result.seconds, lambda_log=controller.log, notes=surgery.notes, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
                        warnings=warnings, decision=record, cut_validation=cut_validation)
+
+
+def _check_outputs(model, output, structure_path=None) -> None:
+    """Where the results go is checked before the training, not after it."""
+    inputs = [model] if isinstance(model, (str, os.PathLike)) else []
+    if output is not None:
+        check_output_path(output, inputs=inputs)
+    if structure_path is not None:
+        check_output_path(structure_path, "--save-structure", inputs=inputs)
+
+
+def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str, target: float | None,
+                     text: str) -> None:
+    """A model shrink can work on: some group prunable, and a target (if any) below the model's cost
+    and at or above what it costs with every prunable group at its minimum."""
+    if not analysis.prunable_groups:
+        raise MorphNetError(f"{loaded.name}: nothing to prune (no prunable channel group; see `inspect`)")
+    if target is None:
+        return
+    full = resource_cost(compute_costs(analysis, loaded, hw), resource)
+    floor_alive = floor_structure(loaded, analysis).element_alive(analysis)
+    floor = resource_cost(compute_costs(analysis, loaded, hw, alive=floor_alive), resource)
+    if target < floor:
+        raise MorphNetError(f"budget {text} ({target:.4g}) is below what the unprunable part of the model "
+                            f"costs ({floor:.4g} of {full:.4g} {resource}, every prunable group at its minimum); "
+                            f"raise the budget")
+    if target >= full:
+        raise MorphNetError(f"budget {text} is not below the model's cost ({full:.4g} {resource}); "
+                            f"nothing to shrink")
 
 
 def _finetune(loaded: LoadedModel, dataset: Dataset, val_set: Dataset | None, options: TrainOptions,

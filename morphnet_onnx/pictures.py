@@ -18,7 +18,7 @@ import networkx as nx
 
 from .diffing import ModelDiff, short_summary
 from .errors import MorphNetError
-from .io import write_atomic_bytes
+from .io import check_output_path, write_atomic_bytes
 from .report import branch_span, human, pair_text, seconds_text
 
 PLOT_FORMATS = {".png": "png", ".svg": "svg"}
@@ -41,8 +41,7 @@ def check_picture_paths(plot: str | os.PathLike | None = None, html_path: str | 
         path = Path(path)
         if path.suffix.lower() not in suffixes:
             raise MorphNetError(f"{option} {path}: the file name must end in {' or '.join(suffixes)}")
-        if not path.parent.is_dir():
-            raise MorphNetError(f"{option} {path}: folder {path.parent} does not exist")
+        check_output_path(path, option)
         if importlib.util.find_spec("matplotlib") is None:
             raise MorphNetError(f"{option} {MISSING_MATPLOTLIB}")
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .folding import NONDETERMINISTIC, evaluate_node
+from .folding import NOT_FOLDED, evaluate_node
 from .io import onnx_opset
 from .ops import POSITIVE_SLOTS
 from .view import ConstantView
@@ -34,7 +34,7 @@ def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx
     for node in out.graph.node:
         if node.op_type == "Constant" or not node.output or node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type in NONDETERMINISTIC or not node.input:
+        if node.op_type in NOT_FOLDED or not node.input:
             continue
         if not all(not i or i in values or view.is_stored(i) for i in node.input):
             continue

@@ -7,6 +7,8 @@ import re
 import numpy as np
 import onnx
 
+from ..errors import MorphNetError
+from ..graph_utils import node_reads
 from ..io import LoadedModel
 from ..ops import MEMORY_BOUND, Unsupported, op_info
 from .context import Context
@@ -27,11 +29,18 @@ def node_names(graph: onnx.GraphProto) -> list[str]:
     return names
 
 
+def _keep_pattern(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise MorphNetError(f"--keep {pattern!r}: not a regular expression ({exc})") from exc
+
+
 def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
     """Walk the graph once in topological order, letting each op's channel rule (ops/) tie, create or
     fix channels."""
     ctx = Context(loaded)
-    keep_patterns = [re.compile(p) for p in keep or []]
+    keep_patterns = [_keep_pattern(p) for p in keep or []]
     graph = loaded.model.graph
     for node, op in zip(graph.node, node_names(graph)):
         domain = node.domain if node.domain not in ("", "ai.onnx") else ""
@@ -87,9 +96,10 @@ def _memory_cost(ctx: Context, node: onnx.NodeProto, op: str) -> None:
 
 
 def _boundary(ctx: Context, node: onnx.NodeProto, op: str, why: str) -> None:
-    """An op we cannot follow: everything it reads is pinned; its outputs carry no channels."""
+    """An op we cannot follow: everything it reads (its subgraphs too) is pinned; its outputs carry no
+    channels."""
     ctx.notes.append(f"{op} ({node.op_type}): {why}")
-    for name in node.input:
+    for name in sorted(node_reads(node)):
         ctx.fix(ctx.get(name), f"{op}: {why}")
     for name in node.output:
         ctx.ids.pop(name, None)

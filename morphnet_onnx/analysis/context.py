@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..folding import MAX_FOLD_ELEMENTS, NONDETERMINISTIC, evaluate_node
-from ..graph_utils import attr, compress
+from ..folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node
+from ..graph_utils import attr, compress, node_reads
 from ..io import LoadedModel
 from ..ops import Unsupported
 from .groups import CostedOp, Source, UnionFind
@@ -71,13 +71,13 @@ class Context:
     def fold_if_constant(self, node: onnx.NodeProto) -> bool:
         """Register the outputs of an op computed from constants alone (or reading a static shape)
         as constants: an Unsqueezed BN scale is still a per-channel parameter, not an activation."""
-        if node.op_type in NONDETERMINISTIC or not node.input:
+        if node.op_type in NOT_FOLDED or not node.input:
             return False
         if node.op_type == "Shape":
             if self.shape(node.input[0]) is None:
                 return False
-        elif not all(not name or self.is_constant(name) for name in node.input):
-            return False
+        elif not all(self.is_constant(name) for name in node_reads(node)):
+            return False  # (a control-flow op's subgraphs may read activations of this graph)
         for out in node.output:
             meta = self._meta(out)
             if (meta[0] if meta else self.shape(out)) is None:

@@ -111,12 +111,12 @@ def _tie_across_groups(ctx: Context, ids: np.ndarray, groups: int) -> None:
 
 
 def cut_conv(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
-    weight = rw.value_of(node.input[1])
     transposed = node.op_type == "ConvTranspose"
     keep_in = keep_on(rw, node.input[0], 1)
     keep_out = keep_on(rw, node.output[0], 1)
     if keep_in is None and keep_out is None:
-        return
+        return  # untouched: its weights may be computed at run time (a quantized conv, pinned)
+    weight = rw.value_of(node.input[1])
     groups = attr(node, "group", 1)
     c_in = rw.s.shapes[node.input[0]][1]
     in_per_group = c_in // groups

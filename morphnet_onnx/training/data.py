@@ -60,6 +60,14 @@ class Dataset:
     def batches_per_epoch(self, batch_size: int) -> int:
         return len(self) // batch_size
 
+    def require_batches(self, batch_size: int) -> int:
+        """Full batches per epoch; MorphNetError when there is not one (training has a static batch)."""
+        per_epoch = self.batches_per_epoch(batch_size)
+        if per_epoch == 0:
+            raise MorphNetError(f"{self.name}: {len(self)} examples, fewer than one batch of {batch_size}; "
+                                f"lower --batch-size")
+        return per_epoch
+
 
 def load_npz(path: str | os.PathLike, specs: list[InputSpec], task: str, classes: int | None) -> Dataset:
     path = Path(path)

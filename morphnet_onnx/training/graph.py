@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import version_converter
+from onnx import inliner, version_converter
 
 from ..errors import MorphNetError
 from ..external import inline_weights
+from ..folding import QUANTIZATION
 from ..graph_utils import drop_dead_nodes
 from ..io import LoadedModel, graph_input_names
 from ..ops import TRAINABLE_INPUTS
@@ -35,7 +36,25 @@ class TrainingGraph:
     rewritten: list[str] = field(default_factory=list)  # ops replaced by differentiable equivalents
 
 
+# onnxruntime-training 1.19 aborts the process (no Python error) building gradients through these.
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+
+
+def check_trainable(loaded: LoadedModel) -> None:
+    """Ops onnxruntime-training cannot train: refused here, in one line naming the model."""
+    ops = {n.op_type for n in loaded.model.graph.node}
+    quantized = sorted(op for op in ops if op in QUANTIZATION or op.startswith("QLinear") or op.endswith("Integer"))
+    if quantized:  # no gradients for them (onnxruntime-training's own error names no model)
+        raise MorphNetError(f"{loaded.name}: quantized ops ({', '.join(quantized)}) cannot be trained; train and "
+                            f"shrink the float model, then quantize the result")
+    control = sorted(ops & CONTROL_FLOW)
+    if control:
+        raise MorphNetError(f"{loaded.name}: control flow ({', '.join(control)}) cannot be trained with "
+                            f"onnxruntime-training; inspect, check, prune and expand work on this model")
+
+
 def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
+    check_trainable(loaded)
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
     inline_weights(model)  # a model loaded with external data keeps its weights on disk until here
@@ -46,6 +65,8 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
         except Exception as exc:
             raise MorphNetError(f"{loaded.name}: cannot upgrade opset {opset} to {MIN_TRAINING_OPSET} for "
                                 f"training ({str(exc).splitlines()[0][:200]})") from exc
+    if model.functions:  # onnxruntime-training has no gradient for a call of a model-local function
+        model = inliner.inline_local_functions(model)
     graph = model.graph
     _constants_to_initializers(graph)
     drop_dead_nodes(graph)  # leftovers of folded constants (NF-ResNet's weight standardization)

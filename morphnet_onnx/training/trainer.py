@@ -251,10 +251,7 @@ class Trainer:
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)
-        per_epoch = data.batches_per_epoch(options.batch_size)
-        if per_epoch == 0:
-            raise MorphNetError(f"{data.name}: {len(data)} examples, fewer than one batch of {options.batch_size}; "
-                                f"lower --batch-size")
+        per_epoch = data.require_batches(options.batch_size)
         total = options.steps if options.steps else options.epochs * per_epoch
         tg = training_graph(self.loaded, options.batch_size)
         if self.gates:
