@@ -16,8 +16,8 @@ from onnx import numpy_helper, shape_inference, version_converter
 from .errors import MorphNetError
 from .external import TWO_GB, has_external_data, resolve_locations, write_external
 from .folding import fold_shape_values
-from .graph_utils import attr, node_reads
-from .ops import CONV, DENSE, NORM_PARAMETER_SLOTS
+from .graph_utils import node_reads
+from .ops import op_info
 from .aliases import resolve_constant_aliases
 from .view import ConstantView
 
@@ -206,52 +206,24 @@ def _check_schemas(graph: onnx.GraphProto, labels: list[str], opset: int, name: 
 
 
 def check_parameter_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str) -> None:
-    """Weights and per-channel parameters fit the channels they read and scale: a conv's input
-    channels and bias, a Gemm's or MatMul's contracted features, a channel norm's scale, shift and
-    statistics. onnx's shape inference checks none of these, and a model that breaks them would
-    otherwise fail deep in surgery or in onnxruntime."""
+    """Weights and per-channel parameters fit the channels they read and scale (each op family's
+    `check_shapes`: a conv's input channels and bias, a Gemm's or MatMul's contracted features, a
+    channel norm's scale, shift and statistics). onnx's shape inference checks none of these, and a
+    model that breaks them would otherwise fail deep in surgery or in onnxruntime."""
 
     def known(tensor: str) -> tuple[int, ...] | None:
         shape = shapes.get(tensor) if tensor else None
         return shape if shape is not None and all(d >= 0 for d in shape) else None
 
     for index, node in enumerate(model.graph.node):
-        label = node.name or f"{node.op_type}_{index}"
-        if node.domain not in ("", "ai.onnx") or not node.input:
+        info = op_info(node.op_type, node.domain)
+        if info is None or info.check_shapes is None or not node.input:
             continue
-        x = known(node.input[0])
-        if node.op_type in CONV and len(node.input) > 1 and x and len(x) > 1 and known(node.input[1]):
-            w = known(node.input[1])
-            groups = attr(node, "group", 1)
-            wanted = w[1] * groups if node.op_type == "Conv" else w[0]
-            if len(w) < 2 or x[1] != wanted:
-                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) reads {x[1]} channels, its weights "
-                                    f"{list(w)} (group {groups}) want {wanted}; the model is inconsistent: re-export it")
-            out_channels = w[0] if node.op_type == "Conv" else w[1] * groups
-            slots = [2]
-        elif node.op_type in DENSE and len(node.input) > 1 and x and known(node.input[1]):
-            w = known(node.input[1])
-            if node.op_type == "Gemm" and len(x) == 2 and len(w) == 2:
-                k_x, k_w = x[0 if attr(node, "transA", 0) else 1], w[1 if attr(node, "transB", 0) else 0]
-            elif node.op_type == "MatMul" and len(w) >= 2:
-                k_x, k_w = x[-1], w[-2]
-            else:
-                continue
-            if k_x != k_w:
-                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) multiplies {k_x} features by weights "
-                                    f"{list(w)} made for {k_w}; the model is inconsistent: re-export it")
-            continue
-        elif node.op_type in NORM_PARAMETER_SLOTS and x and len(x) > 1:
-            out_channels = x[1]
-            slots = list(NORM_PARAMETER_SLOTS[node.op_type])
-        else:
-            continue
-        for slot in slots:
-            shape = known(node.input[slot]) if slot < len(node.input) else None
-            if shape is not None and tuple(shape) != (out_channels,):
-                raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) has {node.input[slot]!r} of shape "
-                                    f"{list(shape)} for its {out_channels} channels; the model is inconsistent: "
-                                    f"re-export it")
+        problem = info.check_shapes(node, known)
+        if problem:
+            label = node.name or f"{node.op_type}_{index}"
+            raise MorphNetError(f"{name}: node {label!r} ({node.op_type}) {problem}; the model is inconsistent: "
+                                f"re-export it")
 
 
 def upgrade_opset(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, int | None]:

@@ -30,6 +30,8 @@ Rule = Callable[["Context", onnx.NodeProto, str], None]
 Cutter = Callable[["Rewrite", onnx.NodeProto, str], None]
 # (output axis, input axis, conv groups) of a weighted op's weight, read from its attributes.
 Layout = Callable[[onnx.NodeProto], tuple[int, int, int]]
+# Given the node and the static shape of a tensor (None when unknown), what is inconsistent, or None.
+ShapeCheck = Callable[[onnx.NodeProto, Callable[[str], "tuple[int, ...] | None"]], "str | None"]
 
 # Reshape/Flatten trace channel positions through a full index tensor; beyond this many elements
 # (at batch 1) the op is treated as not understood rather than using gigabytes.
@@ -64,6 +66,7 @@ class Op:
     relu_like: bool = False             # a ReLU-family activation: He initialisation before it
     init_transparent: bool = False      # between a weighted op and its activation, changes no init
     channels_at: str | None = None      # "first"/"last": the axis of its output channels (diff)
+    check_shapes: ShapeCheck | None = None  # at load: do its weights fit what it reads?
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,15 @@ class WeightLayout:
     out_axis: int
     in_axis: int
     groups: int = 1
+
+
+def per_channel_problem(node: onnx.NodeProto, shape_of, slots, channels: int) -> str | None:
+    """A per-channel parameter (bias, norm scale...) whose shape is not [channels]."""
+    for slot in slots:
+        shape = shape_of(node.input[slot]) if slot < len(node.input) and node.input[slot] else None
+        if shape is not None and tuple(shape) != (channels,):
+            return f"has {node.input[slot]!r} of shape {list(shape)} for its {channels} channels"
+    return None
 
 
 def weight_rows(layout: WeightLayout, weight: np.ndarray) -> np.ndarray:

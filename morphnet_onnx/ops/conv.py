@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..graph_utils import attr
-from .base import Op, along, keep_on, take_axes
+from .base import Op, along, keep_on, per_channel_problem, take_axes
 
 if TYPE_CHECKING:
     from ..analysis.context import Context
@@ -157,6 +157,18 @@ def cut_conv(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
                 a.i = new_groups
 
 
+def check_conv_shapes(node: onnx.NodeProto, shape_of) -> str | None:
+    """Input channels fit the weight (times the groups), the bias has one value per output channel."""
+    x, w = shape_of(node.input[0]), shape_of(node.input[1]) if len(node.input) > 1 else None
+    if not x or len(x) < 2 or not w:
+        return None
+    groups = attr(node, "group", 1)
+    wanted = w[1] * groups if node.op_type == "Conv" else w[0]
+    if len(w) < 2 or x[1] != wanted:
+        return f"reads {x[1]} channels, its weights {list(w)} (group {groups}) want {wanted}"
+    return per_channel_problem(node, shape_of, [2], w[0] if node.op_type == "Conv" else w[1] * groups)
+
+
 def _conv_layout(node: onnx.NodeProto) -> tuple[int, int, int]:
     return 0, 1, attr(node, "group", 1)
 
@@ -165,7 +177,7 @@ def _conv_transpose_layout(node: onnx.NodeProto) -> tuple[int, int, int]:
     return 1, 0, attr(node, "group", 1)
 
 
-_CONV = dict(rule=conv, cut=cut_conv, bias=2, trainable=(1, 2), channels_at="first")
+_CONV = dict(rule=conv, cut=cut_conv, bias=2, trainable=(1, 2), channels_at="first", check_shapes=check_conv_shapes)
 OPS = {
     "Conv": Op(layout=_conv_layout, **_CONV),
     "ConvTranspose": Op(layout=_conv_transpose_layout, **_CONV),

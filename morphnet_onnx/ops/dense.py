@@ -98,6 +98,20 @@ def cut_matmul(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
     rw.set_input(node, 1, take_axes(rw.value_of(node.input[1]), {1: keep_out, 0: keep_in}))
 
 
+def check_dense_shapes(node: onnx.NodeProto, shape_of) -> str | None:
+    """The features a Gemm or MatMul contracts fit its weight."""
+    x, w = shape_of(node.input[0]), shape_of(node.input[1]) if len(node.input) > 1 else None
+    if not x or not w:
+        return None
+    if node.op_type == "Gemm" and len(x) == 2 and len(w) == 2:
+        k_x, k_w = x[0 if attr(node, "transA", 0) else 1], w[1 if attr(node, "transB", 0) else 0]
+    elif node.op_type == "MatMul" and len(w) >= 2:
+        k_x, k_w = x[-1], w[-2]
+    else:
+        return None
+    return f"multiplies {k_x} features by weights {list(w)} made for {k_w}" if k_x != k_w else None
+
+
 def _gemm_layout(node: onnx.NodeProto) -> tuple[int, int, int]:
     return (0, 1, 1) if attr(node, "transB", 0) else (1, 0, 1)
 
@@ -107,6 +121,8 @@ def _matmul_layout(node: onnx.NodeProto) -> tuple[int, int, int]:
 
 
 OPS = {
-    "Gemm": Op(rule=gemm, cut=cut_gemm, layout=_gemm_layout, bias=2, trainable=(1, 2), channels_at="last"),
-    "MatMul": Op(rule=matmul, cut=cut_matmul, layout=_matmul_layout, trainable=(1,), channels_at="last"),
+    "Gemm": Op(rule=gemm, cut=cut_gemm, layout=_gemm_layout, bias=2, trainable=(1, 2), channels_at="last",
+               check_shapes=check_dense_shapes),
+    "MatMul": Op(rule=matmul, cut=cut_matmul, layout=_matmul_layout, trainable=(1,), channels_at="last",
+                 check_shapes=check_dense_shapes),
 }

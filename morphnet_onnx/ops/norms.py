@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from .base import Op, keep_on
+from .base import Op, keep_on, per_channel_problem
 from .elementwise import same_channels
 from .reductions import over_axes
 
@@ -42,7 +42,15 @@ def cut_norm(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
             rw.set_input(node, index, rw.value_of(node.input[index]).take(keep, axis=0))
 
 
-_CHANNEL_NORM = dict(rule=same_channels, cut=cut_norm, gates_by_scale=True, bias=2, trainable=(1, 2),
+def check_norm_shapes(node: onnx.NodeProto, shape_of) -> str | None:
+    """Scale, shift (and statistics) have one value per channel of axis 1."""
+    x = shape_of(node.input[0])
+    if not x or len(x) < 2:
+        return None
+    return per_channel_problem(node, shape_of, OPS[node.op_type].layer_slots, x[1])
+
+
+_CHANNEL_NORM = dict(check_shapes=check_norm_shapes, rule=same_channels, cut=cut_norm, gates_by_scale=True, bias=2, trainable=(1, 2),
                      memory_bound=True, init_transparent=True, channels_at="first")
 OPS = {
     "BatchNormalization": Op(buffers=(3, 4), fresh={1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0}, positive=(1, 4),
