@@ -295,3 +295,36 @@ def test_train_init_fresh_starts_from_new_weights(data):
     assert not np.allclose(value(fresh.model), onnx.numpy_helper.to_array(original[conv]), atol=1e-3)
     with pytest.raises(MorphNetError, match="--init"):
         train(TINY, data / "train.npz", None, options=quick(steps=1), init="warm")
+
+
+def test_batchnorm_statistics_need_no_rank_and_take_the_training_batch():
+    """A norm over an initializer of rank 3 (a weight standardization, whose rank shape inference does
+    not report) and a norm of a model exported with a fixed batch of 1, measured at batch 4."""
+    from onnx import helper, numpy_helper
+
+    from morphnet_onnx.evaluation import evaluate_model
+    from morphnet_onnx.training.batchnorm import recalibrate_batchnorm
+    from morphnet_onnx.training.data import Dataset
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((1, 2, 5)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    for prefix, width, fill in (("a", 2, 0.0), ("b", 3, 0.0)):
+        for slot, value in (("s", 1.0), ("t", 0.0), ("m", fill), ("v", 1.0)):
+            inits.append(numpy_helper.from_array(np.full(width, value, np.float32), f"{prefix}.{slot}"))
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["w", "a.s", "a.t", "a.m", "a.v"], ["w_std"]),
+         helper.make_node("BatchNormalization", ["x", "b.s", "b.t", "b.m", "b.v"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((8, 3, 4)).astype(np.float32) * 2 + 1
+    measured = recalibrate_batchnorm(model, Dataset({"x": x}, np.zeros(8, np.int64), "d"), batch=4)
+    values = {t.name: numpy_helper.to_array(t) for t in measured.graph.initializer}
+    np.testing.assert_allclose(values["a.m"], weight.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values["a.v"], weight.var(axis=(0, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(values["b.m"], x.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values["b.v"], x.var(axis=(0, 2)), rtol=1e-4, atol=1e-6)
+    # The fixed batch of 1 is also how it is evaluated: 8 examples, one at a time.
+    assert evaluate_model(measured, Dataset({"x": x}, x, "d"), "mse").examples == 8
