@@ -18,7 +18,7 @@ from pathlib import Path
 from .analysis import analyze
 from .budget import Budget
 from .cost import compute_costs, parse_hardware, resource_cost
-from .errors import MorphNetError
+from .errors import Interrupted, MorphNetError
 from .expansion import expand
 from .io import InputShapes, load, write_atomic_bytes
 from .learning import evaluate, shrink, train
@@ -101,7 +101,13 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     def run_step(name: str, step):
         """Run one step unless a previous run finished it; record what it returned."""
         if name not in state["steps"]:
-            state["steps"][name] = step()
+            try:
+                state["steps"][name] = step()
+            except KeyboardInterrupt as exc:
+                done = ", ".join(state["steps"]) or "none"
+                raise Interrupted(f"{exc or 'interrupted'} (cycle step {name}; finished steps, recorded in "
+                                  f"{out / STATE_FILE}: {done}); run the same command with --resume to "
+                                  f"continue") from exc
             write_atomic_bytes(out / STATE_FILE, json.dumps(state, indent=1) + "\n")
         return state["steps"][name]
 
