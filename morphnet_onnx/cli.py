@@ -15,7 +15,7 @@ import traceback
 
 from . import __version__
 from .errors import MorphNetError
-from .io import parse_input_shapes
+from .io import parse_input_shapes, refuse_overwriting
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -380,6 +380,7 @@ def _prune(args: argparse.Namespace) -> int:
     from .report import human
 
     check_picture_paths(args.plot, args.html)
+    refuse_overwriting({"-o": args.output, "--save-structure": args.save_structure}, [args.model, args.structure])
     result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
                    keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
     if args.save_structure:

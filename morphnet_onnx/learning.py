@@ -24,7 +24,7 @@ from .evaluation import Evaluation, evaluate, evaluate_model
 from .figs import FIGS_THRESHOLD, figs_regularizers
 from .graph_utils import with_params
 from .initialization import INITS, initialize_weights
-from .io import InputShapes, LoadedModel, load, save_model
+from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
 from .pruning import check_round_to, prepare, verify_model
 from .regularizers import REGULARIZERS, group_regularizers
 from .structure import Structure
@@ -135,6 +135,7 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     options = options or TrainOptions()
     if init not in INITS:
         raise MorphNetError(f"--init {init}: choose one of {', '.join(INITS)}")
+    refuse_overwriting({"-o": output}, [model, data, val])
     # Placeholder weights (ConstantOfShape) mean an untrained model: they start random.
     loaded, analysis = prepare(model, input_shapes, seed=options.seed)
     if init == "fresh":
@@ -210,6 +211,7 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
         raise MorphNetError(f"--strength {strength}: must be above 0")
     if regularizer not in REGULARIZERS:
         raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
+    refuse_overwriting({"-o": output, "--save-structure": structure_path}, [model, data, val])
     hw = parse_hardware(hardware, cost_batch_size)
     loaded, analysis = prepare(model, input_shapes, keep, seed=options.seed)
     if not analysis.prunable_groups:

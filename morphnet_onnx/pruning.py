@@ -11,7 +11,7 @@ import onnx
 from .analysis import Analysis, analyze
 from .errors import MorphNetError
 from .gates import gate_magnitudes
-from .io import InputShapes, LoadedModel, load, save_model
+from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
 from .runtime import make_session
 from .structure import Structure, load_structure, round_structure, structure_from_dict
 from .surgery import SurgeryResult, apply_structure, materialize_weights
@@ -77,6 +77,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
     from .cost import compute_costs
 
     check_round_to(round_to)
+    refuse_overwriting({"-o": output}, [model, structure])
     loaded, analysis = prepare(model, input_shapes, keep)
     if isinstance(structure, Structure):
         chosen = structure

@@ -352,3 +352,13 @@ def test_batchnorm_statistics_need_no_rank_and_take_the_training_batch():
     np.testing.assert_allclose(values["b.v"], x.var(axis=(0, 2)), rtol=1e-4, atol=1e-6)
     # The fixed batch of 1 is also how it is evaluated: 8 examples, one at a time.
     assert evaluate_model(measured, Dataset({"x": x}, x, "d"), "mse").examples == 8
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused_before_training(data):
+    before = (data / "train.npz").read_bytes()
+    with pytest.raises(MorphNetError, match="-o .*train.npz: refusing to overwrite the input"):
+        train(TINY, data / "train.npz", data / "train.npz", options=quick(steps=2))
+    with pytest.raises(MorphNetError, match="--save-structure .*val.npz: refusing to overwrite the input"):
+        shrink(TINY, data / "train.npz", data / "s.onnx", val=data / "val.npz", strength=1e-3,
+               structure_path=data / "val.npz", options=quick(steps=2))
+    assert (data / "train.npz").read_bytes() == before and not (data / "s.onnx").exists()
