@@ -1,6 +1,6 @@
 """Interrupted runs, with real signals to real processes: `train`, `shrink` and `cycle` killed mid-run
-(SIGINT, as Ctrl-C sends, and SIGKILL) lose nothing written before, say how to continue, and
-`--resume` ends with the bytes of the run never interrupted."""
+(SIGINT, as Ctrl-C sends, SIGTERM and SIGKILL) lose nothing written before, say how to continue,
+and `--resume` ends with the bytes of the run never interrupted."""
 
 import json
 import os
@@ -72,14 +72,14 @@ def train_args(small: Path, out: str, *extra: str) -> list[str]:
 def test_train_killed_by_sigint_and_by_sigkill_resumes_to_the_same_bytes(small):
     whole = run(train_args(small, "whole.onnx"))
     assert whole.returncode == 0, whole.stderr
-    for sig, code in ((signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)):
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 130), (signal.SIGKILL, -signal.SIGKILL)):
         ckpt = small / f"ckpt-{sig.name}"
         out = small / f"train-{sig.name}.onnx"
         out.write_bytes(b"an earlier output")  # what was there before must survive the kill
         args = train_args(small, out.name, "--checkpoint-dir", str(ckpt), "--checkpoint-every", str(EVERY))
         returncode, err = kill_after_checkpoint(args, ckpt / "state.json", sig)
         assert returncode == code, err
-        if sig == signal.SIGINT:
+        if sig != signal.SIGKILL:  # SIGTERM (`kill PID`) ends a run as Ctrl-C does
             line = err.strip().splitlines()[-1]
             assert line.startswith("morphnet-onnx: interrupted at step ") and f"of {STEPS}" in line, err
             assert str(ckpt) in line and "--resume" in line and "Traceback" not in err, err
@@ -87,6 +87,8 @@ def test_train_killed_by_sigint_and_by_sigkill_resumes_to_the_same_bytes(small):
         assert not [p for p in small.iterdir() if p.name.endswith(".tmp")]
         saved = json.loads((ckpt / "state.json").read_text())["step"]
         assert 2 * EVERY <= saved < STEPS and saved % EVERY == 0
+        if sig == signal.SIGTERM:
+            continue  # the same handling as SIGINT from here on
         resumed = run(args + ["--resume"])
         assert resumed.returncode == 0, resumed.stderr
         assert out.read_bytes() == (small / "whole.onnx").read_bytes()
