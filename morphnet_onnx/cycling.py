@@ -104,10 +104,11 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
             try:
                 state["steps"][name] = step()
             except KeyboardInterrupt as exc:
-                done = ", ".join(state["steps"]) or "none"
-                raise Interrupted(f"{exc or 'interrupted'} (cycle step {name}; finished steps, recorded in "
-                                  f"{out / STATE_FILE}: {done}); run the same command with --resume to "
-                                  f"continue") from exc
+                done = ", ".join(state["steps"]) or "none yet"
+                text = f"interrupted in cycle step {name}; finished steps ({done}) are recorded in {out / STATE_FILE}"
+                # Training says where its checkpoint is and how to resume; any other step starts over.
+                raise Interrupted(f"{text}; {exc}" if str(exc) else
+                                  f"{text}; run the same command with --resume to continue") from exc
             write_atomic_bytes(out / STATE_FILE, json.dumps(state, indent=1) + "\n")
         return state["steps"][name]
 
