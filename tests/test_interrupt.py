@@ -10,11 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 
-from builders import Net
+from builders import small_bn_net
 from conftest import REPO
 
 STEPS = 60
@@ -24,19 +22,7 @@ EVERY = 5
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A 2-conv BN network on 3x8x8 inputs (steps of milliseconds) and its data."""
-    folder = tmp_path_factory.mktemp("interrupt")
-    net = Net(input_shape=(1, 3, 8, 8), batch="N")
-    x = net.relu(net.bn(net.conv("input", 3, 8, name="conv1"), 8, name="bn1"))
-    x = net.relu(net.bn(net.conv(x, 8, 8, name="conv2"), 8, name="bn2"))
-    x = net.op("GlobalAveragePool", [x])
-    x = net.op("Flatten", [x], axis=1)
-    onnx.save(net.model(net.gemm(x, 8, 4, name="fc")), str(folder / "net.onnx"))
-    rng = np.random.default_rng(0)
-    inputs = rng.standard_normal((64, 3, 8, 8)).astype(np.float32)
-    labels = rng.integers(0, 4, 64)
-    np.savez(folder / "train.npz", input=inputs, labels=labels)
-    np.savez(folder / "val.npz", input=inputs[:32], labels=labels[:32])
-    return folder
+    return small_bn_net(tmp_path_factory.mktemp("interrupt"))
 
 
 def command(*args: str) -> list[str]:

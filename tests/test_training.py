@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from builders import random_dataset
+from builders import random_dataset, small_bn_net
 from conftest import REPO
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
@@ -362,3 +362,17 @@ def test_outputs_that_would_overwrite_an_input_are_refused_before_training(data)
         shrink(TINY, data / "train.npz", data / "s.onnx", val=data / "val.npz", strength=1e-3,
                structure_path=data / "val.npz", options=quick(steps=2))
     assert (data / "train.npz").read_bytes() == before and not (data / "s.onnx").exists()
+
+
+def test_the_same_seed_writes_the_same_bytes_at_any_thread_count(tmp_path):
+    """With 1 or 3 onnxruntime threads (run after run too, then: tests/test_interrupt.py compares the
+    bytes of separate processes; docs/training.md#determinism)."""
+    small_bn_net(tmp_path)
+    written = []
+    for threads in (1, 3):
+        out = tmp_path / f"out{len(written)}.onnx"
+        shrink(tmp_path / "net.onnx", tmp_path / "train.npz", out, budget=Budget("flops", "0.6x"), force=True,
+               options=TrainOptions(steps=30, batch_size=8, threads=threads, seed=5, progress=False),
+               structure_path=tmp_path / f"{out.name}.json")
+        written.append((out.read_bytes(), (tmp_path / f"{out.name}.json").read_bytes()))
+    assert written[0] == written[1]
