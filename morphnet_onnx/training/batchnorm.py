@@ -28,8 +28,9 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
     graph = stats.graph
     # The data comes in batches of `batch`, as in training: a model exported with a fixed batch (of
     # 1, say) is measured at the training batch size, as the training graph trains it.
+    real_inputs = set(graph_input_names(stats))
     for value in graph.input:
-        if value.name in graph_input_names(stats) and value.type.tensor_type.shape.dim:
+        if value.name in real_inputs and value.type.tensor_type.shape.dim:
             first = value.type.tensor_type.shape.dim[0]
             first.Clear()
             first.dim_value = batch
