@@ -17,11 +17,9 @@ from onnx import numpy_helper
 from .analysis import Analysis, analyze
 from .cost import compute_costs
 from .errors import MorphNetError
-from .gates import gate_ops, weight_rows
-from .graph_utils import attr
+from .gates import gate_ops
 from .io import InputShapes, LoadedModel, graph_input_names, load
-from .ops import CHANNEL_NORMS as NORMS
-from .ops import WEIGHTED
+from .ops import WEIGHTED, bias_input, weight_from_rows, weight_layout, weight_rows
 from .pruning import prepare, prune_loaded, verify_model
 from .runtime import make_session, random_feeds
 from .structure import Structure
@@ -79,7 +77,8 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
             continue
         if node.op_type in WEIGHTED and (len(node.input) < 2 or not constants.is_stored(node.input[1])):
             continue
-        slots = [1, 2] if node.op_type in NORMS or node.op_type != "MatMul" else [1]
+        bias = bias_input(node.op_type)
+        slots = [1] if bias is None else [1, bias]  # the scale (or filter rows) and the shift
         for slot in slots:
             if slot >= len(node.input) or not node.input[slot]:
                 continue
@@ -88,9 +87,10 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
                 continue
             value = constants.value(source).copy()
             if node.op_type in WEIGHTED and slot == 1:
-                rows = weight_rows(node, value)
+                layout = weight_layout(node, {source: value})
+                rows = weight_rows(layout, value)
                 rows[dead] = 0
-                value = _unrows(node, rows, value.shape)
+                value = weight_from_rows(layout, rows, value.shape)
             elif value.size == len(dead):
                 value = value.reshape(-1)
                 value[dead] = 0
@@ -101,19 +101,6 @@ def zero_gates(model: onnx.ModelProto, loaded: LoadedModel, analysis: Analysis, 
             out.graph.initializer.append(numpy_helper.from_array(value.astype(value.dtype), new_name))
             node.input[slot] = new_name
     return out
-
-
-def _unrows(node, rows: np.ndarray, shape) -> np.ndarray:
-    if node.op_type == "Conv":
-        return rows.reshape(shape)
-    if node.op_type == "ConvTranspose":
-        groups = attr(node, "group", 1)
-        c_in, out_per_group = shape[0], shape[1]
-        w = rows.reshape(groups, out_per_group, c_in // groups, -1).transpose(0, 2, 1, 3)
-        return w.reshape(shape)
-    if node.op_type == "Gemm":
-        return rows if attr(node, "transB", 0) else rows.T
-    return rows.T
 
 
 def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, seed: int = 0,

@@ -20,6 +20,7 @@ from .errors import MorphNetError
 from .graph_utils import live_tensors
 from .io import LoadedModel
 from .ops import BUFFER_INPUTS
+from .view import ConstantView
 
 # Peak GFLOP/s and memory bandwidth GB/s, from MorphNet's latency regularizer.
 HARDWARE: dict[str, tuple[float, float]] = {
@@ -137,24 +138,31 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
         n_in, n_out = cost.counts(alive)
         latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
         ops.append(OpCost(cost.op, cost.op_type, flops, cost.size_coeff * n_in * n_out, latency, compute_bound))
-        in_c = _per_slot(slot_of_element, cost.in_ids, n_slots)
-        out_c = _per_slot(slot_of_element, cost.out_ids, n_slots)
-        if not (in_c.any() or out_c.any()):
+        # Only the slots this op touches (dense per-op vectors made the pass quadratic in depth).
+        in_s, in_n = _slot_counts(slot_of_element, cost.in_ids)
+        out_s, out_n = _slot_counts(slot_of_element, cost.out_ids)
+        slots = np.union1d(in_s, out_s)
+        if not len(slots):
             continue
-        in_g = np.bincount(slot_group, weights=in_c, minlength=n_groups)
-        out_g = np.bincount(slot_group, weights=out_c, minlength=n_groups)
-        removable += cost.flops_coeff * (in_g * n_out + out_g * n_in - in_g * out_g)
-        marginal_flops += cost.flops_coeff * (in_c * n_out + out_c * n_in)
-        marginal_params += cost.size_coeff * (in_c * n_out + out_c * n_in)
+        in_c = np.zeros(len(slots))
+        out_c = np.zeros(len(slots))
+        in_c[np.searchsorted(slots, in_s)] = in_n
+        out_c[np.searchsorted(slots, out_s)] = out_n
+        touched, group_index = np.unique(slot_group[slots], return_inverse=True)
+        in_g = np.bincount(group_index, weights=in_c, minlength=len(touched))
+        out_g = np.bincount(group_index, weights=out_c, minlength=len(touched))
+        removable[touched] += cost.flops_coeff * (in_g * n_out + out_g * n_in - in_g * out_g)
+        marginal_flops[slots] += cost.flops_coeff * (in_c * n_out + out_c * n_in)
+        marginal_params[slots] += cost.size_coeff * (in_c * n_out + out_c * n_in)
         # The roofline follows whichever term dominates; its derivative is that term's.
         if compute_bound:
-            marginal_latency += (cost.flops_coeff * (in_c * n_out + out_c * n_in) * hardware.batch
-                                 / (hardware.peak_gflops * 1e9))
+            marginal_latency[slots] += (cost.flops_coeff * (in_c * n_out + out_c * n_in) * hardware.batch
+                                        / (hardware.peak_gflops * 1e9))
         else:
             per_byte = cost.dtype_bytes / (hardware.bandwidth_gbs * 1e9)
-            marginal_latency += per_byte * (cost.size_coeff * (in_c * n_out + out_c * n_in) + hardware.batch * (
+            marginal_latency[slots] += per_byte * (cost.size_coeff * (in_c * n_out + out_c * n_in) + hardware.batch * (
                 cost.in_act_per_channel * in_c + cost.out_act_per_channel * out_c))
-        if ((in_g + out_g > 0) & prunable).any():
+        if ((in_g + out_g > 0) & prunable[touched]).any():
             prunable_flops += flops
 
     def per_group(values: np.ndarray) -> dict[int, np.ndarray]:
@@ -174,10 +182,11 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
                  channel_marginal=channel_marginal)
 
 
-def _per_slot(slot_of_element: np.ndarray, ids: np.ndarray | None, n_slots: int) -> np.ndarray:
+def _slot_counts(slot_of_element: np.ndarray, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The slots an op's channel ids fall on, and how many positions each (sorted by slot)."""
     if ids is None:
-        return np.zeros(n_slots)
-    return np.bincount(slot_of_element[ids], minlength=n_slots).astype(np.float64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.unique(slot_of_element[np.asarray(ids).reshape(-1)], return_counts=True)
 
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
@@ -189,23 +198,12 @@ def count_parameters(model: onnx.ModelProto) -> tuple[int, int]:
     count but not from the bytes."""
     elements: dict[str, tuple[int, int, int]] = {}  # name -> (count, dtype, bytes)
     graph = model.graph
-    for tensor in graph.initializer:
-        count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        elements[tensor.name] = (count, tensor.data_type, count * _itemsize(tensor.data_type))
-    shape_values = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                count = int(np.prod(value.dims)) if value.dims else 1
-                elements[node.output[0]] = (count, value.data_type, count * _itemsize(value.data_type))
-                shape_values[node.output[0]] = value
-        elif node.op_type == "ConstantOfShape" and node.input and node.input[0] in shape_values:
-            dims = onnx.numpy_helper.to_array(shape_values[node.input[0]]).reshape(-1)
-            fill = next((a.t for a in node.attribute if a.name == "value"), None)
-            dtype = fill.data_type if fill is not None else onnx.TensorProto.FLOAT
-            count = int(np.prod(dims)) if dims.size else 1
-            elements[node.output[0]] = (count, dtype, count * _itemsize(dtype))
+    view = ConstantView(graph)
+    for name in view.stored_names() + view.filled_names():
+        meta = view.meta(name)
+        if meta is not None:
+            count = int(np.prod(meta[0])) if meta[0] else 1
+            elements[name] = (count, meta[1], count * _itemsize(meta[1]))
     # Only tensors on the way to an output: a weight folded into a Constant leaves its original behind.
     used = live_tensors(graph)
     elements = {name: value for name, value in elements.items() if name in used}

@@ -24,18 +24,14 @@ import networkx as nx
 import onnx
 
 from .analysis import analyze, node_names
-from .cost import BUFFER_INPUTS, FLOAT_TYPES, Hardware, compute_costs, parse_hardware
+from .cost import FLOAT_TYPES, Hardware, compute_costs, parse_hardware
 from .errors import MorphNetError
 from .io import InputShapes, LoadedModel, graph_input_names, load
+from .ops import BUFFER_INPUTS, CHANNELS_FIRST, CHANNELS_LAST
 from .pruning import prune
 from .report import branch_span, change_text, human, seconds_text
 from .structure import Structure
 
-# Ops whose output channels sit on axis 1 whatever the input's layout (NCHW convolutions, norms, pools).
-CHANNEL_FIRST = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
-                 "GlobalAveragePool", "GlobalMaxPool", "LpPool", "LRN", "GroupNormalization"}
-# Ops whose output channels are on the last axis (a Linear layer's features).
-CHANNEL_LAST = {"Gemm", "MatMul", "LayerNormalization"}
 # Attributes that tell two ops of one type apart. Not `group`: pruning changes it (a depthwise conv cut
 # to one channel has group 1).
 SIGNATURE_ATTRIBUTES = ("kernel_shape", "strides", "dilations", "axis", "axes", "perm", "transA", "transB", "mode")
@@ -281,9 +277,9 @@ def _widths(nodes: list[onnx.NodeProto], layers: list[int], data_inputs: dict[in
             continue
         rank = len(shape)
         first = node.input[0] if node.input else ""
-        if node.op_type in CHANNEL_LAST:
+        if node.op_type in CHANNELS_LAST:
             axis = rank - 1
-        elif node.op_type in CHANNEL_FIRST:
+        elif node.op_type in CHANNELS_FIRST:
             axis = 1 if rank > 1 else 0
         elif node.op_type == "Transpose" and first in axis_of:  # output axis k is input axis perm[k]
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(reversed(range(rank))))

@@ -64,7 +64,7 @@ def figs_regularizers(analysis: Analysis, loaded: LoadedModel) -> tuple[list[Gro
         if not kinds:
             continue
         placements.extend(kinds.get(True) or kinds[False])  # after the norms where there are some
-        member = Member(logit_name(group.id), "figs", "", 0, [np.arange(group.width)], np.ones(group.width, np.float32))
+        member = Member(logit_name(group.id), "figs", None, [np.arange(group.width)], np.ones(group.width, np.float32))
         regs.append(GroupRegularizer(group.id, group.width, [member]))
     return regs, placements
 

@@ -11,12 +11,9 @@ import numpy as np
 import onnx
 
 from .analysis import Analysis, node_names
-from .analysis.context import along
-from .graph_utils import attr
 from .io import LoadedModel
 from .ops import CHANNEL_NORMS as NORMS
-from .ops import WEIGHTED, output_channel_axis
-
+from .ops import WEIGHTED, along, output_channel_axis, weight_layout, weight_rows
 
 
 def gate_ops(analysis: Analysis, loaded: LoadedModel):
@@ -50,20 +47,6 @@ def prunable_groups_at(analysis: Analysis, positions: np.ndarray, prunable: set[
             yield group_id, groups == group_id, channels
 
 
-def weight_rows(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
-    """The weight reshaped to [output channel, everything else]."""
-    if node.op_type == "Conv":
-        return weight.reshape(weight.shape[0], -1)
-    if node.op_type == "ConvTranspose":
-        groups = attr(node, "group", 1)
-        c_in, out_per_group = weight.shape[0], weight.shape[1]
-        w = weight.reshape(groups, c_in // groups, out_per_group, -1).transpose(0, 2, 1, 3)
-        return w.reshape(groups * out_per_group, -1)
-    if node.op_type == "Gemm":
-        return weight if attr(node, "transB", 0) else weight.T
-    return weight.T  # MatMul [K, N]
-
-
 def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.ndarray]:
     """Per group, per channel: max |gamma| over the group's norms; groups without one use the max
     L2 norm of the filters writing the channel (MorphNet's gamma and group-lasso criteria)."""
@@ -84,7 +67,8 @@ def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.nda
             weight = view.value(node.input[1])
             if weight is None:
                 continue
-            norms = np.linalg.norm(weight_rows(node, weight).astype(np.float64), axis=1)
+            rows = weight_rows(weight_layout(node, {node.input[1]: weight}), weight)
+            norms = np.linalg.norm(rows.astype(np.float64), axis=1)
             if len(norms) != len(positions):
                 continue
             for g in np.unique(groups):

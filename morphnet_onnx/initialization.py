@@ -13,16 +13,10 @@ import numpy as np
 import onnx
 
 from .graph_utils import with_params
-from .ops import NORM_FRESH, WeightLayout, weight_layout
+from .ops import INIT_TRANSPARENT, NORM_FRESH, RELU_LIKE, WeightLayout, weight_layout
 from .view import ConstantView
 
 INITS = ("fresh", "keep")
-RELU_FAMILY = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid", "Gelu",
-               "Mish", "Softplus", "ThresholdedRelu"}
-# Ops between a weighted op and its activation that do not change which init fits.
-PASS_THROUGH = {"BatchNormalization", "InstanceNormalization", "Add", "Sum", "Sub", "Identity", "MaxPool",
-                "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Pad", "Flatten", "Reshape", "Transpose",
-                "Squeeze", "Unsqueeze", "Concat", "Dropout", "Resize"}
 def fans(weight: np.ndarray, layout: WeightLayout) -> tuple[int, int]:
     """(fan_in, fan_out) as torch counts them: the in/out axis times the kernel's spatial size."""
     # Conv-like weights are [out, in, *kernel] (or [in, out, ...]); a MatMul's leading axes are batch.
@@ -31,7 +25,8 @@ def fans(weight: np.ndarray, layout: WeightLayout) -> tuple[int, int]:
 
 
 def relu_follows(graph: onnx.GraphProto) -> dict[str, bool]:
-    """Per tensor: does a ReLU-family activation read it, possibly through PASS_THROUGH ops?"""
+    """Per tensor: does a ReLU-family activation read it, possibly through ops that change
+    no initialisation (norms, residual adds, pooling, reshapes)?"""
     consumers = ConstantView(graph).consumers
     memo: dict[str, bool] = {}
 
@@ -40,9 +35,9 @@ def relu_follows(graph: onnx.GraphProto) -> dict[str, bool]:
             return memo[tensor]
         found = False
         for node in consumers.get(tensor, []):
-            if node.op_type in RELU_FAMILY:
+            if node.op_type in RELU_LIKE:
                 found = True
-            elif node.op_type in PASS_THROUGH and depth < 6:
+            elif node.op_type in INIT_TRANSPARENT and depth < 6:
                 found = any(follows(out, depth + 1) for out in node.output)
             if found:
                 break

@@ -12,9 +12,10 @@ from .analysis import Analysis, analyze
 from .errors import MorphNetError
 from .gates import gate_magnitudes
 from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
+from .placeholders import materialize_weights
 from .runtime import make_session
 from .structure import Structure, load_structure, round_structure, structure_from_dict
-from .surgery import SurgeryResult, apply_structure, materialize_weights
+from .surgery import SurgeryResult, apply_structure
 
 
 @dataclass

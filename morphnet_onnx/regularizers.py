@@ -21,10 +21,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .analysis import Analysis
-from .gates import gate_ops, prunable_groups_at, weight_rows
-from .graph_utils import attr
+from .gates import gate_ops, prunable_groups_at
 from .ops import CHANNEL_NORMS as NORMS
-from .ops import DENSE
+from .ops import WeightLayout, weight_layout, weight_rows
 from .io import LoadedModel
 
 REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
@@ -37,8 +36,7 @@ class Member:
 
     param: str
     kind: str  # "gamma", "rows" (filter RMS) or "figs" (a gate's logits, figs.py)
-    op_type: str
-    trans_b: int
+    layout: WeightLayout | None  # where a "rows" member's output channels are in its weight
     picks: list[np.ndarray]  # each: position in the member vector for every group channel
     mask: np.ndarray  # 1 where the member covers the channel
 
@@ -72,7 +70,8 @@ def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "aut
             picks = [np.array([p[min(k, len(p) - 1)] if p else 0 for p in per_channel], dtype=np.int64)
                      for k in range(repeats)]
             mask = np.array([1.0 if p else 0.0 for p in per_channel], dtype=np.float32)
-            member = Member(node.input[1], member_kind, node.op_type, attr(node, "transB", 0), picks, mask)
+            layout = weight_layout(node, inits) if member_kind == "rows" else None
+            member = Member(node.input[1], member_kind, layout, picks, mask)
             by_group.setdefault(group_id, {}).setdefault(member_kind, []).append(member)
     result = []
     for group in analysis.prunable_groups:
@@ -91,8 +90,7 @@ def member_vector(member: Member, value: np.ndarray) -> np.ndarray:
         return np.abs(value.reshape(-1))
     if member.kind == "figs":  # the probability that the gate is on (figs.py)
         return 1.0 / (1.0 + np.exp(-value.reshape(-1).astype(np.float64)))
-    node = helper.make_node(member.op_type, ["x", "w"], ["y"], transB=member.trans_b)
-    return np.sqrt(np.mean(weight_rows(node, value).astype(np.float64) ** 2, axis=1) + EPS)
+    return np.sqrt(np.mean(weight_rows(member.layout, value).astype(np.float64) ** 2, axis=1) + EPS)
 
 
 def group_vectors(regs: list[GroupRegularizer], params: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
@@ -145,7 +143,7 @@ def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix
                 else:
                     squared = node("Mul", [member.param, member.param])
                     rank = _rank(graph, member.param)
-                    keep_axis = (0 if member.trans_b else rank - 1) if member.op_type in DENSE else 0
+                    keep_axis = member.layout.out_axis % rank
                     axes = np.array([a for a in range(rank) if a != keep_axis], dtype=np.int64)
                     summed = node("ReduceSum", [squared, const(axes)], keepdims=0)
                     fan_in = int(np.prod([_dims(graph, member.param)[a] for a in axes]))

@@ -74,6 +74,24 @@ class ConstantView:
         self._values[name] = value
         return value
 
+    def filled_names(self) -> list[str]:
+        """Outputs of ConstantOfShape nodes (placeholder weights when their shape is constant)."""
+        return list(self._filled)
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], int] | None:
+        """(shape, onnx dtype) of a stored or filled constant, without decoding a stored tensor."""
+        item = self._stored.get(name)
+        if isinstance(item, onnx.TensorProto):
+            return tuple(int(d) for d in item.dims), item.data_type
+        if item is not None:
+            return item.shape, onnx.helper.np_dtype_to_tensor_dtype(item.dtype)
+        node = self._filled.get(name)
+        shape = self.value(node.input[0]) if node is not None and node.input else None
+        if shape is None:
+            return None
+        fill = next((a.t for a in node.attribute if a.name == "value"), None)
+        return tuple(int(d) for d in shape.reshape(-1)), fill.data_type if fill is not None else onnx.TensorProto.FLOAT
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Every stored constant's value, by name."""
         return {name: self.value(name) for name in self._stored}

@@ -172,6 +172,8 @@ def test_keep_regex_pins_matching_ops():
 @pytest.mark.parametrize("op,attrs,prunable", [
     ("Softmax", {"axis": 1}, False),
     ("Softmax", {"axis": 3}, True),
+    ("LpNormalization", {"axis": 1}, False),
+    ("LpNormalization", {"axis": -1}, True),
     ("LRN", {"size": 3}, False),
     ("ReduceMean", {"axes": [1], "keepdims": 1}, False),
     ("InstanceNormalization", None, True),

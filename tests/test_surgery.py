@@ -326,3 +326,12 @@ def test_structure_file_roundtrip(tmp_path):
     again = prune(model, path)
     for group_id, mask in result.structure.alive.items():
         assert np.array_equal(again.structure.alive[group_id], mask)
+
+
+def test_lp_normalization_over_space_prunes_exactly():
+    """The worked example of docs/analysis.md ("Adding an op"): taught in ops/reductions.py only."""
+    net = Net(opset=17)
+    x = net.conv("input", 3, 8, name="c")
+    out = net.conv(net.op("LpNormalization", [x], axis=-1, p=2), 8, 2, name="head")
+    result = check(net.model(out), fraction=0.5)
+    assert result.passed and result.groups_pruned >= 1 and result.flops_after < result.flops_before

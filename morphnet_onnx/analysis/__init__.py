@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 
 from ..io import LoadedModel
-from .context import Context, Unsupported
+from ..ops import MEMORY_BOUND, Unsupported, op_info
+from .context import Context
 from .groups import Analysis, CostedOp, Group, Source, UnionFind
-from .handlers import HANDLERS
 
 __all__ = ["analyze", "Analysis", "Group", "Source", "CostedOp", "node_names"]
 
@@ -28,20 +28,21 @@ def node_names(graph: onnx.GraphProto) -> list[str]:
 
 
 def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
-    """Walk the graph once in topological order, letting each op's handler tie, create or fix channels."""
+    """Walk the graph once in topological order, letting each op's channel rule (ops/) tie, create or
+    fix channels."""
     ctx = Context(loaded)
     keep_patterns = [re.compile(p) for p in keep or []]
     graph = loaded.model.graph
     for node, op in zip(graph.node, node_names(graph)):
         domain = node.domain if node.domain not in ("", "ai.onnx") else ""
-        handler = HANDLERS.get(node.op_type) if not domain else None
+        info = op_info(node.op_type, domain)
         if ctx.fold_if_constant(node):
             continue
         try:
-            if handler is None:
+            if info is None:
                 label = f"{domain}::{node.op_type}" if domain else node.op_type
                 raise Unsupported(f"op type {label} is not understood")
-            handler(ctx, node, op)
+            info.rule(ctx, node, op)
             if node.op_type in MEMORY_BOUND:
                 _memory_cost(ctx, node, op)
         except Unsupported as why:
@@ -59,20 +60,15 @@ def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
     return _finish(ctx, loaded.name)
 
 
-# Ops with no FLOPs in MorphNet's convention that still move their activations: MorphNet's latency
-# (and memory) costs charge what they read and write; at batch 1 on a V100 nearly every op is memory bound.
-MEMORY_BOUND = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Concat", "BatchNormalization",
-                "InstanceNormalization", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid",
-                "HardSigmoid", "HardSwish", "Tanh", "Clip", "Softplus", "Gelu", "Erf", "Mish"}
-
-
 def _memory_cost(ctx: Context, node: onnx.NodeProto, op: str) -> None:
-    """Bytes read and written by a memory-bound op, charged to its output channels (linear in them)."""
+    """Bytes read and written by a memory-bound op (no FLOPs in MorphNet's convention, but it moves its
+    activations: at batch 1 on a V100 nearly every op is memory bound), charged to its output
+    channels (linear in them)."""
     out = node.output[0]
     shape = ctx.shapes.get(out)
     if not shape or -1 in shape:
         return
-    batch = ctx.loaded.batch
+    batch = ctx.batch
 
     def elements(name: str) -> float:
         dims = ctx.shapes.get(name)
@@ -82,12 +78,12 @@ def _memory_cost(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     ids = ctx.get(out)
     dtype_bytes = ctx.dtype_bytes(out)
     if ids is None or not ids.size:
-        ctx.add_cost(CostedOp(op, node.op_type, 0.0, 0.0, None, None, in_fixed=1, out_fixed=1,
-                              out_act_per_channel=moved, dtype_bytes=dtype_bytes))
+        ctx.add_cost(op, node.op_type, 0.0, 0.0, None, None, in_fixed=1, out_fixed=1,
+                     out_act_per_channel=moved, dtype_bytes=dtype_bytes)
         return
     positions = ids.reshape(-1)
-    ctx.add_cost(CostedOp(op, node.op_type, 0.0, 0.0, None, positions, in_fixed=1,
-                          out_act_per_channel=moved / positions.size, dtype_bytes=dtype_bytes))
+    ctx.add_cost(op, node.op_type, 0.0, 0.0, None, positions, in_fixed=1,
+                 out_act_per_channel=moved / positions.size, dtype_bytes=dtype_bytes)
 
 
 def _boundary(ctx: Context, node: onnx.NodeProto, op: str, why: str) -> None:

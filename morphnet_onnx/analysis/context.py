@@ -1,22 +1,15 @@
-"""The state one analysis pass carries from op to op; handlers read and write it through these calls."""
+"""The state one analysis pass carries from op to op; the channel rules (ops/) read and write it through these calls."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..folding import MAX_FOLD_ELEMENTS, NONDETERMINISTIC, evaluate_node
-from ..graph_utils import attr, compress, constant_along
+from ..graph_utils import attr, compress
 from ..io import LoadedModel
-from ..view import tensor_value
+from ..ops import Unsupported
 from .groups import CostedOp, Source, UnionFind
-
-# Reshape/Flatten trace channel positions through a full index tensor; beyond this many elements
-# (at batch 1) the op is treated as not understood rather than using gigabytes.
-MAX_TRACE_ELEMENTS = 1 << 25
 
 DTYPE_BYTES = {
     onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
@@ -25,32 +18,13 @@ DTYPE_BYTES = {
 }
 
 
-@dataclass
-class ConstantInfo:
-    """A tensor whose value is known before running the model (initializer, Constant, ConstantOfShape)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: int
-    tensor: onnx.TensorProto | None = None  # initializer or Constant value
-    fill: onnx.TensorProto | None = None  # ConstantOfShape: one-element value, broadcast to `shape`
-    folded_from: onnx.NodeProto | None = None  # computed from other constants by this node
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
-
-
-class Unsupported(Exception):
-    """Raised inside a handler: the op cannot be analyzed; its channels become unprunable."""
-
-
 class Context:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.graph = loaded.model.graph
         self.shapes = loaded.shapes
-        self.base_dir = loaded.path.parent if loaded.path else None
+        self.view = loaded.view
+        self.batch = loaded.batch  # read once: it scans the graph's inputs
         self.uf = UnionFind()
         self.sources: list[Source] = []
         self.costed: list[CostedOp] = []
@@ -58,46 +32,30 @@ class Context:
         self.fixed: list[tuple[np.ndarray, str]] = []  # (elements, why they cannot be pruned)
         self.touched: list[tuple[str, np.ndarray]] = []  # (op, elements it reads or writes)
         self.notes: list[str] = []
-        self.constants = self._collect_constants()
+        # Tensors computed from constants alone (or from a static shape), found during the walk:
+        # name -> (shape, dtype, the node computing it); stored constants are the view's.
+        self.folded: dict[str, tuple[tuple[int, ...], int, onnx.NodeProto]] = {}
         self._folded_values: dict[str, np.ndarray | None] = {}
 
     def per_example(self, rows: int) -> int:
         """Rows of a Gemm/MatMul per example: a model exported with a static batch carries it in its
         row count, while costs are per example (batch 1), as a Conv's spatial size is."""
-        batch = self.loaded.batch
+        batch = self.batch
         return rows // batch if batch > 1 and rows % batch == 0 else rows
 
     # ---- constants -----------------------------------------------------------------------------
-    def _collect_constants(self) -> dict[str, ConstantInfo]:
-        constants = {t.name: ConstantInfo(t.name, tuple(t.dims), t.data_type, tensor=t) for t in self.graph.initializer}
-        for node in self.graph.node:
-            if node.op_type == "Constant" and node.output:
-                for attribute in node.attribute:
-                    if attribute.name == "value":
-                        constants[node.output[0]] = ConstantInfo(node.output[0], tuple(attribute.t.dims), attribute.t.data_type, tensor=attribute.t)
-                    elif attribute.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                        arr = np.array(onnx.helper.get_attribute_value(attribute),
-                                       dtype=np.float32 if "float" in attribute.name else np.int64)
-                        tensor = numpy_helper.from_array(arr, node.output[0])
-                        constants[node.output[0]] = ConstantInfo(node.output[0], arr.shape, tensor.data_type, tensor=tensor)
-            elif node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
-                shape_info = constants[node.input[0]]
-                if shape_info.tensor is None:
-                    continue
-                shape = tuple(int(d) for d in tensor_value(shape_info.tensor, self.base_dir))
-                fill = next((a.t for a in node.attribute if a.name == "value"), None)
-                dtype = fill.data_type if fill is not None else onnx.TensorProto.FLOAT
-                constants[node.output[0]] = ConstantInfo(node.output[0], shape, dtype, fill=fill)
-        return constants
+    def _meta(self, name: str) -> tuple[tuple[int, ...], int] | None:
+        """(shape, dtype) of a constant: stored, a ConstantOfShape of a constant shape, or folded."""
+        if name in self.folded:
+            return self.folded[name][:2]
+        return self.view.meta(name)
 
     def shape_sources(self, name: str) -> list[str]:
         """Tensors whose runtime shape a computed tensor is derived from (via Shape/Size ops)."""
-        if not hasattr(self, "_producer"):
-            self._producer = {o: n for n in self.graph.node for o in n.output}
         sources, seen, stack = [], set(), [name]
         while stack:
             tensor = stack.pop()
-            node = self._producer.get(tensor)
+            node = self.view.producer.get(tensor)
             if node is None or tensor in seen:
                 continue
             seen.add(tensor)
@@ -108,7 +66,7 @@ class Context:
         return sources
 
     def is_constant(self, name: str) -> bool:
-        return name in self.constants
+        return self._meta(name) is not None
 
     def fold_if_constant(self, node: onnx.NodeProto) -> bool:
         """Register the outputs of an op computed from constants alone (or reading a static shape)
@@ -118,59 +76,53 @@ class Context:
         if node.op_type == "Shape":
             if self.shape(node.input[0]) is None:
                 return False
-        elif not all(not name or name in self.constants for name in node.input):
+        elif not all(not name or self.is_constant(name) for name in node.input):
             return False
         for out in node.output:
-            shape = self.shape(out) if out not in self.constants else self.constants[out].shape
-            if shape is None:
+            meta = self._meta(out)
+            if (meta[0] if meta else self.shape(out)) is None:
                 return False
         for out in node.output:
-            if out not in self.constants:
-                self.constants[out] = ConstantInfo(out, self.shape(out), self.loaded.dtypes.get(out, 1), folded_from=node)
+            if not self.is_constant(out):
+                self.folded[out] = (self.shape(out), self.loaded.dtypes.get(out, 1), node)
         return True
 
     def value(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor, or None when it is computed at run time."""
-        info = self.constants.get(name)
-        if info is None:
-            return None
-        if info.folded_from is not None:
-            return self._evaluate(info)
-        if info.tensor is not None:
-            return tensor_value(info.tensor, self.base_dir)
-        fill = numpy_helper.to_array(info.fill).reshape(-1)[0] if info.fill is not None else np.float32(0)
-        return np.full(info.shape, fill)
+        if name in self.folded:
+            return self._evaluate(name)
+        return self.view.value(name)
 
-    def _evaluate(self, info: ConstantInfo) -> np.ndarray | None:
-        if info.name in self._folded_values:
-            return self._folded_values[info.name]
-        node = info.folded_from
+    def _evaluate(self, name: str) -> np.ndarray | None:
+        if name in self._folded_values:
+            return self._folded_values[name]
+        node = self.folded[name][2]
         value = None
         if node.op_type == "Shape":
             shape = np.array(self.shape(node.input[0]), dtype=np.int64)
             start, end = attr(node, "start", 0), attr(node, "end", None)
             value = shape[start:end]
-        elif sum(self.constants[n].size for n in node.input if n) <= MAX_FOLD_ELEMENTS:
+        elif sum(int(np.prod(self._meta(n)[0])) for n in node.input if n) <= MAX_FOLD_ELEMENTS:
             inputs = [self.value(n) if n else None for n in node.input]
             if all(v is not None for v, n in zip(inputs, node.input) if n):
                 outputs = evaluate_node(node, inputs, self.loaded.opset) or []
                 for out_name, out_value in zip(node.output, outputs):
                     self._folded_values[out_name] = out_value
-                value = self._folded_values.get(info.name)
-        self._folded_values[info.name] = value
+                value = self._folded_values.get(name)
+        self._folded_values[name] = value
         return value
 
     def dtype_bytes(self, name: str) -> int:
-        info = self.constants.get(name)
-        dtype = info.dtype if info else self.loaded.dtypes.get(name, onnx.TensorProto.FLOAT)
+        meta = self._meta(name)
+        dtype = meta[1] if meta else self.loaded.dtypes.get(name, onnx.TensorProto.FLOAT)
         return DTYPE_BYTES.get(dtype, 4)
 
     # ---- shapes and channel ids ----------------------------------------------------------------
     def shape(self, name: str) -> tuple[int, ...] | None:
         """Static shape at batch 1, or None when any dim is unknown."""
-        info = self.constants.get(name)
-        if info is not None:
-            return info.shape
+        meta = self._meta(name)
+        if meta is not None:
+            return meta[0]
         shape = self.shapes.get(name)
         if shape is None or any(d < 0 for d in shape):
             return None
@@ -229,34 +181,6 @@ class Context:
     def touch(self, op: str, ids: np.ndarray) -> None:
         self.touched.append((op, ids))
 
-    def add_cost(self, cost: CostedOp) -> None:
-        self.costed.append(cost)
-
-
-def align(ids: np.ndarray, rank: int) -> np.ndarray:
-    """Numpy-style broadcasting alignment: prepend size-1 axes up to `rank`."""
-    if ids.ndim > rank:
-        raise Unsupported(f"rank {ids.ndim} operand in a rank {rank} result")
-    return ids.reshape((1,) * (rank - ids.ndim) + ids.shape)
-
-
-def channel_axes(ids: np.ndarray) -> list[int]:
-    """Axes along which the channel elements vary."""
-    return [axis for axis, size in enumerate(ids.shape) if size > 1 and not constant_along(ids, axis)]
-
-
-def along(ids: np.ndarray | None, axis: int, size: int) -> np.ndarray | None:
-    """The elements of the `size` positions along `axis`, when ids vary along no other axis.
-
-    Ids that vary along no axis at all (every position tied to one element) are broadcast.
-    """
-    if ids is None:
-        return None
-    axes = channel_axes(ids)
-    if axes == [axis] and ids.shape[axis] == size:
-        return ids.reshape(-1)
-    if not axes:
-        return np.full(size, ids.reshape(-1)[0], dtype=np.int64)
-    return None
-
-
+    def add_cost(self, *args, **fields) -> None:
+        """Record what an op costs (the fields of `CostedOp`)."""
+        self.costed.append(CostedOp(*args, **fields))

@@ -2,7 +2,7 @@
 computes with the removed channels' gates set to zero.
 
 One pass in topological order follows what removed channels hold (`values.py`); a second pass
-rewrites each kept op with its per-op cutter (`cutters.py`) and drops ops that only served removed
+rewrites each kept op with its op family's cutter (`ops/`) and drops ops that only served removed
 channels: a group with no channel left removes its branch (a residual block collapses to its skip
 plus a constant, a dead Concat input disappears).
 """
@@ -13,22 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..analysis import Analysis, node_names
 from ..errors import MorphNetError
-from ..folding import NONDETERMINISTIC, evaluate_node, fold_shape_values
+from ..folding import fold_shape_values
 from ..graph_utils import compress
-from ..io import LoadedModel, onnx_opset
+from ..io import LoadedModel
 from ..ops import CHANNEL_NORMS as NORMS
-from ..ops import POSITIVE_SLOTS, WEIGHTED, bias_input, output_channel_axis
+from ..ops import BROADCASTING, SHAPE_READERS, WEIGHTED, bias_input, cut_nothing, op_info, output_channel_axis
 from ..structure import Structure
-from .cutters import CUTTERS, Rewrite, cut_default
+from .rewrite import Rewrite
 from .values import evaluate
-
-# Ops that may take a constant in place of a removed branch (numpy broadcasting over the batch).
-BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Where"}
-SHAPE_READERS = {"Shape", "Size"}
 
 
 @dataclass
@@ -37,69 +32,6 @@ class SurgeryResult:
     structure: Structure  # as applied: channels kept for exactness are alive here
     notes: list[str] = field(default_factory=list)
     removed_ops: list[str] = field(default_factory=list)
-
-
-def materialize_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx.ModelProto:
-    """Give every weight a real value surgery can slice: placeholder weights (ConstantOfShape, as in
-    onnx's light models) become Constant nodes, random when a seed is given (He-scaled; positive for
-    norm scales and variances), and ops computed from constants alone (a Reshape of a weight) are
-    folded into Constant nodes. Nodes keep their place and names."""
-    inits = {t.name: t for t in model.graph.initializer}
-    rng = np.random.default_rng(seed) if seed is not None else None
-    positive = {n.input[i] for n in model.graph.node for i in POSITIVE_SLOTS.get(n.op_type, ()) if i < len(n.input)}
-    values: dict[str, np.ndarray] = {}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    opset = onnx_opset(model)
-    constant_values = {}
-    for node in out.graph.node:
-        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
-            constant_values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    for node in out.graph.node:
-        if node.op_type == "Constant" or not node.output or node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type in NONDETERMINISTIC or not node.input:
-            continue
-        if not all(not i or i in inits or i in values or i in constant_values for i in node.input):
-            continue
-        if node.op_type == "ConstantOfShape":
-            shape = [int(d) for d in _lookup(node.input[0], inits, values, constant_values).reshape(-1)]
-            fill = next((a.t for a in node.attribute if a.name == "value"), None)
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(fill.data_type) if fill is not None else np.float32
-            fill_value = numpy_helper.to_array(fill).reshape(-1)[0] if fill is not None else 0
-            if rng is not None and np.issubdtype(dtype, np.floating) and shape:
-                if node.output[0] in positive:
-                    result = [rng.uniform(0.5, 1.5, shape).astype(dtype)]
-                else:
-                    # He-scaled, as for ReLU networks: with 1/sqrt(fan_in) the signal of a deep
-                    # network without BN died before the logits and only the class prior was learned.
-                    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-                    result = [(rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(dtype)]
-            else:
-                result = [np.full(shape, fill_value, dtype)]
-        else:
-            result = evaluate_node(node, [_lookup(i, inits, values, constant_values) if i else None
-                                          for i in node.input], opset)
-            if result is None:
-                continue
-        for name, value in zip(node.output, result):
-            values[name] = value
-        if len(node.output) != 1:
-            continue
-        name, output = node.name, node.output[0]
-        node.Clear()
-        node.CopyFrom(onnx.helper.make_node("Constant", [], [output], name=name,
-                                            value=numpy_helper.from_array(np.asarray(values[output]), output)))
-    # Ops that only fed folded weights stay (node positions name unnamed ops); nothing reads them.
-    return out if values else model
-
-
-def _lookup(name, inits, values, constant_values=None):
-    if name in values:
-        return values[name]
-    if constant_values and name in constant_values:
-        return constant_values[name]
-    return numpy_helper.to_array(inits[name])
 
 
 class Surgeon:
@@ -410,7 +342,8 @@ class Surgeon:
             new.CopyFrom(node)
             if not self._substitute_known_inputs(new, name, rw):
                 raise MorphNetError(f"internal: {name} ({node.op_type}) would read a removed branch")
-            CUTTERS.get(node.op_type, cut_default)(rw, new, name)
+            info = op_info(node.op_type, node.domain)
+            (info.cut if info else cut_nothing)(rw, new, name)
             rw.keep_node(new)
             if name in self.folds:
                 rw.add_to_output(new, name, self.folds[name])
