@@ -11,7 +11,7 @@ from .budget import Budget
 from .checking import CheckResult, check
 from .cost import HARDWARE, Costs, compute_costs, parse_hardware
 from .diffing import ModelDiff, diff
-from .errors import MorphNetError
+from .errors import Interrupted, MorphNetError
 from .expansion import ExpandResult, expand
 from .inspection import Inspection, inspect
 from .io import LoadedModel, load
@@ -34,7 +34,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Analysis", "CheckResult", "Costs", "Group", "HARDWARE", "Inspection", "LoadedModel", "ModelDiff", "MorphNetError",
+    "Analysis", "CheckResult", "Costs", "Group", "HARDWARE", "Inspection", "Interrupted", "LoadedModel", "ModelDiff",
+    "MorphNetError",
     "PruneResult", "Structure", "analyze", "check", "compute_costs", "diff", "inspect", "load", "load_structure",
     "parse_hardware", "prune", "shrink", "train", "evaluate", "Budget", "expand", "ExpandResult", "cycle",
     "CycleResult", "LearnResult", "TrainOptions",

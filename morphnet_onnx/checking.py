@@ -157,13 +157,45 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
 
 
 def _shared_tensors(original: onnx.ModelProto, pruned: onnx.ModelProto, loaded: LoadedModel) -> list[str]:
-    """Float tensors that both models compute under the same name (the pruned one keeps names)."""
+    """Float tensors that both models compute under the same name (the pruned one keeps names) and
+    that the model's outputs depend on: a side output nothing reads, such as the running statistics
+    of a BatchNormalization exported in training mode (outputs 1 and 2), is not what the model
+    computes."""
     produced = {o for n in original.graph.node for o in n.output}
+    needed = _ancestors(original)
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
     names = [o for n in pruned.graph.node for o in n.output
-             if o in produced and loaded.dtypes.get(o) in floats and o in loaded.shapes]
+             if o in produced and o in needed and loaded.dtypes.get(o) in floats and o in loaded.shapes]
     outputs = [o.name for o in pruned.graph.output]
     return list(dict.fromkeys(outputs + names))
+
+
+def _ancestors(model: onnx.ModelProto) -> set[str]:
+    """Every tensor the graph outputs are computed from (subgraphs' outer reads count as reads)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed: set[str] = set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None:
+            stack.extend(i for i in node.input if i)
+            stack.extend(_subgraph_reads(node))
+    return needed
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
+    """Names an If/Loop/Scan body reads (from the outer scope too)."""
+    reads = []
+    for a in node.attribute:
+        for graph in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for inner in graph.node:
+                reads.extend(i for i in inner.input if i)
+                reads.extend(_subgraph_reads(inner))
+    return reads
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

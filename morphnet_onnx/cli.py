@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import traceback
 
 from . import __version__
 from .errors import MorphNetError
-from .io import check_output_path, parse_input_shapes
+from .io import parse_input_shapes, refuse_overwriting
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -378,8 +380,7 @@ def _prune(args: argparse.Namespace) -> int:
     from .report import human
 
     check_picture_paths(args.plot, args.html)
-    if args.save_structure:
-        check_output_path(args.save_structure, "--save-structure")
+    refuse_overwriting({"-o": args.output, "--save-structure": args.save_structure}, [args.model, args.structure])
     result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
                    keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
     if args.save_structure:
@@ -446,17 +447,42 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (`kill PID`, a job scheduler's stop) ends a run as Ctrl-C does: temporary files are
+    removed, and training says where its checkpoint is."""
+    raise KeyboardInterrupt
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`inspect MODEL | head -3`): end quietly, as a command killed by
+    SIGPIPE does (exit 141, what `set -o pipefail` reports for `cat` there). stdout is pointed at
+    devnull so that the flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # called from a thread other than the main one: signals stay as they are
+        previous = None
+    try:
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except MorphNetError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"morphnet-onnx: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("morphnet-onnx: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # Training's interruption says where its checkpoint is and how to resume (errors.Interrupted).
+        print(f"morphnet-onnx: {exc}" if str(exc) else "morphnet-onnx: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line unless --debug
         if args.debug:
@@ -464,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"morphnet-onnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -85,9 +85,14 @@ class BudgetController:
         return (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
 
     def state(self) -> dict:
-        return {"strength": self.strength, "met_at": self.met_at, "previous_cost": self.previous_cost}
+        """Everything a resumed run needs to continue as if never stopped (JSON: floats round-trip)."""
+        return {"strength": self.strength, "met_at": self.met_at, "previous_cost": self.previous_cost,
+                "cost": self.cost, "alive_share": self.alive_share, "log": self.log}
 
     def load_state(self, state: dict) -> None:
         self.strength = state.get("strength", self.strength)
         self.previous_cost = state.get("previous_cost")
         self.met_at = state.get("met_at")
+        self.cost = state.get("cost", self.cost)
+        self.alive_share = state.get("alive_share", self.alive_share)
+        self.log = list(state.get("log", []))

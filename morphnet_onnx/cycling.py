@@ -18,7 +18,7 @@ from pathlib import Path
 from .analysis import analyze
 from .budget import Budget
 from .cost import compute_costs, parse_hardware, resource_cost
-from .errors import MorphNetError
+from .errors import Interrupted, MorphNetError
 from .expansion import expand
 from .io import InputShapes, check_output_path, load, write_atomic_bytes
 from .learning import check_shrinkable, evaluate, shrink, train
@@ -106,7 +106,14 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     def run_step(name: str, step):
         """Run one step unless a previous run finished it; record what it returned."""
         if name not in state["steps"]:
-            state["steps"][name] = step()
+            try:
+                state["steps"][name] = step()
+            except KeyboardInterrupt as exc:
+                done = ", ".join(state["steps"]) or "none yet"
+                text = f"interrupted in cycle step {name}; finished steps ({done}) are recorded in {out / STATE_FILE}"
+                # Training says where its checkpoint is and how to resume; any other step starts over.
+                raise Interrupted(f"{text}; {exc}" if str(exc) else
+                                  f"{text}; run the same command with --resume to continue") from exc
             write_atomic_bytes(out / STATE_FILE, json.dumps(state, indent=1) + "\n")
         return state["steps"][name]
 

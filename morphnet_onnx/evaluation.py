@@ -28,13 +28,20 @@ class Evaluation:
 def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batch: int = 256) -> Evaluation:
     session = make_session(model)
     names = [i.name for i in session.get_inputs()]
+    # A model exported with a fixed batch (of 1, say) takes batches of exactly that size: the last
+    # one is filled up from the start and the filler not counted.
+    declared = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    fixed = isinstance(declared, int) and declared > 0
+    if fixed:
+        batch = declared
     correct = correct5 = 0
     squared = 0.0
     n = len(data)
     for start in range(0, n, batch):
-        feeds = {k: data.arrays[k][start:start + batch] for k in names}
-        out = session.run(None, feeds)[0]
-        labels = data.labels[start:start + batch]
+        real = min(batch, n - start)
+        index = np.arange(start, start + (batch if fixed else real)) % n
+        out = session.run(None, {k: data.arrays[k][index] for k in names})[0][:real]
+        labels = data.labels[start:start + real]
         if task == "ce":
             correct += int(np.sum(np.argmax(out, axis=-1) == labels))
             top = np.argsort(-out, axis=-1)[:, :5]

@@ -32,7 +32,7 @@ from .gates import gate_magnitudes
 from .graph_utils import attr, with_params
 from .initialization import INITS, draw, fans, initialize_weights, relu_follows
 from .ops import NORM_FRESH, weight_layout
-from .io import InputShapes, LoadedModel, check_output_path, load, save_model
+from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
 from .pruning import check_round_to, prepare, verify_model
 from .structure import Structure, load_structure, structure_from_dict, top_channels
 from .surgery import Surgeon, apply_structure
@@ -91,9 +91,8 @@ def expand(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike
     zero weights: the wider model computes what `model` computes).
     """
     _validate(budget, multiplier, reference, round_to, init, seed)
+    refuse_overwriting({"-o": output}, [model, structure, reference])
     hw = parse_hardware(hardware, cost_batch_size)
-    if output is not None:
-        check_output_path(output, inputs=[p for p in (model, reference) if isinstance(p, (str, os.PathLike))])
     loaded, analysis = prepare(model, input_shapes, keep, seed=seed)
     if not analysis.prunable_groups:
         raise MorphNetError(f"{loaded.name}: nothing to expand (no prunable channel group; see `inspect`)")

@@ -503,8 +503,45 @@ def _write_error(path: Path, exc: OSError) -> MorphNetError:
     return MorphNetError(f"{path}: cannot write it ({exc.strerror or exc}); choose another place")
 
 
+def external_data_files(path: str | os.PathLike) -> set[Path]:
+    """The external data files an .onnx file refers to (none for a model that holds its weights, or
+    for a file that is not a readable model)."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: it has no data files to protect
+        return set()
+    return {(path.parent / entry.value).resolve() for tensor in model.graph.initializer
+            for entry in tensor.external_data if entry.key == "location"}
+
+
+def refuse_overwriting(outputs: dict[str, str | os.PathLike | None], inputs: list[str | os.PathLike | None]) -> None:
+    """Before any work is done: an output (named by its option in `outputs`) that is one of the
+    `inputs` (a model, its external data, a data file, a structure) or another output is refused, and
+    so is a place it could not be written to (`check_output_path`)."""
+    for option, target in outputs.items():
+        if isinstance(target, (str, os.PathLike)):
+            check_output_path(target, option)
+    taken: dict[Path, str] = {}
+    for source in inputs:  # a ModelProto, a structure dict or a Dataset has no path to protect
+        if not isinstance(source, (str, os.PathLike)) or not Path(source).exists():
+            continue
+        taken[Path(source).resolve()] = f"the input {source}"
+        if Path(source).suffix == ".onnx":
+            taken.update({data: f"the external data of the input {source}"
+                          for data in external_data_files(source)})
+    for option, target in outputs.items():
+        if not isinstance(target, (str, os.PathLike)):
+            continue
+        resolved = Path(target).resolve()
+        if resolved in taken:
+            raise MorphNetError(f"{option} {target}: refusing to overwrite {taken[resolved]}; choose another path")
+        taken[resolved] = f"the output of {option}"
+
+
 def write_atomic_bytes(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file through a temp file in the same folder and a rename: never half-written. A failed
+    """Write a file through a temp file in the same folder and a rename: never half-written, even
+    after a power cut (the data reach the disk before the rename), with the user's umask. A failed
     write (a full disk, a read-only folder) is a MorphNetError and leaves nothing behind."""
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
@@ -515,6 +552,8 @@ def write_atomic_bytes(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         _chmod_like_open(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
@@ -539,6 +578,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
     Refuses to overwrite any of `inputs`: users lose their trained model otherwise.
     """
     path = check_output_path(path, inputs=inputs)
+    data_file = (path.parent / (path.name + ".data")).resolve()
+    for source in inputs:
+        if source is not None and Path(source).exists() and data_file in external_data_files(source):
+            raise MorphNetError(f"{path}: its weights would go to {data_file.name}, the external data of the "
+                                f"input model {source}; choose another -o")
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     if not has_external_data(model) and model.ByteSize() < TWO_GB:
@@ -550,16 +594,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
     tmp_data = Path(tmp).with_name(Path(tmp).name + ".data")
     try:
         written = write_external(model, Path(tmp), tmp_data, tmp_data.name)
-        # The model refers to its data file by name, so the data must land under its final name first.
-        _chmod_like_open(tmp_data)
-        os.replace(tmp_data, path.parent / data_name)
         for tensor in written.graph.initializer:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = data_name
         with open(tmp, "wb") as fh:
             fh.write(written.SerializeToString())
-        _chmod_like_open(tmp)
+        for done in (tmp_data, tmp):
+            _chmod_like_open(done)
+            _fsync(done)
+        # The model refers to its data file by name, so the data land under their final name first;
+        # a kill between the two renames leaves the new data beside the previous model of that name
+        # (if there was one), never a half-written file.
+        os.replace(tmp_data, path.parent / data_name)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -567,3 +614,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, inputs: list[Pat
         if isinstance(exc, OSError):
             raise _write_error(path, exc) from exc
         raise
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())

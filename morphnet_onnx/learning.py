@@ -9,7 +9,6 @@ statistics: training/batchnorm.py.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .evaluation import Evaluation, evaluate, evaluate_model
 from .figs import FIGS_THRESHOLD, figs_regularizers
 from .graph_utils import with_params
 from .initialization import INITS, initialize_weights
-from .io import InputShapes, LoadedModel, check_output_path, load, save_model
+from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
 from .pruning import check_round_to, prepare, verify_model
 from .regularizers import REGULARIZERS, group_regularizers
 from .structure import Structure
@@ -137,7 +136,7 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     options = options or TrainOptions()
     if init not in INITS:
         raise MorphNetError(f"--init {init}: choose one of {', '.join(INITS)}")
-    _check_outputs(model, output)
+    refuse_overwriting({"-o": output}, [model, data, val])
     # Placeholder weights (ConstantOfShape) mean an untrained model: they start random.
     loaded, analysis = prepare(model, input_shapes, seed=options.seed)
     check_trainable(loaded)
@@ -214,8 +213,8 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
         raise MorphNetError(f"--strength {strength}: must be above 0")
     if regularizer not in REGULARIZERS:
         raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
+    refuse_overwriting({"-o": output, "--save-structure": structure_path}, [model, data, val])
     hw = parse_hardware(hardware, cost_batch_size)
-    _check_outputs(model, output, structure_path)
     loaded, analysis = prepare(model, input_shapes, keep, seed=options.seed)
     check_trainable(loaded)
     resource = budget.resource if budget else "flops"
@@ -276,15 +275,6 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
                        params_after=after_costs.params, validation=validation, steps=result.steps,
                        seconds=result.seconds, lambda_log=controller.log, notes=surgery.notes, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
                        warnings=warnings, decision=record, cut_validation=cut_validation)
-
-
-def _check_outputs(model, output, structure_path=None) -> None:
-    """Where the results go is checked before the training, not after it."""
-    inputs = [model] if isinstance(model, (str, os.PathLike)) else []
-    if output is not None:
-        check_output_path(output, inputs=inputs)
-    if structure_path is not None:
-        check_output_path(structure_path, "--save-structure", inputs=inputs)
 
 
 def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str, target: float | None,

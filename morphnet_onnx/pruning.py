@@ -12,7 +12,7 @@ from .analysis import Analysis, analyze
 from .errors import MorphNetError
 from .external import needs_a_file, on_disk
 from .gates import gate_magnitudes
-from .io import InputShapes, LoadedModel, check_output_path, load, save_model
+from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
 from .placeholders import materialize_weights
 from .runtime import make_session
 from .structure import Structure, load_structure, round_structure, structure_from_dict
@@ -81,8 +81,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
     from .cost import compute_costs
 
     check_round_to(round_to)
-    if output is not None:
-        check_output_path(output, inputs=[model] if isinstance(model, (str, os.PathLike)) else [])
+    refuse_overwriting({"-o": output}, [model, structure])
     loaded, analysis = prepare(model, input_shapes, keep)
     if isinstance(structure, Structure):
         chosen = structure

@@ -30,9 +30,16 @@ def _ops_cell(sources: list[str], ops: list[str], limit: int = 3) -> str:
     return ", ".join(shown) + (f" (+{extra} ops)" if extra else "")
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich exits 1 when stdout's reader goes away; the CLI ends such a run itself (cli.main)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console() -> Console:
     """Wide enough for the tables when piped to a file."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+    return _Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def print_inspection(report: Inspection, console: Console | None = None) -> None:

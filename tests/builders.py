@@ -8,7 +8,7 @@ import onnx
 
 from morphnet_onnx.builders import Net
 
-__all__ = ["Net", "concat_of_two_branches", "independent_flops", "random_dataset"]
+__all__ = ["Net", "concat_of_two_branches", "independent_flops", "random_dataset", "small_bn_net"]
 
 
 def independent_flops(model: onnx.ModelProto, input_shapes: dict | None = None) -> float:
@@ -58,4 +58,20 @@ def random_dataset(folder, examples: int, val_examples: int, val_key: str = "inp
     labels = rng.integers(0, 10, examples)
     np.savez(folder / "train.npz", input=x, labels=labels)
     np.savez(folder / "val.npz", **{val_key: x[:val_examples]}, labels=labels[:val_examples])
+    return folder
+
+
+def small_bn_net(folder, examples: int = 64):
+    """net.onnx (two 3x3 conv + BN + ReLU layers of 8 channels on 3x8x8 inputs, a 4-class Gemm: steps of
+    milliseconds), train.npz (`examples`) and val.npz (half of them) in `folder`."""
+    net = Net(input_shape=(1, 3, 8, 8), batch="N")
+    x = net.relu(net.bn(net.conv("input", 3, 8, name="conv1"), 8, name="bn1"))
+    x = net.relu(net.bn(net.conv(x, 8, 8, name="conv2"), 8, name="bn2"))
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [x])], axis=1)
+    onnx.save(net.model(net.gemm(x, 8, 4, name="fc")), str(folder / "net.onnx"))
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((examples, 3, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, examples)
+    np.savez(folder / "train.npz", input=inputs, labels=labels)
+    np.savez(folder / "val.npz", input=inputs[:examples // 2], labels=labels[:examples // 2])
     return folder

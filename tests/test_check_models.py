@@ -2,8 +2,10 @@
 BN-kept and the BN-folded variants. Models dominated by huge classifier weights (VGG, AlexNet,
 ZFNet) and ViT take 10-25 s each; they run in tools/zoo_check.py (docs/coverage.md), not here."""
 
+import onnx
 import pytest
 
+from builders import Net
 from conftest import LIGHT_DIR, TORCHVISION_DIR
 from morphnet_onnx.checking import check
 
@@ -28,3 +30,20 @@ def test_convnext_fails_safe_with_reasons():
     """LayerNorm over channels pins the residual stream; the MLP hidden layers still prune."""
     result = check(TORCHVISION_DIR / "convnext_tiny_folded.onnx", fraction=0.5)
     assert result.passed and 0.5 < result.prunable_flops_share < 1.0
+
+
+def test_a_model_exported_in_training_mode_checks_what_its_outputs_compute():
+    """torch's `net.train()` + `TrainingMode.PRESERVE`: every BatchNormalization has training_mode=1 and
+    two more outputs (the updated running statistics) that nothing reads; they are not compared (their
+    channels are not the group's channels in the analysis), the outputs and what they depend on are."""
+    net = Net(input_shape=(1, 3, 8, 8), batch="N")
+    x = net.relu(net.bn(net.conv("input", 3, 8, name="conv1"), 8, name="bn1"))
+    x = net.relu(net.bn(net.conv(x, 8, 8, name="conv2"), 8, name="bn2"))
+    model = net.model(net.conv(x, 8, 4, k=1, name="head"))
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            node.attribute.append(onnx.helper.make_attribute("training_mode", 1))
+            node.output.extend([f"{node.name}.running_mean_out", f"{node.name}.running_var_out"])
+    result = check(model, fraction=0.5, seed=1)
+    assert result.passed and result.groups_pruned == 2, result
+    assert "running" not in result.worst_tensor

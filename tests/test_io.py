@@ -1,6 +1,8 @@
 """Loading: symbolic dims, --input-shape, opset upgrade, external data, bad files; atomic writes."""
 
+import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -144,3 +146,95 @@ def test_save_model_uses_external_data_above_2gb(tmp_path, monkeypatch):
     onnx.checker.check_model(str(out), full_check=True)
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(loaded.graph.initializer[0]),
                                   onnx.numpy_helper.to_array(model.graph.initializer[0]))
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    try:
+        yield 0o640  # the mode of a file the user writes
+    finally:
+        os.umask(previous)
+
+
+def test_external_data_is_written_atomically_with_the_umask_and_never_over_the_inputs(tmp_path, monkeypatch,
+                                                                                      umask_027):
+    import morphnet_onnx.io as io_module
+
+    monkeypatch.setattr(io_module, "TWO_GB", 1000)  # pretend the small model is huge
+    model = small_model()
+    source = tmp_path / "model.onnx"
+    save_model(model, source)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
+        "model.onnx": umask_027, "model.onnx.data": umask_027}
+    # A model whose data file is the one `-o other.onnx` would write: refused, the input intact.
+    onnx.save(onnx.load(str(source)), str(tmp_path / "renamed.onnx"), save_as_external_data=True,
+              location="other.onnx.data")
+    before = (tmp_path / "other.onnx.data").read_bytes()
+    with pytest.raises(MorphNetError, match="external data of the input"):
+        save_model(model, tmp_path / "other.onnx", inputs=[tmp_path / "renamed.onnx"])
+    assert (tmp_path / "other.onnx.data").read_bytes() == before
+
+    def killed(*args, **kwargs):  # the process dies at the rename of the model
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_module.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, tmp_path / "third.onnx")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".", "third"))]
+
+
+def test_outputs_never_overwrite_an_input_or_each_other(tmp_path):
+    from morphnet_onnx.io import refuse_overwriting
+
+    model, data = tmp_path / "m.onnx", tmp_path / "train.npz"
+    onnx.save(small_model(), str(model))
+    data.write_bytes(b"data")
+    with pytest.raises(MorphNetError, match="-o .*train.npz: refusing to overwrite the input"):
+        refuse_overwriting({"-o": data}, [model, data])
+    with pytest.raises(MorphNetError, match="--save-structure .*: refusing to overwrite the output of -o"):
+        refuse_overwriting({"-o": tmp_path / "a.onnx", "--save-structure": tmp_path / "a.onnx"}, [model])
+    refuse_overwriting({"-o": tmp_path / "a.onnx", "--save-structure": None}, [model, None, {"a": 1}])
+
+
+def test_every_writer_is_atomic_and_follows_the_umask(tmp_path, umask_027, capsys):
+    """prune's model, structure, plot and page; (shrink, train, cycle and expand write through the same
+    two functions: see test_no_writer_bypasses_the_atomic_functions)."""
+    from conftest import REPO
+    from morphnet_onnx.cli import main
+
+    structure = tmp_path / "s.json"
+    structure.write_text(json.dumps({"conv2": 3}))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["prune", str(REPO / "models" / "tiny_resnet.onnx"), "--structure", str(structure),
+                 "-o", str(out / "small.onnx"), "--save-structure", str(out / "applied.json"),
+                 "--plot", str(out / "w.png"), "--html", str(out / "d.html")]) == 0
+    capsys.readouterr()
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        name: umask_027 for name in ("small.onnx", "applied.json", "w.png", "d.html")}
+
+
+def test_no_writer_bypasses_the_atomic_functions():
+    """Every file the package writes for a user goes through io.write_atomic_bytes or io.save_model;
+    the exceptions write into a private temporary folder (the training artifacts, the probe's feeds,
+    the spill file of weights made on the way and the file view handed to onnx's checker and
+    onnxruntime), into memory (the plot) or are those functions themselves (save_model streams
+    external data through external.write_external into its temp file)."""
+    from conftest import REPO
+
+    raw = re.compile(r"\.write_(text|bytes)\(|open\([^)]*[\"'][wa]b?[\"']|onnx\.save(_model)?\(|np\.savez?\(|savefig\(")
+    allowed = {("io.py", "save_model"), ("external.py", "write_external"), ("external.py", "__init__"),
+               ("external.py", "on_disk"), ("training/trainer.py", "build_artifacts"),
+               ("training/trainer.py", "_quiet_native_output"), ("training/probe.py", "run_probe"),
+               ("pictures.py", "_plot")}
+    found = set()
+    for path in sorted((REPO / "morphnet_onnx").rglob("*.py")):
+        function = ""
+        for line in path.read_text().splitlines():
+            match = re.match(r"\s*def (\w+)", line)
+            if match and not line.startswith("        "):
+                function = match.group(1)
+            if raw.search(line):
+                found.add((str(path.relative_to(REPO / "morphnet_onnx")), function))
+    assert found <= allowed, found - allowed

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from builders import random_dataset
+from builders import random_dataset, small_bn_net
 from conftest import REPO
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
@@ -117,24 +117,48 @@ def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
             train(TINY, data / "train.npz", data / "a.onnx", options=quick(steps=7, checkpoint_dir=ckpt,
                                                                           checkpoint_every=2))
     assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-00000004", "state.json"]
     assert not (data / "a.onnx").exists()
     resumed = train(TINY, data / "train.npz", data / "b.onnx", options=quick(steps=7, checkpoint_dir=ckpt, resume=True))
     assert resumed.steps == 7
     train(TINY, data / "train.npz", data / "c.onnx", options=quick(steps=7))  # never killed
-    b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(data / "b.onnx")).graph.initializer}
-    c = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(data / "c.onnx")).graph.initializer}
-    for name in ("conv1.weight", "fc.weight", "bn1.weight"):
-        np.testing.assert_allclose(b[name], c[name], rtol=1e-4, atol=1e-6)
+    # Exact: the same data order, optimizer state and learning rates as the run never killed.
+    assert (data / "b.onnx").read_bytes() == (data / "c.onnx").read_bytes()
 
 
-def test_shrink_resumes_mid_interval(data):
-    """A resume at a step between two lambda updates still feeds cost weights from the first step."""
+def test_shrink_resumes_mid_interval_to_the_same_result(data, monkeypatch):
+    """Killed at a step between two lambda updates, with FiGS noise drawn every step: the resumed run
+    feeds the cost weights of the last update (not new ones), the same noise, and writes the bytes of
+    the run never killed; a checkpoint of another run is refused."""
+    import contextlib
+
+    import morphnet_onnx.learning as learning
+
     ckpt = data / "ck"
-    shrink(TINY, data / "train.npz", data / "a.onnx", budget=Budget("flops", "0.6x"),
-           options=quick(steps=3, checkpoint_dir=ckpt, checkpoint_every=3))
-    result = shrink(TINY, data / "train.npz", data / "b.onnx", budget=Budget("flops", "0.6x"),
-                    options=quick(steps=5, checkpoint_dir=ckpt, resume=True))
-    assert result.steps == 5 and result.flops_after <= 0.6 * result.flops_before
+
+    def dying_progress(options, controller, label):
+        def on_step(info):
+            if info.step == 4 and label == "shrink":
+                raise KeyboardInterrupt
+        return contextlib.nullcontext(), on_step, lambda text: None
+
+    def run(out, **kw):
+        return shrink(TINY, data / "train.npz", data / out, budget=Budget("flops", "0.6x"), regularizer="figs",
+                      options=quick(steps=5, **kw), force=True, structure_path=data / f"{out}.json")
+
+    with monkeypatch.context() as m:
+        m.setattr(learning, "_progress", dying_progress)
+        with pytest.raises(KeyboardInterrupt, match="step 4 of 5; the checkpoint of step 3"):
+            run("a.onnx", checkpoint_dir=ckpt, checkpoint_every=3)
+    with pytest.raises(MorphNetError, match="another run .*total_steps"):
+        shrink(TINY, data / "train.npz", data / "x.onnx", budget=Budget("flops", "0.6x"), regularizer="figs",
+               options=quick(steps=6, checkpoint_dir=ckpt, resume=True), force=True)
+    resumed = run("b.onnx", checkpoint_dir=ckpt, resume=True)
+    whole = run("c.onnx")
+    assert resumed.steps == whole.steps == 5
+    assert resumed.lambda_log == whole.lambda_log and resumed.learning == whole.learning
+    assert (data / "b.onnx").read_bytes() == (data / "c.onnx").read_bytes()
+    assert (data / "b.onnx.json").read_bytes() == (data / "c.onnx.json").read_bytes()
 
 
 def test_nan_loss_stops_with_a_clear_message(data):
@@ -295,3 +319,60 @@ def test_train_init_fresh_starts_from_new_weights(data):
     assert not np.allclose(value(fresh.model), onnx.numpy_helper.to_array(original[conv]), atol=1e-3)
     with pytest.raises(MorphNetError, match="--init"):
         train(TINY, data / "train.npz", None, options=quick(steps=1), init="warm")
+
+
+def test_batchnorm_statistics_need_no_rank_and_take_the_training_batch():
+    """A norm over an initializer of rank 3 (a weight standardization, whose rank shape inference does
+    not report) and a norm of a model exported with a fixed batch of 1, measured at batch 4."""
+    from onnx import helper, numpy_helper
+
+    from morphnet_onnx.evaluation import evaluate_model
+    from morphnet_onnx.training.batchnorm import recalibrate_batchnorm
+    from morphnet_onnx.training.data import Dataset
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((1, 2, 5)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    for prefix, width, fill in (("a", 2, 0.0), ("b", 3, 0.0)):
+        for slot, value in (("s", 1.0), ("t", 0.0), ("m", fill), ("v", 1.0)):
+            inits.append(numpy_helper.from_array(np.full(width, value, np.float32), f"{prefix}.{slot}"))
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["w", "a.s", "a.t", "a.m", "a.v"], ["w_std"]),
+         helper.make_node("BatchNormalization", ["x", "b.s", "b.t", "b.m", "b.v"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((8, 3, 4)).astype(np.float32) * 2 + 1
+    measured = recalibrate_batchnorm(model, Dataset({"x": x}, np.zeros(8, np.int64), "d"), batch=4)
+    values = {t.name: numpy_helper.to_array(t) for t in measured.graph.initializer}
+    np.testing.assert_allclose(values["a.m"], weight.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values["a.v"], weight.var(axis=(0, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(values["b.m"], x.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values["b.v"], x.var(axis=(0, 2)), rtol=1e-4, atol=1e-6)
+    # The fixed batch of 1 is also how it is evaluated: 8 examples, one at a time.
+    assert evaluate_model(measured, Dataset({"x": x}, x, "d"), "mse").examples == 8
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused_before_training(data):
+    before = (data / "train.npz").read_bytes()
+    with pytest.raises(MorphNetError, match="-o .*train.npz: refusing to overwrite the input"):
+        train(TINY, data / "train.npz", data / "train.npz", options=quick(steps=2))
+    with pytest.raises(MorphNetError, match="--save-structure .*val.npz: refusing to overwrite the input"):
+        shrink(TINY, data / "train.npz", data / "s.onnx", val=data / "val.npz", strength=1e-3,
+               structure_path=data / "val.npz", options=quick(steps=2))
+    assert (data / "train.npz").read_bytes() == before and not (data / "s.onnx").exists()
+
+
+def test_the_same_seed_writes_the_same_bytes_at_any_thread_count(tmp_path):
+    """With 1 or 3 onnxruntime threads (run after run too, then: tests/test_interrupt.py compares the
+    bytes of separate processes; docs/training.md#determinism)."""
+    small_bn_net(tmp_path)
+    written = []
+    for threads in (1, 3):
+        out = tmp_path / f"out{len(written)}.onnx"
+        shrink(tmp_path / "net.onnx", tmp_path / "train.npz", out, budget=Budget("flops", "0.6x"), force=True,
+               options=TrainOptions(steps=30, batch_size=8, threads=threads, seed=5, progress=False),
+               structure_path=tmp_path / f"{out.name}.json")
+        written.append((out.read_bytes(), (tmp_path / f"{out.name}.json").read_bytes()))
+    assert written[0] == written[1]

@@ -5,6 +5,7 @@ import importlib.util
 import onnx
 
 from conftest import REPO
+from morphnet_onnx.cli import main
 from test_learning import _dead_bn_model
 
 spec = importlib.util.spec_from_file_location("zoo_train", REPO / "tools" / "zoo_train.py")
@@ -26,3 +27,21 @@ def test_learn_mode_fails_a_model_that_runs_but_does_not_learn(tmp_path):
     assert row["trains"] and not row["learns"] and not row["passed"]
     assert "does not learn" in row["error"]
     assert "| dead | no |" in zoo_train.table([row], "learn")
+
+
+NF_RESNET = REPO / "tests" / "data" / "torch" / "nf_resnet_tiny.onnx"  # tools/export_nf_resnet.py
+
+
+def test_a_weight_standardized_nf_resnet_with_a_fixed_batch_trains_and_learns(tmp_path):
+    """timm's NF-ResNets standardize every conv weight with a BatchNormalization over a rank-3
+    reshape of it; exported at a fixed batch of 1, `shrink --batch-size 1` stopped in the batch-norm
+    statistics ("ReduceMean axis must be in [-rank, rank-1]. input rank was 3"), and any other
+    batch size at the fixed batch of the statistics and evaluation sessions."""
+    data = zoo_train._random_batch(NF_RESNET, tmp_path, 8)
+    code = main(["shrink", str(NF_RESNET), "--data", str(data), "--val", str(data), "--steps", "2",
+                 "--batch-size", "1", "--strength", "1e-12", "--force", "-o", str(tmp_path / "s.onnx"),
+                 "--no-progress"])
+    assert code == 0 and (tmp_path / "s.onnx").exists()
+    assert zoo_train.run_one(NF_RESNET, 2, 300, tmp_path)["passed"]  # batch 2 on a batch-1 export
+    row = zoo_train.learn_one(NF_RESNET, 60, 300, tmp_path, lr=1e-2)
+    assert row["passed"] and row["learns"] and row["agrees"], row

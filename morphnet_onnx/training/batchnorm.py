@@ -9,7 +9,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph_utils import with_params
-from ..io import onnx_opset
+from ..io import graph_input_names, onnx_opset
 from ..runtime import make_session
 from .data import Dataset
 
@@ -26,6 +26,14 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
     if opset < 15:
         stats = onnx.version_converter.convert_version(stats, 15)
     graph = stats.graph
+    # The data comes in batches of `batch`, as in training: a model exported with a fixed batch (of
+    # 1, say) is measured at the training batch size, as the training graph trains it.
+    real_inputs = set(graph_input_names(stats))
+    for value in graph.input:
+        if value.name in real_inputs and value.type.tensor_type.shape.dim:
+            first = value.type.tensor_type.shape.dim[0]
+            first.Clear()
+            first.dim_value = batch
     outputs = []
     for index, node in enumerate(n for n in graph.node if n.op_type == "BatchNormalization"):
         for a in list(node.attribute):
@@ -34,24 +42,28 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
         node.attribute.append(onnx.helper.make_attribute("training_mode", 1))
         del node.output[1:]
         node.output.extend([f"{node.output[0]}__rm{index}", f"{node.output[0]}__rv{index}"])
-        outputs.append((node, node.input[0], f"morphnet/bnstats_axes{index}"))
+        outputs.append((node, node.input[0]))
     del graph.output[:]
     del graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(stats)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.graph.value_info) + list(graph.input)}
+    # Every input is viewed as (N, C, rest) and reduced over axes 0 and 2: no rank is needed, so a
+    # norm over a tensor whose rank shape inference cannot tell (a weight standardization's BN over
+    # an initializer of rank 3, NF-ResNet's) is measured like any other.
+    flat = "morphnet/bn_flat_shape"
+    graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), flat))
+    axes = "morphnet/bn_axes"
+    if max(opset, 15) >= 18:
+        graph.initializer.append(numpy_helper.from_array(np.array([0, 2], dtype=np.int64), axes))
     names = []
-    for index, (node, x, axes) in enumerate(outputs):
-        reduce_axes = [a for a in range(ranks.get(x, 4)) if a != 1]
-        mean, sq, meansq = f"morphnet/bn_mean{index}", f"morphnet/bn_sq{index}", f"morphnet/bn_meansq{index}"
-        graph.node.append(onnx.helper.make_node("Mul", [x, x], [sq]))
-        for source, target in ((x, mean), (sq, meansq)):
+    for index, (node, x) in enumerate(outputs):
+        view, sq = f"morphnet/bn_view{index}", f"morphnet/bn_sq{index}"
+        mean, meansq = f"morphnet/bn_mean{index}", f"morphnet/bn_meansq{index}"
+        graph.node.append(onnx.helper.make_node("Reshape", [x, flat], [view]))
+        graph.node.append(onnx.helper.make_node("Mul", [view, view], [sq]))
+        for source, target in ((view, mean), (sq, meansq)):
             if max(opset, 15) >= 18:
-                if not any(t.name == axes for t in graph.initializer):
-                    graph.initializer.append(numpy_helper.from_array(np.array(reduce_axes, dtype=np.int64), axes))
                 graph.node.append(onnx.helper.make_node("ReduceMean", [source, axes], [target], keepdims=0))
             else:
-                graph.node.append(onnx.helper.make_node("ReduceMean", [source], [target], keepdims=0,
-                                                        axes=reduce_axes))
+                graph.node.append(onnx.helper.make_node("ReduceMean", [source], [target], keepdims=0, axes=[0, 2]))
         graph.output.extend([onnx.helper.make_tensor_value_info(mean, onnx.TensorProto.FLOAT, None),
                              onnx.helper.make_tensor_value_info(meansq, onnx.TensorProto.FLOAT, None)])
         names.append((mean, meansq))

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import MorphNetError
+from ..errors import Interrupted, MorphNetError
 from ..figs import NOISE, GatePlacement, insert_gates
 from ..io import LoadedModel, write_atomic_bytes
 from ..regularizers import GroupRegularizer, add_regularizer
@@ -31,6 +31,7 @@ from .probe import run_probe
 COST_WEIGHTS = "morphnet_cost_weights"
 TASK_LOSS = "morphnet_task_loss"
 REG_VALUE = "morphnet_regularizer"
+STATE_FILE = "state.json"  # in --checkpoint-dir: the step, the run and the name of the last checkpoint
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -260,7 +261,7 @@ class Trainer:
             tg.trainable.extend(logits)
             tg.frozen.extend(t.name for t in tg.model.graph.initializer if t.name not in before and t.name not in logits)
         work = Path(tempfile.mkdtemp(prefix="morphnet-train-"))
-        start_step, meta = 0, {}
+        start_step, meta = 0, None
         try:
             extra = build_artifacts(tg, work, options, self.regs, self.target_shape)
             logits_at = len(extra) if options.loss == "ce" else None  # outputs: loss, *extra
@@ -272,12 +273,14 @@ class Trainer:
                     first[NOISE] = self._gate_noise(deterministic=True)
                 run_probe(work, [first[name] for name in _input_order(work, tg)], self.loaded.name)
             checkpoint = work / "checkpoint"
-            if options.resume and options.checkpoint_dir and (options.checkpoint_dir / "state.json").exists():
-                meta = json.loads((options.checkpoint_dir / "state.json").read_text())
-                checkpoint = options.checkpoint_dir / "checkpoint"
+            fingerprint = self._fingerprint(data, total)
+            meta = self._resume_meta(fingerprint) if options.resume else None
+            if meta is not None:
+                checkpoint = options.checkpoint_dir / meta["checkpoint"]
                 start_step = int(meta["step"])
-                if self.controller is not None and "controller" in meta:
+                if self.controller is not None:
                     self.controller.load_state(meta["controller"])
+                self.noise.bit_generator.state = meta["noise"]
             state = api.CheckpointState.load_checkpoint(str(checkpoint))
             session_options = onnxruntime.SessionOptions()
             session_options.log_severity_level = 3
@@ -289,56 +292,65 @@ class Trainer:
             input_names = module.input_names()
             module.train()
             started = time.perf_counter()
-            history = []
             step = start_step
-            weights = None
-            task_losses: list[float] = []
-            correct: list[float] = []
-            warnings: list[str] = []
+            # What the steps before a resume measured comes back with them: the resumed run ends with
+            # the same cost weights, learning signal, history and warnings as one never interrupted.
+            history: list[dict] = list(meta["history"]) if meta else []
+            weights = np.array(meta["weights"], dtype=np.float32) if meta and meta["weights"] is not None else None
+            task_losses: list[float] = list(meta["task_losses"]) if meta else []
+            correct: list[float] = list(meta["correct"]) if meta else []
+            warnings: list[str] = list(meta["warnings"]) if meta else []
             early_at = max(MIN_JUDGED_STEPS, min(per_epoch, EARLY_CHECK_STEPS))
             classes = self._declared_classes()
-            while step < total:
-                epoch, offset = divmod(step, per_epoch)
-                for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset):
-                    if step >= total:
-                        break
-                    if self.regs:
-                        update = (self.controller(step, lambda: self.read_params(state), force=weights is None)
-                                  if self.controller else None)
-                        if update is not None:
-                            weights = update
-                        batch[COST_WEIGHTS] = weights
-                    if self.gates:
-                        batch[NOISE] = self._gate_noise()
-                    lr = learning_rate(options, step, total)
-                    optimizer.set_learning_rate(lr)
-                    outputs = module(*[batch[name] for name in input_names])
-                    loss = float(outputs[0])
-                    if not np.isfinite(loss):
-                        raise MorphNetError(
-                            f"the loss became {loss} at step {step}: lower --lr (now {options.lr})"
-                            + (f"; the last good checkpoint is in {options.checkpoint_dir}" if options.checkpoint_dir
-                               and (options.checkpoint_dir / 'state.json').exists() else ""))
-                    optimizer.step()
-                    module.lazy_reset_grad()
-                    step += 1
-                    info = StepInfo(step, total, loss, float(outputs[1]), float(outputs[2]) if self.regs else 0.0, lr)
-                    task_losses.append(info.task)
-                    if logits_at is not None:
-                        correct.append(float(np.mean(np.argmax(outputs[logits_at], axis=-1) == batch["labels"])))
-                    if step == early_at and early_at < total:
-                        early = learning_signal(task_losses, correct, classes)
-                        if not early.learned:
-                            warnings.append(f"after {step} steps {early.describe()}: not learning yet; "
-                                            f"{LIKELY_CAUSES}")
-                            if on_warning:
-                                on_warning(warnings[-1])
-                    if step % 50 == 0 or step == total:
-                        history.append(info.__dict__)
-                    if on_step:
-                        on_step(info)
-                    if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total):
-                        self._save(state, options.checkpoint_dir, step)
+            try:
+                while step < total:
+                    epoch, offset = divmod(step, per_epoch)
+                    for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset):
+                        if step >= total:
+                            break
+                        if self.regs:
+                            update = (self.controller(step, lambda: self.read_params(state), force=weights is None)
+                                      if self.controller else None)
+                            if update is not None:
+                                weights = update
+                            batch[COST_WEIGHTS] = weights
+                        if self.gates:
+                            batch[NOISE] = self._gate_noise()
+                        lr = learning_rate(options, step, total)
+                        optimizer.set_learning_rate(lr)
+                        outputs = module(*[batch[name] for name in input_names])
+                        loss = float(outputs[0])
+                        if not np.isfinite(loss):
+                            raise MorphNetError(
+                                f"the loss became {loss} at step {step}: lower --lr (now {options.lr})"
+                                + (f"; the last good checkpoint is in {options.checkpoint_dir}" if options.checkpoint_dir
+                                   and (options.checkpoint_dir / STATE_FILE).exists() else ""))
+                        optimizer.step()
+                        module.lazy_reset_grad()
+                        step += 1
+                        info = StepInfo(step, total, loss, float(outputs[1]), float(outputs[2]) if self.regs else 0.0, lr)
+                        task_losses.append(info.task)
+                        if logits_at is not None:
+                            correct.append(float(np.mean(np.argmax(outputs[logits_at], axis=-1) == batch["labels"])))
+                        if step == early_at and early_at < total:
+                            early = learning_signal(task_losses, correct, classes)
+                            if not early.learned:
+                                warnings.append(f"after {step} steps {early.describe()}: not learning yet; "
+                                                f"{LIKELY_CAUSES}")
+                                if on_warning:
+                                    on_warning(warnings[-1])
+                        if step % 50 == 0 or step == total:
+                            history.append(info.__dict__)
+                        if on_step:
+                            on_step(info)
+                        if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total):
+                            self._save(state, options.checkpoint_dir, {
+                                "step": step, "run": fingerprint, "weights": None if weights is None else weights.tolist(),
+                                "controller": self.controller.state() if self.controller else {},
+                                "noise": self.noise.bit_generator.state, "task_losses": task_losses,
+                                "correct": correct, "history": history, "warnings": warnings})
+            except KeyboardInterrupt as exc:
+                raise Interrupted(self._interrupted(step, total)) from exc
             seconds = time.perf_counter() - started
             trained = self.read_params(state, tg.trainable)
             for copy in tg.copies:  # untied copies: the first one's value goes back
@@ -389,11 +401,58 @@ class Trainer:
             names = sorted({m.param for r in self.regs for m in r.members})
         return {name: np.array(state.parameters[name].data) for name in names}
 
-    def _save(self, state, directory: Path, step: int) -> None:
-        """Checkpoint + step + controller state, replaced atomically (a kill never leaves half of it)."""
+    def _fingerprint(self, data: Dataset, total: int) -> dict:
+        """What makes a run the same run: a checkpoint resumes only the run that wrote it."""
+        o = self.options
+        return {"model": self.loaded.name, "examples": len(data), "total_steps": total, "batch_size": o.batch_size,
+                "lr": o.lr, "optimizer": o.optimizer, "schedule": o.schedule, "weight_decay": o.weight_decay,
+                "seed": o.seed, "loss": o.loss, "regularized": sum(r.width for r in self.regs),
+                "gates": len(self.gates)}
+
+    def _resume_meta(self, fingerprint: dict) -> dict | None:
+        """The last checkpoint's record in --checkpoint-dir, or None when there is none yet (a run killed
+        before its first checkpoint starts over)."""
+        directory = self.options.checkpoint_dir
+        path = directory / STATE_FILE
+        if not path.exists():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+            checkpoint = directory / meta["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MorphNetError(f"{path}: not a checkpoint record of this version ({exc}); remove {directory} "
+                                f"to start over") from exc
+        if meta.get("run") != fingerprint:
+            changed = sorted(k for k in fingerprint if meta.get("run", {}).get(k) != fingerprint[k])
+            raise MorphNetError(f"{directory}: the checkpoint is of another run ({', '.join(changed)} differ); "
+                                f"resume with the settings it was started with, or choose another --checkpoint-dir")
+        if not checkpoint.exists():
+            raise MorphNetError(f"{path}: names {checkpoint.name}, which is missing; remove {directory} to start over")
+        return meta
+
+    def _interrupted(self, step: int, total: int) -> str:
+        """Where the run stopped, where its last checkpoint is and how to continue."""
+        directory = self.options.checkpoint_dir
+        text = f"interrupted at step {step} of {total}"
+        saved = None
+        if directory is not None and (directory / STATE_FILE).exists():
+            try:
+                saved = json.loads((directory / STATE_FILE).read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                saved = None
+        if saved is None:
+            return text + (f"; no checkpoint yet in {directory} (one every {self.options.checkpoint_every} steps)"
+                           if directory is not None else "; no checkpoint (--checkpoint-dir DIR keeps one)")
+        return (text + f"; the checkpoint of step {saved} is in {directory}: run the same command with --resume "
+                f"to continue from it")
+
+    def _save(self, state, directory: Path, meta: dict) -> None:
+        """A checkpoint under a name of its own, then the record naming it, replaced atomically: a kill
+        at any moment leaves the previous pair or the new one, never half of either."""
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "checkpoint.tmp"
-        api.CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
-        os.replace(tmp, directory / "checkpoint")
-        meta = {"step": step, "controller": self.controller.state() if self.controller else {}}
-        write_atomic_bytes(directory / "state.json", json.dumps(meta))
+        name = f"checkpoint-{meta['step']:08d}"
+        api.CheckpointState.save_checkpoint(state, str(directory / name), include_optimizer_state=True)
+        write_atomic_bytes(directory / STATE_FILE, json.dumps(dict(meta, checkpoint=name)))
+        for old in directory.glob("checkpoint-*"):  # earlier checkpoints (and any data files beside them)
+            if not old.name.startswith(name):
+                old.unlink(missing_ok=True)
