@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
 from . import __version__
 from .errors import MorphNetError
 from .io import parse_input_shapes
+from .training.distributed import is_main
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +205,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=["ort", "torch"], default="ort",
+                   help="training engine: onnxruntime-training (default) or torch (extra `torch`; data-parallel "
+                        "under torchrun)")
 
 
 def _train_options(args: argparse.Namespace):
@@ -215,7 +220,7 @@ def _train_options(args: argparse.Namespace):
                         seed=args.seed, threads=args.threads, loss=args.loss,
                         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
                         checkpoint_every=args.checkpoint_every, resume=args.resume,
-                        progress=not args.no_progress and sys.stderr.isatty())
+                        progress=not args.no_progress and sys.stderr.isatty(), backend=args.backend)
 
 
 def _print_learned(result, args) -> None:
@@ -447,6 +452,8 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not is_main():  # under torchrun every rank runs the command: rank 0 prints, all report errors
+            sys.stdout = open(os.devnull, "w")
         return args.run(args)
     except MorphNetError as exc:
         if args.debug:
