@@ -12,6 +12,7 @@
 
     .venv/bin/python tools/zoo_train.py --dir /work/cache/torchvision --markdown /tmp/zoo_train.md
     .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
+    .venv/bin/python tools/zoo_train.py --dir tests/data/torchvision --backend torch --markdown /tmp/zoo_torch.md
 """
 
 from __future__ import annotations
@@ -79,13 +80,13 @@ def _row(path: Path, code: int, stderr: str, seconds: float, peak: int | None) -
             "error": "" if code == 0 else (stderr.strip().splitlines() or ["crash"])[-1][:200]}
 
 
-def run_one(path: Path, steps: int, timeout: float, work: Path) -> dict:
+def run_one(path: Path, steps: int, timeout: float, work: Path, backend: str = "ort") -> dict:
     """`shrink` for a few steps on random data: does training run at all?"""
     data = _random_batch(path, work, 4)
     out = work / f"{path.stem}_shrunk.onnx"
     code, stdout, stderr, seconds, peak = _run(
         ["shrink", str(path), "--data", str(data), "--strength", "1e-12", "--steps", str(steps), "--batch-size", "2",
-         "-o", str(out), "--no-progress", "--json"], timeout, work)
+         "-o", str(out), "--no-progress", "--json", "--backend", backend], timeout, work)
     row = _row(path, code, stderr, seconds, peak)
     row["passed"] = row["trains"]
     if code == 0:
@@ -96,7 +97,8 @@ def run_one(path: Path, steps: int, timeout: float, work: Path) -> dict:
     return row
 
 
-def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e-3, size: int | None = None) -> dict:
+def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e-3, size: int | None = None,
+              backend: str = "ort") -> dict:
     """`train` on one fixed random batch: does the loss halve, does the written model agree?
     `size` sets every spatial input dim (less compute; the topology is what is tested)."""
     data = _random_batch(path, work, LEARN_BATCH, size)
@@ -108,7 +110,7 @@ def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e
     code, stdout, stderr, seconds, peak = _run(
         ["train", str(path), "--data", str(data), "--val", str(data), "--steps", str(steps), "--batch-size",
          str(LEARN_BATCH), "--lr", str(lr), "--schedule", "constant", "-o", str(out), "--no-progress", "--json",
-         *shape], timeout, work)
+         "--backend", backend, *shape], timeout, work)
     row = _row(path, code, stderr, seconds, peak)
     row.update(learns=False, agrees=False, passed=False)
     if code == 0:
@@ -170,6 +172,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="training steps (default: 2 for shrink, 60 for learn)")
     parser.add_argument("--input-size", type=int, help="learn: spatial size of the random batch (e.g. 112)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--backend", choices=["ort", "torch"], default="ort", help="the training backend")
     parser.add_argument("--only", nargs="*", help="substrings of model names to run")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--json", help="write the rows here")
@@ -181,8 +184,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
-            row = (run_one(path, steps, args.timeout, Path(tmp)) if args.mode == "shrink"
-                   else learn_one(path, steps, args.timeout, Path(tmp), size=args.input_size))
+            row = (run_one(path, steps, args.timeout, Path(tmp), backend=args.backend) if args.mode == "shrink"
+                   else learn_one(path, steps, args.timeout, Path(tmp), size=args.input_size, backend=args.backend))
             rows.append(row)
             print(f"{row['model']:32s} {'passes' if row['passed'] else 'FAILS '} {row['seconds']:6.1f}s "
                   f"{row.get('seconds_per_step', '')} {row['error']}", flush=True)

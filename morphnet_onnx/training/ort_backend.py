@@ -160,8 +160,11 @@ class OrtSession:
             session_options.log_severity_level = 3
             if options.threads:
                 session_options.intra_op_num_threads = options.threads
+            # The CUDA build of onnxruntime-training (the `gpu` extra) trains on the GPU.
+            device = "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
             self.module = api.Module(str(self.work / "training_model.onnx"), self.state,
-                                     str(self.work / "eval_model.onnx"), session_options=session_options)
+                                     str(self.work / "eval_model.onnx"), device=device,
+                                     session_options=session_options)
             self.optimizer = api.Optimizer(str(self.work / "optimizer_model.onnx"), self.module)
             self.input_names = self.module.input_names()
             self.module.train()
