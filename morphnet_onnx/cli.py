@@ -200,7 +200,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="training threads, onnxruntime's or torch's (0: their default)")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint here every --checkpoint-every steps")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
@@ -226,6 +226,8 @@ def _train_options(args: argparse.Namespace):
 def _print_learned(result, args) -> None:
     from .report import human
 
+    if not is_main():  # under torchrun rank 0 reports, warnings included
+        return
     for warning in result.warnings:  # stderr: a --json document on stdout stays clean
         print(f"[W] {warning}", file=sys.stderr)
     if args.json:
@@ -398,6 +400,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _end_with_diff(before, after, args: argparse.Namespace) -> None:
     """The short diff after a command that wrote a model (stdout unless --json), then --plot/--html."""
+    if not is_main():  # under torchrun rank 0 wrote the model, and reports on it
+        return
     from .diffing import diff, short_summary
     from .pictures import write_pictures
 
