@@ -335,7 +335,7 @@ class TorchSession:
         if options.batch_size % world.size:
             raise MorphNetError(f"--batch-size {options.batch_size} is the global batch: it must be a multiple of "
                                 f"the {world.size} processes")
-        self.options, self.regs, self.world = options, regs, world
+        self.options, self.regs, self.world, self.name = options, regs, world, loaded.name
         self.task = options.loss
         self.device = _device(world)
         if options.threads:
@@ -397,8 +397,12 @@ class TorchSession:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.module.train()
-        output = self.module(*self._inputs(batch))
-        task = self._task_loss(output, self._shard(batch["labels"]))
+        try:
+            output = self.module(*self._inputs(batch))
+            task = self._task_loss(output, self._shard(batch["labels"]))
+        except RuntimeError as exc:  # a shape the converted graph cannot take, as onnxruntime's probe reports it
+            text = (str(exc).strip().splitlines() or ["unknown error"])[0][:300]
+            raise MorphNetError(f"{self.name}: torch cannot take a training step: {text}") from exc
         if self.regularizer is not None:
             weights = torch.from_numpy(np.ascontiguousarray(batch[COST_WEIGHTS])).to(self.device)
             if self.world.distributed:  # the controller's decision is rank 0's, on every rank
