@@ -16,6 +16,7 @@ import traceback
 from . import __version__
 from .errors import MorphNetError
 from .io import parse_input_shapes, refuse_overwriting
+from .training.distributed import is_main
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -200,11 +201,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="training threads, onnxruntime's or torch's (0: their default)")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint here every --checkpoint-every steps")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=["ort", "torch"], default="ort",
+                   help="training engine: onnxruntime-training (default) or torch (extra `torch`; data-parallel "
+                        "under torchrun)")
 
 
 def _train_options(args: argparse.Namespace):
@@ -217,12 +221,14 @@ def _train_options(args: argparse.Namespace):
                         seed=args.seed, threads=args.threads, loss=args.loss,
                         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
                         checkpoint_every=args.checkpoint_every, resume=args.resume,
-                        progress=not args.no_progress and sys.stderr.isatty())
+                        progress=not args.no_progress and sys.stderr.isatty(), backend=args.backend)
 
 
 def _print_learned(result, args) -> None:
     from .report import human
 
+    if not is_main():  # under torchrun rank 0 reports, warnings included
+        return
     for warning in result.warnings:  # stderr: a --json document on stdout stays clean
         print(f"[W] {warning}", file=sys.stderr)
     if args.json:
@@ -396,6 +402,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _end_with_diff(before, after, args: argparse.Namespace) -> None:
     """The short diff after a command that wrote a model (stdout unless --json), then --plot/--html."""
+    if not is_main():  # under torchrun rank 0 wrote the model, and reports on it
+        return
     from .diffing import diff, short_summary
     from .pictures import write_pictures
 
@@ -470,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # called from a thread other than the main one: signals stay as they are
         previous = None
     try:
+        if not is_main():  # under torchrun every rank runs the command: rank 0 prints, all report errors
+            sys.stdout = open(os.devnull, "w")
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code

@@ -26,6 +26,7 @@ from .pruning import check_round_to, prepare
 from .regularizers import REGULARIZERS
 from .training.data import load_data
 from .training.graph import check_trainable
+from .training.distributed import barrier, is_main
 from .training.trainer import TrainOptions
 
 STATE_FILE = "cycle.json"
@@ -104,7 +105,8 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     result = CycleResult(budget.resource, target, out_dir=str(out))
 
     def run_step(name: str, step):
-        """Run one step unless a previous run finished it; record what it returned."""
+        """Run one step unless a previous run finished it; record what it returned. Under torchrun
+        every rank runs it, rank 0 writes, and the others wait for its files before the next step."""
         if name not in state["steps"]:
             try:
                 state["steps"][name] = step()
@@ -114,7 +116,9 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
                 # Training says where its checkpoint is and how to resume; any other step starts over.
                 raise Interrupted(f"{text}; {exc}" if str(exc) else
                                   f"{text}; run the same command with --resume to continue") from exc
-            write_atomic_bytes(out / STATE_FILE, json.dumps(state, indent=1) + "\n")
+            if is_main():
+                write_atomic_bytes(out / STATE_FILE, json.dumps(state, indent=1) + "\n")
+            barrier()
         return state["steps"][name]
 
     def options_for(name: str) -> TrainOptions:
@@ -142,7 +146,7 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
             return {"model": str(shrunk), "cost": learned.cost_after, "warnings": learned.warnings}
 
         def do_expand(shrunk=shrunk, expanded=expanded, index=index):
-            grown = expand(shrunk, expanded, budget=Budget(budget.resource, _absolute(target, budget.resource)),
+            grown = expand(shrunk, expanded if is_main() else None, budget=Budget(budget.resource, _absolute(target, budget.resource)),
                            round_to=round_to, init="fresh", seed=options.seed + index, input_shapes=input_shapes,
                            keep=keep, hardware=hardware, cost_batch_size=cost_batch_size)
             return {"model": str(expanded), "multiplier": grown.multiplier, "cost": grown.cost_after}
@@ -155,7 +159,8 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
                                 budget.resource))
         seed_model = trained
     state["table"] = result.to_dict()
-    write_atomic_bytes(out / STATE_FILE, json.dumps(state, indent=1) + "\n")
+    if is_main():
+        write_atomic_bytes(out / STATE_FILE, json.dumps(state, indent=1) + "\n")
     return result
 
 

@@ -32,6 +32,7 @@ from .surgery import apply_structure, floor_structure
 from .training.batchnorm import recalibrate_batchnorm
 from .training.data import Dataset, load_data
 from .training.graph import check_trainable
+from .training.distributed import is_main
 from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
@@ -87,7 +88,8 @@ def _progress(options: TrainOptions, controller: BudgetController | None, label:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[stats]}"), disable=not options.progress, transient=False)
+                        TextColumn("{task.fields[stats]}"), disable=not (options.progress and is_main()),
+                        transient=False)
     task = progress.add_task(label, total=None, stats="")
 
     def on_step(info: StepInfo) -> None:
@@ -101,7 +103,7 @@ def _progress(options: TrainOptions, controller: BudgetController | None, label:
         progress.update(task, completed=info.step, total=info.total, stats=stats)
 
     def on_warning(text: str) -> None:
-        if options.progress:  # right away, above the bar; the result carries it for everyone else
+        if options.progress and is_main():  # right away, above the bar; the result carries it for everyone else
             progress.console.print(f"[W] {text}", markup=False, highlight=False)
 
     return progress, on_step, on_warning
@@ -152,7 +154,7 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     verify_model(trained, f"the trained model {output or ''}".strip())
     costs = compute_costs(analysis, loaded)
     validation = evaluate_model(trained, val_set, options.loss) if val_set else None
-    if output is not None:
+    if output is not None and is_main():  # under torchrun, rank 0 writes
         save_model(trained, Path(output), inputs=[loaded.path] if loaded.path else [])
     return LearnResult(model=trained, structure=None, analysis=analysis, cost_before=costs.flops,
                        cost_after=costs.flops, resource="flops", flops_before=costs.flops, flops_after=costs.flops,
@@ -260,11 +262,11 @@ def shrink(model, data=None, output=None, val=None, budget: Budget | None = None
     written_model = after_loaded.model
     after_costs = compute_costs(analyze(after_loaded), after_loaded, hw)
     validation = evaluate_model(written_model, val_set, options.loss) if val_set else None
-    if output is not None:
+    if output is not None and is_main():  # under torchrun, rank 0 writes
         save_model(written_model, Path(output), inputs=[loaded.path] if loaded.path else [])
     written_cost = resource_cost(after_costs, resource)
     record = dict(decision.to_dict(), written_cost=written_cost, finetune_steps=steps)
-    if structure_path is not None:
+    if structure_path is not None and is_main():
         surgery.structure.save(structure_path, analysis, loaded.name, decision=record)
     warnings = _guard(result, validation, val_set, pruned=True)
     if decision.forced:

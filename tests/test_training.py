@@ -47,6 +47,18 @@ def test_torch_is_not_needed():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_the_default_backend_never_imports_torch(data):
+    """`train` on the default (ort) backend, end to end, in a process where importing torch fails."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from morphnet_onnx.cli import main\n"
+            f"code = main(['train', {str(TINY)!r}, '--data', {str(data / 'train.npz')!r}, '--steps', '2', "
+            f"'--batch-size', '16', '-o', {str(data / 'o.onnx')!r}, '--no-progress'])\n"
+            "assert code == 0 and 'morphnet_onnx.training.torch_backend' not in sys.modules\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (data / "o.onnx").exists()
+
+
 def test_shrink_meets_a_flops_budget_and_writes_a_valid_model(data):
     out = data / "small.onnx"
     result = shrink(TINY, data / "train.npz", out, val=data / "val.npz", budget=Budget("flops", "0.5x"),

@@ -58,7 +58,9 @@ from morphnet_onnx.pruning import prepare
 from morphnet_onnx.regularizers import group_regularizers
 from morphnet_onnx.training.graph import TRAINABLE_INPUTS, training_graph
 from morphnet_onnx.training.ort import api
-from morphnet_onnx.training.trainer import COST_WEIGHTS, Trainer, TrainOptions, build_artifacts, learning_rate
+from morphnet_onnx.training.backend import COST_WEIGHTS
+from morphnet_onnx.training.ort_backend import build_artifacts
+from morphnet_onnx.training.trainer import Trainer, TrainOptions, learning_rate
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_PYTHON = "/work/torchvenv/bin/python"
@@ -181,7 +183,7 @@ class Session:
     def __init__(self, setup: Setup, regs: list, work: Path) -> None:
         onnxruntime.set_default_logger_severity(3)
         self.regs = regs
-        self.trainer = Trainer(setup.loaded, setup.options, regs)  # for its read_params
+        self.reg_names = sorted({m.param for r in regs for m in r.members})
         tg = training_graph(setup.loaded, setup.options.batch_size)
         build_artifacts(tg, work, setup.options, regs, None)
         self.state = api.CheckpointState.load_checkpoint(str(work / "checkpoint"))
@@ -201,7 +203,7 @@ class Session:
         start = time.perf_counter()
         ctl = 0.0
         if self.regs:
-            update = controller(step, lambda: self.trainer.read_params(self.state), force=self.weights is None)
+            update = controller(step, lambda: {n: np.array(self.state.parameters[n].data) for n in self.reg_names}, force=self.weights is None)
             ctl = time.perf_counter() - start
             if update is not None:
                 self.weights = update

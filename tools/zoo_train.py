@@ -12,6 +12,7 @@
 
     .venv/bin/python tools/zoo_train.py --dir /work/cache/torchvision --markdown /tmp/zoo_train.md
     .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
+    .venv/bin/python tools/zoo_train.py --dir tests/data/torchvision --backend torch --markdown /tmp/zoo_torch.md
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def _random_batch(path: Path, work: Path, examples: int, size: int | None = None
     return data
 
 
+def _shape_option(path: Path, size: int | None) -> list[str]:
+    """--input-shape with every spatial dim `size` (none when `size` is None)."""
+    if not size:
+        return []
+    name, dims = input_shape(path)
+    return ["--input-shape", f"{name}:" + "x".join(str(d) for d in [1, dims[1]] + [size] * (len(dims) - 2))]
+
+
 def _classes(path: Path) -> int:
     dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
     return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else 10
@@ -79,13 +88,13 @@ def _row(path: Path, code: int, stderr: str, seconds: float, peak: int | None) -
             "error": "" if code == 0 else (stderr.strip().splitlines() or ["crash"])[-1][:200]}
 
 
-def run_one(path: Path, steps: int, timeout: float, work: Path) -> dict:
-    """`shrink` for a few steps on random data: does training run at all?"""
-    data = _random_batch(path, work, 4)
+def run_one(path: Path, steps: int, timeout: float, work: Path, backend: str = "ort", size: int | None = None) -> dict:
+    """`shrink` for a few steps on random data: does training run at all? `size`: as for learn_one."""
+    data = _random_batch(path, work, 4, size)
     out = work / f"{path.stem}_shrunk.onnx"
     code, stdout, stderr, seconds, peak = _run(
         ["shrink", str(path), "--data", str(data), "--strength", "1e-12", "--steps", str(steps), "--batch-size", "2",
-         "-o", str(out), "--no-progress", "--json"], timeout, work)
+         "-o", str(out), "--no-progress", "--json", "--backend", backend, *_shape_option(path, size)], timeout, work)
     row = _row(path, code, stderr, seconds, peak)
     row["passed"] = row["trains"]
     if code == 0:
@@ -96,19 +105,17 @@ def run_one(path: Path, steps: int, timeout: float, work: Path) -> dict:
     return row
 
 
-def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e-3, size: int | None = None) -> dict:
+def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e-3, size: int | None = None,
+              backend: str = "ort") -> dict:
     """`train` on one fixed random batch: does the loss halve, does the written model agree?
     `size` sets every spatial input dim (less compute; the topology is what is tested)."""
     data = _random_batch(path, work, LEARN_BATCH, size)
     out = work / f"{path.stem}_trained.onnx"
-    shape = []
-    if size:
-        name, dims = input_shape(path)
-        shape = ["--input-shape", f"{name}:" + "x".join(str(d) for d in [1, dims[1]] + [size] * (len(dims) - 2))]
+    shape = _shape_option(path, size)
     code, stdout, stderr, seconds, peak = _run(
         ["train", str(path), "--data", str(data), "--val", str(data), "--steps", str(steps), "--batch-size",
          str(LEARN_BATCH), "--lr", str(lr), "--schedule", "constant", "-o", str(out), "--no-progress", "--json",
-         *shape], timeout, work)
+         "--backend", backend, *shape], timeout, work)
     row = _row(path, code, stderr, seconds, peak)
     row.update(learns=False, agrees=False, passed=False)
     if code == 0:
@@ -168,8 +175,9 @@ def main() -> int:
     parser.add_argument("--dir", required=True, help="folder of .onnx models")
     parser.add_argument("--mode", choices=["shrink", "learn"], default="shrink")
     parser.add_argument("--steps", type=int, help="training steps (default: 2 for shrink, 60 for learn)")
-    parser.add_argument("--input-size", type=int, help="learn: spatial size of the random batch (e.g. 112)")
+    parser.add_argument("--input-size", type=int, help="spatial size of the random batch (e.g. 112)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--backend", choices=["ort", "torch"], default="ort", help="the training backend")
     parser.add_argument("--only", nargs="*", help="substrings of model names to run")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--json", help="write the rows here")
@@ -181,8 +189,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
-            row = (run_one(path, steps, args.timeout, Path(tmp)) if args.mode == "shrink"
-                   else learn_one(path, steps, args.timeout, Path(tmp), size=args.input_size))
+            row = (run_one(path, steps, args.timeout, Path(tmp), backend=args.backend, size=args.input_size)
+                   if args.mode == "shrink"
+                   else learn_one(path, steps, args.timeout, Path(tmp), size=args.input_size, backend=args.backend))
             rows.append(row)
             print(f"{row['model']:32s} {'passes' if row['passed'] else 'FAILS '} {row['seconds']:6.1f}s "
                   f"{row.get('seconds_per_step', '')} {row['error']}", flush=True)

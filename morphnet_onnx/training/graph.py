@@ -68,7 +68,7 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
     if model.functions:  # onnxruntime-training has no gradient for a call of a model-local function
         model = inliner.inline_local_functions(model)
     graph = model.graph
-    _constants_to_initializers(graph)
+    constants_to_initializers(graph)
     drop_dead_nodes(graph)  # leftovers of folded constants (NF-ResNet's weight standardization)
     real_inputs = set(graph_input_names(model))
     for value in graph.input:
@@ -139,10 +139,12 @@ def _rewrite_verified(model: onnx.ModelProto, loaded: LoadedModel, batch: int) -
     return rewritten
 
 
-def _constants_to_initializers(graph: onnx.GraphProto) -> None:
-    """Weights held by Constant nodes (folded or placeholder weights) become initializers, which
-    onnxruntime-training can train; the node order is otherwise kept."""
-    slots = {node.input[i] for node in graph.node for i in TRAINABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+def constants_to_initializers(graph: onnx.GraphProto, *slot_tables: dict[str, tuple[int, ...]]) -> None:
+    """Weights held by Constant nodes (folded or placeholder weights) become initializers, which a
+    backend can train; the node order is otherwise kept. Slots: TRAINABLE_INPUTS unless given."""
+    tables = slot_tables or (TRAINABLE_INPUTS,)
+    slots = {node.input[i] for node in graph.node for table in tables for i in table.get(node.op_type, ())
+             if i < len(node.input)}
     keep = []
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] in slots and node.attribute[0].name == "value":
