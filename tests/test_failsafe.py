@@ -117,15 +117,20 @@ ODD_EXPECTED = {
 ODD_COMMANDS = ["inspect", "check", "prune", "expand", "evaluate", "diff"]
 
 
-@pytest.mark.parametrize("kind", sorted(fm.ODD_MODELS))
-@pytest.mark.parametrize("command", ODD_COMMANDS)
-def test_odd_model(command, kind, files, tmp_path, capsys):
+def run_odd(command, kind, files, tmp_path, capsys):
+    """Run `command` on the odd model `kind` with outputs in a fresh folder: (model, folder, exit code, output)."""
     model = tmp_path / f"{kind}.onnx"
     onnx.save(fm.ODD_MODELS[kind](), model)
     out = tmp_path / "out"
     out.mkdir()
     code = main(argv(command, model, files, out))
-    captured = capsys.readouterr()
+    return model, out, code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", sorted(fm.ODD_MODELS))
+@pytest.mark.parametrize("command", ODD_COMMANDS)
+def test_odd_model(command, kind, files, tmp_path, capsys):
+    model, out, code, captured = run_odd(command, kind, files, tmp_path, capsys)
     expected = ODD_EXPECTED.get(kind, {}).get(command, 0)
     if expected == 2:
         expect_clean_error(code, captured.err, [str(model), str(files / "structure.json")], out, set())
@@ -147,12 +152,7 @@ TRAINING_CELLS = [(command, kind) for command in ("shrink", "train", "cycle") fo
 
 @pytest.mark.parametrize("command, kind", TRAINING_CELLS)
 def test_odd_model_training(command, kind, files, tmp_path, capsys):
-    model = tmp_path / f"{kind}.onnx"
-    onnx.save(fm.ODD_MODELS[kind](), model)
-    out = tmp_path / "out"
-    out.mkdir()
-    code = main(argv(command, model, files, out))
-    captured = capsys.readouterr()
+    model, out, code, captured = run_odd(command, kind, files, tmp_path, capsys)
     if kind in REFUSED_IN_TRAINING:
         err = expect_clean_error(code, captured.err, [str(model)], out, set())
         assert "cannot be trained" in err
