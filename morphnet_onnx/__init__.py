@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 # Training pulls in onnxruntime's training API: loaded on first use, so `inspect` stays light.
 _LAZY = {"shrink": "learning", "train": "learning", "evaluate": "evaluation", "cycle": "cycling", "CycleResult": "cycling",
-         "LearnResult": "learning", "TrainOptions": "training.trainer"}
+         "LearnResult": "learning", "ShrinkOptions": "learning", "TrainOptions": "training.trainer"}
 
 
 def __getattr__(name):
@@ -38,5 +38,5 @@ __all__ = [
     "MorphNetError",
     "PruneResult", "Structure", "analyze", "check", "compute_costs", "diff", "inspect", "load", "load_structure",
     "parse_hardware", "prune", "shrink", "train", "evaluate", "Budget", "expand", "ExpandResult", "cycle",
-    "CycleResult", "LearnResult", "TrainOptions",
+    "CycleResult", "LearnResult", "ShrinkOptions", "TrainOptions",
 ]

@@ -259,18 +259,19 @@ def _print_learned(result, args) -> None:
 
 
 def _shrink(args: argparse.Namespace) -> int:
-    from .learning import shrink
+    from .learning import ShrinkOptions, shrink
     from .pictures import check_picture_paths
 
     check_picture_paths(args.plot, args.html)
     if args.old_structure:  # --structure is an input everywhere else (prune, expand)
         print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
         args.save_structure = args.save_structure or args.old_structure
-    result = shrink(args.model, args.data, args.output, val=args.val, budget=_budget(args), strength=args.strength,
-                    regularizer=args.regularizer, threshold=args.threshold, hardware=args.hardware,
-                    options=_train_options(args), data_module=args.data_module, round_to=args.round_to,
-                    keep=args.keep, input_shapes=parse_input_shapes(args.input_shape), structure_path=args.save_structure,
-                    force=args.force, finetune_steps=args.finetune_steps, cost_batch_size=args.cost_batch_size)
+    method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
+                           threshold=args.threshold, hardware=args.hardware, cost_batch_size=args.cost_batch_size,
+                           round_to=args.round_to, keep=args.keep, finetune_steps=args.finetune_steps, force=args.force)
+    result = shrink(args.model, args.data, args.output, val=args.val, method=method, options=_train_options(args),
+                    data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape),
+                    structure_path=args.save_structure)
     _print_learned(result, args)
     _end_with_diff(args.model, args.output, args)
     return 0

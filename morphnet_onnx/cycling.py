@@ -21,7 +21,7 @@ from .cost import compute_costs, parse_hardware, resource_cost
 from .errors import Interrupted, MorphNetError
 from .expansion import expand
 from .io import InputShapes, check_output_path, load, write_atomic_bytes
-from .learning import check_shrinkable, evaluate, shrink, train
+from .learning import ShrinkOptions, check_shrinkable, evaluate, shrink, train
 from .pruning import check_round_to, prepare
 from .regularizers import REGULARIZERS
 from .training.data import load_data
@@ -139,10 +139,10 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
 
         def do_shrink(source=seed_model, shrunk=shrunk, structure=structure, shrink_budget=shrink_budget,
                       index=index):
-            learned = shrink(source, data, shrunk, val=val, budget=shrink_budget, regularizer=regularizer,
-                             hardware=hardware, options=options_for(f"round{index}_shrink"),
-                             data_module=data_module, round_to=round_to, keep=keep, input_shapes=input_shapes,
-                             structure_path=structure, cost_batch_size=cost_batch_size, force=force)
+            method = ShrinkOptions(budget=shrink_budget, regularizer=regularizer, hardware=hardware,
+                                   cost_batch_size=cost_batch_size, round_to=round_to, keep=keep, force=force)
+            learned = shrink(source, data, shrunk, val=val, method=method, options=options_for(f"round{index}_shrink"),
+                             data_module=data_module, input_shapes=input_shapes, structure_path=structure)
             return {"model": str(shrunk), "cost": learned.cost_after, "warnings": learned.warnings}
 
         def do_expand(shrunk=shrunk, expanded=expanded, index=index):

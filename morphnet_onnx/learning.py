@@ -9,7 +9,7 @@ statistics: training/batchnorm.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import onnx
@@ -37,8 +37,8 @@ from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, le
 from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
 # Re-exported: the learning layer's public names in one place.
-__all__ = ["Budget", "BudgetController", "Evaluation", "LearnResult", "evaluate", "load_data", "resource_cost",
-           "shrink", "train"]
+__all__ = ["Budget", "BudgetController", "Evaluation", "LearnResult", "ShrinkOptions", "evaluate", "load_data",
+           "resource_cost", "shrink", "train"]
 
 # shrink ends with a fine-tune of the pruned model: this share of the training steps, at this share
 # of the learning rate.
@@ -171,88 +171,128 @@ def _target_shape(loaded: LoadedModel, options: TrainOptions) -> list[int] | Non
     return shape
 
 
-def shrink(model, data=None, output=None, val=None, budget: Budget | None = None, strength: float | None = None,
-           regularizer: str = "auto", threshold: float = 1e-2, hardware: str | None = None,
-           options: TrainOptions | None = None, data_module: str | None = None, round_to: int = 1,
-           keep: list[str] | None = None, input_shapes: InputShapes | None = None,
-           structure_path=None, force: bool = False, finetune_steps: int | None = None,
-           cost_batch_size: int = 1) -> LearnResult:
-    """MorphNet: train with the resource-weighted regularizer, keep the channels worth their cost,
-    fine-tune the smaller model briefly and write it.
+@dataclass(frozen=True)
+class ShrinkOptions:
+    """How `shrink` learns and cuts: each field is the CLI option of the same name (`--budget-*` for
+    `budget`). `TrainOptions` says how it trains. Checked when made, with the CLI's one-line errors.
 
-    >>> shrink("resnet.onnx", "train.npz", "small.onnx", val="val.npz", budget=Budget("flops", "0.5x"))  # doctest: +SKIP
-
-    Parameters (each is the CLI option of the same name):
-    - `model`: a path or ModelProto; `data`: the training .npz (or `data_module`, "pkg.mod:fn"
-      returning an iterable of batches); `output`: where to write (None: nothing written);
-      `val`: validation .npz (accuracy before and after).
-    - `budget`: a `Budget` (FLOPs, size or latency, relative or absolute) that the controller
-      adapts lambda to; or `strength`: a fixed lambda (manual mode). Exactly one.
+    - `budget`: a `Budget` (FLOPs, size or latency, relative or absolute) that the controller adapts
+      lambda to; or `strength`: a fixed lambda (manual mode). Exactly one.
     - `regularizer`: "auto" (gamma where a group has a BatchNormalization, else group lasso),
-      "gamma", "group-lasso" or "figs"; `threshold`: a channel is alive while its gate is above it.
+      "gamma", "group-lasso" or "figs"; `threshold`: a channel is alive while its gate is above it
+      (FiGS decides on the probability of its gate being on instead).
     - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch.
-    - `options`: the `TrainOptions` (steps, lr, schedule, seed, checkpoints...).
     - `round_to`: widths multiples of it; `keep`: regexes of ops whose channels stay.
-    - `input_shapes`: static shapes for symbolic input dims; `structure_path`: also write the
-      learned structure (with the decision record) there.
     - `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
       learning rate, cosine), as every pruning tool ends; None: FINETUNE_SHARE of the training
       steps; 0: none, the model is written as cut.
-
-    A run whose training loss never fell decides nothing (MorphNetError) unless `force`: its gates
-    say what the initialisation was, not which channels are worth their cost.
+    - `force`: decide even when the training loss never fell (its gates then say what the
+      initialisation was, not which channels are worth their cost).
     """
+    budget: Budget | None = None
+    strength: float | None = None
+    regularizer: str = "auto"
+    threshold: float = 1e-2
+    hardware: str | None = None
+    cost_batch_size: int = 1
+    round_to: int = 1
+    keep: tuple[str, ...] | None = None
+    finetune_steps: int | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.budget is None) == (self.strength is None):
+            raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise MorphNetError(f"budget {self.budget!r}: expected a Budget, e.g. Budget(\"flops\", \"0.5x\")")
+        if self.strength is not None and (isinstance(self.strength, bool) or not isinstance(self.strength, (int, float))
+                                          or not self.strength > 0):
+            raise MorphNetError(f"--strength {self.strength}: must be above 0")
+        if self.regularizer not in REGULARIZERS:
+            raise MorphNetError(f"--regularizer {self.regularizer}: choose one of {', '.join(REGULARIZERS)}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
+            raise MorphNetError(f"--threshold {self.threshold}: must be above 0")
+        parse_hardware(self.hardware, self.cost_batch_size)
+        check_round_to(self.round_to)
+        steps = self.finetune_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise MorphNetError(f"--finetune-steps {steps}: must be a whole number, 0 or more")
+        if isinstance(self.keep, str):  # one pattern given bare: not its characters
+            object.__setattr__(self, "keep", (self.keep,))
+        elif self.keep is not None:
+            object.__setattr__(self, "keep", tuple(self.keep))
+
+
+SHRINK_FIELDS = tuple(f.name for f in fields(ShrinkOptions))
+
+
+def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None = None,
+           options: TrainOptions | None = None, data_module: str | None = None,
+           input_shapes: InputShapes | None = None, structure_path=None, **method_fields) -> LearnResult:
+    """MorphNet: train with the resource-weighted regularizer, keep the channels worth their cost,
+    fine-tune the smaller model briefly and write it.
+
+    >>> shrink("resnet.onnx", "train.npz", "small.onnx", val="val.npz",
+    ...        method=ShrinkOptions(budget=Budget("flops", "0.5x")))  # doctest: +SKIP
+    >>> shrink("resnet.onnx", "train.npz", "small.onnx", budget=Budget("flops", "0.5x"))  # the same  # doctest: +SKIP
+
+    - `model`: a path or ModelProto; `data`: the training .npz (or `data_module`, "pkg.mod:fn"
+      returning an iterable of batches); `output`: where to write (None: nothing written);
+      `val`: validation .npz (accuracy before and after).
+    - `method`: a `ShrinkOptions` (budget or strength, regularizer, threshold, rounding...); or its
+      fields given as keywords (`budget=...`), not both.
+    - `options`: the `TrainOptions` (steps, lr, schedule, seed, backend, checkpoints...).
+    - `input_shapes`: static shapes for symbolic input dims; `structure_path`: also write the
+      learned structure (with the decision record) there (`--save-structure`).
+
+    A run whose training loss never fell decides nothing (MorphNetError) unless `method.force`.
+    """
+    unknown = sorted(set(method_fields) - set(SHRINK_FIELDS))
+    if unknown:
+        raise TypeError(f"shrink() got unexpected keyword arguments: {', '.join(unknown)}")
+    if method is not None and method_fields:
+        raise TypeError("shrink(): give `method` or its fields as keywords, not both")
+    method = method if method is not None else ShrinkOptions(**method_fields)
     options = options or TrainOptions()
-    check_round_to(round_to)
-    if finetune_steps is not None and (isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int)
-                                       or finetune_steps < 0):
-        raise MorphNetError(f"--finetune-steps {finetune_steps}: must be a whole number, 0 or more")
-    if not threshold > 0:
-        raise MorphNetError(f"--threshold {threshold}: must be above 0")
-    if (budget is None) == (strength is None):
-        raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")
-    if strength is not None and not strength > 0:
-        raise MorphNetError(f"--strength {strength}: must be above 0")
-    if regularizer not in REGULARIZERS:
-        raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
     refuse_overwriting({"-o": output, "--save-structure": structure_path}, [model, data, val])
-    hw = parse_hardware(hardware, cost_batch_size)
-    loaded, analysis = prepare(model, input_shapes, keep, seed=options.seed)
+    hw = parse_hardware(method.hardware, method.cost_batch_size)
+    loaded, analysis = prepare(model, input_shapes, list(method.keep) if method.keep else None, seed=options.seed)
     check_trainable(loaded)
+    budget, threshold = method.budget, method.threshold
     resource = budget.resource if budget else "flops"
     full_costs = compute_costs(analysis, loaded, hw)
     full = resource_cost(full_costs, resource)
     target = budget.target(full) if budget else None
     check_shrinkable(loaded, analysis, hw, resource, target, budget.text if budget else "")
     gates = None
-    if regularizer == "figs":
+    if method.regularizer == "figs":
         regs, gates = figs_regularizers(analysis, loaded)
         threshold = FIGS_THRESHOLD  # FiGS decides on the probability of a gate being on
     else:
-        regs = group_regularizers(analysis, loaded, regularizer)
+        regs = group_regularizers(analysis, loaded, method.regularizer)
     if not regs:
-        raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {regularizer} regularizer "
+        raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {method.regularizer} regularizer "
                             f"(a BatchNormalization scale, or filters held as weights rather than computed)")
     dataset = load_data(data, data_module, loaded, options.loss)
     val_set = load_data(val, None, loaded, options.loss) if val else None
     total_steps = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
-    controller = BudgetController(analysis, loaded, regs, resource, target, strength, threshold, hw,
+    controller = BudgetController(analysis, loaded, regs, resource, target, method.strength, threshold, hw,
                                   total_steps=total_steps)
     trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options), gates=gates)
     progress, on_step, on_warning = _progress(options, controller, "shrink")
     with progress:
         result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning)
-    if not result.signal.learned and not force:
+    if not result.signal.learned and not method.force:
         raise MorphNetError(f"{loaded.name}: not deciding a structure: {result.signal.describe()}, so the gates "
                             f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
     trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                  upgraded_from=loaded.upgraded_from)
-    decision = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw, round_to)
+    decision = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw, method.round_to)
     surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
     verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
-    steps = finetune_steps if finetune_steps is not None else max(1, round(FINETUNE_SHARE * result.steps))
+    steps = method.finetune_steps if method.finetune_steps is not None else max(1, round(FINETUNE_SHARE * result.steps))
     cut_validation = None
     if steps:
         cut_validation = evaluate_model(surgery.model, val_set, options.loss) if val_set else None

@@ -1,5 +1,6 @@
 """The command line: tables, --json, one-line errors with exit code 2, --debug tracebacks."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -143,7 +144,38 @@ def test_check_nothing_to_prune(tmp_path):
     (lambda: mn.shrink(REPO / "models" / "tiny_resnet.onnx", None, strength=1.0,
                                                  round_to=0), "--round-to"),
     (lambda: mn.Budget("energy", "1x"), "budget resource"),
+    (lambda: mn.ShrinkOptions(), "give either a budget"),
+    (lambda: mn.ShrinkOptions(budget=mn.Budget("flops", "0.5x"), strength=1.0), "give either a budget"),
+    (lambda: mn.ShrinkOptions(strength=1.0, threshold=0), "--threshold"),
+    (lambda: mn.ShrinkOptions(strength=1.0, regularizer="l1"), "--regularizer"),
+    (lambda: mn.ShrinkOptions(strength=1.0, hardware="A0"), "--hardware"),
+    (lambda: mn.ShrinkOptions(strength=1.0, cost_batch_size=0), "--cost-batch-size"),
+    (lambda: mn.ShrinkOptions(strength=1.0, finetune_steps=-1), "--finetune-steps"),
+    (lambda: mn.ShrinkOptions(budget="0.5x"), "expected a Budget"),
 ])
 def test_python_api_validates_its_arguments_like_the_cli(call, match):
     with pytest.raises(MorphNetError, match=match):
         call()
+
+
+def test_shrink_options_map_one_to_one_onto_the_cli_options():
+    """Every ShrinkOptions field is a `shrink` option of the same name (`--budget-*` for budget), and
+    `shrink` takes the fields as keywords or as one object, not both."""
+    from dataclasses import fields
+
+    from morphnet_onnx.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    shrink_parser = commands.choices["shrink"]
+    flags = {flag for action in shrink_parser._actions for flag in action.option_strings}
+    for field in fields(mn.ShrinkOptions):
+        if field.name == "budget":
+            assert {"--budget-flops", "--budget-size", "--budget-latency"} <= flags
+        else:
+            assert "--" + field.name.replace("_", "-") in flags, field.name
+    model = REPO / "models" / "tiny_resnet.onnx"
+    with pytest.raises(TypeError, match="not both"):
+        mn.shrink(model, None, method=mn.ShrinkOptions(strength=1.0), strength=1.0)
+    with pytest.raises(TypeError, match="budget_flops"):
+        mn.shrink(model, None, budget_flops="0.5x")
+    assert mn.ShrinkOptions(strength=1.0, keep="conv1").keep == ("conv1",)
