@@ -35,7 +35,10 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 def kill_after_checkpoint(args: list[str], state: Path, sig: int, at_least: int = 2 * EVERY) -> tuple[int, str]:
     """Start the command, wait until its checkpoint record reaches `at_least` steps, send `sig`."""
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored and the child would inherit that (and rightly
+    # keep ignoring Ctrl-C): the run under test gets Python's own handler whatever started pytest.
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
