@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model; "
                         "figs: MorphNet's probabilistic gates (decides on p > 0.5, --threshold unused)")
     p.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")
+    p.add_argument("--grouping", choices=["max", "l2"], default="max",
+                   help="how the gates of a channel written by several ops (a residual stream) combine: max "
+                        "(MorphNet's default) or l2 (every member pushed; streams shrink too)")
     _add_roofline_options(p)
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
     p.add_argument("--save-structure", metavar="OUT.json", help="also write the learned structure")
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, metavar="DIR",
                    help="every round's models and structure, checkpoints and the table (cycle.json)")
     p.add_argument("--regularizer", choices=["auto", "gamma", "group-lasso", "figs"], default="auto")
+    p.add_argument("--grouping", choices=["max", "l2"], default="max", help="as for shrink")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every width a multiple of N")
     _add_roofline_options(p)
     p.add_argument("--force", action="store_true", help="let shrink decide even when its training loss never fell")
@@ -267,8 +271,9 @@ def _shrink(args: argparse.Namespace) -> int:
         print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
         args.save_structure = args.save_structure or args.old_structure
     method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
-                           threshold=args.threshold, hardware=args.hardware, cost_batch_size=args.cost_batch_size,
-                           round_to=args.round_to, keep=args.keep, finetune_steps=args.finetune_steps, force=args.force)
+                           threshold=args.threshold, grouping=args.grouping, hardware=args.hardware,
+                           cost_batch_size=args.cost_batch_size, round_to=args.round_to, keep=args.keep,
+                           finetune_steps=args.finetune_steps, force=args.force)
     result = shrink(args.model, args.data, args.output, val=args.val, method=method, options=_train_options(args),
                     data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape),
                     structure_path=args.save_structure)
@@ -344,7 +349,7 @@ def _cycle(args: argparse.Namespace) -> int:
     resume, args.resume = args.resume, False
     result = cycle(args.model, args.data, args.val, budget=_budget(args), out_dir=args.out_dir, rounds=args.rounds,
                    shrink_to=args.shrink_to, options=_train_options(args), data_module=args.data_module,
-                   regularizer=args.regularizer, round_to=args.round_to, keep=args.keep,
+                   regularizer=args.regularizer, grouping=args.grouping, round_to=args.round_to, keep=args.keep,
                    input_shapes=parse_input_shapes(args.input_shape), hardware=args.hardware,
                    cost_batch_size=args.cost_batch_size, resume=resume, force=args.force)
     if args.json:

@@ -22,8 +22,7 @@ from .errors import Interrupted, MorphNetError
 from .expansion import expand
 from .io import InputShapes, check_output_path, load, write_atomic_bytes
 from .learning import ShrinkOptions, check_shrinkable, evaluate, shrink, train
-from .pruning import check_round_to, prepare
-from .regularizers import REGULARIZERS
+from .pruning import prepare
 from .training.data import load_data
 from .training.graph import check_trainable
 from .training.distributed import barrier, is_main
@@ -64,7 +63,7 @@ class CycleResult:
 
 def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_dir: str | os.PathLike,
           rounds: int = 2, shrink_to: float = SHRINK_TO, options: TrainOptions | None = None,
-          data_module: str | None = None, regularizer: str = "auto", round_to: int = 1,
+          data_module: str | None = None, regularizer: str = "auto", grouping: str = "max", round_to: int = 1,
           keep: list[str] | None = None, input_shapes: InputShapes | None = None, hardware: str | None = None,
           cost_batch_size: int = 1, resume: bool = False, force: bool = False) -> CycleResult:
     """Run `rounds` rounds of shrink -> expand -> retrain from scratch -> evaluate (module docstring).
@@ -72,17 +71,17 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     >>> cycle("resnet.onnx", "train.npz", "val.npz", budget=Budget("flops", "1.0x"), out_dir="runs")  # doctest: +SKIP
 
     `budget`: relative budgets are of `model`. `options`: the one training recipe every step uses.
-    The models, structures and the table (`cycle.json`) go to `out_dir`. `force`: shrink decides even
-    when its training loss never fell (see `shrink`).
+    The models, structures and the table (`cycle.json`) go to `out_dir`. `regularizer`, `grouping`,
+    `round_to`, `keep`, `hardware`, `cost_batch_size`, `force`: each round's shrink (`ShrinkOptions`).
     """
     options = options or TrainOptions()
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise MorphNetError(f"--rounds {rounds}: must be a whole number, 1 or more")
     if not 0 < shrink_to < 1:
         raise MorphNetError(f"--shrink-to {shrink_to}: must be between 0 and 1 (a share of the budget)")
-    check_round_to(round_to)
-    if regularizer not in REGULARIZERS:
-        raise MorphNetError(f"--regularizer {regularizer}: choose one of {', '.join(REGULARIZERS)}")
+    # Round 1's shrink options, checked before round 0 trains.
+    method = ShrinkOptions(budget=budget, regularizer=regularizer, grouping=grouping, hardware=hardware,
+                           cost_batch_size=cost_batch_size, round_to=round_to, keep=keep, force=force)
     if val is None:
         raise MorphNetError("cycle compares the rounds on validation data: give --val VAL.npz")
     out = Path(out_dir)
@@ -100,7 +99,8 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     load_data(data, data_module, original, options.loss).require_batches(options.batch_size)
     load_data(val, None, original, options.loss)
     config = {"model": str(Path(model).resolve()), "resource": budget.resource, "target": target,
-              "shrink_to": shrink_to, "regularizer": regularizer, "round_to": round_to, "seed": options.seed}
+              "shrink_to": shrink_to, "regularizer": regularizer, "grouping": grouping, "round_to": round_to,
+              "seed": options.seed}
     state = _open_state(out, config, resume)
     result = CycleResult(budget.resource, target, out_dir=str(out))
 
@@ -139,9 +139,7 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
 
         def do_shrink(source=seed_model, shrunk=shrunk, structure=structure, shrink_budget=shrink_budget,
                       index=index):
-            method = ShrinkOptions(budget=shrink_budget, regularizer=regularizer, hardware=hardware,
-                                   cost_batch_size=cost_batch_size, round_to=round_to, keep=keep, force=force)
-            learned = shrink(source, data, shrunk, val=val, method=method, options=options_for(f"round{index}_shrink"),
+            learned = shrink(source, data, shrunk, val=val, method=replace(method, budget=shrink_budget), options=options_for(f"round{index}_shrink"),
                              data_module=data_module, input_shapes=input_shapes, structure_path=structure)
             return {"model": str(shrunk), "cost": learned.cost_after, "warnings": learned.warnings}
 

@@ -26,7 +26,7 @@ from .graph_utils import with_params
 from .initialization import INITS, initialize_weights
 from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
 from .pruning import check_round_to, prepare, verify_model
-from .regularizers import REGULARIZERS, group_regularizers
+from .regularizers import GROUPINGS, REGULARIZERS, group_regularizers
 from .structure import Structure
 from .surgery import apply_structure, floor_structure
 from .training.batchnorm import recalibrate_batchnorm
@@ -181,6 +181,9 @@ class ShrinkOptions:
     - `regularizer`: "auto" (gamma where a group has a BatchNormalization, else group lasso),
       "gamma", "group-lasso" or "figs"; `threshold`: a channel is alive while its gate is above it
       (FiGS decides on the probability of its gate being on instead).
+    - `grouping`: how the gates of a group written by several ops (a residual stream) combine:
+      "max" (MorphNet's default: alive while any member is) or "l2" (sqrt of the sum of squares,
+      morph-net's L2 grouping: every member pushed at once; docs/training.md).
     - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch.
     - `round_to`: widths multiples of it; `keep`: regexes of ops whose channels stay.
     - `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
@@ -193,6 +196,7 @@ class ShrinkOptions:
     strength: float | None = None
     regularizer: str = "auto"
     threshold: float = 1e-2
+    grouping: str = "max"
     hardware: str | None = None
     cost_batch_size: int = 1
     round_to: int = 1
@@ -210,6 +214,8 @@ class ShrinkOptions:
             raise MorphNetError(f"--strength {self.strength}: must be above 0")
         if self.regularizer not in REGULARIZERS:
             raise MorphNetError(f"--regularizer {self.regularizer}: choose one of {', '.join(REGULARIZERS)}")
+        if self.grouping not in GROUPINGS:
+            raise MorphNetError(f"--grouping {self.grouping}: choose one of {', '.join(GROUPINGS)}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
             raise MorphNetError(f"--threshold {self.threshold}: must be above 0")
         parse_hardware(self.hardware, self.cost_batch_size)
@@ -269,7 +275,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
         regs, gates = figs_regularizers(analysis, loaded)
         threshold = FIGS_THRESHOLD  # FiGS decides on the probability of a gate being on
     else:
-        regs = group_regularizers(analysis, loaded, method.regularizer)
+        regs = group_regularizers(analysis, loaded, method.regularizer, method.grouping)
     if not regs:
         raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {method.regularizer} regularizer "
                             f"(a BatchNormalization scale, or filters held as weights rather than computed)")

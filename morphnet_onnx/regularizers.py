@@ -1,7 +1,10 @@
 """MorphNet's resource-weighted regularizers, as ONNX subgraphs over the model's parameters.
 
-Each prunable group gets a regularization vector v (one entry per channel), the elementwise max of
-its members' vectors (MorphNet's default combine):
+Each prunable group gets a regularization vector v (one entry per channel) that combines its members'
+vectors (`grouping`, morph-net's grouping regularizers): `max`, the elementwise max (MorphNet's
+default), or `l2`, sqrt(sum of squares). Under `max` only the largest member of a channel feels the
+regularizer, so a residual stream written by several convolutions stays alive while any one of them
+does; `l2` pushes every member at once. The members:
 - `gamma`: |scale| of every BatchNormalization/InstanceNormalization over the group's channels;
 - `group-lasso`: the RMS of every output filter writing the group's channels, sqrt(mean(w^2)) as in
   morph-net's group-lasso regularizer (so one threshold means the same for every fan-in), for
@@ -27,6 +30,7 @@ from .ops import WeightLayout, weight_layout, weight_rows
 from .io import LoadedModel
 
 REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
+GROUPINGS = ("max", "l2")
 EPS = 1e-12
 
 
@@ -46,10 +50,12 @@ class GroupRegularizer:
     group_id: int
     width: int
     members: list[Member] = field(default_factory=list)
+    grouping: str = "max"  # how the members' vectors combine (GROUPINGS)
 
 
-def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "auto") -> list[GroupRegularizer]:
-    """The gates of every prunable group, by the chosen (or automatic) regularizer."""
+def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "auto",
+                       grouping: str = "max") -> list[GroupRegularizer]:
+    """The gates of every prunable group, by the chosen (or automatic) regularizer, combined by `grouping`."""
     by_group: dict[int, dict[str, list[Member]]] = {}
     inits = {t.name for t in loaded.model.graph.initializer} | {
         n.output[0] for n in loaded.model.graph.node if n.op_type == "Constant"}
@@ -81,7 +87,7 @@ def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "aut
         else:
             members = kinds.get("rows", [])
         if members:
-            result.append(GroupRegularizer(group.id, group.width, members))
+            result.append(GroupRegularizer(group.id, group.width, members, grouping))
     return result
 
 
@@ -100,15 +106,23 @@ def group_vectors(regs: list[GroupRegularizer], params: dict[str, np.ndarray]) -
     gate: it is +inf here, alive whatever happens, never "dead by absence"."""
     out = {}
     for reg in regs:
-        vector = np.zeros(reg.width)
         covered = np.zeros(reg.width, dtype=bool)
+        parts = []
         for member in reg.members:
             base = member_vector(member, params[member.param])
             covered |= member.mask > 0
-            for pick in member.picks:
-                vector = np.maximum(vector, base[pick] * member.mask)
-        out[reg.group_id] = np.where(covered, vector, np.inf)
+            parts.extend(base[pick] * member.mask for pick in member.picks)
+        out[reg.group_id] = np.where(covered, combine(parts, reg.grouping), np.inf)
     return out
+
+
+def combine(parts: list[np.ndarray], grouping: str) -> np.ndarray:
+    """One group's vector from its members' (add_regularizer and the torch backend compute the same)."""
+    if len(parts) == 1:
+        return parts[0].astype(np.float64)
+    if grouping == "l2":
+        return np.sqrt(sum(part.astype(np.float64) ** 2 for part in parts) + EPS)
+    return np.maximum.reduce([part.astype(np.float64) for part in parts])
 
 
 def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix: str = "morphnet") -> str:
@@ -155,7 +169,15 @@ def add_regularizer(graph: onnx.GraphProto, regs: list[GroupRegularizer], prefix
                 if not member.mask.all():
                     picked = node("Mul", [picked, const(member.mask)])
                 parts.append(picked)
-        vectors.append(parts[0] if len(parts) == 1 else node("Max", parts))
+        if len(parts) == 1:
+            vectors.append(parts[0])
+        elif reg.grouping == "l2":  # a chain of Adds: onnxruntime-training has no gradient for Sum
+            total = const(np.array(EPS, dtype=np.float32))
+            for part in parts:
+                total = node("Add", [total, node("Mul", [part, part])])
+            vectors.append(node("Sqrt", [total]))
+        else:
+            vectors.append(node("Max", parts))
     return vectors[0] if len(vectors) == 1 else node("Concat", vectors, axis=0)
 
 

@@ -243,3 +243,18 @@ def test_decide_stays_within_the_budget_when_groups_that_cannot_vanish_rank_last
     for share in (0.2, 0.35, 0.5):
         decision = decide(analysis, loaded, regs, params, 1e-2, "flops", share * full, hardware)
         assert 0.97 * share * full <= decision.cost <= share * full, share
+
+
+def test_l2_grouping_keeps_a_stream_channel_whose_members_are_each_below_the_threshold():
+    """morph-net's groupings of a residual stream's gates: max takes the largest member, l2 the norm
+    of all of them (so it pushes every member, and a channel two members share counts both)."""
+    loaded, analysis = prepare(TINY)
+    regs = {g: [r for r in group_regularizers(analysis, loaded, "gamma", g) if len(r.members) > 1][0]
+            for g in ("max", "l2")}
+    params = {t.name: onnx.numpy_helper.to_array(t).copy() for t in loaded.model.graph.initializer}
+    for member in regs["max"].members:
+        params[member.param][:] = 0.008  # every member of the stream just under the 0.01 threshold
+    by_max = group_vectors([regs["max"]], params)[regs["max"].group_id]
+    by_l2 = group_vectors([regs["l2"]], params)[regs["l2"].group_id]
+    assert np.allclose(by_max, 0.008) and (by_max < 1e-2).all()
+    assert np.allclose(by_l2, 0.008 * np.sqrt(len(regs["l2"].members))) and (by_l2 > 1e-2).all()

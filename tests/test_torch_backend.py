@@ -61,14 +61,16 @@ def one_step(model, data_path, backend, optimizer, regularizer, lr=LR):
     data = load_data(data_path, None, loaded, "ce")
     options = TrainOptions(steps=1, batch_size=16, optimizer=optimizer, lr=lr, backend=backend, probe=False,
                            progress=False)
-    regs = group_regularizers(analysis, loaded, regularizer) if regularizer else []
+    kind, _, grouping = (regularizer or "").partition(":")  # "gamma:l2": the l2 grouping
+    regs = group_regularizers(analysis, loaded, kind, grouping or "max") if regularizer else []
     controller = (BudgetController(analysis, loaded, regs, "flops", None, 5.0, 1e-2, parse_hardware(None, 1))
                   if regs else None)
     result = Trainer(loaded, options, regs, controller).run(data)
     return result.history[0], result.params, {t.name: numpy_helper.to_array(t) for t in loaded.model.graph.initializer}
 
 
-@pytest.mark.parametrize("model_kind,regularizer", [("tiny", None), ("tiny", "gamma"), ("plain", "group-lasso")])
+@pytest.mark.parametrize("model_kind,regularizer", [("tiny", None), ("tiny", "gamma"), ("tiny", "gamma:l2"),
+                                                    ("plain", "group-lasso")])
 def test_one_step_sgd_matches_ort(tmp_path, model_kind, regularizer):
     """Plain SGD: the update is lr x gradient, so equal weights mean equal loss gradients (task and regularizer)."""
     model = TINY if model_kind == "tiny" else plain_net(tmp_path / "plain.onnx")

@@ -93,9 +93,11 @@ def test_latency_budget_units():
         Budget("latency", "fast").target(1.0)
 
 
-def test_regularizer_subgraph_matches_numpy():
+@pytest.mark.parametrize("kind, grouping", [("group-lasso", "max"), ("group-lasso", "l2"), ("gamma", "l2")])
+def test_regularizer_subgraph_matches_numpy(kind, grouping):
     loaded, analysis = prepare(TINY)
-    regs = group_regularizers(analysis, loaded, "group-lasso")
+    regs = group_regularizers(analysis, loaded, kind, grouping)
+    assert any(len(r.members) > 1 for r in regs)  # residual streams: the grouping is exercised
     graph = onnx.GraphProto()
     graph.CopyFrom(loaded.model.graph)
     out = add_regularizer(graph, regs)

@@ -241,6 +241,7 @@ class Task:
     budgets: tuple[float, ...]
     train_copies: int = 1  # digits only: copies of each training image (1: no shifted copies)
     widths: tuple[int, ...] = ()  # digits only
+    grouping: str = "max"  # shrink's --grouping (max: MorphNet's default; l2)
 
 
 def task_settings(quick: bool) -> dict[str, Task]:
@@ -362,7 +363,8 @@ def job_shrink(task: Task, files: dict, folder: Path, seed: int, threads: int, b
     shrunk = folder / f"shrunk_{budget}_s{seed}.onnx"
     start = time.time()
     learned = mn.shrink(files["model"], files["train"], shrunk, val=files["val"],
-                        budget=mn.Budget("flops", f"{budget}x"), options=_options(task, seed, threads),
+                        budget=mn.Budget("flops", f"{budget}x"), grouping=task.grouping,
+                        options=_options(task, seed, threads),
                         structure_path=shrunk.with_suffix(".json"))
     cut = learned.cut_validation.accuracy if learned.cut_validation else None
     rows = _shrink_rows(task, files, folder, seed, threads, budget, shrunk, time.time() - start, learned.decision,
@@ -382,7 +384,8 @@ def job_cycle(task: Task, files: dict, folder: Path, seed: int, threads: int, re
     out_dir = folder / f"cycle_s{seed}"
     start = time.time()
     result = mn.cycle(files["model"], files["train"], files["val"], budget=mn.Budget("flops", "1.0x"),
-                      out_dir=out_dir, rounds=2, shrink_to=0.5, options=_options(task, seed, threads),
+                      out_dir=out_dir, rounds=2, shrink_to=0.5, grouping=task.grouping,
+                      options=_options(task, seed, threads),
                       resume=resume and (out_dir / "cycle.json").exists())
     took = time.time() - start
     by_round = {row.round: row for row in result.rows}
@@ -690,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="mnist1d,digits")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3; --quick 1)")
     parser.add_argument("--steps", default=None, help="override steps per training, e.g. mnist1d=300,digits=150")
+    parser.add_argument("--grouping", choices=["max", "l2"], default="max",
+                        help="shrink's and cycle's --grouping (how a residual stream's gates combine)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run in parallel (worker processes)")
     parser.add_argument("--threads", type=int, default=1, help="threads per training (onnxruntime and torch)")
     parser.add_argument("--resume", action="store_true", help="skip jobs whose results are in --work")
@@ -710,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.steps.split(","):
             name, value = item.split("=")
             settings[name] = replace(settings[name], steps=int(value))
-    tasks = [settings[name] for name in args.tasks.split(",")]
+    tasks = [replace(settings[name], grouping=args.grouping) for name in args.tasks.split(",")]
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

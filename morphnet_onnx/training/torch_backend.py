@@ -240,7 +240,19 @@ class TorchRegularizer:
                 picks = [torch.as_tensor(p, dtype=torch.long, device=device) for p in member.picks]
                 mask = None if member.mask.all() else torch.as_tensor(member.mask, dtype=torch.float32, device=device)
                 members.append((member, picks, mask))
-            self.members.append(members)
+            self.members.append((reg.grouping, members))
+
+    @staticmethod
+    def _combine(parts: list[torch.Tensor], grouping: str) -> torch.Tensor:
+        """regularizers.combine in torch."""
+        if len(parts) == 1:
+            return parts[0]
+        if grouping == "l2":
+            return torch.sqrt(sum(part * part for part in parts) + EPS)
+        vector = parts[0]
+        for part in parts[1:]:
+            vector = torch.maximum(vector, part)
+        return vector
 
     def _base(self, member) -> torch.Tensor:
         value = self.refs[member.param].onnx_view()
@@ -256,7 +268,7 @@ class TorchRegularizer:
     def __call__(self) -> torch.Tensor:
         cache: dict[str, torch.Tensor] = {}
         vectors = []
-        for members in self.members:
+        for grouping, members in self.members:
             parts = []
             for member, picks, mask in members:
                 if member.param not in cache:
@@ -264,10 +276,7 @@ class TorchRegularizer:
                 for pick in picks:
                     picked = cache[member.param][pick]
                     parts.append(picked * mask if mask is not None else picked)
-            vector = parts[0]
-            for part in parts[1:]:
-                vector = torch.maximum(vector, part)
-            vectors.append(vector)
+            vectors.append(self._combine(parts, grouping))
         return torch.cat(vectors)
 
 

@@ -274,6 +274,7 @@ class Trainer:
         return {"model": self.loaded.name, "examples": len(data), "total_steps": total, "batch_size": o.batch_size,
                 "lr": o.lr, "optimizer": o.optimizer, "schedule": o.schedule, "weight_decay": o.weight_decay,
                 "seed": o.seed, "loss": o.loss, "regularized": sum(r.width for r in self.regs),
+                "grouping": sorted({r.grouping for r in self.regs}),
                 "gates": len(self.gates), "backend": o.backend, "world": current_world().size}
 
     def _resume_meta(self, fingerprint: dict) -> dict | None:
