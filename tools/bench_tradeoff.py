@@ -602,7 +602,7 @@ def run_all(specs: list[dict], jobs: int, resume: bool, log) -> list[dict]:
         if resume and path.exists():
             record = json.loads(path.read_text())
             if "error" not in record:
-                records.append(record)
+                records.append(dict(record, reused=True))
                 log(f"[resume] {spec['name']}: done before")
                 continue
         todo.append(spec)
@@ -702,12 +702,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="a second phase: shrink-finetuned and torch-dense (see the module docstring)")
     parser.add_argument("--replot", action="store_true", help="redraw the plots from OUT/tradeoff.json, run nothing")
     args = parser.parse_args(argv)
+    # One result per kind of run: tradeoff[_l2][_quick].json and its plots beside it.
+    suffix = ("" if args.grouping == "max" else f"_{args.grouping}") + ("_quick" if args.quick else "")
     if args.replot:
-        result = Path(args.out) / ("tradeoff_quick.json" if args.quick else "tradeoff.json")
+        result = Path(args.out) / f"tradeoff{suffix}.json"
         summary = json.loads(result.read_text())
         for name, entry in summary["tasks"].items():
             plot(name, entry["table"], entry["original"]["flops"],
-                 Path(args.out) / (f"tradeoff_{name}" + ("_quick" if args.quick else "") + ".png"), args.quick)
+                 Path(args.out) / f"tradeoff_{name}{suffix}.png", args.quick)
         return 0
 
     settings = task_settings(args.quick)
@@ -752,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - started
     load_after = load_average()
 
-    result_path = out / ("tradeoff_quick.json" if args.quick else "tradeoff.json")
+    result_path = out / f"tradeoff{suffix}.json"
     previous = []
     if args.resume and result_path.exists():  # the runs whose results this one reuses
         old = json.loads(result_path.read_text())
@@ -763,7 +765,10 @@ def main(argv: list[str] | None = None) -> int:
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                            "load_average_before": load_before, "load_average_after": load_after},
                "wall_seconds": round(wall), "phase_seconds": phase_seconds, "previous_runs": previous,
-               "diagnostics": args.diagnostics, "jobs": args.jobs, "threads": args.threads, "seeds": seeds, "tasks": {}}
+               "diagnostics": args.diagnostics, "jobs": args.jobs, "threads": args.threads, "seeds": seeds,
+               "grouping": args.grouping,
+               # results found in --work (--resume): measured by an earlier run, not by this one
+               "reused_jobs": sorted(r["name"] for r in records if r.get("reused")), "tasks": {}}
     for task in tasks:
         rows, errors = [], []
         for record in records:
@@ -784,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         entry.update(headline(table))
         entry.update({"table": table, "runs": rows, "errors": errors})
         summary["tasks"][task.name] = entry
-        plot(task.name, table, full.flops, out / (f"tradeoff_{task.name}" + ("_quick" if args.quick else "") + ".png"),
+        plot(task.name, table, full.flops, out / f"tradeoff_{task.name}{suffix}.png",
              args.quick)
         log(f"{task.name}: width span {entry['uniform_width_span_points']}, "
             f"flops saved {entry['flops_saved_at_equal_accuracy']}, expand gain {entry['expand_accuracy_gain']}, "
