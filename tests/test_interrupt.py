@@ -58,6 +58,7 @@ def train_args(small: Path, out: str, *extra: str) -> list[str]:
                    "--steps", str(STEPS), "--batch-size", "8", "--seed", "3", *extra)
 
 
+@pytest.mark.slow
 def test_train_killed_by_sigint_and_by_sigkill_resumes_to_the_same_bytes(small):
     whole = run(train_args(small, "whole.onnx"))
     assert whole.returncode == 0, whole.stderr
@@ -102,6 +103,7 @@ def test_shrink_killed_resumes_to_the_same_model_and_structure(small):
     assert (small / "s_resumed.onnx.json").read_bytes() == (small / "s_whole.onnx.json").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_cycle_killed_mid_round_resumes_to_the_same_table(small, sig):
     def args(out: str) -> list[str]:

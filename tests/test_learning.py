@@ -91,7 +91,9 @@ def test_untrained_torch_export_learns_and_the_written_model_agrees(digits, tmp_
         assert np.abs(mean).max() > 1e-3 and np.abs(var - 1).max() > 1e-3, node.name  # every BN re-measured
 
 
-@pytest.mark.parametrize("variant, steps, least", [("bn_trained", 30, 0.9), ("folded_trained", 30, 0.9),
+# The trained exports (the easier case) run `slow`; the untrained ones in every run.
+@pytest.mark.parametrize("variant, steps, least", [pytest.param("bn_trained", 30, 0.9, marks=pytest.mark.slow),
+                                                   pytest.param("folded_trained", 30, 0.9, marks=pytest.mark.slow),
                                                    # no BN, default init: slower (97.98% after 200 steps)
                                                    ("folded_untrained", 60, 0.3)])
 def test_other_torch_exports_learn(digits, tmp_path, variant, steps, least):
@@ -179,6 +181,7 @@ def test_cli_prints_the_guard_on_stderr_and_keeps_json_clean(quadrants, tmp_path
     assert json.loads(result.stdout)["warnings"]
 
 
+@pytest.mark.slow
 def test_written_model_agrees_with_the_session_on_the_bundled_example():
     models = REPO / "models"
     result = train(models / "resnet1d_mnist1d.onnx", models / "mnist1d_train.npz", None,

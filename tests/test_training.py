@@ -140,6 +140,7 @@ def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
     assert (data / "b.onnx").read_bytes() == (data / "c.onnx").read_bytes()
 
 
+@pytest.mark.slow
 def test_shrink_resumes_mid_interval_to_the_same_result(data, monkeypatch):
     """Killed at a step between two lambda updates, with FiGS noise drawn every step: the resumed run
     feeds the cost weights of the last update (not new ones), the same noise, and writes the bytes of
@@ -378,6 +379,7 @@ def test_outputs_that_would_overwrite_an_input_are_refused_before_training(data)
     assert (data / "train.npz").read_bytes() == before and not (data / "s.onnx").exists()
 
 
+@pytest.mark.slow
 def test_the_same_seed_writes_the_same_bytes_at_any_thread_count(tmp_path):
     """With 1 or 3 onnxruntime threads (run after run too, then: tests/test_interrupt.py compares the
     bytes of separate processes; docs/training.md#determinism)."""

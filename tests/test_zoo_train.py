@@ -3,6 +3,7 @@
 import importlib.util
 
 import onnx
+import pytest
 
 from conftest import REPO
 from morphnet_onnx.cli import main
@@ -32,6 +33,7 @@ def test_learn_mode_fails_a_model_that_runs_but_does_not_learn(tmp_path):
 NF_RESNET = REPO / "tests" / "data" / "torch" / "nf_resnet_tiny.onnx"  # tools/export_nf_resnet.py
 
 
+@pytest.mark.slow
 def test_a_weight_standardized_nf_resnet_with_a_fixed_batch_trains_and_learns(tmp_path):
     """timm's NF-ResNets standardize every conv weight with a BatchNormalization over a rank-3
     reshape of it; exported at a fixed batch of 1, `shrink --batch-size 1` stopped in the batch-norm
