@@ -139,8 +139,9 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
 
         def do_shrink(source=seed_model, shrunk=shrunk, structure=structure, shrink_budget=shrink_budget,
                       index=index):
-            learned = shrink(source, data, shrunk, val=val, method=replace(method, budget=shrink_budget), options=options_for(f"round{index}_shrink"),
-                             data_module=data_module, input_shapes=input_shapes, structure_path=structure)
+            learned = shrink(source, data, shrunk, val=val, method=replace(method, budget=shrink_budget),
+                             options=options_for(f"round{index}_shrink"), data_module=data_module,
+                             input_shapes=input_shapes, structure_path=structure)
             return {"model": str(shrunk), "cost": learned.cost_after, "warnings": learned.warnings}
 
         def do_expand(shrunk=shrunk, expanded=expanded, index=index):
