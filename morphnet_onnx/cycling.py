@@ -95,7 +95,8 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     target = budget.target(full)
     # What round 1's shrink would refuse, and bad data, fail here, before round 0 trains or anything
     # is written (every step reads the same files).
-    check_shrinkable(original, analysis, hw, budget.resource, shrink_to * target, f"{budget.text} x --shrink-to {shrink_to:g}")
+    check_shrinkable(original, analysis, hw, budget.resource, full, shrink_to * target,
+                     f"{budget.text} x --shrink-to {shrink_to:g}")
     load_data(data, data_module, original, options.loss).require_batches(options.batch_size)
     load_data(val, None, original, options.loss)
     config = {"model": str(Path(model).resolve()), "resource": budget.resource, "target": target,

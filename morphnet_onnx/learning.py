@@ -269,7 +269,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     full_costs = compute_costs(analysis, loaded, hw)
     full = resource_cost(full_costs, resource)
     target = budget.target(full) if budget else None
-    check_shrinkable(loaded, analysis, hw, resource, target, budget.text if budget else "")
+    check_shrinkable(loaded, analysis, hw, resource, full, target, budget.text if budget else "")
     gates = None
     if method.regularizer == "figs":
         regs, gates = figs_regularizers(analysis, loaded)
@@ -325,15 +325,15 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
                        warnings=warnings, decision=record, cut_validation=cut_validation)
 
 
-def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str, target: float | None,
-                     text: str) -> None:
+def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str, full: float,
+                     target: float | None, text: str) -> None:
     """A model shrink can work on: some group prunable, and a target (if any) below the model's cost
-    and at or above what it costs with every prunable group at its minimum."""
+    `full` (in `resource`, which both callers have already computed) and at or above what it costs
+    with every prunable group at its minimum."""
     if not analysis.prunable_groups:
         raise MorphNetError(f"{loaded.name}: nothing to prune (no prunable channel group; see `inspect`)")
     if target is None:
         return
-    full = resource_cost(compute_costs(analysis, loaded, hw), resource)
     floor_alive = floor_structure(loaded, analysis).element_alive(analysis)
     floor = resource_cost(compute_costs(analysis, loaded, hw, alive=floor_alive), resource)
     if target < floor:
