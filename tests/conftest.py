@@ -1,3 +1,4 @@
+import contextlib
 import sys
 from pathlib import Path
 
@@ -9,6 +10,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 TORCHVISION_DIR = Path(__file__).parent / "data" / "torchvision"
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def kill_training_at(monkeypatch):
+    """`with kill_training_at(step):` Ctrl-C inside a training run at `step` (of the run labelled
+    `label`, "shrink" or "fine-tune", when given), raised from the per-step callback as a user's
+    interrupt arrives: after the checkpoints of the steps before it."""
+    import morphnet_onnx.learning as learning
+
+    @contextlib.contextmanager
+    def killed(step: int, label: str | None = None):
+        def dying_progress(options, controller, run_label):
+            def on_step(info):
+                if info.step == step and label in (None, run_label):
+                    raise KeyboardInterrupt
+            return contextlib.nullcontext(), on_step, lambda text: None
+
+        with monkeypatch.context() as m:
+            m.setattr(learning, "_progress", dying_progress)
+            yield
+
+    return killed
 
 
 @pytest.fixture

@@ -125,28 +125,16 @@ def test_torch_backend_trains_shrinks_and_writes(tmp_path, capsys):
     onnx.checker.check_model(onnx.load(str(tmp_path / "s.onnx")), full_check=True)
 
 
-def test_torch_checkpoint_and_resume_match_an_unbroken_run(tmp_path, monkeypatch):
-    import contextlib
-
-    import morphnet_onnx.learning as learning
-
+def test_torch_checkpoint_and_resume_match_an_unbroken_run(tmp_path, kill_training_at):
     data = random_dataset(tmp_path, 96, 40)
     ckpt = tmp_path / "ckpt"
 
     def options(**kw):
         return TrainOptions(steps=6, batch_size=16, backend="torch", progress=False, **kw)
 
-    def dying_progress(opts, controller, label):
-        def on_step(info):
-            if info.step == 4:
-                raise KeyboardInterrupt  # killed after the checkpoint at step 3
-        return contextlib.nullcontext(), on_step, lambda text: None
-
-    with monkeypatch.context() as m:
-        m.setattr(learning, "_progress", dying_progress)
-        with pytest.raises(KeyboardInterrupt):
-            train(TINY, data / "train.npz", tmp_path / "a.onnx", options=options(checkpoint_dir=ckpt,
-                                                                              checkpoint_every=3))
+    with kill_training_at(4), pytest.raises(KeyboardInterrupt):  # killed after the checkpoint at step 3
+        train(TINY, data / "train.npz", tmp_path / "a.onnx", options=options(checkpoint_dir=ckpt,
+                                                                          checkpoint_every=3))
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 3 and state["run"]["backend"] == "torch" and (ckpt / state["checkpoint"]).exists()
     with pytest.raises(MorphNetError, match=r"another run \(backend differ\)"):

@@ -112,24 +112,11 @@ def test_regularizer_subgraph_matches_numpy(kind, grouping):
     assert {m.kind for r in group_regularizers(analysis, loaded, "auto") for m in r.members} == {"gamma"}
 
 
-def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
-    import contextlib
-
-    import morphnet_onnx.learning as learning
-
+def test_train_checkpoint_and_resume_after_a_kill(data, kill_training_at):
     ckpt = data / "ckpt"
-
-    def dying_progress(options, controller, label):
-        def on_step(info):
-            if info.step == 5:
-                raise KeyboardInterrupt  # killed after the checkpoint at step 4
-        return contextlib.nullcontext(), on_step, lambda text: None
-
-    with monkeypatch.context() as m:
-        m.setattr(learning, "_progress", dying_progress)
-        with pytest.raises(KeyboardInterrupt):
-            train(TINY, data / "train.npz", data / "a.onnx", options=quick(steps=7, checkpoint_dir=ckpt,
-                                                                          checkpoint_every=2))
+    with kill_training_at(5), pytest.raises(KeyboardInterrupt):  # killed after the checkpoint at step 4
+        train(TINY, data / "train.npz", data / "a.onnx", options=quick(steps=7, checkpoint_dir=ckpt,
+                                                                      checkpoint_every=2))
     assert json.loads((ckpt / "state.json").read_text())["step"] == 4
     assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-00000004", "state.json"]
     assert not (data / "a.onnx").exists()
@@ -141,30 +128,18 @@ def test_train_checkpoint_and_resume_after_a_kill(data, monkeypatch):
 
 
 @pytest.mark.slow
-def test_shrink_resumes_mid_interval_to_the_same_result(data, monkeypatch):
+def test_shrink_resumes_mid_interval_to_the_same_result(data, kill_training_at):
     """Killed at a step between two lambda updates, with FiGS noise drawn every step: the resumed run
     feeds the cost weights of the last update (not new ones), the same noise, and writes the bytes of
     the run never killed; a checkpoint of another run is refused."""
-    import contextlib
-
-    import morphnet_onnx.learning as learning
-
     ckpt = data / "ck"
-
-    def dying_progress(options, controller, label):
-        def on_step(info):
-            if info.step == 4 and label == "shrink":
-                raise KeyboardInterrupt
-        return contextlib.nullcontext(), on_step, lambda text: None
 
     def run(out, **kw):
         return shrink(TINY, data / "train.npz", data / out, budget=Budget("flops", "0.6x"), regularizer="figs",
                       options=quick(steps=5, **kw), force=True, structure_path=data / f"{out}.json")
 
-    with monkeypatch.context() as m:
-        m.setattr(learning, "_progress", dying_progress)
-        with pytest.raises(KeyboardInterrupt, match="step 4 of 5; the checkpoint of step 3"):
-            run("a.onnx", checkpoint_dir=ckpt, checkpoint_every=3)
+    with kill_training_at(4, "shrink"), pytest.raises(KeyboardInterrupt, match="step 4 of 5; the checkpoint of step 3"):
+        run("a.onnx", checkpoint_dir=ckpt, checkpoint_every=3)
     with pytest.raises(MorphNetError, match="another run .*total_steps"):
         shrink(TINY, data / "train.npz", data / "x.onnx", budget=Budget("flops", "0.6x"), regularizer="figs",
                options=quick(steps=6, checkpoint_dir=ckpt, resume=True), force=True)
