@@ -15,7 +15,7 @@ import traceback
 
 from . import __version__
 from .errors import MorphNetError
-from .io import parse_input_shapes, refuse_overwriting
+from .loading.io import parse_input_shapes, refuse_overwriting
 from .training.distributed import is_main
 
 
@@ -183,7 +183,7 @@ def _add_roofline_options(p: argparse.ArgumentParser) -> None:
 
 
 def _budget(args: argparse.Namespace):
-    from .budget import RESOURCES, Budget
+    from .cost.budget import RESOURCES, Budget
 
     for resource in RESOURCES:
         text = getattr(args, f"budget_{resource}")
@@ -229,7 +229,7 @@ def _train_options(args: argparse.Namespace):
 
 
 def _print_learned(result, args) -> None:
-    from .report import human
+    from .report.tables import human
 
     if not is_main():  # under torchrun rank 0 reports, warnings included
         return
@@ -263,8 +263,8 @@ def _print_learned(result, args) -> None:
 
 
 def _shrink(args: argparse.Namespace) -> int:
-    from .learning import ShrinkOptions, shrink
-    from .pictures import check_picture_paths
+    from .recipes.shrink import ShrinkOptions, shrink
+    from .report.pictures import check_picture_paths
 
     check_picture_paths(args.plot, args.html)
     if args.old_structure:  # --structure is an input everywhere else (prune, expand)
@@ -283,7 +283,7 @@ def _shrink(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .learning import train
+    from .recipes.shrink import train
 
     result = train(args.model, args.data, args.output, val=args.val, options=_train_options(args),
                    data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape), init=args.init)
@@ -292,9 +292,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _expand(args: argparse.Namespace) -> int:
-    from .expansion import expand
-    from .pictures import check_picture_paths
-    from .report import human
+    from .expansion.expand import expand
+    from .report.pictures import check_picture_paths
+    from .report.tables import human
 
     check_picture_paths(args.plot, args.html)
     result = expand(args.model, args.output, structure=args.structure, budget=_budget(args),
@@ -324,7 +324,7 @@ def _expand(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .learning import evaluate
+    from .recipes.shrink import evaluate
 
     result = evaluate(args.model, args.data, loss=args.loss, input_shapes=parse_input_shapes(args.input_shape),
                       batch=args.batch_size)
@@ -339,9 +339,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _cycle(args: argparse.Namespace) -> int:
-    from .cycling import cycle
-    from .pictures import check_picture_paths
-    from .report import print_cycle
+    from .recipes.cycle import cycle
+    from .report.pictures import check_picture_paths
+    from .report.tables import print_cycle
 
     check_picture_paths(args.plot, args.html)
     if args.checkpoint_dir:
@@ -363,8 +363,8 @@ def _cycle(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .inspection import inspect
-    from .report import print_inspection
+    from .cost.inspection import inspect
+    from .report.tables import print_inspection
 
     if args.after is not None:  # `inspect BEFORE AFTER` is `diff BEFORE AFTER`
         if args.keep:
@@ -387,9 +387,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from .pictures import check_picture_paths
-    from .pruning import prune
-    from .report import human
+    from .report.pictures import check_picture_paths
+    from .surgery.pruning import prune
+    from .report.tables import human
 
     check_picture_paths(args.plot, args.html)
     refuse_overwriting({"-o": args.output, "--save-structure": args.save_structure}, [args.model, args.structure])
@@ -410,8 +410,8 @@ def _end_with_diff(before, after, args: argparse.Namespace) -> None:
     """The short diff after a command that wrote a model (stdout unless --json), then --plot/--html."""
     if not is_main():  # under torchrun rank 0 wrote the model, and reports on it
         return
-    from .diffing import diff, short_summary
-    from .pictures import write_pictures
+    from .report.diff import diff, short_summary
+    from .report.pictures import write_pictures
 
     result = diff(before, after, input_shapes=parse_input_shapes(args.input_shape))
     out = sys.stderr if getattr(args, "json", False) else sys.stdout
@@ -422,9 +422,9 @@ def _end_with_diff(before, after, args: argparse.Namespace) -> None:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from .diffing import diff
-    from .pictures import check_picture_paths, write_pictures
-    from .report import print_diff
+    from .report.diff import diff
+    from .report.pictures import check_picture_paths, write_pictures
+    from .report.tables import print_diff
 
     check_picture_paths(args.plot, args.html)
     result = diff(args.before, args.after, model=args.structure_model, input_shapes=parse_input_shapes(args.input_shape),
@@ -440,8 +440,8 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .checking import check
-    from .report import human
+    from .surgery.checking import check
+    from .report.tables import human
 
     result = check(args.model, fraction=args.fraction, seed=args.seed,
                    input_shapes=parse_input_shapes(args.input_shape), keep=args.keep)

@@ -9,14 +9,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import morphnet_onnx.external as external_module
-import morphnet_onnx.io as io_module
-import morphnet_onnx.pruning as pruning_module
+import morphnet_onnx.loading.external as external_module
+import morphnet_onnx.loading.io as io_module
+import morphnet_onnx.surgery.pruning as pruning_module
 from builders import Net
 from morphnet_onnx import MorphNetError, check, expand, inspect, prune
-from morphnet_onnx.external import has_external_data, read_tensor
-from morphnet_onnx.io import load, save_model
-from morphnet_onnx.runtime import make_session, random_feeds
+from morphnet_onnx.loading.external import has_external_data, read_tensor
+from morphnet_onnx.loading.io import load, save_model
+from morphnet_onnx.loading.runtime import make_session, random_feeds
 from morphnet_onnx.training.graph import training_graph
 
 

@@ -11,7 +11,7 @@ import pytest
 from builders import Net
 from conftest import LIGHT_DIR
 from morphnet_onnx import MorphNetError, inspect
-from morphnet_onnx.io import load, parse_input_shapes, save_model, write_atomic_bytes
+from morphnet_onnx.loading.io import load, parse_input_shapes, save_model, write_atomic_bytes
 
 
 def small_model(batch="N", spatial=8):
@@ -134,7 +134,7 @@ def test_save_model_refuses_to_overwrite_the_input(tmp_path):
 
 
 def test_save_model_uses_external_data_above_2gb(tmp_path, monkeypatch):
-    import morphnet_onnx.io as io_module
+    import morphnet_onnx.loading.io as io_module
 
     monkeypatch.setattr(io_module, "TWO_GB", 1000)  # pretend the small model is huge
     model = small_model()
@@ -159,7 +159,7 @@ def umask_027():
 
 def test_external_data_is_written_atomically_with_the_umask_and_never_over_the_inputs(tmp_path, monkeypatch,
                                                                                       umask_027):
-    import morphnet_onnx.io as io_module
+    import morphnet_onnx.loading.io as io_module
 
     monkeypatch.setattr(io_module, "TWO_GB", 1000)  # pretend the small model is huge
     model = small_model()
@@ -185,7 +185,7 @@ def test_external_data_is_written_atomically_with_the_umask_and_never_over_the_i
 
 
 def test_outputs_never_overwrite_an_input_or_each_other(tmp_path):
-    from morphnet_onnx.io import refuse_overwriting
+    from morphnet_onnx.loading.io import refuse_overwriting
 
     model, data = tmp_path / "m.onnx", tmp_path / "train.npz"
     onnx.save(small_model(), str(model))
@@ -225,10 +225,10 @@ def test_no_writer_bypasses_the_atomic_functions():
     from conftest import REPO
 
     raw = re.compile(r"\.write_(text|bytes)\(|open\([^)]*[\"'][wa]b?[\"']|onnx\.save(_model)?\(|np\.savez?\(|savefig\(")
-    allowed = {("io.py", "save_model"), ("external.py", "write_external"), ("external.py", "__init__"),
-               ("external.py", "on_disk"), ("training/ort_backend.py", "build_artifacts"),
+    allowed = {("loading/io.py", "save_model"), ("loading/external.py", "write_external"),
+               ("loading/external.py", "__init__"), ("loading/external.py", "on_disk"), ("training/ort_backend.py", "build_artifacts"),
                ("training/ort_backend.py", "_quiet_native_output"), ("training/probe.py", "run_probe"),
-               ("pictures.py", "_plot"), ("cli.py", "main")}
+               ("report/pictures.py", "_plot"), ("cli.py", "main")}
     found = set()
     for path in sorted((REPO / "morphnet_onnx").rglob("*.py")):
         function = ""

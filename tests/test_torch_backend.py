@@ -17,11 +17,11 @@ from conftest import REPO
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.builders import Net
 from morphnet_onnx.cli import main
-from morphnet_onnx.controller import BudgetController
-from morphnet_onnx.cost import parse_hardware
-from morphnet_onnx.learning import Budget, shrink, train
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.regularizers import group_regularizers
+from morphnet_onnx.method.controller import BudgetController
+from morphnet_onnx.cost.resources import parse_hardware
+from morphnet_onnx.recipes.shrink import Budget, shrink, train
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.training.data import load_data
 from morphnet_onnx.training.trainer import Trainer, TrainOptions
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from morphnet_onnx.checking import check
-from morphnet_onnx.runtime import make_session
+from morphnet_onnx.surgery.checking import check
+from morphnet_onnx.loading.runtime import make_session
 
 
 def baseline(path: Path, tmp: Path) -> float:

@@ -42,7 +42,7 @@ import onnx
 from onnx import numpy_helper
 
 from machine import machine_info  # tools/machine.py
-from morphnet_onnx.io import load
+from morphnet_onnx.loading.io import load
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "torchvision"

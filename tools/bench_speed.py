@@ -56,9 +56,9 @@ from bench_inspect import linear_fit, residual_net  # tools/bench_inspect.py
 from machine import machine_info  # tools/machine.py
 import morphnet_onnx
 from morphnet_onnx import check, inspect, prune
-from morphnet_onnx.checking import random_structure
+from morphnet_onnx.surgery.checking import random_structure
 from morphnet_onnx.ops import POSITIVE_SLOTS
-from morphnet_onnx.pruning import prepare
+from morphnet_onnx.surgery.pruning import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = Path(__file__).resolve().parent

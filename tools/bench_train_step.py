@@ -52,10 +52,10 @@ import numpy as np
 import onnxruntime
 
 from machine import machine_info  # tools/machine.py
-from morphnet_onnx.cost import compute_costs, parse_hardware
-from morphnet_onnx.learning import Budget, BudgetController, load_data, resource_cost
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.regularizers import group_regularizers
+from morphnet_onnx.cost.resources import compute_costs, parse_hardware
+from morphnet_onnx.recipes.shrink import Budget, BudgetController, load_data, resource_cost
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.training.graph import TRAINABLE_INPUTS, training_graph
 from morphnet_onnx.training.ort import api
 from morphnet_onnx.training.backend import COST_WEIGHTS

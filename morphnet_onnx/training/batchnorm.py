@@ -9,8 +9,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph_utils import with_params
-from ..io import graph_input_names, onnx_opset
-from ..runtime import make_session
+from ..loading.io import graph_input_names, onnx_opset
+from ..loading.runtime import make_session
 from .data import Dataset
 
 

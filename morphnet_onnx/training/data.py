@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..errors import MorphNetError
-from ..io import LoadedModel, graph_input_names
+from ..loading.io import LoadedModel, graph_input_names
 
 
 @dataclass

@@ -16,10 +16,10 @@ import onnx
 from onnx import inliner, version_converter
 
 from ..errors import MorphNetError
-from ..external import inline_weights
-from ..folding import QUANTIZATION
 from ..graph_utils import drop_dead_nodes
-from ..io import LoadedModel, graph_input_names
+from ..loading.external import inline_weights
+from ..loading.folding import QUANTIZATION
+from ..loading.io import LoadedModel, graph_input_names
 from ..ops import TRAINABLE_INPUTS
 from .rewrites import rewrite_for_training, verify_rewrites
 

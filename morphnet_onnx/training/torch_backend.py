@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import MorphNetError
-from ..figs import NOISE, GatePlacement, insert_gates
 from ..graph_utils import drop_dead_nodes
-from ..io import LoadedModel, graph_input_names
+from ..loading.io import LoadedModel, graph_input_names
+from ..method.figs import NOISE, GatePlacement, insert_gates
+from ..method.regularizers import EPS, GroupRegularizer
 from ..ops import BUFFER_INPUTS, TRAINABLE_INPUTS
-from ..regularizers import EPS, GroupRegularizer
 from .backend import COST_WEIGHTS, StepOutput, logits_of
 from .distributed import World
 from .graph import constants_to_initializers

@@ -14,13 +14,14 @@ from typing import Callable
 import numpy as np
 
 from ..errors import Interrupted, MorphNetError
-from ..figs import NOISE, GatePlacement
-from ..io import LoadedModel, write_atomic_bytes
-from ..regularizers import GroupRegularizer
-from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, Session, logits_of
+from ..loading.io import LoadedModel, write_atomic_bytes
+from ..method.figs import NOISE, GatePlacement
+from ..method.regularizers import GroupRegularizer
+from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, Session, logits_of, torch_session_class
 from .data import Dataset
 from .distributed import World, current_world
 from .health import EARLY_CHECK_STEPS, LIKELY_CAUSES, MIN_JUDGED_STEPS, LearningSignal, learning_signal
+from .ort_backend import OrtSession
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -134,15 +135,10 @@ class Trainer:
     def _open(self, data: Dataset, world: World, resume_from: Path | None) -> Session:
         options = self.options
         if options.backend == "torch":
-            # torch loads only when asked for: the default path never imports it.
-            from .torch_backend import TorchSession
-
-            return TorchSession(self.loaded, options, self.regs, self.gates, self.target_shape, world, resume_from)
+            return torch_session_class()(self.loaded, options, self.regs, self.gates, self.target_shape, world, resume_from)
         if world.distributed:
             raise MorphNetError(f"--backend ort trains in one process on one device, but this is rank {world.rank} "
                                 f"of {world.size} (torchrun): add --backend torch for data-parallel training")
-        from .ort_backend import OrtSession  # onnxruntime-training loads on first use
-
         probe = None
         if options.probe:
             probe = next(data.batches(options.batch_size, False, 0))

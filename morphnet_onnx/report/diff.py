@@ -23,14 +23,14 @@ from pathlib import Path
 import networkx as nx
 import onnx
 
-from .analysis import analyze, node_names
-from .cost import FLOAT_TYPES, Hardware, compute_costs, parse_hardware
-from .errors import MorphNetError
-from .io import InputShapes, LoadedModel, graph_input_names, load
-from .ops import BUFFER_INPUTS, CHANNELS_FIRST, CHANNELS_LAST
-from .pruning import prune
-from .report import branch_span, change_text, human, seconds_text
-from .structure import Structure
+from ..analysis.walk import analyze, node_names
+from ..cost.resources import FLOAT_TYPES, Hardware, compute_costs, parse_hardware
+from ..errors import MorphNetError
+from ..loading.io import InputShapes, LoadedModel, graph_input_names, load
+from ..ops import BUFFER_INPUTS, CHANNELS_FIRST, CHANNELS_LAST
+from ..surgery.pruning import prune
+from ..surgery.structure import Structure
+from .tables import branch_span, change_text, human, seconds_text
 
 # Attributes that tell two ops of one type apart. Not `group`: pruning changes it (a depthwise conv cut
 # to one channel has group 1).

@@ -24,19 +24,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .analysis import Analysis, analyze, node_names
-from .budget import Budget
-from .cost import Hardware, compute_costs, parse_hardware, resource_cost
-from .errors import MorphNetError
-from .gates import gate_magnitudes
-from .graph_utils import attr, with_params
+from ..analysis.gates import gate_magnitudes
+from ..analysis.groups import Analysis
+from ..analysis.walk import analyze, node_names
+from ..cost.budget import Budget
+from ..cost.resources import Hardware, compute_costs, parse_hardware, resource_cost
+from ..errors import MorphNetError
+from ..graph_utils import attr, with_params
+from ..loading.io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
+from ..loading.view import ConstantView
+from ..ops import NORM_FRESH, weight_layout
+from ..surgery.apply import Surgeon, apply_structure
+from ..surgery.pruning import check_round_to, prepare, verify_model
+from ..surgery.structure import Structure, load_structure, structure_from_dict, top_channels
 from .initialization import INITS, draw, fans, initialize_weights, relu_follows
-from .ops import NORM_FRESH, weight_layout
-from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
-from .pruning import check_round_to, prepare, verify_model
-from .structure import Structure, load_structure, structure_from_dict, top_channels
-from .surgery import Surgeon, apply_structure
-from .view import ConstantView
 
 # Bisection steps on the multiplier: 2^-60 of its range, far below one channel of any group.
 BISECTION_STEPS = 60

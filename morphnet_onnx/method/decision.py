@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis import Analysis
-from .cost import Hardware, compute_costs, resource_cost
-from .io import LoadedModel
+from ..analysis.groups import Analysis
+from ..cost.resources import Hardware, compute_costs, resource_cost
+from ..loading.io import LoadedModel
+from ..surgery.apply import repair_structure, vanishable_groups
+from ..surgery.structure import Structure
 from .regularizers import GroupRegularizer, group_vectors
-from .structure import Structure
-from .surgery import repair_structure, vanishable_groups
 
 # Landing: the written structure should cost at least this share of the budget.
 LANDING_BAND = 0.97

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import onnx
 
-from .analysis import Analysis, analyze
-from .errors import MorphNetError
-from .external import needs_a_file, on_disk
-from .gates import gate_magnitudes
-from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
-from .placeholders import materialize_weights
-from .runtime import make_session
+from ..analysis.gates import gate_magnitudes
+from ..analysis.groups import Analysis
+from ..analysis.walk import analyze
+from ..cost.resources import compute_costs
+from ..errors import MorphNetError
+from ..loading.external import needs_a_file, on_disk
+from ..loading.io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
+from ..loading.placeholders import materialize_weights
+from ..loading.runtime import make_session
+from .apply import SurgeryResult, apply_structure
 from .structure import Structure, load_structure, round_structure, structure_from_dict
-from .surgery import SurgeryResult, apply_structure
 
 
 @dataclass
@@ -78,8 +80,6 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
     computes exactly what the model computes with the removed channels' gates at zero (norm scales,
     or filters); channels for which that is impossible stay, unless `approximate_borders`.
     """
-    from .cost import compute_costs
-
     check_round_to(round_to)
     refuse_overwriting({"-o": output}, [model, structure])
     loaded, analysis = prepare(model, input_shapes, keep)

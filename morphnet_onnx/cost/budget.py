@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import MorphNetError
+from ..errors import MorphNetError
 
 RESOURCES = ("flops", "size", "latency")
 UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}

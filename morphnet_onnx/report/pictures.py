@@ -16,10 +16,10 @@ from pathlib import Path
 
 import networkx as nx
 
-from .diffing import ModelDiff, short_summary
-from .errors import MorphNetError
-from .io import check_output_path, write_atomic_bytes
-from .report import branch_span, human, pair_text, seconds_text
+from ..errors import MorphNetError
+from ..loading.io import check_output_path, write_atomic_bytes
+from .diff import ModelDiff, short_summary
+from .tables import branch_span, human, pair_text, seconds_text
 
 PLOT_FORMATS = {".png": "png", ".svg": "svg"}
 HTML_SUFFIXES = (".html", ".htm")

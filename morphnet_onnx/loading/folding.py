@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph_utils import attr
+from ..graph_utils import attr
 
 # Only small tensors are folded: shape arithmetic, not weights.
 MAX_FOLD_ELEMENTS = 1 << 16

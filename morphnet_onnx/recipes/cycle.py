@@ -15,18 +15,18 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .analysis import analyze
-from .budget import Budget
-from .cost import compute_costs, parse_hardware, resource_cost
-from .errors import Interrupted, MorphNetError
-from .expansion import expand
-from .io import InputShapes, check_output_path, load, write_atomic_bytes
-from .learning import ShrinkOptions, check_shrinkable, evaluate, shrink, train
-from .pruning import prepare
-from .training.data import load_data
-from .training.graph import check_trainable
-from .training.distributed import barrier, is_main
-from .training.trainer import TrainOptions
+from ..analysis.walk import analyze
+from ..cost.budget import Budget
+from ..cost.resources import compute_costs, parse_hardware, resource_cost
+from ..errors import Interrupted, MorphNetError
+from ..expansion.expand import expand
+from ..loading.io import InputShapes, check_output_path, load, write_atomic_bytes
+from ..surgery.pruning import prepare
+from ..training.data import load_data
+from ..training.distributed import barrier, is_main
+from ..training.graph import check_trainable
+from ..training.trainer import TrainOptions
+from .shrink import ShrinkOptions, check_shrinkable, evaluate, shrink, train
 
 STATE_FILE = "cycle.json"
 # Each round shrinks to this share of the budget before expanding back (MorphNet's "shrink" step

@@ -14,27 +14,28 @@ from pathlib import Path
 
 import onnx
 
-from .analysis import Analysis, analyze
-from .budget import Budget
-from .controller import BudgetController
-from .cost import compute_costs, parse_hardware, resource_cost
-from .decision import Decision, decide
-from .errors import MorphNetError
-from .evaluation import Evaluation, evaluate, evaluate_model
-from .figs import FIGS_THRESHOLD, figs_regularizers
-from .graph_utils import with_params
-from .initialization import INITS, initialize_weights
-from .io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
-from .pruning import check_round_to, prepare, verify_model
-from .regularizers import GROUPINGS, REGULARIZERS, group_regularizers
-from .structure import Structure
-from .surgery import apply_structure, floor_structure
-from .training.batchnorm import recalibrate_batchnorm
-from .training.data import Dataset, load_data
-from .training.graph import check_trainable
-from .training.distributed import is_main
-from .training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
-from .training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
+from ..analysis.groups import Analysis
+from ..analysis.walk import analyze
+from ..cost.budget import Budget
+from ..cost.resources import compute_costs, parse_hardware, resource_cost
+from ..errors import MorphNetError
+from ..expansion.initialization import INITS, initialize_weights
+from ..graph_utils import with_params
+from ..loading.io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
+from ..method.controller import BudgetController
+from ..method.decision import Decision, decide
+from ..method.figs import FIGS_THRESHOLD, figs_regularizers
+from ..method.regularizers import GROUPINGS, REGULARIZERS, group_regularizers
+from ..surgery.apply import apply_structure, floor_structure
+from ..surgery.pruning import check_round_to, prepare, verify_model
+from ..surgery.structure import Structure
+from ..training.batchnorm import recalibrate_batchnorm
+from ..training.data import Dataset, load_data
+from ..training.distributed import is_main
+from ..training.evaluation import Evaluation, evaluate, evaluate_model
+from ..training.graph import check_trainable
+from ..training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
+from ..training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
 # Re-exported: the learning layer's public names in one place.
 __all__ = ["Budget", "BudgetController", "Evaluation", "LearnResult", "ShrinkOptions", "evaluate", "load_data",

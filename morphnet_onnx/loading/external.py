@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import MorphNetError
+from ..errors import MorphNetError
 
 # The largest protobuf message: a bigger model must be written with external data.
 TWO_GB = 2**31 - 1

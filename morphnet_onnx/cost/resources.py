@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .analysis import Analysis
-from .errors import MorphNetError
-from .graph_utils import live_tensors
-from .io import LoadedModel
-from .ops import BUFFER_INPUTS
-from .view import ConstantView
+from ..analysis.groups import Analysis
+from ..errors import MorphNetError
+from ..graph_utils import live_tensors
+from ..loading.io import LoadedModel
+from ..loading.view import ConstantView
+from ..ops import BUFFER_INPUTS
 
 # Peak GFLOP/s and memory bandwidth GB/s, from MorphNet's latency regularizer.
 HARDWARE: dict[str, tuple[float, float]] = {

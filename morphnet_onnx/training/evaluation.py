@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .io import InputShapes, load
-from .runtime import make_session
-from .training.data import Dataset, load_data
+from ..loading.io import InputShapes, load
+from ..loading.runtime import make_session
+from .data import Dataset, load_data
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import MorphNetError
+from ..errors import MorphNetError
 from .external import needs_a_file, on_disk
 
 

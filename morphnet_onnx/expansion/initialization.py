@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .external import make_tensor, spill_for
-from .graph_utils import with_params
-from .ops import INIT_TRANSPARENT, NORM_FRESH, RELU_LIKE, WeightLayout, weight_layout
-from .view import ConstantView
+from ..graph_utils import with_params
+from ..loading.external import make_tensor, spill_for
+from ..loading.view import ConstantView
+from ..ops import INIT_TRANSPARENT, NORM_FRESH, RELU_LIKE, WeightLayout, weight_layout
 
 INITS = ("fresh", "keep")
 def fans(weight: np.ndarray, layout: WeightLayout) -> tuple[int, int]:

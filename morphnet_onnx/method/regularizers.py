@@ -23,11 +23,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .analysis import Analysis
-from .gates import gate_ops, prunable_groups_at
-from .ops import CHANNEL_NORMS as NORMS
-from .ops import WeightLayout, weight_layout, weight_rows
-from .io import LoadedModel
+from ..analysis.gates import gate_ops, prunable_groups_at
+from ..analysis.groups import Analysis
+from ..loading.io import LoadedModel
+from ..ops import CHANNEL_NORMS as NORMS
+from ..ops import WeightLayout, weight_layout, weight_rows
 
 REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
 GROUPINGS = ("max", "l2")

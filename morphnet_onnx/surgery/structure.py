@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import Analysis
-from .errors import MorphNetError
-from .gates import gate_magnitudes
-from .io import LoadedModel, write_atomic_bytes
+from ..analysis.gates import gate_magnitudes
+from ..analysis.groups import Analysis
+from ..errors import MorphNetError
+from ..loading.io import LoadedModel, write_atomic_bytes
 
 FORMAT = "morphnet-onnx-structure"
 VERSION = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx
 
-from .ops import NORM_PARAMETER_SLOTS
+from ..ops import NORM_PARAMETER_SLOTS
 
 
 def resolve_constant_aliases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .analysis import Analysis, node_names
-from .io import LoadedModel
-from .ops import CHANNEL_NORMS as NORMS
-from .ops import WEIGHTED, along, output_channel_axis, weight_layout, weight_rows
+from ..loading.io import LoadedModel
+from ..ops import CHANNEL_NORMS as NORMS
+from ..ops import WEIGHTED, along, output_channel_axis, weight_layout, weight_rows
+from .groups import Analysis
+from .walk import node_names
 
 
 def gate_ops(analysis: Analysis, loaded: LoadedModel):

@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .analysis import Analysis
-from .gates import channel_axis, gate_ops, prunable_groups_at
-from .ops import CHANNEL_NORMS as NORMS
-from .io import LoadedModel
+from ..analysis.gates import channel_axis, gate_ops, prunable_groups_at
+from ..analysis.groups import Analysis
+from ..loading.io import LoadedModel
+from ..ops import CHANNEL_NORMS as NORMS
 from .regularizers import GroupRegularizer, Member
 
 FIGS_THRESHOLD = 0.5  # on the probability of the gate being on

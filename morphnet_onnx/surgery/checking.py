@@ -13,17 +13,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .analysis import Analysis, analyze
-from .cost import compute_costs
-from .errors import MorphNetError
-from .external import make_tensor, spill_for
-from .gates import gate_ops
-from .io import InputShapes, LoadedModel, graph_input_names, load
-from .ops import WEIGHTED, bias_input, weight_from_rows, weight_layout, weight_rows
+from ..analysis.gates import gate_ops
+from ..analysis.groups import Analysis
+from ..analysis.walk import analyze
+from ..cost.resources import compute_costs
+from ..errors import MorphNetError
+from ..loading.external import make_tensor, spill_for
+from ..loading.io import InputShapes, LoadedModel, graph_input_names, load
+from ..loading.runtime import make_session, random_feeds
+from ..ops import WEIGHTED, bias_input, weight_from_rows, weight_layout, weight_rows
+from .apply import Surgeon, repair_structure, vanishable_groups
 from .pruning import prepare, prune_loaded, verify_model
-from .runtime import make_session, random_feeds
 from .structure import Structure
-from .surgery import Surgeon, repair_structure, vanishable_groups
 
 
 @dataclass

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .analysis import Analysis
-from .cost import compute_costs, resource_cost
-from .io import LoadedModel
+from ..analysis.groups import Analysis
+from ..cost.resources import compute_costs, resource_cost
+from ..loading.io import LoadedModel
+from ..surgery.structure import Structure
 from .regularizers import GroupRegularizer, channel_weights, group_vectors
-from .structure import Structure
 
 # Budget mode: lambda may grow by this factor within this share of the run's lambda updates.
 LAMBDA_SPAN = 1e3

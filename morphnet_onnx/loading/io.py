@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference, version_converter
 
-from .errors import MorphNetError
+from ..errors import MorphNetError
+from ..graph_utils import node_reads
+from ..ops import op_info
+from .aliases import resolve_constant_aliases
 from .external import TWO_GB, has_external_data, resolve_locations, write_external
 from .folding import fold_shape_values
-from .graph_utils import node_reads
-from .ops import op_info
-from .aliases import resolve_constant_aliases
 from .view import ConstantView
 
 MIN_OPSET = 11

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import onnx
 
-from .analysis import Analysis, analyze
-from .cost import Costs, compute_costs, parse_hardware
-from .io import InputShapes, LoadedModel, load
+from ..analysis.groups import Analysis
+from ..analysis.walk import analyze
+from ..loading.io import InputShapes, LoadedModel, load
+from .resources import Costs, compute_costs, parse_hardware
 
 
 @dataclass

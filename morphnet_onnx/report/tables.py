@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .inspection import Inspection
+from ..cost.inspection import Inspection
 
 if TYPE_CHECKING:  # diffing imports the formatting below
-    from .diffing import Branch, ModelDiff
+    from .diff import Branch, ModelDiff
 
 
 def human(value: float, unit: str = "") -> str:
