@@ -15,7 +15,7 @@ from .cost.inspection import Inspection, inspect
 from .cost.resources import HARDWARE, Costs, compute_costs, parse_hardware
 from .errors import Interrupted, MorphNetError
 from .expansion.expand import ExpandResult, expand
-from .loading.io import LoadedModel, load
+from .loading.model import LoadedModel, load
 from .report.diff import ModelDiff, diff
 from .surgery.checking import CheckResult, check
 from .surgery.pruning import PruneResult, prune

@@ -16,7 +16,7 @@ from morphnet_onnx.cli import main
 from morphnet_onnx.cost.resources import compute_costs
 from morphnet_onnx.expansion.expand import channel_copies
 from morphnet_onnx.loading.view import ConstantView
-from morphnet_onnx.loading.io import load
+from morphnet_onnx.loading.model import load
 from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.loading.runtime import make_session, random_feeds
 from test_surgery import BLOCKS, build

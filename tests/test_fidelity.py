@@ -16,7 +16,7 @@ from morphnet_onnx.method.figs import figs_regularizers
 from morphnet_onnx.recipes.shrink import Budget, shrink
 from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.method.regularizers import group_regularizers, group_vectors
-from morphnet_onnx.surgery.apply import vanishable_groups
+from morphnet_onnx.surgery.feasibility import vanishable_groups
 from morphnet_onnx.training.trainer import TrainOptions
 
 TINY = REPO / "models" / "tiny_resnet.onnx"

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "morphnet_onnx"
 # root other than these belongs to the basis every stage may use (errors, graph_utils, builders).
 STAGES = ["ops", "loading", "analysis", "cost", "surgery", "expansion", "method", "training", "recipes", "report"]
 BASIS = ["errors", "graph_utils", "builders"]
-TOP = ["__init__", "__main__", "cli"]  # the public API and the CLI sit above every stage
+TOP = ["__init__", "__main__", "cli"]  # the public API and the CLI (a package) sit above every stage
 MAX_LINES = 450
 
 
@@ -29,7 +29,7 @@ def _name(path: Path) -> list[str]:
 
 def _rank(parts: list[str]) -> int:
     """0 for the basis, 1.. for the stages in order, above them the API and the CLI."""
-    if len(parts) > 1 or parts[0] in STAGES:
+    if parts[0] in STAGES:
         return STAGES.index(parts[0]) + 1
     if parts[0] in BASIS:
         return 0
@@ -76,7 +76,7 @@ def test_the_stage_order_is_the_one_the_architecture_page_writes():
 
 
 def test_every_subpackage_is_a_stage_with_a_docstring_naming_its_neighbours():
-    for folder in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
+    for folder in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").exists() and p.name != "cli"):
         assert folder.name in STAGES, f"{folder.name}/ is not in the stage order"
         doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
         assert len(doc) > 200, f"{folder.name}/__init__.py: say what the stage owns and what it may import"
@@ -96,7 +96,8 @@ def test_no_module_imports_from_a_later_stage(path):
 
 
 def test_package_imports_sit_at_the_top_of_their_module_outside_the_cli():
-    inside = [f"{path.relative_to(PACKAGE)}:{node.lineno}" for path in _modules() if path.name != "cli.py"
+    """The CLI imports each command's API when the command runs, so that `inspect` never loads training."""
+    inside = [f"{path.relative_to(PACKAGE)}:{node.lineno}" for path in _modules() if "cli" not in path.parts
               for node, _, in_function in _package_imports(path) if in_function]
     assert inside == []
 
@@ -107,5 +108,5 @@ def test_no_module_is_a_hub():
 
 
 def test_the_package_root_keeps_the_api_the_cli_and_the_basis():
-    root = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    root = sorted(p.stem for p in PACKAGE.glob("*.py")) + ["cli"]
     assert set(root) <= set(TOP + BASIS) and len(root) <= 8

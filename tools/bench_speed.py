@@ -36,7 +36,6 @@ Ratios only mean something within one run on one machine: never turn them into t
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
 import os
@@ -53,7 +52,7 @@ import onnxruntime
 from onnx import numpy_helper
 
 from bench_inspect import linear_fit, residual_net  # tools/bench_inspect.py
-from machine import machine_info  # tools/machine.py
+from harness import machine_info, timed, write_json  # tools/harness.py
 import morphnet_onnx
 from morphnet_onnx import check, inspect, prune
 from morphnet_onnx.surgery.checking import random_structure
@@ -83,13 +82,6 @@ SETTINGS = {
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    gc.collect()
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - start, result
-
 
 def med(values: list[float]) -> float:
     return statistics.median(values)
@@ -540,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{k} {v:.0f} s" for k, v in results["timings_s"].items() if k != "total") + "); load average at end "
           f"{' '.join(f'{x:.2f}' for x in results['machine']['loadavg_end'])}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return 0 if all(g["met"] for g in goals) else 1
 

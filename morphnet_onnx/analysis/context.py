@@ -7,7 +7,7 @@ import onnx
 
 from ..graph_utils import attr, compress, node_reads
 from ..loading.folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..ops import Unsupported
 from .groups import CostedOp, Source, UnionFind
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..ops import CHANNEL_NORMS as NORMS
 from ..ops import WEIGHTED, along, output_channel_axis, weight_layout, weight_rows
 from .groups import Analysis

@@ -9,7 +9,7 @@ import onnx
 
 from ..errors import MorphNetError
 from ..graph_utils import node_reads
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..ops import MEMORY_BOUND, Unsupported, op_info
 from .context import Context
 from .groups import Analysis, CostedOp, Group, Source, UnionFind

@@ -9,7 +9,8 @@ import onnx
 
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze
-from ..loading.io import InputShapes, LoadedModel, load
+from ..loading.model import LoadedModel, load
+from ..loading.shapes import InputShapes
 from .resources import Costs, compute_costs, parse_hardware
 
 

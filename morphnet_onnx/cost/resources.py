@@ -18,7 +18,7 @@ import onnx
 from ..analysis.groups import Analysis
 from ..errors import MorphNetError
 from ..graph_utils import live_tensors
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..loading.view import ConstantView
 from ..ops import BUFFER_INPUTS
 

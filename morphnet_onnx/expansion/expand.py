@@ -5,7 +5,7 @@ the largest whose cost fits the budget, and the model rebuilt at those widths.
 
 Groups at 0 stay 0; groups that cannot change (the model's inputs and outputs, `--keep`) stay as
 they are, so the cost is not linear in m: m is found by bisection on the exact cost function (every
-costed op is bilinear in its channel counts, see cost.py), and the written model's cost is measured
+costed op is bilinear in its channel counts, see cost/resources.py), and the written model's cost is measured
 again. Narrower groups keep their strongest channels (surgery, as `prune`); wider groups repeat
 channels (the same per-op cutters, with repeated indices) whose copies are then initialised afresh:
 `--init fresh` re-initialises every weight (the network is to be retrained from scratch), `--init
@@ -31,8 +31,10 @@ from ..cost.budget import Budget
 from ..cost.resources import Hardware, compute_costs, parse_hardware, resource_cost
 from ..errors import MorphNetError
 from ..graph_utils import attr, with_params
-from ..loading.io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
+from ..loading.model import LoadedModel, load
+from ..loading.shapes import InputShapes
 from ..loading.view import ConstantView
+from ..loading.writing import refuse_overwriting, save_model
 from ..ops import NORM_FRESH, weight_layout
 from ..surgery.apply import Surgeon, apply_structure
 from ..surgery.pruning import check_round_to, prepare, verify_model

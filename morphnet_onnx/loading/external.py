@@ -5,7 +5,7 @@ every tensor into the output's data file. So a model over 2 GB is never held in 
 alone in several copies.
 
 In memory, an external tensor's `location` is an absolute path (the model's own data file, or a spill
-file): tensors of several files can then sit in one model. `io.save_model` writes them back under
+file): tensors of several files can then sit in one model. `writing.save_model` writes them back under
 the output's name, relative to it.
 """
 

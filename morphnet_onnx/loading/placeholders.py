@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..graph_utils import onnx_opset
 from ..ops import POSITIVE_SLOTS
 from .folding import NOT_FOLDED, evaluate_node
-from .io import onnx_opset
 from .view import ConstantView
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import MorphNetError
+from ..errors import MorphNetError, first_line
 from .external import needs_a_file, on_disk
 
 
@@ -29,7 +29,7 @@ def make_session(model: onnx.ModelProto | Path, threads: int = 0):
         source = str(model) if isinstance(model, Path) else model.SerializeToString()
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise MorphNetError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from exc
+        raise MorphNetError(f"onnxruntime cannot load the model: {first_line(exc, 300)}") from exc
 
 
 def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:

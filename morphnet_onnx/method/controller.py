@@ -8,7 +8,7 @@ import numpy as np
 
 from ..analysis.groups import Analysis
 from ..cost.resources import compute_costs, resource_cost
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..surgery.structure import Structure
 from .regularizers import GroupRegularizer, channel_weights, group_vectors
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..analysis.groups import Analysis
 from ..cost.resources import Hardware, compute_costs, resource_cost
-from ..loading.io import LoadedModel
-from ..surgery.apply import repair_structure, vanishable_groups
+from ..loading.model import LoadedModel
+from ..surgery.feasibility import repair_structure, vanishable_groups
 from ..surgery.structure import Structure
 from .regularizers import GroupRegularizer, group_vectors
 

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from ..analysis.gates import channel_axis, gate_ops, prunable_groups_at
 from ..analysis.groups import Analysis
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..ops import CHANNEL_NORMS as NORMS
 from .regularizers import GroupRegularizer, Member
 

@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from ..analysis.gates import gate_ops, prunable_groups_at
 from ..analysis.groups import Analysis
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..ops import CHANNEL_NORMS as NORMS
 from ..ops import WeightLayout, weight_layout, weight_rows
 

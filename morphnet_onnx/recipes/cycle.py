@@ -20,7 +20,9 @@ from ..cost.budget import Budget
 from ..cost.resources import compute_costs, parse_hardware, resource_cost
 from ..errors import Interrupted, MorphNetError
 from ..expansion.expand import expand
-from ..loading.io import InputShapes, check_output_path, load, write_atomic_bytes
+from ..loading.model import load
+from ..loading.shapes import InputShapes
+from ..loading.writing import check_output_path, write_atomic_bytes
 from ..surgery.pruning import prepare
 from ..training.data import load_data
 from ..training.distributed import barrier, is_main

@@ -2,9 +2,9 @@
 
 shrink = load -> analyze -> regularize + train (onnxruntime-training) -> decide (alive channels,
 budget enforced) -> surgery -> write. The budget mode adapts lambda during training until the
-alive structure meets the budget, then holds it (controller.py); `strength` gives lambda by hand.
-Budgets: budget.py; deciding the structure: decision.py; evaluation: evaluation.py; batch-norm
-statistics: training/batchnorm.py.
+alive structure meets the budget, then holds it (method/controller.py); `strength` gives lambda by
+hand. Budgets: cost/budget.py; deciding the structure: method/decision.py; evaluation:
+training/evaluation.py; batch-norm statistics: training/batchnorm.py.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from ..cost.resources import compute_costs, parse_hardware, resource_cost
 from ..errors import MorphNetError
 from ..expansion.initialization import INITS, initialize_weights
 from ..graph_utils import with_params
-from ..loading.io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
+from ..loading.model import LoadedModel, load
+from ..loading.shapes import InputShapes
+from ..loading.writing import refuse_overwriting, save_model
 from ..method.controller import BudgetController
 from ..method.decision import Decision, decide
 from ..method.figs import FIGS_THRESHOLD, figs_regularizers
 from ..method.regularizers import GROUPINGS, REGULARIZERS, group_regularizers
-from ..surgery.apply import apply_structure, floor_structure
+from ..surgery.apply import apply_structure
+from ..surgery.feasibility import floor_structure
 from ..surgery.pruning import check_round_to, prepare, verify_model
 from ..surgery.structure import Structure
 from ..training.batchnorm import recalibrate_batchnorm

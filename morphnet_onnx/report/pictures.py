@@ -17,7 +17,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..errors import MorphNetError
-from ..loading.io import check_output_path, write_atomic_bytes
+from ..loading.writing import check_output_path, write_atomic_bytes
 from .diff import ModelDiff, short_summary
 from .tables import branch_span, human, pair_text, seconds_text
 

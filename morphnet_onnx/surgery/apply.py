@@ -19,9 +19,9 @@ from ..analysis.walk import node_names
 from ..errors import MorphNetError
 from ..graph_utils import compress
 from ..loading.folding import fold_shape_values
-from ..loading.io import LoadedModel
-from ..ops import CHANNEL_NORMS as NORMS
+from ..loading.model import LoadedModel
 from ..ops import BROADCASTING, SHAPE_READERS, WEIGHTED, bias_input, cut_nothing, op_info, output_channel_axis
+from ..ops import CHANNEL_NORMS as NORMS
 from .rewrite import Rewrite
 from .structure import Structure
 from .values import evaluate
@@ -384,40 +384,6 @@ def _without_bias(node: onnx.NodeProto) -> onnx.NodeProto:
     return copy
 
 
-def vanishable_groups(loaded: LoadedModel, analysis: Analysis) -> set[int]:
-    """Prunable groups whose removal leaves a valid model (not the only path to an output)."""
-    surgeon = Surgeon(loaded, analysis, Structure.full(analysis))
-    result = set()
-    for group in analysis.prunable_groups:
-        structure = Structure.full(analysis)
-        structure.alive[group.id][:] = False
-        surgeon.set_alive(structure)
-        if not surgeon.structural_problems():
-            result.add(group.id)
-    return result
-
-
-def repair_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> Structure:
-    """Give back whole groups until the structure can be cut out: channels tied across many layers
-    (ShuffleNet's shuffles) can empty a tensor without emptying its group, and groups that may vanish
-    alone may not all vanish together."""
-    structure = Structure({g: m.copy() for g, m in structure.alive.items()})
-    surgeon = Surgeon(loaded, analysis, structure)
-    while surgeon.structural_problems():
-        pruned = [g.id for g in analysis.prunable_groups if not structure.alive[g.id].all()]
-        for group_id in reversed(pruned):
-            saved = structure.alive[group_id].copy()
-            structure.alive[group_id][:] = True
-            surgeon.set_alive(structure)
-            if not surgeon.structural_problems():
-                break
-            structure.alive[group_id] = saved
-        else:
-            structure.alive[pruned[-1]][:] = True
-        surgeon.set_alive(structure)
-    return structure
-
-
 def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure,
                     approximate_borders: bool = False) -> SurgeryResult:
     """Write the smaller model for `structure` (the input model is not modified).
@@ -444,15 +410,3 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
                      f"{', '.join(sorted(set(surgeon.approximated))[:5])}"
                      + (f" and {len(set(surgeon.approximated)) - 5} more" if len(set(surgeon.approximated)) > 5 else ""))
     return SurgeryResult(model=model, structure=surgeon.structure, notes=notes, removed_ops=removed)
-
-
-def floor_structure(loaded: LoadedModel, analysis: Analysis) -> Structure:
-    """The smallest valid structure: groups that can vanish do, the others keep one channel. What
-    no budget can go below."""
-    vanish = vanishable_groups(loaded, analysis)
-    structure = Structure.full(analysis)
-    for group in analysis.prunable_groups:
-        structure.alive[group.id][:] = False
-        if group.id not in vanish:
-            structure.alive[group.id][0] = True
-    return repair_structure(loaded, analysis, structure)

@@ -17,12 +17,15 @@ from ..analysis.gates import gate_ops
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze
 from ..cost.resources import compute_costs
-from ..errors import MorphNetError
+from ..errors import MorphNetError, first_line
+from ..graph_utils import graph_input_names
 from ..loading.external import make_tensor, spill_for
-from ..loading.io import InputShapes, LoadedModel, graph_input_names, load
+from ..loading.model import LoadedModel, load
 from ..loading.runtime import make_session, random_feeds
+from ..loading.shapes import InputShapes
 from ..ops import WEIGHTED, bias_input, weight_from_rows, weight_layout, weight_rows
-from .apply import Surgeon, repair_structure, vanishable_groups
+from .apply import Surgeon
+from .feasibility import repair_structure, vanishable_groups
 from .pruning import prepare, prune_loaded, verify_model
 from .structure import Structure
 
@@ -135,7 +138,7 @@ def check(model: str | os.PathLike | onnx.ModelProto, fraction: float = 0.5, see
         expected = dict(zip(tensors, make_session(_with_outputs(gated, tensors)).run(tensors, feeds)))
     except Exception as exc:  # the model as given does not run: the user's model, not the surgery
         raise MorphNetError(f"{loaded.name}: onnxruntime cannot run the model on random inputs "
-                            f"({str(exc).strip().splitlines()[0][:300]}); is it a valid model?") from exc
+                            f"({first_line(exc, 300)}); is it a valid model?") from exc
     got = dict(zip(tensors, make_session(_with_outputs(result.model, tensors)).run(tensors, feeds)))
     worst, worst_tensor = 0.0, ""
     for name in tensors:

@@ -12,11 +12,13 @@ from ..analysis.gates import gate_magnitudes
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze
 from ..cost.resources import compute_costs
-from ..errors import MorphNetError
+from ..errors import MorphNetError, first_line
 from ..loading.external import needs_a_file, on_disk
-from ..loading.io import InputShapes, LoadedModel, load, refuse_overwriting, save_model
+from ..loading.model import LoadedModel, load
 from ..loading.placeholders import materialize_weights
 from ..loading.runtime import make_session
+from ..loading.shapes import InputShapes
+from ..loading.writing import refuse_overwriting, save_model
 from .apply import SurgeryResult, apply_structure
 from .structure import Structure, load_structure, round_structure, structure_from_dict
 
@@ -43,7 +45,7 @@ def verify_model(model: onnx.ModelProto, name: str):
         onnx.checker.check_model(str(source) if big else source, full_check=True)
     except Exception as exc:
         raise MorphNetError(f"internal: {name} fails onnx's checker: "
-                            f"{str(exc).splitlines()[0][:300]}") from exc
+                            f"{first_line(exc, 300)}") from exc
     return make_session(source)
 
 

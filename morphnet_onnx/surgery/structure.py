@@ -23,7 +23,8 @@ import numpy as np
 from ..analysis.gates import gate_magnitudes
 from ..analysis.groups import Analysis
 from ..errors import MorphNetError
-from ..loading.io import LoadedModel, write_atomic_bytes
+from ..loading.model import LoadedModel
+from ..loading.writing import write_atomic_bytes
 
 FORMAT = "morphnet-onnx-structure"
 VERSION = 1

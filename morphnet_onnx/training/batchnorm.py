@@ -8,8 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..graph_utils import with_params
-from ..loading.io import graph_input_names, onnx_opset
+from ..graph_utils import graph_input_names, onnx_opset, with_params
 from ..loading.runtime import make_session
 from .data import Dataset
 
@@ -77,7 +76,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
         count += 1
         if count >= max_batches:
             break
-    # Each norm has its own statistics tensors (io.load unties exporter-shared ones), held as an
+    # Each norm has its own statistics tensors (loading unties exporter-shared ones), held as an
     # initializer or, for placeholder weights, a Constant node: with_params writes either.
     measured = {}
     for index, node in enumerate(bns):

@@ -17,8 +17,9 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from ..errors import MorphNetError
-from ..loading.io import LoadedModel, graph_input_names
+from ..errors import MorphNetError, first_line
+from ..graph_utils import graph_input_names
+from ..loading.model import LoadedModel
 
 
 @dataclass
@@ -77,7 +78,7 @@ def load_npz(path: str | os.PathLike, specs: list[InputSpec], task: str, classes
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except Exception as exc:
-        raise MorphNetError(f"{path}: not a readable .npz file ({str(exc).splitlines()[0][:200]})") from exc
+        raise MorphNetError(f"{path}: not a readable .npz file ({first_line(exc)})") from exc
     return make_dataset(arrays, specs, task, classes, str(path))
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..loading.io import InputShapes, load
+from ..loading.model import load
 from ..loading.runtime import make_session
+from ..loading.shapes import InputShapes
 from .data import Dataset, load_data
 
 

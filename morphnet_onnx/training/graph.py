@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import inliner, version_converter
 
-from ..errors import MorphNetError
-from ..graph_utils import drop_dead_nodes
+from ..errors import MorphNetError, first_line
+from ..graph_utils import drop_dead_nodes, graph_input_names
 from ..loading.external import inline_weights
 from ..loading.folding import QUANTIZATION
-from ..loading.io import LoadedModel, graph_input_names
+from ..loading.model import LoadedModel
 from ..ops import TRAINABLE_INPUTS
 from .rewrites import rewrite_for_training, verify_rewrites
 
@@ -64,7 +64,7 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
             model = version_converter.convert_version(model, MIN_TRAINING_OPSET)
         except Exception as exc:
             raise MorphNetError(f"{loaded.name}: cannot upgrade opset {opset} to {MIN_TRAINING_OPSET} for "
-                                f"training ({str(exc).splitlines()[0][:200]})") from exc
+                                f"training ({first_line(exc)})") from exc
     if model.functions:  # onnxruntime-training has no gradient for a call of a model-local function
         model = inliner.inline_local_functions(model)
     graph = model.graph

@@ -15,7 +15,7 @@ import onnxruntime
 from onnx import helper
 
 from ..errors import MorphNetError
-from ..loading.io import LoadedModel
+from ..loading.model import LoadedModel
 from ..method.figs import GatePlacement, insert_gates
 from ..method.regularizers import GroupRegularizer, add_regularizer
 from .backend import COST_WEIGHTS, StepOutput, logits_of

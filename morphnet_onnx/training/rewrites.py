@@ -15,8 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import MorphNetError
-from ..graph_utils import attr
-from ..loading.io import onnx_opset
+from ..graph_utils import attr, onnx_opset
 from ..loading.runtime import make_session, random_feeds
 
 

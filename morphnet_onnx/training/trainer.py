@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import Interrupted, MorphNetError
-from ..loading.io import LoadedModel, write_atomic_bytes
+from ..loading.model import LoadedModel
+from ..loading.writing import write_atomic_bytes
 from ..method.figs import NOISE, GatePlacement
 from ..method.regularizers import GroupRegularizer
 from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, Session, logits_of, torch_session_class

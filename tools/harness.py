@@ -1,9 +1,14 @@
-"""Machine, versions and commit, recorded with every benchmark result (dev tools only)."""
+"""What every benchmark and sweep under tools/ shares (dev tools only): the machine, versions and
+commit recorded with each result, one timed call, a summary of repeated timings, a markdown table,
+and the JSON file of results."""
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -56,3 +61,33 @@ def machine_info() -> dict:
         "morphnet_onnx": morphnet_onnx.__version__, "git_commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "loadavg_start": list(os.getloadavg()),
     }
+
+
+def machine_line(m: dict) -> str:
+    return (f"{m['nproc']} cores, {m['cpu']}; Python {m['python']}, onnx {m['onnx']}, "
+            f"onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, protobuf {m['protobuf']}")
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    """(seconds, result) of one call, after a gc.collect() outside the timed region."""
+    gc.collect()
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs_s": times}
+
+
+def markdown_table(head: list[str], rows: list[list], align: list[str] | None = None) -> str:
+    """A markdown table; `align` holds one of ---, :-:, --: per column (default ---)."""
+    align = align or ["---"] * len(head)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(cell).replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike, doc, indent: int = 1) -> None:
+    """The results as one JSON document (values JSON does not know, such as paths, as text)."""
+    Path(path).write_text(json.dumps(doc, indent=indent, default=str) + "\n")
