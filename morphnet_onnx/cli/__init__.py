@@ -12,8 +12,8 @@ import sys
 import traceback
 
 from ..errors import MorphNetError
-from .parser import build_parser
 from ..training.distributed import is_main
+from .parser import build_parser
 
 
 def _terminate(signum, frame) -> None:

@@ -16,12 +16,14 @@ from torch import fx, nn
 
 from ..errors import MorphNetError
 from ..graph_utils import drop_dead_nodes, graph_input_names
+from ..loading.external import inline_weights
 from ..loading.model import LoadedModel
 from ..method.figs import GatePlacement, insert_gates
 from ..method.regularizers import GroupRegularizer
 from ..ops import BUFFER_INPUTS, TRAINABLE_INPUTS
 from .backend import logits_of
 from .graph import constants_to_initializers
+from .rebatch import at_batch
 
 CONVERTER = "onnx2torch==1.5.15"  # what `pip install morphnet-onnx[torch]` installs, and was tested
 
@@ -69,6 +71,7 @@ def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegu
     """The ONNX graph that is converted, and the names of its trainable initializers (the user's names)."""
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
+    inline_weights(model)  # a model loaded with external data keeps its weights on disk until here
     graph = model.graph
     constants_to_initializers(graph, TRAINABLE_INPUTS, BUFFER_INPUTS)
     if task == "ce":
@@ -77,6 +80,8 @@ def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegu
             del graph.output[:]
             graph.output.append(onnx.helper.make_empty_tensor_value_info(logits))
     drop_dead_nodes(graph)
+    model = at_batch(model, loaded.model, loaded.shapes, loaded.name, batch)  # an export's fixed batch
+    graph = model.graph
     for value in graph.input:
         if value.name in set(graph_input_names(model)):
             shape = value.type.tensor_type.shape
