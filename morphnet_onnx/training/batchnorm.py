@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from ..graph_utils import graph_input_names, onnx_opset, with_params
 from ..loading.runtime import make_session
-from .data import Dataset
+from .dataset import Dataset
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max_batches: int = 100) -> onnx.ModelProto:
