@@ -116,7 +116,8 @@ class ImageFolder(Dataset):
             with Image.open(path) as opened:
                 # JPEG: decode at 1/2, 1/4 or 1/8 scale where that still covers the crop (much faster).
                 opened.draft(self.mode, (2 * width, 2 * height) if draw is not None else (width, height))
-                image = opened.convert(self.mode)
+                opened.load()
+                image = opened if opened.mode == self.mode else opened.convert(self.mode)
         except Exception as exc:  # Pillow raises many types for a broken file; each names the file here
             raise MorphNetError(f"{path}: cannot read the image ({first_line(exc)}); replace or remove it") from exc
         full_w, full_h = image.size
