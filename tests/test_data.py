@@ -203,6 +203,15 @@ def test_arrays_are_mapped_not_read(tmp_path, net):
     np.testing.assert_array_equal(data.arrays["input"], x)
 
 
+def test_the_cli_prints_the_compressed_warning_on_one_line(tmp_path, net, capsys):
+    rng = np.random.default_rng(0)
+    np.savez_compressed(tmp_path / "c.npz", input=rng.standard_normal((8, 3, 8, 8)).astype(np.float32),
+                        labels=rng.integers(0, 4, 8))
+    assert main(["evaluate", str(tmp_path / "net.onnx"), "--data", str(tmp_path / "c.npz")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"[W] {tmp_path / 'c.npz'}: input, labels compressed") and err.count("\n") == 1, err
+
+
 def test_train_and_evaluate_an_image_folder_write_the_classes(tmp_path, net, folder, capsys):
     write_images(tmp_path / "val", per_class=2, seed=1)
     out = tmp_path / "t.onnx"

@@ -256,9 +256,11 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     ...        method=ShrinkOptions(budget=Budget("flops", "0.5x")))  # doctest: +SKIP
     >>> shrink("resnet.onnx", "train.npz", "small.onnx", budget=Budget("flops", "0.5x"))  # the same  # doctest: +SKIP
 
-    - `model`: a path or ModelProto; `data`: the training .npz (or `data_module`, "pkg.mod:fn"
-      returning an iterable of batches); `output`: where to write (None: nothing written);
-      `val`: validation .npz (accuracy before and after).
+    - `model`: a path or ModelProto; `data`: the training data, an .npz, a folder of .npy files or a
+      folder of class folders of images (training/data.py; or `data_module`, "pkg.mod:fn" returning
+      an iterable of batches); `output`: where to write (None: nothing written; an image folder's
+      class names go beside it, `OUT.onnx.classes.json`); `val`: validation data, the same kinds
+      (accuracy before and after). How image folders are read: `options.images`.
     - `method`: a `ShrinkOptions` (budget or strength, regularizer, threshold, rounding...); or its
       fields given as keywords (`budget=...`), not both.
     - `options`: the `TrainOptions` (steps, lr, schedule, seed, backend, checkpoints...).
