@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from ..graph_utils import graph_input_names, onnx_opset, with_params
 from ..loading.runtime import make_session
-from .data import Dataset
+from .dataset import Dataset
 from .rebatch import rebatch
 
 
