@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,41 @@ from ..errors import MorphNetError, first_line
 from .external import needs_a_file, on_disk
 
 
+def import_onnxruntime():
+    """onnxruntime, imported once without running its training package's `__init__`.
+
+    onnxruntime-training's build check (onnxruntime/capi/onnxruntime_validation.py) imports
+    `onnxruntime.training.ortmodule`, the training package's `__init__` and `onnxruntime.tools`'
+    (which the training artifacts import) import torch: seconds for every command on a machine with
+    torch, for ORTModule and export helpers morphnet-onnx never uses. The packages are registered
+    here as plain modules over their folders first, so `import onnxruntime` loads what it needs and
+    their submodules (artifacts, onnxblock, api: training/ort.py; the tools' ORT converter) import.
+    """
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - a broken install
+        raise MorphNetError("onnxruntime is not installed; pip install onnxruntime-training-cpu==1.19.2")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    if (root / "training").is_dir() and "onnxruntime.training" not in sys.modules:
+        for name, path in (("onnxruntime.training", root / "training"), ("onnxruntime.training.ortmodule", None),
+                           ("onnxruntime.tools", root / "tools")):
+            module = types.ModuleType(name)
+            module.__path__ = [str(path)] if path else []  # ortmodule: empty, its import finds no ORTModule
+            module.__package__ = name
+            sys.modules[name] = module
+    import onnxruntime  # noqa: PLC0415 - see the docstring: the training package is registered first
+
+    onnxruntime.training = sys.modules.get("onnxruntime.training")
+    onnxruntime.tools = sys.modules.get("onnxruntime.tools")
+    return onnxruntime
+
+
 def make_session(model: onnx.ModelProto | Path, threads: int = 0):
     """An onnxruntime session on a model in memory, or on a file. A model that keeps its weights on
     disk (or is too big to serialize) is opened from a file, where onnxruntime maps its weights
     rather than copying them, and without prepacking (a second copy of the Gemm weights)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

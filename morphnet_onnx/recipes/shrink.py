@@ -38,8 +38,8 @@ from ..training.dataset import Dataset
 from ..training.distributed import is_main
 from ..training.evaluation import Evaluation, evaluate, evaluate_model
 from ..training.graph import check_trainable
-from ..training.images import write_classes
 from ..training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
+from ..training.images import write_classes
 from ..training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
 # Re-exported: the learning layer's public names in one place.

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..errors import MorphNetError
+from ..graph_utils import graph_input_names
 from ..loading.model import load
 from ..loading.runtime import make_session
 from ..loading.shapes import InputShapes
 from .data import load_data
 from .dataset import Dataset
 from .images import ImageOptions, check_classes
+from .rebatch import check_rebatched, fixed_batch, rebatch
 
 
 @dataclass
@@ -29,13 +32,9 @@ class Evaluation:
 
 
 def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batch: int = 256) -> Evaluation:
+    model, batch = _at_evaluation_batch(model, batch)
     session = make_session(model)
     names = [i.name for i in session.get_inputs()]
-    # A model exported with a fixed batch (of 1, say) takes batches of exactly that size; the last
-    # batch is filled up from the start and the filler not counted.
-    declared = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    if isinstance(declared, int) and declared > 0:
-        batch = declared
     correct = correct5 = 0
     squared = 0.0
     n = len(data)
@@ -52,6 +51,23 @@ def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batc
     if task == "ce":
         return Evaluation(n, task, accuracy=correct / n, top5=correct5 / n)
     return Evaluation(n, task, mse=squared / max(n * int(np.prod(data.labels.shape[1:] or (1,))), 1))
+
+
+def _at_evaluation_batch(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto, int]:
+    """A model exported with a fixed batch (of 1, say) evaluates `batch` examples a run when it can be
+    rebatched exactly (rebatch.py), else at its own batch; the last batch is filled up from the start
+    and the filler not counted."""
+    fixed = fixed_batch(model)
+    if fixed is None or fixed == batch:
+        return model, batch
+    real = set(graph_input_names(model))
+    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in model.graph.input
+              if v.name in real}
+    try:
+        check_rebatched(model, shapes, model.graph.name or "model")
+    except MorphNetError:
+        return model, fixed
+    return rebatch(model, batch).model, batch
 
 
 def evaluate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike, loss: str = "ce",

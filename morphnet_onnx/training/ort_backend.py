@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 from onnx import helper
 
 from ..errors import MorphNetError
@@ -20,7 +19,7 @@ from ..method.figs import GatePlacement, insert_gates
 from ..method.regularizers import GroupRegularizer, add_regularizer
 from .backend import COST_WEIGHTS, StepOutput, logits_of
 from .graph import TrainingGraph, training_graph
-from .ort import api, artifacts, onnxblock
+from .ort import api, artifacts, onnxblock, onnxruntime
 from .probe import run_probe
 
 TASK_LOSS = "morphnet_task_loss"

@@ -21,8 +21,8 @@ from ..method.regularizers import GroupRegularizer
 from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, Session, logits_of, torch_session_class
 from .dataset import Dataset
 from .distributed import World, current_world
-from .images import ImageOptions
 from .health import EARLY_CHECK_STEPS, LIKELY_CAUSES, MIN_JUDGED_STEPS, LearningSignal, learning_signal
+from .images import ImageOptions
 from .ort_backend import OrtSession
 
 OPTIMIZERS = ("adamw", "sgd")
