@@ -13,8 +13,8 @@ import traceback
 import warnings
 
 from ..errors import MorphNetError
-from .parser import build_parser
 from ..training.distributed import is_main
+from .parser import build_parser
 
 
 def _terminate(signum, frame) -> None:
