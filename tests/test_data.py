@@ -180,7 +180,7 @@ def test_resuming_mid_epoch_gives_the_same_batches(tmp_path, net, folder, kind):
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_model(tmp_path, net, folder, kill_training_at):
-    """24 images, batches of 4 (6 a epoch): killed after step 3 of 9, mid-epoch, with the checkpoint of
+    """24 images, batches of 4 (6 an epoch): killed after step 3 of 9, mid-epoch, with the checkpoint of
     step 2; resumed, it writes the bytes of a run never killed (the same images, crops and flips)."""
     ckpt, options = tmp_path / "ckpt", dict(steps=9, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
     with kill_training_at(3), pytest.raises(KeyboardInterrupt):
