@@ -179,6 +179,20 @@ def test_resuming_mid_epoch_gives_the_same_batches(tmp_path, net, folder, kind):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_a_run_killed_mid_epoch_resumes_to_the_same_model(tmp_path, net, folder, kill_training_at):
+    """24 images, batches of 4 (6 an epoch): killed after step 3 of 9, mid-epoch, with the checkpoint of
+    step 2; resumed, it writes the bytes of a run never killed (the same images, crops and flips)."""
+    ckpt, options = tmp_path / "ckpt", dict(steps=9, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
+    with kill_training_at(3), pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "net.onnx", folder, tmp_path / "a.onnx", options=quick(**options))
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    train(tmp_path / "net.onnx", folder, tmp_path / "b.onnx", options=quick(resume=True, **options))
+    train(tmp_path / "net.onnx", folder, tmp_path / "c.onnx", options=quick(steps=9))
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()
+    other = train(tmp_path / "net.onnx", folder, tmp_path / "d.onnx", options=quick(steps=9, seed=1))
+    assert other.steps == 9 and (tmp_path / "d.onnx").read_bytes() != (tmp_path / "c.onnx").read_bytes()
+
+
 def test_arrays_are_mapped_not_read(tmp_path, net):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)

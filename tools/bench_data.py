@@ -1,6 +1,7 @@
 """Data goals of issue 24: image folders streamed from disk, arrays mapped from disk.
 
-Goals measured (`train` on models/tiny_resnet.onnx, 32x32 RGB, 10 classes, one onnxruntime thread):
+Goals measured (`train` on models/tiny_resnet.onnx, 32x32 RGB, 10 classes, one onnxruntime thread;
+`--model light`: a one-conv net whose steps take a few milliseconds, where reading is the limit):
 
 1. memory: an image folder of 50,000 PNGs trains with a peak memory at most 1.5x that of the same
    run on a folder of 5,000;
@@ -17,8 +18,9 @@ tools/bench_memory.py's `run_command`; steps per second are the training loop's 
 `seconds` of `--json`: data reading included, the probe and the final evaluation not). Runs of the
 kinds alternate, `--repeats` times; the table shows medians.
 
-    .venv/bin/python tools/bench_data.py [--dir /tmp/morphnet-bench-data] [--sizes 5000,50000] [--steps 300]
-        [--batch-size 64] [--repeats 3] [--workers 2] [--limit-gb 1.0] [--json OUT.json]
+    .venv/bin/python tools/bench_data.py [--dir /tmp/morphnet-bench-data] [--model tiny_resnet|light]
+        [--sizes 5000,50000] [--steps 300] [--batch-size 64] [--repeats 3] [--workers 2] [--limit-gb 1.0]
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -29,19 +31,23 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import run_command  # noqa: E402
 from harness import ROOT, machine_info, machine_line, markdown_table, write_json  # noqa: E402
 
-from morphnet_onnx.loading.model import load  # noqa: E402
+from morphnet_onnx import load  # noqa: E402
+from morphnet_onnx.builders import Net  # noqa: E402
 from morphnet_onnx.recipes.shrink import load_data  # noqa: E402
+from morphnet_onnx.training.images import ImageOptions  # noqa: E402
 
-MODEL = ROOT / "models" / "tiny_resnet.onnx"
+MODELS = {"tiny_resnet": ROOT / "models" / "tiny_resnet.onnx", "light": None}
 CLASSES = 10
 COPIES = 4  # goal 3: the largest folder's images this many times over
 
@@ -63,26 +69,68 @@ def make_images(folder: Path, count: int) -> Path:
     return folder
 
 
-def images_as_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def light_model(path: Path) -> Path:
+    """One 3x3 conv of 16 channels at stride 2, BN, ReLU, pooling, a 10-class Gemm: a step of a few
+    milliseconds, so that reading the data is most of the time."""
+    net = Net(input_shape=(1, 3, 32, 32), batch="N")
+    x = net.relu(net.bn(net.conv("input", 3, 16, stride=2, name="conv1"), 16, name="bn1"))
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [x])], axis=1)
+    onnx.save(net.model(net.gemm(x, 16, CLASSES, name="fc")), str(path))
+    return path
+
+
+def make_photos(folder: Path, count: int, side: int = 256) -> Path:
+    """`count` JPEGs of side x side (smooth gradients and noise, quality 90) in CLASSES class folders."""
+    marker = folder / ".complete"
+    if marker.exists() and marker.read_text() == str(count):
+        return folder
+    rng = np.random.default_rng(count)
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    for index in range(count):
+        target = folder / f"class{index % CLASSES}"
+        target.mkdir(parents=True, exist_ok=True)
+        base = ramp[None, :, None] * rng.uniform(0.2, 1, 3) + ramp[:, None, None] * rng.uniform(0, 0.5, 3)
+        pixels = np.clip(base + rng.normal(0, 12, (side, side, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(target / f"{index:06d}.jpg", quality=90)
+    marker.write_text(str(count))
+    return folder
+
+
+def pipeline(folder: Path, side: int, workers: int, batch_size: int, batches: int) -> float:
+    """Images per second that `batches()` alone delivers (augmented, as training reads) for a
+    side x side 3-channel input (a model built here, never trained)."""
+    net = Net(input_shape=(1, 3, side, side), batch="N")
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [net.conv("input", 3, CLASSES, name="conv")])], axis=1)
+    loaded = load(net.model(x))
+    data = load_data(folder, None, loaded, "ce", ImageOptions(workers=workers), augment=True)
+    started, count = time.perf_counter(), 0
+    for batch in data.batches(batch_size, True, 0):
+        count += 1
+        if count == batches:
+            break
+    return count * batch_size / (time.perf_counter() - started)
+
+
+def images_as_arrays(folder: Path, model: Path) -> tuple[np.ndarray, np.ndarray]:
     """The folder's images read as `evaluate` reads them (no augmentation): the same data as arrays."""
-    data = load_data(folder, None, load(MODEL), "ce")
+    data = load_data(folder, None, load(model), "ce")
     parts = [batch["input"][:min(1000, len(data) - start)]
              for start, batch in zip(range(0, len(data), 1000), data.batches(1000, False, 0, fill_last=True))]
     return np.concatenate(parts), data.labels
 
 
-def make_npz(folder: Path, path: Path) -> Path:
+def make_npz(folder: Path, path: Path, model: Path) -> Path:
     if not path.exists():
-        x, labels = images_as_arrays(folder)
+        x, labels = images_as_arrays(folder, model)
         np.savez(path, input=x, labels=labels)
     return path
 
 
-def make_large(folder: Path, out: Path) -> tuple[Path, Path]:
+def make_large(folder: Path, out: Path, model: Path) -> tuple[Path, Path]:
     """COPIES x the folder's images, as a folder of .npy files and as an .npz (written in pieces)."""
     arrays, npz = out / "large_npy", out / "large.npz"
     if not npz.exists():
-        x, labels = images_as_arrays(folder)
+        x, labels = images_as_arrays(folder, model)
         arrays.mkdir(exist_ok=True)
         big = np.lib.format.open_memmap(arrays / "x.npy", "w+", np.float32, (COPIES * len(x), *x.shape[1:]))
         for copy in range(COPIES):
@@ -96,7 +144,7 @@ def make_large(folder: Path, out: Path) -> tuple[Path, Path]:
 
 
 def train_argv(data: Path, args, out: Path, *extra: str) -> list[str]:
-    return ["train", str(MODEL), "--data", str(data), "--steps", str(args.steps), "--batch-size",
+    return ["train", str(args.model_path), "--data", str(data), "--steps", str(args.steps), "--batch-size",
             str(args.batch_size), "--threads", "1", "--data-workers", str(args.workers), "-o", str(out),
             "--no-progress", "--json", *extra]
 
@@ -123,16 +171,24 @@ def limited(argv: list[str], limit_bytes: int, log: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="/tmp/morphnet-bench-data")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny_resnet",
+                        help="light: a one-conv net (built here) whose steps are fast: the data path is the limit")
     parser.add_argument("--sizes", default="5000,50000")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit-gb", type=float, default=1.0, help="RLIMIT_DATA of goal 3 (0: skip goal 3)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="only the reading: images/s of batches() with 1, 2, 4 threads, 32x32 PNGs and "
+                             "256x256 JPEGs for a 224x224 input")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.pipeline:
+        return measure_pipeline(out, args)
+    args.model_path = MODELS[args.model] or light_model(out / "light.onnx")
     sizes = [int(s) for s in args.sizes.split(",")]
     machine = machine_info()
     runs: dict[str, list[dict]] = {}
@@ -141,10 +197,10 @@ def main() -> int:
         folder = make_images(out / f"images{size}", size)
         kinds[f"images {size}"] = (folder, ())
         kinds[f"images {size} --no-augment"] = (folder, ("--no-augment",))
-        kinds[f"npz {size}"] = (make_npz(folder, out / f"images{size}.npz"), ())
+        kinds[f"npz {size}"] = (make_npz(folder, out / f"images{size}.npz", args.model_path), ())
     for repeat in range(args.repeats):
         for name, (data, extra) in kinds.items():
-            log = out / f"{name.replace(' ', '_')}.log"
+            log = out / f"{args.model}_{name.replace(' ', '_')}.log"
             runs.setdefault(name, []).append(measure(train_argv(data, args, out / "trained.onnx", *extra), log))
             print(f"[{repeat}] {name}: {runs[name][-1]}", flush=True)
     rows, medians = [], {}
@@ -162,7 +218,7 @@ def main() -> int:
                                    / medians[f"npz {large}"]["steps_per_s"]),
     }
     if args.limit_gb:
-        arrays, npz = make_large(kinds[f"images {large}"][0], out)
+        arrays, npz = make_large(kinds[f"images {large}"][0], out, args.model_path)
         limit = int(args.limit_gb * 1e9)
         size = {"npy folder": sum(p.stat().st_size for p in arrays.iterdir()), "npz": npz.stat().st_size}
         goals["larger_than_memory"] = {}
@@ -170,10 +226,37 @@ def main() -> int:
             outcome = limited(train_argv(data, args, out / "trained.onnx"), limit, out / f"limited_{name[:3]}.log")
             goals["larger_than_memory"][name] = dict(outcome, data_gb=size[name] / 1e9, limit_gb=args.limit_gb)
             print(f"{name} of {size[name] / 1e9:.2f} GB under RLIMIT_DATA {args.limit_gb} GB: {outcome}")
+        # The control: the same limit stops a process that reads the array into memory.
+        control = subprocess.run(["prlimit", f"--data={limit}", sys.executable, "-c",
+                                  f"import numpy; numpy.load({str(arrays / 'x.npy')!r})"], capture_output=True, text=True)
+        goals["larger_than_memory"]["control: np.load of x.npy"] = {
+            "rc": control.returncode, "error": (control.stderr.strip().splitlines() or [""])[-1][:200]}
+        print(f"control, np.load under the same limit: rc {control.returncode}")
     print(json.dumps(goals, indent=1))
     if args.json:
         write_json(args.json, {"machine": machine, "args": vars(args), "runs": runs, "medians": medians,
                                "goals": goals})
+    return 0
+
+
+def measure_pipeline(out: Path, args) -> int:
+    """Reading alone, in this process: how decoding scales with threads for small and large images."""
+    sets = {"32x32 PNG -> 32x32": (make_images(out / "images5000", 5000), 32),
+            "256x256 JPEG -> 224x224": (make_photos(out / "photos2000", 2000), 224)}
+    results: dict[str, dict[int, list[float]]] = {}
+    for repeat in range(args.repeats):
+        for name, (folder, side) in sets.items():
+            for workers in (1, 2, 4):
+                batches = 40 if side == 32 else 8
+                rate = pipeline(folder, side, workers, args.batch_size, batches)
+                results.setdefault(name, {}).setdefault(workers, []).append(rate)
+                print(f"[{repeat}] {name}, {workers} threads: {rate:.0f} images/s", flush=True)
+    machine = machine_info()
+    rows = [[name, *(f"{statistics.median(by[w]):.0f}" for w in (1, 2, 4))] for name, by in results.items()]
+    print(machine_line(machine))
+    print(markdown_table(["images", "1 thread", "2 threads", "4 threads"], rows, ["---", "--:", "--:", "--:"]))
+    if args.json:
+        write_json(args.json, {"machine": machine, "args": vars(args), "pipeline": results})
     return 0
 
 
