@@ -56,6 +56,7 @@ class Inspection:
             "prunable_flops_share": self.prunable_flops_share,
             "groups": groups,
             "notes": self.analysis.notes,
+            "cautions": self.analysis.cautions,
         }
 
 

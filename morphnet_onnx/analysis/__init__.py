@@ -155,4 +155,5 @@ def _finish(ctx: Context, name: str) -> Analysis:
         for g in range(n_groups)
     ]
     return Analysis(name=name, groups=groups, sources=ctx.sources, costed=ctx.costed, tensor_ids=dict(ctx.ids),
-                    element_channel=element_channel, element_group=element_group, notes=ctx.notes)
+                    element_channel=element_channel, element_group=element_group, notes=ctx.notes,
+                    cautions=ctx.cautions)

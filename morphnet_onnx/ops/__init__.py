@@ -17,7 +17,7 @@ from .base import (Op, Unsupported, WeightLayout, align, along, channel_axes, cu
                    weight_rows)
 
 __all__ = ["OPS", "Op", "Unsupported", "WeightLayout", "align", "along", "channel_axes", "op_info",
-           "weight_layout", "weight_rows", "weight_from_rows", "output_channel_axis", "bias_input",
+           "weight_layout", "weight_input", "weight_rows", "weight_from_rows", "output_channel_axis", "bias_input",
            "cut_nothing"]
 
 FAMILIES = (conv, dense, norms, elementwise, spatial, routing, shaping, reductions)
@@ -75,13 +75,22 @@ def bias_input(op_type: str) -> int | None:
     return op.bias if op is not None else None
 
 
-def weight_layout(node: onnx.NodeProto, constants) -> WeightLayout | None:
-    """The layout of a Conv/ConvTranspose/Gemm/MatMul whose weight is a constant, else None."""
-    op = OPS.get(node.op_type)
-    if op is None or op.layout is None or len(node.input) < 2 or node.input[1] not in constants:
+def weight_input(node: onnx.NodeProto) -> str | None:
+    """The weight a weighted op (Conv, Gemm, MatMul, an embedding's Gather) reads, or None."""
+    op = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if op is None or op.layout is None or len(node.input) < 2 or not node.input[op.weight]:
         return None
+    return node.input[op.weight]
+
+
+def weight_layout(node: onnx.NodeProto, constants) -> WeightLayout | None:
+    """The layout of a Conv/ConvTranspose/Gemm/MatMul/Gather whose weight is a constant, else None."""
+    weight = weight_input(node)
+    if weight is None or weight not in constants:
+        return None
+    op = OPS[node.op_type]
     slot = op.bias
     bias = node.input[slot] if slot is not None and len(node.input) > slot and node.input[slot] else None
     out_axis, in_axis, groups = op.layout(node)
-    return WeightLayout(node.input[1], bias, out_axis, in_axis, groups)
+    return WeightLayout(weight, bias, out_axis, in_axis, groups)
 

@@ -53,6 +53,7 @@ class Op:
     rule: Rule                          # what the op does to channels, and its cost (analysis)
     cut: Cutter = cut_nothing           # how to slice it to the kept channels (surgery)
     layout: Layout | None = None        # weighted ops: where the channels are in the weight
+    weight: int = 1                     # weighted ops: the slot of the weight (an embedding's table: 0)
     gates_by_scale: bool = False        # a per-channel scale (input 1) gates its output channels
     bias: int | None = None             # slot of the per-channel shift a channel keeps at scale 0
     trainable: tuple[int, ...] = ()     # slots holding learned parameters
@@ -67,6 +68,7 @@ class Op:
     init_transparent: bool = False      # between a weighted op and its activation, changes no init
     channels_at: str | None = None      # "first"/"last": the axis of its output channels (diff)
     check_shapes: ShapeCheck | None = None  # at load: do its weights fit what it reads?
+    reads_removed: bool = False         # its cutter adds back what removed channels hold (statistics)
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,59 @@ def set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
 
 
 def rewrite_shape_input(rw: Rewrite, node: onnx.NodeProto, index: int) -> None:
-    """A constant target shape (Reshape's, Expand's, Resize's sizes) gets the new sizes of the
-    output's channel axes."""
-    out_keep = rw.s.keep(node.output[0])
-    if not out_keep or len(node.input) <= index or not rw.s.view.is_stored(node.input[index]):
+    """A target shape (Reshape's, Expand's) gets the new sizes of the output's channel axes.
+
+    A target computed at run time from shapes (`x.view(B, T, self.num_heads, E // self.num_heads)`
+    with E read from another tensor's shape) becomes a constant: its values at batch 1, the channel
+    axes resized; where the model's batch is symbolic, the entries that follow the batch stay
+    computed (a channel axis among them, heads times the batch, scaled by new / old)."""
+    if len(node.input) <= index or not node.input[index]:
         return
-    target = rw.value_of(node.input[index]).astype(np.int64).copy()
+    tensor = node.input[index]
+    out_keep = rw.s.keep(node.output[0])
+    if rw.s.view.is_stored(tensor):
+        if not out_keep:
+            return
+        target = rw.value_of(tensor).astype(np.int64).copy()
+        for axis, kept in out_keep.items():
+            if axis < len(target) and target[axis] > 0:
+                target[axis] = len(kept)
+        rw.set_input(node, index, target)
+        return
+    value = rw.s.shape_value(tensor)
+    sources = rw.s.shape_sources(tensor)
+    if value is None or not sources or not (out_keep or any(rw.s.has_dead(s) for s in sources)):
+        return
+    old = value.astype(np.int64).reshape(-1)
+    new = old.copy()
     for axis, kept in out_keep.items():
-        if axis < len(target) and target[axis] > 0:
-            target[axis] = len(kept)
-    rw.set_input(node, index, target)
+        if axis < len(new) and new[axis] > 0:
+            new[axis] = len(kept)
+    follows = np.zeros(len(old), dtype=bool)
+    if rw.s.symbolic_batch:
+        at_2 = rw.s.shape_value_at_batch_2(tensor)
+        if at_2 is not None and at_2.size == old.size:
+            follows = at_2.astype(np.int64).reshape(-1) != old
+    if not follows.any():
+        rw.set_input(node, index, new, suffix="static")
+        return
+    scaled = follows & (new != old)
+    computed = _shape_entries(rw, node.name or node.output[0], tensor, follows, scaled, old, new)
+    node.input[index] = computed
+
+
+def _shape_entries(rw: Rewrite, name: str, tensor: str, follows, scaled, old, new) -> str:
+    """computed * follows + (computed / old) * new on the scaled entries + the constant entries."""
+    def const(value) -> str:
+        return rw.add_constant(f"{name}/shape", np.asarray(value, dtype=np.int64))
+
+    def op(op_type: str, inputs: list[str]) -> str:
+        out = rw.unique(f"{name}/shape_{op_type.lower()}")
+        rw.keep_node(onnx.helper.make_node(op_type, inputs, [out], name=out))
+        return out
+
+    kept = op("Mul", [tensor, const((follows & ~scaled).astype(np.int64))])
+    if scaled.any():
+        ratio = op("Div", [tensor, const(np.where(scaled, old, 1))])
+        kept = op("Add", [kept, op("Mul", [ratio, const(np.where(scaled, new, 0))])])
+    return op("Add", [kept, const(np.where(follows, 0, new))])

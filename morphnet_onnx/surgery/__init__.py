@@ -16,11 +16,12 @@ import onnx
 
 from ..analysis import Analysis, node_names
 from ..errors import MorphNetError
-from ..folding import fold_shape_values
+from ..folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node, fold_shape_values
 from ..graph_utils import compress
-from ..io import LoadedModel
+from ..io import LoadedModel, infer_static_shapes
 from ..ops import CHANNEL_NORMS as NORMS
-from ..ops import BROADCASTING, SHAPE_READERS, WEIGHTED, bias_input, cut_nothing, op_info, output_channel_axis
+from ..ops import (BROADCASTING, SHAPE_READERS, WEIGHTED, bias_input, cut_nothing, op_info, output_channel_axis,
+                   weight_input)
 from ..structure import Structure
 from .rewrite import Rewrite
 from .values import evaluate
@@ -59,6 +60,8 @@ class Surgeon:
         self.static_spatial = self._static_spatial()
         self.notes: list[str] = []
         self._shape_values: dict[str, np.ndarray] | None = None
+        self._constant_values: dict[str, np.ndarray | None] = {}
+        self._shape_values_2: dict[str, np.ndarray] | None = None
         self.element_alive = self.structure.element_alive(analysis)
         self.copies = copies
         self._layouts: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
@@ -78,8 +81,72 @@ class Surgeon:
         if value is not None:
             return value
         if self._shape_values is None:
-            self._shape_values = fold_shape_values(self.graph, self.shapes, {}, self.opset)
+            self._shape_values = fold_shape_values(self.graph, self.shapes, self._small_constants(), self.opset)
         return self._shape_values.get(name)
+
+    def _small_constants(self) -> dict[str, np.ndarray]:
+        """Stored constants small enough for shape arithmetic (indices, axes, head counts)."""
+        small = {}
+        for name in self.view.stored_names():
+            meta = self.view.meta(name)
+            if meta is not None and int(np.prod(meta[0])) <= MAX_FOLD_ELEMENTS:
+                small[name] = self.view.value(name)
+        return small
+
+    @property
+    def symbolic_batch(self) -> bool:
+        """Whether a model input declares its first (batch) dimension symbolic."""
+        inits = {t.name for t in self.graph.initializer}
+        for value in self.graph.input:
+            dims = value.type.tensor_type.shape.dim if value.type.tensor_type.HasField("shape") else []
+            if value.name not in inits and dims and not dims[0].HasField("dim_value"):
+                return True
+        return False
+
+    def shape_value_at_batch_2(self, name: str) -> np.ndarray | None:
+        """Value of shape arithmetic with the symbolic batch at 2 (which values follow the batch)."""
+        if self._shape_values_2 is None:
+            shapes, _ = infer_static_shapes(self.model, {}, self.loaded.name, batch=2)
+            self._shape_values_2 = fold_shape_values(self.graph, shapes, self._small_constants(), self.opset)
+        value = self.const(name)
+        return value if value is not None else self._shape_values_2.get(name)
+
+    def shape_sources(self, name: str) -> list[str]:
+        """The tensors whose shapes a computed constant reads (through Shape and Size ops)."""
+        sources, seen, stack = [], set(), [name]
+        while stack:
+            tensor = stack.pop()
+            node = self.view.producer.get(tensor)
+            if node is None or tensor in seen:
+                continue
+            seen.add(tensor)
+            if node.op_type in ("Shape", "Size"):
+                sources.append(node.input[0])
+            else:
+                stack.extend(i for i in node.input if i)
+        return sources
+
+    def depends_on_shapes(self, name: str) -> bool:
+        """Whether a computed constant reads the shape of a tensor (and so, perhaps, the batch)."""
+        return bool(self.shape_sources(name))
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        """Value of a tensor computed from constants alone, whatever its size (a class token expanded
+        to the batch, a position table gathered by constant indices), or None for an activation."""
+        value = self.shape_value(name)
+        if value is not None or not name:
+            return value
+        if name in self._constant_values:
+            return self._constant_values[name]
+        self._constant_values[name] = None  # (a cycle cannot happen in a valid graph; this ends any)
+        node = self.view.producer.get(name)
+        if node is not None and node.op_type not in NOT_FOLDED and node.domain in ("", "ai.onnx"):
+            inputs = [self.constant_value(i) if i else None for i in node.input]
+            if all(v is not None for v, i in zip(inputs, node.input) if i):
+                outputs = evaluate_node(node, inputs, self.opset) or []
+                for out, out_value in zip(node.output, outputs):
+                    self._constant_values[out] = out_value
+        return self._constant_values[name]
 
     def _static_spatial(self) -> bool:
         inits = {t.name for t in self.graph.initializer}
@@ -235,11 +302,81 @@ class Surgeon:
     def _evaluate(self, node, name, full: bool) -> None:
         values = self.input_values(node)
         shapes = [self.shapes.get(i) if i else None for i in node.input]
-        outs = evaluate(node, values, shapes, [self.shapes[o] for o in node.output if o], self.opset)
-        for out, value in zip(node.output, outs):
+        out_shapes = [self.shapes[o] for o in node.output if o]
+        outs = evaluate(node, values, shapes, out_shapes, self.opset)
+        # Zeros stood in for live activations (and for removed positions whose values are not
+        # known): a removed position of the result is known only if it does not depend on them,
+        # which a second evaluation with random values there tells (x * rsqrt(mean(x^2)) in an
+        # RMSNorm depends on the live channels; a head's context softmax(s) @ 0 does not).
+        probe = None if full or node.op_type in NORMS + WEIGHTED else self._probe_values(node)
+        probed = evaluate(node, probe, shapes, out_shapes, self.opset) if probe is not None else None
+        for index, (out, value) in enumerate(zip(node.output, outs)):
             value = self._apply_gate(node, out, value)
             self.val[out] = value
-            self.known[out] = True if full else self._dead_positions(out)
+            if full:
+                self.known[out] = True
+                continue
+            dead = self._dead_positions(out)
+            if probed is not None and isinstance(dead, np.ndarray) and dead.any():
+                shape = np.broadcast_shapes(value.shape, probed[index].shape, dead.shape)
+                a, b = np.broadcast_to(value, shape), np.broadcast_to(probed[index], shape)
+                with np.errstate(invalid="ignore"):
+                    same = np.isclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True) if a.dtype.kind in "fc" else a == b
+                dead = compress(np.broadcast_to(dead, shape) & same)
+            self.known[out] = dead
+
+    def _probe_values(self, node) -> list[np.ndarray | None] | None:
+        """The node's inputs with random values where live or unknown positions are (None: none are)."""
+        values, placeholders = [], False
+        rng = np.random.default_rng(len(self.val))
+        for name in node.input:
+            if not name:
+                values.append(None)
+                continue
+            shape = self.shapes.get(name)
+            if name in self.val:
+                value, known = self.val[name], self.known.get(name, True)
+                if known is True or shape is None or value.dtype.kind != "f" or bool(np.all(known)):
+                    values.append(value)
+                    continue
+                full = np.broadcast_to(value, shape).copy()
+                hole = ~np.broadcast_to(known, shape)
+                full[hole] = rng.normal(size=int(hole.sum())).astype(full.dtype)
+                values.append(full)
+                placeholders = True
+                continue
+            value = self.shape_value(name)
+            if value is not None or shape is None:
+                values.append(value)
+                continue
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(self.loaded.dtypes.get(name, 1) or 1)
+            if np.dtype(dtype).kind != "f":
+                values.append(np.zeros([1] * len(shape), dtype=dtype))
+                continue
+            values.append(rng.normal(size=shape).astype(dtype))
+            placeholders = True
+        return values if placeholders else None
+
+    def unknown_removed(self, tensor: str) -> np.ndarray | None:
+        """Removed positions of `tensor` whose values are not known (a mask), or None when all are."""
+        alive = self.alive(tensor)
+        if alive is None or alive.all():
+            return None
+        known = self.known.get(tensor, False)
+        shape = np.broadcast_shapes(alive.shape, np.shape(known))
+        hole = np.broadcast_to(~alive, shape) & ~np.broadcast_to(known, shape)
+        return hole if hole.any() else None
+
+    def _revive_unknown(self, node, name, tensor: str, why: str) -> set[int]:
+        """The removed channels of `tensor` whose values are not known, kept for exactness."""
+        hole = self.unknown_removed(tensor)
+        if hole is None:
+            return set()
+        ids = np.broadcast_to(self.analysis.tensor_ids[tensor], hole.shape)
+        revive = set(np.unique(ids[hole]).tolist())
+        self.notes.append(f"{name}: {len(revive)} removed channel(s) of {tensor!r} still carry data that {why}; "
+                          f"kept for exactness")
+        return revive
 
     def _dead_positions(self, tensor: str) -> np.ndarray | bool:
         alive = self.alive(tensor)
@@ -249,7 +386,7 @@ class Surgeon:
         """A removed channel leaves a norm with its shift (beta) and a weighted op with its bias."""
         if node.op_type not in NORMS + WEIGHTED or out != node.output[0]:
             return value
-        if node.op_type in WEIGHTED and (len(node.input) < 2 or not self.view.is_stored(node.input[1])):
+        if node.op_type in WEIGHTED and not self.view.is_stored(weight_input(node) or ""):
             return value
         alive = self.alive(out)
         if alive is None or alive.all():
@@ -272,7 +409,7 @@ class Surgeon:
     def _partial(self, node, name, outputs_dead) -> set[int]:
         """Some channels of the op's inputs or outputs are removed: track or fold their values."""
         revive: set[int] = set()
-        if node.op_type in WEIGHTED and len(node.input) > 1 and self.view.is_stored(node.input[1]):
+        if node.op_type in WEIGHTED and self.view.is_stored(weight_input(node) or ""):
             x = node.input[0]
             if self.has_dead(x) and not self.is_empty(node.output[0]):
                 revive |= self._fold(node, name, x)
@@ -281,14 +418,48 @@ class Surgeon:
                 self.val[node.output[0]] = self._apply_gate(node, node.output[0], zero)
                 self.known[node.output[0]] = self._dead_positions(node.output[0])
             return revive
+        info = op_info(node.op_type, node.domain)
+        if info is not None and info.reads_removed:
+            # Its cutter adds the removed channels' values back (ops/statistics.py): they must be known.
+            for tensor in node.input[:1]:
+                revive |= self._revive_unknown(node, name, tensor, f"this {node.op_type} computes over")
+        if node.op_type == "MatMul" and not outputs_dead:
+            revive |= self._contracted(node, name)
         if not outputs_dead:
             # Removed input channels that vanish here (a reduction, a fixed op): nothing to carry.
             return revive
         self._evaluate(node, name, full=False)
         return revive
 
+    def _contracted(self, node, name) -> set[int]:
+        """A MatMul of two activations that contracts removed channels (a single head's dims): their
+        products must add nothing, or those channels stay."""
+        values = self.input_values(node)
+        masked = []
+        for tensor, value in zip(node.input[:2], values[:2]):
+            alive = self.alive(tensor)
+            if alive is None:
+                return set()
+            shape = np.broadcast_shapes(value.shape, alive.shape)
+            masked.append(np.where(np.broadcast_to(alive, shape), 0, np.broadcast_to(value, shape)).astype(value.dtype))
+        shapes = [self.shapes[i] for i in node.input[:2]]
+        contribution = evaluate(node, masked, shapes, [self.shapes[node.output[0]]], self.opset)[0]
+        unknown = any(self.unknown_removed(t) is not None for t in node.input[:2])
+        if not unknown and not np.any(contribution):
+            return set()
+        revive = set()
+        for tensor in node.input[:2]:
+            alive = self.alive(tensor)
+            ids = np.broadcast_to(self.analysis.tensor_ids[tensor], alive.shape)
+            revive |= set(np.unique(ids[~alive]).tolist())
+        self.notes.append(f"{name}: {len(revive)} removed channel(s) it contracts still contribute; kept for exactness")
+        return revive
+
     def _fold(self, node, name, x: str) -> set[int]:
         """Fold the removed input channels' values into the op's output (its bias, or an added map)."""
+        unknown = self._revive_unknown(node, name, x, f"this {node.op_type} reads")
+        if unknown:
+            return unknown
         dead = ~self.alive(x)
         value = self.val.get(x)
         if value is None:

@@ -20,6 +20,7 @@ from ..external import inline_weights
 from ..folding import QUANTIZATION
 from ..graph_utils import drop_dead_nodes
 from ..io import LoadedModel, graph_input_names
+from ..cost import FLOAT_TYPES
 from ..ops import TRAINABLE_INPUTS
 from .rewrites import rewrite_for_training, verify_rewrites
 
@@ -79,7 +80,8 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
             del shape.dim[:]
             for d in dims:
                 shape.dim.add().dim_value = d
-    inits = {t.name for t in graph.initializer}
+    # Only float tensors train (a Gather's input 0 is an embedding table, or integer shape data).
+    inits = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
     del graph.value_info[:]
     for output in graph.output:
         output.type.tensor_type.ClearField("shape")

@@ -37,6 +37,7 @@ from ..errors import MorphNetError
 from ..figs import NOISE, GatePlacement, insert_gates
 from ..graph_utils import drop_dead_nodes
 from ..io import LoadedModel, graph_input_names
+from ..cost import FLOAT_TYPES
 from ..ops import BUFFER_INPUTS, TRAINABLE_INPUTS
 from ..regularizers import EPS, GroupRegularizer
 from .backend import COST_WEIGHTS, StepOutput, logits_of
@@ -102,7 +103,7 @@ def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegu
     for output in graph.output:
         output.type.tensor_type.elem_type = output.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
         output.type.tensor_type.ClearField("shape")
-    inits = {t.name for t in graph.initializer}
+    inits = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}  # (training/graph.py)
     trainable: list[str] = []
     for node in graph.node:
         for index in TRAINABLE_INPUTS.get(node.op_type, ()):
