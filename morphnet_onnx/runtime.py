@@ -36,8 +36,8 @@ def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) 
     """Run one node with onnxruntime on concrete inputs (None for omitted optional inputs)."""
     graph_inputs, feeds = [], {}
     for name, value in zip(node.input, inputs):
-        if not name:
-            continue
+        if not name or name in feeds:
+            continue  # (a node may read one tensor twice: x * x)
         graph_inputs.append(onnx.helper.make_tensor_value_info(
             name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
         feeds[name] = np.asarray(value, order="C")  # (ascontiguousarray would make a scalar 1-D)

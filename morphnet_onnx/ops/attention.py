@@ -56,11 +56,13 @@ def is_activation_matmul(ctx: Context, node: onnx.NodeProto) -> bool:
             and not ctx.is_constant(node.input[0]) and not ctx.is_constant(node.input[1]))
 
 
-def is_head_split(ctx: Context, node: onnx.NodeProto, head_dim: int) -> bool:
-    """Whether a Reshape's output reaches a MatMul of two activations through HEAD_PATH ops, as
-    the operand whose matrix axis there is the candidate head dimension (a Q or K with `head_dim`
-    contracted, a V with `head_dim` columns). nn.MultiheadAttention first reshapes its packed
-    projection to [T, B, 3, E]: E is not the head dimension, a later Reshape splits it."""
+def is_head_split(ctx: Context, node: onnx.NodeProto, heads: int, head_dim: int) -> bool:
+    """Whether a Reshape's output reaches a MatMul of two activations through HEAD_PATH ops, as an
+    operand whose matrix axis there is the candidate head dimension (a Q or K with `head_dim`
+    contracted, a V with `head_dim` columns) or whose batch axes hold the candidate head count
+    (LeViT splits each head's packed key and value dims after the Reshape).
+    nn.MultiheadAttention first reshapes its packed projection to [T, B, 3, E]: neither 3 nor E
+    is there, a later Reshape splits the heads."""
     found, seen, frontier = False, set(), [node.output[0]]
     while frontier and not found and len(seen) < MAX_HEAD_PATH:
         tensor = frontier.pop(0)
@@ -71,7 +73,8 @@ def is_head_split(ctx: Context, node: onnx.NodeProto, head_dim: int) -> bool:
             if is_activation_matmul(ctx, consumer):
                 shape = ctx.shape(tensor) or ()
                 operand_axes = (-1,) if consumer.input[0] == tensor else (-2, -1)
-                if len(shape) >= 2 and any(shape[axis] == head_dim for axis in operand_axes):
+                if len(shape) >= 2 and (any(shape[axis] == head_dim for axis in operand_axes)
+                                        or heads in shape[:-2]):
                     found = True
                     break
                 continue

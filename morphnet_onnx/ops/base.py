@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 import onnx
 
+from ..errors import MorphNetError
 from ..graph_utils import attr, constant_along
 
 if TYPE_CHECKING:
@@ -206,29 +207,46 @@ def rewrite_shape_input(rw: Rewrite, node: onnx.NodeProto, index: int) -> None:
         rw.set_input(node, index, target)
         return
     value = rw.s.shape_value(tensor)
-    sources = rw.s.shape_sources(tensor)
-    if value is None or not sources or not (out_keep or any(rw.s.has_dead(s) for s in sources)):
+    if value is None or not rw.s.shape_sources(tensor):
         return
     old = value.astype(np.int64).reshape(-1)
-    new = old.copy()
+    new = old.copy()  # what the target must hold at batch 1
     for axis, kept in out_keep.items():
         if axis < len(new) and new[axis] > 0:
             new[axis] = len(kept)
-    follows = np.zeros(len(old), dtype=bool)
-    if rw.s.symbolic_batch:
-        at_2 = rw.s.shape_value_at_batch_2(tensor)
-        if at_2 is not None and at_2.size == old.size:
-            follows = at_2.astype(np.int64).reshape(-1) != old
-    if not follows.any():
-        rw.set_input(node, index, new, suffix="static")
+    # What the computation gives in the pruned model, which reads the pruned shapes.
+    pruned = _as_vector(rw.s.pruned_shape_value(tensor), old.size)
+    if not rw.s.symbolic_batch:
+        if pruned is None or not np.array_equal(pruned, new):
+            rw.set_input(node, index, new, suffix="static")
         return
-    scaled = follows & (new != old)
-    computed = _shape_entries(rw, node.name or node.output[0], tensor, follows, scaled, old, new)
-    node.input[index] = computed
+    old_2 = _as_vector(rw.s.shape_value_at_batch_2(tensor), old.size)
+    pruned_2 = _as_vector(rw.s.pruned_shape_value(tensor, batch=2), old.size)
+    follows = old_2 != old if old_2 is not None else np.zeros(old.size, dtype=bool)
+    if not follows.any():
+        if pruned is None or not np.array_equal(pruned, new):
+            rw.set_input(node, index, new, suffix="static")
+        return
+    wanted_2 = np.where(follows, old_2 // np.where(old == 0, 1, old) * new, new)
+    if pruned is not None and pruned_2 is not None and np.array_equal(pruned, new) and np.array_equal(pruned_2, wanted_2):
+        return  # the computation already gives the new sizes (a target read from the input's own shape)
+    if pruned is None or pruned_2 is None or (follows & ((pruned_2 == pruned) | (pruned <= 0))).any():
+        raise MorphNetError(f"{node.name or node.output[0]}: cannot rewrite its computed target shape for a "
+                            f"symbolic batch; export the model with a static batch to prune it")
+    node.input[index] = _shape_entries(rw, node.name or node.output[0], tensor, follows, pruned, new)
 
 
-def _shape_entries(rw: Rewrite, name: str, tensor: str, follows, scaled, old, new) -> str:
-    """computed * follows + (computed / old) * new on the scaled entries + the constant entries."""
+def _as_vector(value, size: int) -> np.ndarray | None:
+    if value is None or np.asarray(value).size != size:
+        return None
+    return np.asarray(value).astype(np.int64).reshape(-1)
+
+
+def _shape_entries(rw: Rewrite, name: str, tensor: str, follows, pruned, new) -> str:
+    """The entries that follow the batch stay computed (scaled by new / what the pruned model
+    computes at batch 1 where those differ: B * H heads), the others become constants."""
+    scaled = follows & (new != pruned)
+
     def const(value) -> str:
         return rw.add_constant(f"{name}/shape", np.asarray(value, dtype=np.int64))
 
@@ -239,6 +257,6 @@ def _shape_entries(rw: Rewrite, name: str, tensor: str, follows, scaled, old, ne
 
     kept = op("Mul", [tensor, const((follows & ~scaled).astype(np.int64))])
     if scaled.any():
-        ratio = op("Div", [tensor, const(np.where(scaled, old, 1))])
+        ratio = op("Div", [tensor, const(np.where(scaled, pruned, 1))])
         kept = op("Add", [kept, op("Mul", [ratio, const(np.where(scaled, new, 0))])])
     return op("Add", [kept, const(np.where(follows, 0, new))])

@@ -66,7 +66,7 @@ def reshape(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     full = np.broadcast_to(ids, in_shape).reshape(out_shape)
     out = compress(full)
     if (node.op_type == "Reshape" and len(channel_axes(out)) > 1
-            and is_head_split(ctx, node, out_shape[channel_axes(out)[-1]])):
+            and is_head_split(ctx, node, out_shape[channel_axes(out)[-2]], out_shape[channel_axes(out)[-1]])):
         ctx.set(node.output[0], split_heads(ctx, out))  # attention heads (ops/attention.py)
         return
     _keep_product(ctx, out)

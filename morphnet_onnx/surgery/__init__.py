@@ -62,6 +62,8 @@ class Surgeon:
         self._shape_values: dict[str, np.ndarray] | None = None
         self._constant_values: dict[str, np.ndarray | None] = {}
         self._shape_values_2: dict[str, np.ndarray] | None = None
+        self._shapes_2: dict[str, tuple[int, ...]] | None = None
+        self._pruned_values: dict[int, dict[str, np.ndarray]] = {}
         self.element_alive = self.structure.element_alive(analysis)
         self.copies = copies
         self._layouts: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
@@ -103,13 +105,36 @@ class Surgeon:
                 return True
         return False
 
+    def _shapes_at_batch_2(self) -> dict[str, tuple[int, ...]]:
+        if self._shapes_2 is None:
+            self._shapes_2, _ = infer_static_shapes(self.model, {}, self.loaded.name, batch=2)
+        return self._shapes_2
+
     def shape_value_at_batch_2(self, name: str) -> np.ndarray | None:
         """Value of shape arithmetic with the symbolic batch at 2 (which values follow the batch)."""
         if self._shape_values_2 is None:
-            shapes, _ = infer_static_shapes(self.model, {}, self.loaded.name, batch=2)
-            self._shape_values_2 = fold_shape_values(self.graph, shapes, self._small_constants(), self.opset)
+            self._shape_values_2 = fold_shape_values(self.graph, self._shapes_at_batch_2(), self._small_constants(),
+                                                     self.opset)
         value = self.const(name)
         return value if value is not None else self._shape_values_2.get(name)
+
+    def pruned_shape_value(self, name: str, batch: int = 1) -> np.ndarray | None:
+        """Value of shape arithmetic in the pruned model (the shapes it reads cut to their kept
+        channels), at batch 1 or, for a symbolic batch, 2."""
+        if batch not in self._pruned_values:
+            base = self.shapes if batch == 1 else self._shapes_at_batch_2()
+            shapes = dict(base)
+            for node in self.graph.node:
+                if node.op_type in ("Shape", "Size") and node.input[0] in base:
+                    tensor = node.input[0]
+                    shape = list(base[tensor])
+                    for axis, kept in self.keep(tensor).items():
+                        if axis < len(shape) and shape[axis] == self.shapes[tensor][axis]:
+                            shape[axis] = len(kept)
+                    shapes[tensor] = tuple(shape)
+            self._pruned_values[batch] = fold_shape_values(self.graph, shapes, self._small_constants(), self.opset)
+        value = self.const(name)
+        return value if value is not None else self._pruned_values[batch].get(name)
 
     def shape_sources(self, name: str) -> list[str]:
         """The tensors whose shapes a computed constant reads (through Shape and Size ops)."""
@@ -327,12 +352,16 @@ class Surgeon:
 
     def _probe_values(self, node) -> list[np.ndarray | None] | None:
         """The node's inputs with random values where live or unknown positions are (None: none are)."""
-        values, placeholders = [], False
+        values, placeholders, seen = [], False, {}
         rng = np.random.default_rng(len(self.val))
         for name in node.input:
             if not name:
                 values.append(None)
                 continue
+            if name in seen:  # one tensor read twice (x * x) gets one probe
+                values.append(values[seen[name]])
+                continue
+            seen[name] = len(values)
             shape = self.shapes.get(name)
             if name in self.val:
                 value, known = self.val[name], self.known.get(name, True)
