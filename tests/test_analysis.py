@@ -5,7 +5,7 @@ import pytest
 
 from builders import Net
 from morphnet_onnx import analyze, load
-from morphnet_onnx.checking import check
+from morphnet_onnx.surgery.checking import check
 
 
 def groups_by_source(model, **kw):

@@ -11,13 +11,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from builders import Net
-from morphnet_onnx import inspect
-from morphnet_onnx.analysis import analyze
-from morphnet_onnx.checking import check
-from morphnet_onnx.io import load
-from morphnet_onnx.pruning import prepare, prune_loaded, verify_model
-from morphnet_onnx.runtime import make_session
-from morphnet_onnx.structure import Structure
+from morphnet_onnx import analyze, inspect, load
+from morphnet_onnx.loading.runtime import make_session
+from morphnet_onnx.surgery.checking import check
+from morphnet_onnx.surgery.pruning import prepare, prune_loaded, verify_model
+from morphnet_onnx.surgery.structure import Structure
 
 TRANSFORMERS_DIR = Path(__file__).parent / "data" / "transformers"
 EXPORTS = sorted(TRANSFORMERS_DIR.glob("*.onnx"))

@@ -62,6 +62,6 @@ OPS = {
                              fresh={1: 1.0, 2: 0.0}, positive=(1,), layer_slots=(1, 2), memory_bound=True,
                              channels_at="last", reads_removed=True),
     "MeanVarianceNormalization": Op(rule=over_axes),
-    "GroupNormalization": Op(rule=mixes_channels, fresh={1: 1.0, 2: 0.0}, channels_at="first"),
+    "GroupNormalization": Op(rule=mixes_channels, fresh={1: 1.0, 2: 0.0}, layer_slots=(1, 2), channels_at="first"),
     "LRN": Op(rule=mixes_channels, channels_at="first"),
 }
