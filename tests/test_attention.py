@@ -212,3 +212,25 @@ def test_llama_groups_heads_by_kv_head_and_ties_gate_and_up(path):
     swiglu = [group for group in analysis.prunable_groups if group.width == 128]
     assert all(len(group.sources) == 2 for group in swiglu)  # gate and up projections together
     assert heads is not None
+
+
+def test_fused_attention_of_onnxruntimes_optimizer_is_kept_with_a_hint():
+    """com.microsoft::MultiHeadAttention hides its heads in one node: what it reads stays, inspect says
+    why and what to do, and the rest of the model still prunes exactly."""
+    tokens, width = 4, 8
+    net = Net(input_shape=(1, tokens, width))
+    x = net.matmul("input", width, width, name="embed")
+    q, k, v = (net.matmul(x, width, width, name=n) for n in ("q", "k", "v"))
+    net.nodes.append(helper.make_node("MultiHeadAttention", [q, k, v], ["context"], name="mha", domain="com.microsoft",
+                                      num_heads=2))
+    hidden = net.op("Relu", [net.matmul("context", width, 16, name="fc1")])
+    model = net.model(net.matmul(hidden, 16, 3, name="fc2"), output_shapes={"fc2_out": [1, tokens, 3]})
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model.graph.value_info.append(helper.make_tensor_value_info("context", TensorProto.FLOAT, [1, tokens, width]))
+    report = inspect(model)
+    assert any("fused attention" in note and "before onnxruntime.transformers.optimizer" in note
+               for note in report.analysis.notes)
+    groups = {s: g for g in report.analysis.groups for s in g.sources}
+    assert not groups["q"].prunable and groups["fc1"].prunable and groups["embed"].prunable
+    result = check(model, fraction=0.5, seed=0)
+    assert result.passed and result.groups_pruned == 2, result  # the MLP and what feeds q, k and v

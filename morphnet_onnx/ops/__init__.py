@@ -17,6 +17,7 @@ from __future__ import annotations
 import onnx
 
 from . import conv, dense, elementwise, norms, reductions, routing, shaping, spatial
+from .attention import FUSED
 from .base import Op, Unsupported, WeightLayout, align, along, channel_axes, cut_nothing, weight_from_rows, weight_rows
 
 __all__ = ["OPS", "Op", "Unsupported", "WeightLayout", "align", "along", "channel_axes", "op_info",
@@ -37,6 +38,11 @@ def _registry() -> dict[str, Op]:
 
 
 OPS: dict[str, Op] = _registry()
+
+
+def unknown_op_hint(op_type: str, domain: str) -> str:
+    """What to do about an op no family teaches, when there is something to say (fused attention)."""
+    return FUSED.get(f"{domain}::{op_type}", "")
 
 
 def op_info(op_type: str, domain: str = "") -> Op | None:

@@ -43,6 +43,25 @@ if TYPE_CHECKING:
 
 # Ops between a head split and the attention MatMul: they keep the heads where they are (or move
 # them: Transpose, Reshape), scale them, or apply the rotary embedding along the head dimension.
+# onnxruntime's transformer optimizer fuses attention and norms into contrib ops, which hide the
+# heads and the embedding width inside one node: not pruned (what they read stays), with this hint.
+_FUSED_HINT = ("; onnxruntime's transformer optimizer wrote it: prune the model exported by torch (before "
+               "onnxruntime.transformers.optimizer), then optimize the pruned one")
+FUSED = {f"com.microsoft::{op_type}": f" (fused {what}: its {kept} stay){_FUSED_HINT}" for op_type, what, kept in (
+    ("Attention", "attention with its QKV weights", "heads and inputs"),
+    ("MultiHeadAttention", "attention", "heads"),
+    ("GroupQueryAttention", "grouped-query attention", "query and KV heads"),
+    ("PackedAttention", "attention", "heads"),
+    ("PackedMultiHeadAttention", "attention", "heads"),
+    ("SkipLayerNormalization", "residual add and LayerNorm", "embedding width channels"),
+    ("SkipSimplifiedLayerNormalization", "residual add and RMSNorm", "embedding width channels"),
+    ("SimplifiedLayerNormalization", "RMSNorm", "embedding width channels"),
+    ("EmbedLayerNormalization", "embeddings and LayerNorm", "embedding width channels"),
+    ("BiasGelu", "bias and GELU", "MLP hidden units"),
+    ("FastGelu", "bias and GELU", "MLP hidden units"),
+    ("RotaryEmbedding", "rotary embedding", "heads"),
+)}
+
 HEAD_PATH = frozenset({
     "Transpose", "Reshape", "Mul", "Div", "Add", "Sub", "Neg", "Cast", "Identity", "Slice", "Concat", "Split",
     "Unsqueeze", "Squeeze", "Expand", "Tile", "Where", "Gather", "Dropout", "Sigmoid", "Tanh",
