@@ -5,6 +5,7 @@ import pytest
 
 from builders import Net
 from morphnet_onnx import analyze, load
+from morphnet_onnx.surgery.checking import check
 
 
 def groups_by_source(model, **kw):
@@ -175,7 +176,8 @@ def test_keep_regex_pins_matching_ops():
     ("LpNormalization", {"axis": 1}, False),
     ("LpNormalization", {"axis": -1}, True),
     ("LRN", {"size": 3}, False),
-    ("ReduceMean", {"axes": [1], "keepdims": 1}, False),
+    ("ReduceMean", {"axes": [1], "keepdims": 1}, True),  # exact with the removed channels added back
+    ("ReduceMax", {"axes": [1], "keepdims": 1}, False),
     ("InstanceNormalization", None, True),
 ])
 def test_ops_that_mix_channels(op, attrs, prunable):
@@ -185,13 +187,13 @@ def test_ops_that_mix_channels(op, attrs, prunable):
         y = net.op(op, [x, net.const(np.ones(8, np.float32)), net.const(np.zeros(8, np.float32))])
     else:
         y = net.op(op, [x], **attrs)
-    c_out = 1 if op == "ReduceMean" else 8
+    c_out = 1 if op.startswith("Reduce") else 8
     out = net.conv(y, c_out, 2, name="head")
     analysis, g = groups_by_source(net.model(out))
     assert g["c"].prunable is prunable
 
 
-def test_layernorm_over_channels_is_unprunable_but_mlp_hidden_is():
+def test_layernorm_over_channels_passes_them_with_a_caution():
     net = Net(input_shape=(1, 5, 16))
     x = net.matmul("input", 16, 16, name="proj")
     ln = net.op("LayerNormalization", [x, net.const(np.ones(16, np.float32)), net.const(np.zeros(16, np.float32))],
@@ -199,18 +201,28 @@ def test_layernorm_over_channels_is_unprunable_but_mlp_hidden_is():
     h = net.op("Relu", [net.matmul(ln, 16, 32, name="fc1")])
     out = net.matmul(h, 32, 16, name="fc2")
     analysis, g = groups_by_source(net.model(out))
-    assert not g["proj"].prunable and "LayerNormalization" in g["proj"].reasons[0]
-    assert g["fc1"].prunable and g["fc1"].width == 32
+    assert g["proj"].prunable and g["fc1"].prunable and g["fc1"].width == 32
+    assert "fc1" not in g["proj"].sources
+    assert any("LayerNormalization" in c and "exact when the removed channels hold constants" in c
+               for c in analysis.cautions)
 
 
-def test_attention_matmul_of_activations_is_fixed_with_reason():
+def test_single_head_attention_ties_query_and_key_dims():
     net = Net(input_shape=(1, 5, 8))
     q = net.matmul("input", 8, 8, name="q")
     k = net.matmul("input", 8, 8, name="k")
     scores = net.op("MatMul", [q, net.op("Transpose", [k], perm=[0, 2, 1])])
     out = net.op("Softmax", [scores], axis=-1)
     analysis, g = groups_by_source(net.model(out))
-    assert not g["q"].prunable and "attention" in g["q"].reasons[0]
+    assert g["q"] is g["k"] and g["q"].prunable and g["q"].width == 8
+
+
+def test_matmul_contracting_channels_with_a_tensor_without_them_pins_them():
+    net = Net(input_shape=(1, 5, 8))
+    q = net.matmul("input", 8, 8, name="q")
+    scores = net.op("MatMul", [q, net.op("Transpose", ["input"], perm=[0, 2, 1])])
+    analysis, g = groups_by_source(net.model(net.op("Softmax", [scores], axis=-1)))
+    assert not g["q"].prunable and "contracts channels" in g["q"].reasons[0]
 
 
 def test_broadcast_of_a_single_channel_map_fixes_it():
@@ -293,8 +305,9 @@ def test_shapes_after_a_custom_op_come_from_its_declared_output():
     assert any("com.example::FusedThing" in r for r in g["c1"].reasons)
 
 
-def test_reshape_target_read_from_another_tensor_pins_that_tensor():
-    """timm's lambda layer: out.reshape(B, C, H, W) with C read from the layer's input."""
+def test_reshape_target_read_from_another_tensor_is_rewritten_not_pinned():
+    """timm's lambda layer: out.reshape(B, C, H, W) with C read from the layer's input. Surgery writes
+    the target anew (ops/base.py: rewrite_shape_input), so the input prunes apart from the output."""
     net = Net(input_shape=(1, 3, 4, 4), batch="N")
     x = net.relu(net.conv("input", 3, 8, name="c1"))
     y = net.conv(x, 8, 8, name="c2")
@@ -302,8 +315,11 @@ def test_reshape_target_read_from_another_tensor_pins_that_tensor():
     flat = net.op("Reshape", [y, net.const(np.array([0, 8, 16], np.int64))])
     back = net.op("Reshape", [flat, shape])
     out = net.conv(back, 8, 2, name="head")
-    analysis, g = groups_by_source(net.model(out))
-    assert not g["c1"].prunable and "sets the target" in g["c1"].reasons[0]
+    model = net.model(out)
+    analysis, g = groups_by_source(model)
+    assert g["c1"].prunable and g["c2"].prunable and g["c1"] is not g["c2"]
+    result = check(model, fraction=0.5, seed=0)  # a symbolic batch: compared at batch 2
+    assert result.passed and result.groups_pruned == 2, result
 
 
 def test_reshape_target_from_its_own_shape_stays_prunable():

@@ -28,16 +28,16 @@ def test_check_passes(path, fraction):
     result = check(path, fraction=fraction, seed=1)
     assert result.passed, result
     assert result.flops_after < result.flops_before
-    if "convnext" not in path.stem:
-        assert result.prunable_flops_share > 0.9
+    assert result.prunable_flops_share > 0.9
     if fraction == 1.0 and "shufflenet" not in path.stem:
         assert result.groups_removed > 0  # whole branches go
 
 
-def test_convnext_fails_safe_with_reasons():
-    """LayerNorm over channels pins the residual stream; the MLP hidden layers still prune."""
+def test_convnext_prunes_its_residual_streams_through_layer_norm():
+    """LayerNorm over the channels passes them (ops/statistics.py): every stage's stream prunes too."""
     result = check(TORCHVISION_DIR / "convnext_tiny_folded.onnx", fraction=0.5)
-    assert result.passed and 0.5 < result.prunable_flops_share < 1.0
+    assert result.passed and result.prunable_flops_share == 1.0 and result.groups_pruned == 22, result
+    assert any("LayerNormalization" in note for note in result.notes)
 
 
 def test_a_model_exported_in_training_mode_checks_what_its_outputs_compute():

@@ -242,3 +242,15 @@ def test_no_writer_bypasses_the_atomic_functions():
             if raw.search(line):
                 found.add((str(path.relative_to(REPO / "morphnet_onnx")), function))
     assert found <= allowed, found - allowed
+
+
+def test_optional_outputs_left_out_are_not_tensors_written_twice():
+    """'' names an optional output left out (onnxruntime's SkipLayerNormalization leaves out its mean
+    and inverse deviation): two nodes may both leave theirs out."""
+    net = Net(input_shape=(1, 4, 8))
+    x = "input"
+    for index in range(2):
+        x = net.op("LayerNormalization", [x, net.const(np.ones(8, np.float32))], outputs=[f"ln{index}", "", f"inv{index}"],
+                   axis=-1)[0]
+    loaded = load(net.model(x))
+    assert loaded.shapes["ln1"] == (1, 4, 8)

@@ -335,3 +335,20 @@ def test_lp_normalization_over_space_prunes_exactly():
     out = net.conv(net.op("LpNormalization", [x], axis=-1, p=2), 8, 2, name="head")
     result = check(net.model(out), fraction=0.5)
     assert result.passed and result.groups_pruned >= 1 and result.flops_after < result.flops_before
+
+
+def test_a_mean_over_space_keeps_its_channels_when_some_go():
+    """torch's dynamo exporter writes AdaptiveAvgPool2d(1) as a ReduceMean over the spatial axes: its
+    channels are cut like any element-wise op's, nothing added back (the sums written out over
+    channels are for means *over* the channels, as in RMSNorm). Found by docs/tutorial.md's CNN: with
+    half of every group removed the written model failed onnx's checker (the removed channels' means
+    were added back over the full width)."""
+    from conftest import REPO
+
+    model = REPO / "tests" / "data" / "torch" / "first_contact" / "resnet18_dynamo.onnx"
+    loaded, analysis = prepare(model)
+    groups = [{"id": g.id, "alive_count": max(1, g.width // 2)} for g in analysis.groups if g.prunable]
+    result = prune(model, {"groups": groups}, approximate_borders=True)
+    means = [n for n in result.model.graph.node if n.name == "node_mean"]
+    assert [n.op_type for n in means] == ["ReduceMean"]
+    assert 0.2 < result.flops_after / result.flops_before < 0.35

@@ -32,6 +32,8 @@ class Context:
         self.fixed: list[tuple[np.ndarray, str]] = []  # (elements, why they cannot be pruned)
         self.touched: list[tuple[str, np.ndarray]] = []  # (op, elements it reads or writes)
         self.notes: list[str] = []
+        self.memo: dict = {}
+        self.cautions: list[str] = []  # what is exact only under a condition (ops/statistics.py)  # what an op family computes once per pass (ops/attention.py: head splits)
         # Tensors computed from constants alone (or from a static shape), found during the walk:
         # name -> (shape, dtype, the node computing it); stored constants are the view's.
         self.folded: dict[str, tuple[tuple[int, ...], int, onnx.NodeProto]] = {}

@@ -12,7 +12,7 @@ import onnx
 
 from ..loading.model import LoadedModel
 from ..ops import CHANNEL_NORMS as NORMS
-from ..ops import WEIGHTED, along, output_channel_axis, weight_layout, weight_rows
+from ..ops import WEIGHTED, along, output_channel_axis, weight_input, weight_layout, weight_rows
 from .groups import Analysis
 from .walk import node_names
 
@@ -23,6 +23,8 @@ def gate_ops(analysis: Analysis, loaded: LoadedModel):
     for node, name in zip(graph.node, node_names(graph)):
         if node.op_type not in NORMS + WEIGHTED or not node.output:
             continue
+        if node.op_type in WEIGHTED and not loaded.view.is_stored(weight_input(node) or ""):
+            continue  # weights computed at run time, or a Gather of activations
         out = node.output[0]
         ids = analysis.tensor_ids.get(out)
         if ids is None:
@@ -81,10 +83,10 @@ def gate_magnitudes(analysis: Analysis, loaded: LoadedModel) -> dict[int, np.nda
                 sel = groups == g
                 np.maximum.at(bn_mag[g], channels[sel], np.abs(scale.reshape(-1)[sel]))
         else:
-            weight = view.value(node.input[1])
+            weight = view.value(weight_input(node))
             if weight is None:
                 continue
-            norms = row_norms(weight_rows(weight_layout(node, {node.input[1]: weight}), weight))
+            norms = row_norms(weight_rows(weight_layout(node, {weight_input(node): weight}), weight))
             if len(norms) != len(positions):
                 continue
             for g in np.unique(groups):

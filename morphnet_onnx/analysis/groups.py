@@ -125,6 +125,7 @@ class Analysis:
     element_channel: np.ndarray  # element id -> channel index within its group
     element_group: np.ndarray  # element id -> group id
     notes: list[str] = field(default_factory=list)  # ops not understood etc.
+    cautions: list[str] = field(default_factory=list)  # what prunes exactly only under a condition
 
     @property
     def prunable_groups(self) -> list[Group]:

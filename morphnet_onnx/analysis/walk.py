@@ -10,7 +10,7 @@ import onnx
 from ..errors import MorphNetError
 from ..graph_utils import node_reads
 from ..loading.model import LoadedModel
-from ..ops import MEMORY_BOUND, Unsupported, op_info
+from ..ops import MEMORY_BOUND, Unsupported, op_info, unknown_op_hint
 from .context import Context
 from .groups import Analysis, CostedOp, Group, Source, UnionFind
 
@@ -50,7 +50,7 @@ def analyze(loaded: LoadedModel, keep: list[str] | None = None) -> Analysis:
         try:
             if info is None:
                 label = f"{domain}::{node.op_type}" if domain else node.op_type
-                raise Unsupported(f"op type {label} is not understood")
+                raise Unsupported(f"op type {label} is not understood" + unknown_op_hint(node.op_type, domain))
             info.rule(ctx, node, op)
             if node.op_type in MEMORY_BOUND:
                 _memory_cost(ctx, node, op)
@@ -155,4 +155,5 @@ def _finish(ctx: Context, name: str) -> Analysis:
         for g in range(n_groups)
     ]
     return Analysis(name=name, groups=groups, sources=ctx.sources, costed=ctx.costed, tensor_ids=dict(ctx.ids),
-                    element_channel=element_channel, element_group=element_group, notes=ctx.notes)
+                    element_channel=element_channel, element_group=element_group, notes=ctx.notes,
+                    cautions=ctx.cautions)

@@ -58,6 +58,7 @@ class Inspection:
             "prunable_flops_share": self.prunable_flops_share,
             "groups": groups,
             "notes": self.analysis.notes,
+            "cautions": self.analysis.cautions,
         }
 
 

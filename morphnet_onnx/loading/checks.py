@@ -22,7 +22,9 @@ def check_graph(model: onnx.ModelProto, name: str) -> None:
     labels = [node.name or f"{node.op_type}_{index}" for index, node in enumerate(graph.node)]
     for node, label in zip(graph.node, labels):
         for out in node.output:
-            if out in writers or (out and out in defined):
+            if not out:
+                continue  # an optional output left out (com.microsoft::SkipLayerNormalization's mean)
+            if out in writers or out in defined:
                 first = writers.get(out, "an input or initializer")
                 raise MorphNetError(f"{name}: tensor {out!r} is written twice ({first} and node {label!r}); "
                                     f"the graph is malformed: re-export the model")

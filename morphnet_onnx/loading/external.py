@@ -184,7 +184,7 @@ class Spill:
         self.fh = os.fdopen(fd, "wb")
 
     def tensor(self, value: np.ndarray, name: str) -> onnx.TensorProto:
-        value = np.ascontiguousarray(value)
+        value = np.asarray(value, order="C")  # (ascontiguousarray makes a scalar 1-D)
         dtype = _numpy_dtype(onnx.helper.np_dtype_to_tensor_dtype(value.dtype)) if value.dtype.kind in "biufc" else None
         if dtype is None or value.nbytes < SIZE_THRESHOLD:
             return onnx.numpy_helper.from_array(value, name)
@@ -201,7 +201,7 @@ class Spill:
 def make_tensor(value: np.ndarray, name: str, spill: Spill | None) -> onnx.TensorProto:
     """A new initializer: in the spill file when there is one (a model held on disk), else in memory."""
     if spill is None:
-        return onnx.numpy_helper.from_array(np.ascontiguousarray(value), name)
+        return onnx.numpy_helper.from_array(np.asarray(value, order="C"), name)
     return spill.tensor(value, name)
 
 

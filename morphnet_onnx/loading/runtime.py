@@ -69,11 +69,11 @@ def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) 
     """Run one node with onnxruntime on concrete inputs (None for omitted optional inputs)."""
     graph_inputs, feeds = [], {}
     for name, value in zip(node.input, inputs):
-        if not name:
-            continue
+        if not name or name in feeds:
+            continue  # (a node may read one tensor twice: x * x)
         graph_inputs.append(onnx.helper.make_tensor_value_info(
             name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
-        feeds[name] = np.ascontiguousarray(value)
+        feeds[name] = np.asarray(value, order="C")  # (ascontiguousarray would make a scalar 1-D)
     outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in node.output if n]
     graph = onnx.helper.make_graph([node], "node", graph_inputs, outputs)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", max(opset, 7))])

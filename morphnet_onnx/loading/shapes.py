@@ -27,7 +27,7 @@ def parse_input_shapes(specs: list[str] | None) -> InputShapes:
     return shapes
 
 
-def _static_input_dims(model: onnx.ModelProto, overrides: InputShapes, name: str) -> InputShapes:
+def _static_input_dims(model: onnx.ModelProto, overrides: InputShapes, name: str, batch: int = 1) -> InputShapes:
     """Every model input's shape with the batch dim at 1; other unknown dims must come from overrides."""
     dims_by_input: InputShapes = {}
     inputs = {i.name: i for i in model.graph.input}
@@ -45,7 +45,7 @@ def _static_input_dims(model: onnx.ModelProto, overrides: InputShapes, name: str
             dims = list(overrides[input_name])
             declared = tensor_type.shape.dim if tensor_type.HasField("shape") else []
             if declared and dims and not declared[0].HasField("dim_value"):
-                dims[0] = 1  # the batch: costs are per example
+                dims[0] = batch  # the batch: costs are per example (surgery also asks for 2)
             dims_by_input[input_name] = tuple(dims)
             continue
         if not tensor_type.HasField("shape"):
@@ -55,7 +55,7 @@ def _static_input_dims(model: onnx.ModelProto, overrides: InputShapes, name: str
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 dims.append(dim.dim_value)
             elif axis == 0:
-                dims.append(1)  # batch: costs are per example
+                dims.append(batch)  # batch: costs are per example (surgery also asks for 2)
             else:
                 shown = "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
                                  for d in tensor_type.shape.dim)
@@ -94,14 +94,15 @@ def skeleton(model: onnx.ModelProto, max_kept_elements: int = 64) -> onnx.ModelP
     return out
 
 
-def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name: str) -> tuple[dict, dict]:
+def infer_static_shapes(model: onnx.ModelProto, input_shapes: InputShapes, name: str,
+                        batch: int = 1) -> tuple[dict, dict]:
     """Shapes and dtypes of every tensor at batch 1 (dims shape inference cannot fix stay unknown: -1).
 
     onnx's shape inference stops at Reshapes whose target is computed at run time; with static input
     shapes those targets are constants, so they are folded and inference runs again until nothing
     new is learned.
     """
-    dims_by_input = _static_input_dims(model, input_shapes, name)
+    dims_by_input = _static_input_dims(model, input_shapes, name, batch)
     light = skeleton(model)
     for value in light.graph.input:
         if value.name in dims_by_input:

@@ -27,7 +27,7 @@ from ..analysis.gates import gate_ops, prunable_groups_at
 from ..analysis.groups import Analysis
 from ..loading.model import LoadedModel
 from ..ops import CHANNEL_NORMS as NORMS
-from ..ops import WeightLayout, weight_layout, weight_rows
+from ..ops import WeightLayout, weight_input, weight_layout, weight_rows
 
 REGULARIZERS = ("auto", "gamma", "group-lasso", "figs")
 GROUPINGS = ("max", "l2")
@@ -61,9 +61,10 @@ def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "aut
         n.output[0] for n in loaded.model.graph.node if n.op_type == "Constant"}
     prunable = {g.id for g in analysis.prunable_groups}
     for node, _, positions in gate_ops(analysis, loaded):
-        if len(node.input) < 2 or node.input[1] not in inits:
-            continue
         member_kind = "gamma" if node.op_type in NORMS else "rows"
+        param = node.input[1] if member_kind == "gamma" else weight_input(node)
+        if len(node.input) < 2 or param not in inits:
+            continue
         if member_kind == "rows" and node.op_type == "ConvTranspose":
             continue
         for group_id, mine, channels in prunable_groups_at(analysis, positions, prunable):
@@ -77,7 +78,7 @@ def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "aut
                      for k in range(repeats)]
             mask = np.array([1.0 if p else 0.0 for p in per_channel], dtype=np.float32)
             layout = weight_layout(node, inits) if member_kind == "rows" else None
-            member = Member(node.input[1], member_kind, layout, picks, mask)
+            member = Member(param, member_kind, layout, picks, mask)
             by_group.setdefault(group_id, {}).setdefault(member_kind, []).append(member)
     result = []
     for group in analysis.prunable_groups:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import onnx
 
 from . import conv, dense, elementwise, norms, reductions, routing, shaping, spatial
+from .attention import FUSED
 from .base import Op, Unsupported, WeightLayout, align, along, channel_axes, cut_nothing, weight_from_rows, weight_rows
 
 __all__ = ["OPS", "Op", "Unsupported", "WeightLayout", "align", "along", "channel_axes", "op_info",
-           "weight_layout", "weight_rows", "weight_from_rows", "output_channel_axis", "bias_input",
+           "weight_layout", "weight_input", "weight_rows", "weight_from_rows", "output_channel_axis", "bias_input",
            "cut_nothing"]
 
 FAMILIES = (conv, dense, norms, elementwise, spatial, routing, shaping, reductions)
@@ -37,6 +38,11 @@ def _registry() -> dict[str, Op]:
 
 
 OPS: dict[str, Op] = _registry()
+
+
+def unknown_op_hint(op_type: str, domain: str) -> str:
+    """What to do about an op no family teaches, when there is something to say (fused attention)."""
+    return FUSED.get(f"{domain}::{op_type}", "")
 
 
 def op_info(op_type: str, domain: str = "") -> Op | None:
@@ -78,13 +84,22 @@ def bias_input(op_type: str) -> int | None:
     return op.bias if op is not None else None
 
 
-def weight_layout(node: onnx.NodeProto, constants) -> WeightLayout | None:
-    """The layout of a Conv/ConvTranspose/Gemm/MatMul whose weight is a constant, else None."""
-    op = OPS.get(node.op_type)
-    if op is None or op.layout is None or len(node.input) < 2 or node.input[1] not in constants:
+def weight_input(node: onnx.NodeProto) -> str | None:
+    """The weight a weighted op (Conv, Gemm, MatMul, an embedding's Gather) reads, or None."""
+    op = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if op is None or op.layout is None or len(node.input) < 2 or not node.input[op.weight]:
         return None
+    return node.input[op.weight]
+
+
+def weight_layout(node: onnx.NodeProto, constants) -> WeightLayout | None:
+    """The layout of a Conv/ConvTranspose/Gemm/MatMul/Gather whose weight is a constant, else None."""
+    weight = weight_input(node)
+    if weight is None or weight not in constants:
+        return None
+    op = OPS[node.op_type]
     slot = op.bias
     bias = node.input[slot] if slot is not None and len(node.input) > slot and node.input[slot] else None
     out_axis, in_axis, groups = op.layout(node)
-    return WeightLayout(node.input[1], bias, out_axis, in_axis, groups)
+    return WeightLayout(weight, bias, out_axis, in_axis, groups)
 

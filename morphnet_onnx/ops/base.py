@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 import onnx
 
+from ..errors import MorphNetError
 from ..graph_utils import attr, constant_along
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Op:
     rule: Rule                          # what the op does to channels, and its cost (analysis)
     cut: Cutter = cut_nothing           # how to slice it to the kept channels (surgery)
     layout: Layout | None = None        # weighted ops: where the channels are in the weight
+    weight: int = 1                     # weighted ops: the slot of the weight (an embedding's table: 0)
     gates_by_scale: bool = False        # a per-channel scale (input 1) gates its output channels
     bias: int | None = None             # slot of the per-channel shift a channel keeps at scale 0
     trainable: tuple[int, ...] = ()     # slots holding learned parameters
@@ -67,6 +69,7 @@ class Op:
     init_transparent: bool = False      # between a weighted op and its activation, changes no init
     channels_at: str | None = None      # "first"/"last": the axis of its output channels (diff)
     check_shapes: ShapeCheck | None = None  # at load: do its weights fit what it reads?
+    reads_removed: bool = False         # its cutter adds back what removed channels hold (statistics)
 
 
 @dataclass(frozen=True)
@@ -184,13 +187,76 @@ def set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
 
 
 def rewrite_shape_input(rw: Rewrite, node: onnx.NodeProto, index: int) -> None:
-    """A constant target shape (Reshape's, Expand's, Resize's sizes) gets the new sizes of the
-    output's channel axes."""
-    out_keep = rw.s.keep(node.output[0])
-    if not out_keep or len(node.input) <= index or not rw.s.view.is_stored(node.input[index]):
+    """A target shape (Reshape's, Expand's) gets the new sizes of the output's channel axes.
+
+    A target computed at run time from shapes (`x.view(B, T, self.num_heads, E // self.num_heads)`
+    with E read from another tensor's shape) becomes a constant: its values at batch 1, the channel
+    axes resized; where the model's batch is symbolic, the entries that follow the batch stay
+    computed (a channel axis among them, heads times the batch, scaled by new / old)."""
+    if len(node.input) <= index or not node.input[index]:
         return
-    target = rw.value_of(node.input[index]).astype(np.int64).copy()
+    tensor = node.input[index]
+    out_keep = rw.s.keep(node.output[0])
+    if rw.s.view.is_stored(tensor):
+        if not out_keep:
+            return
+        target = rw.value_of(tensor).astype(np.int64).copy()
+        for axis, kept in out_keep.items():
+            if axis < len(target) and target[axis] > 0:
+                target[axis] = len(kept)
+        rw.set_input(node, index, target)
+        return
+    value = rw.s.shape_value(tensor)
+    if value is None or not rw.s.shape_sources(tensor):
+        return
+    old = value.astype(np.int64).reshape(-1)
+    new = old.copy()  # what the target must hold at batch 1
     for axis, kept in out_keep.items():
-        if axis < len(target) and target[axis] > 0:
-            target[axis] = len(kept)
-    rw.set_input(node, index, target)
+        if axis < len(new) and new[axis] > 0:
+            new[axis] = len(kept)
+    # What the computation gives in the pruned model, which reads the pruned shapes.
+    pruned = _as_vector(rw.s.pruned_shape_value(tensor), old.size)
+    if not rw.s.symbolic_batch:
+        if pruned is None or not np.array_equal(pruned, new):
+            rw.set_input(node, index, new, suffix="static")
+        return
+    old_2 = _as_vector(rw.s.shape_value_at_batch_2(tensor), old.size)
+    pruned_2 = _as_vector(rw.s.pruned_shape_value(tensor, batch=2), old.size)
+    follows = old_2 != old if old_2 is not None else np.zeros(old.size, dtype=bool)
+    if not follows.any():
+        if pruned is None or not np.array_equal(pruned, new):
+            rw.set_input(node, index, new, suffix="static")
+        return
+    wanted_2 = np.where(follows, old_2 // np.where(old == 0, 1, old) * new, new)
+    if pruned is not None and pruned_2 is not None and np.array_equal(pruned, new) and np.array_equal(pruned_2, wanted_2):
+        return  # the computation already gives the new sizes (a target read from the input's own shape)
+    if pruned is None or pruned_2 is None or (follows & ((pruned_2 == pruned) | (pruned <= 0))).any():
+        raise MorphNetError(f"{node.name or node.output[0]}: cannot rewrite its computed target shape for a "
+                            f"symbolic batch; export the model with a static batch to prune it")
+    node.input[index] = _shape_entries(rw, node.name or node.output[0], tensor, follows, pruned, new)
+
+
+def _as_vector(value, size: int) -> np.ndarray | None:
+    if value is None or np.asarray(value).size != size:
+        return None
+    return np.asarray(value).astype(np.int64).reshape(-1)
+
+
+def _shape_entries(rw: Rewrite, name: str, tensor: str, follows, pruned, new) -> str:
+    """The entries that follow the batch stay computed (scaled by new / what the pruned model
+    computes at batch 1 where those differ: B * H heads), the others become constants."""
+    scaled = follows & (new != pruned)
+
+    def const(value) -> str:
+        return rw.add_constant(f"{name}/shape", np.asarray(value, dtype=np.int64))
+
+    def op(op_type: str, inputs: list[str]) -> str:
+        out = rw.unique(f"{name}/shape_{op_type.lower()}")
+        rw.keep_node(onnx.helper.make_node(op_type, inputs, [out], name=out))
+        return out
+
+    kept = op("Mul", [tensor, const((follows & ~scaled).astype(np.int64))])
+    if scaled.any():
+        ratio = op("Div", [tensor, const(np.where(scaled, pruned, 1))])
+        kept = op("Add", [kept, op("Mul", [ratio, const(np.where(scaled, new, 0))])])
+    return op("Add", [kept, const(np.where(follows, 0, new))])

@@ -1,6 +1,6 @@
 """Gemm and MatMul by a constant weight (Linear layers): sources of one channel per output feature,
 on the last axis. Gemm's weight is [K, N] ([N, K] with transB), bias input 2; MatMul's is [K, N]. A
-MatMul of two activations (attention) is costed but its channels are pinned.
+MatMul of two activations (attention) follows the heads (ops/attention.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from ..graph_utils import attr
+from .attention import matmul_activations
 from .base import Op, Unsupported, along, keep_on, take_axes
 from .conv import fix_inputs_and_cost
 
@@ -46,7 +47,7 @@ def gemm(ctx: Context, node: onnx.NodeProto, op: str) -> None:
 
 def matmul(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     """MatMul by a weight (x @ W, W of shape [K, N]) creates N channels on the last axis. A MatMul of
-    two activations (attention scores, attention x values) is counted but its channels are fixed."""
+    two activations (attention scores, attention x values) follows ops/attention.py."""
     a, b = node.input[0], node.input[1]
     out = node.output[0]
     a_shape, b_shape, out_shape = ctx.require_shape(a), ctx.require_shape(b), ctx.require_shape(out)
@@ -56,8 +57,7 @@ def matmul(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     rows = ctx.per_example(int(np.prod(out_shape[:-1])))
     n = out_shape[-1]
     if not ctx.is_constant(b):
-        fix_inputs_and_cost(ctx, node, op, "MatMul of two activations (attention) is not pruned",
-                            2.0 * rows * k * n, 0)
+        matmul_activations(ctx, node, op)
         return
     if len(b_shape) != 2:
         fix_inputs_and_cost(ctx, node, op, f"MatMul by a {len(b_shape)}-D constant is not pruned",

@@ -66,11 +66,14 @@ def combine(ctx: Context, op: str, operands: list[str], out_shape: tuple[int, ..
             ctx.fix(ids, f"{op}: broadcast across the channels of another operand")
         else:
             kept.append(ids)
+    computed_constants = []
     for name in plain:
         shape = (1,) * (rank - len(ctx.require_shape(name))) + tuple(ctx.require_shape(name))
         if any(shape[a] > 1 for a in axes) and not ctx.is_constant(name):
             for ids in kept:
                 ctx.fix(ids, f"{op}: combined with {name!r}, a computed tensor with no channel structure")
+        elif any(shape[a] > 1 for a in axes) and ctx.is_constant(name) and name in ctx.folded:
+            computed_constants.append(name)
     if not kept:
         return None
     first = kept[0]
@@ -84,7 +87,52 @@ def combine(ctx: Context, op: str, operands: list[str], out_shape: tuple[int, ..
     if not skip_axes:
         shape = tuple(max(k.shape[a] for k in kept) for a in range(rank))
         first = np.broadcast_to(first, shape)
+    for name in computed_constants:
+        adopt_constant(ctx, name, first if not skip_axes else first.take([0], axis=skip_axes[0]))
     return first
+
+
+# Ops through which a constant computed from a stored one keeps its channels where they were.
+ADOPTING = ("Expand", "Identity", "Cast", "Gather")
+
+
+def adopt_constant(ctx: Context, name: str, ids: np.ndarray) -> None:
+    """A constant computed from a stored one (a class token expanded to the batch, a position table
+    gathered by positions) and combined with channels takes their ids, back to the stored tensor,
+    so that surgery cuts the stored tensor and the ops in between keep working at any batch size.
+    Chains through other ops are left to surgery's constant folding (ops/elementwise.py)."""
+    chain, tensor = [], name
+    channel = [a for a in range(ids.ndim) if ids.shape[a] > 1]
+    mapping = {a: a - ids.ndim for a in channel}  # channel axis -> the same axis counted from the end
+    while True:
+        shape = ctx.shape(tensor)
+        if shape is None or any(-axis > len(shape) or shape[axis] != ids.shape[a] for a, axis in mapping.items()):
+            return
+        chain.append((tensor, dict(mapping)))
+        if ctx.view.is_stored(tensor):
+            break
+        node = ctx.folded.get(tensor, (None, None, None))[2]
+        if node is None or node.op_type not in ADOPTING:
+            return
+        if node.op_type == "Gather":
+            data = ctx.shape(node.input[0])
+            if data is None or len(data) != 2 or set(mapping.values()) != {-1}:
+                return  # a table [P, D] gathered by positions: only its columns carry channels
+        tensor = node.input[0]
+    for tensor, axes in chain:
+        rank = len(ctx.shape(tensor))
+        own = np.ones(rank, dtype=np.int64).tolist()
+        for a, axis in axes.items():
+            own[axis] = ids.shape[a]
+        values = ids
+        for a in range(ids.ndim):
+            if a not in axes:
+                values = values.take([0], axis=a)
+        values = values.reshape(own)
+        if tensor in ctx.ids:
+            ctx.tie(ctx.ids[tensor], values)
+        else:
+            ctx.set(tensor, values)
 
 
 def elementwise(ctx: Context, node: onnx.NodeProto, op: str) -> None:
@@ -100,9 +148,9 @@ def cut_elementwise(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
         return
     rank = len(rw.s.shapes[node.output[0]])
     for index, tensor in enumerate(node.input):
-        if not tensor or not rw.s.view.is_stored(tensor):
+        value = constant_operand(rw, tensor)
+        if value is None:
             continue  # activations, or constants already cut (left by removed branches)
-        value = rw.value_of(tensor)
         aligned = value.reshape((1,) * (rank - value.ndim) + value.shape)
         changed = False
         for axis, kept in out_keep.items():
@@ -111,6 +159,20 @@ def cut_elementwise(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
                 changed = True
         if changed:
             rw.set_input(node, index, aligned.reshape(aligned.shape[rank - value.ndim:]))
+
+
+def constant_operand(rw: Rewrite, tensor: str) -> np.ndarray | None:
+    """The value of an operand that is a parameter: stored, or computed from constants (a class
+    token expanded by an Expand, a position table gathered by constant indices), else None."""
+    if not tensor:
+        return None
+    if rw.s.view.is_stored(tensor):
+        return rw.value_of(tensor)
+    if rw.s.ids.get(tensor) is not None or tensor in rw.s.known:
+        return None
+    if rw.s.symbolic_batch and rw.s.depends_on_shapes(tensor):
+        return None  # its value at batch 1 would not fit other batches
+    return rw.s.constant_value(tensor)
 
 
 # Activations that zero (or nearly) negative inputs: the weights before them get He initialisation.

@@ -15,6 +15,7 @@ import onnx
 from .base import Op, keep_on, per_channel_problem
 from .elementwise import same_channels
 from .reductions import over_axes
+from .statistics import cut_layer_norm
 
 if TYPE_CHECKING:
     from ..analysis.context import Context
@@ -56,8 +57,10 @@ OPS = {
     "BatchNormalization": Op(buffers=(3, 4), fresh={1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0}, positive=(1, 4),
                              layer_slots=(1, 2, 3, 4), **_CHANNEL_NORM),
     "InstanceNormalization": Op(fresh={1: 1.0, 2: 0.0}, positive=(1,), layer_slots=(1, 2), **_CHANNEL_NORM),
-    "LayerNormalization": Op(rule=over_axes, trainable=(1, 2), fresh={1: 1.0, 2: 0.0}, layer_slots=(1, 2),
-                             channels_at="last"),
+    # Over the channels (the embedding width of a transformer) its scale gates them (ops/statistics.py).
+    "LayerNormalization": Op(rule=over_axes, cut=cut_layer_norm, gates_by_scale=True, bias=2, trainable=(1, 2),
+                             fresh={1: 1.0, 2: 0.0}, positive=(1,), layer_slots=(1, 2), memory_bound=True,
+                             channels_at="last", reads_removed=True),
     "MeanVarianceNormalization": Op(rule=over_axes),
     "GroupNormalization": Op(rule=mixes_channels, fresh={1: 1.0, 2: 0.0}, layer_slots=(1, 2), channels_at="first"),
     "LRN": Op(rule=mixes_channels, channels_at="first"),

@@ -1,6 +1,7 @@
 """Ops along axes: reductions (ReduceMean, ArgMax, ...) and normalizations over an axis (Softmax,
 LpNormalization, CumSum). Over a non-channel axis the channels pass through; over the channel axis they are pinned,
-since removing a channel would change every result."""
+since removing a channel would change every result, except for sums and means over every channel axis
+and a LayerNormalization over the channels, which surgery rewrites exactly (ops/statistics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import TYPE_CHECKING
 import onnx
 
 from ..graph_utils import attr
-from .base import Op, Unsupported, channel_axes, const_ints
+from .base import Op, Unsupported, channel_axes, const_ints, cut_nothing
+from .statistics import SUMMING, caution, cut_reduce, layer_norm
 
 if TYPE_CHECKING:
     from ..analysis.context import Context
@@ -39,6 +41,8 @@ def over_axes(ctx: Context, node: onnx.NodeProto, op: str) -> None:
         # Before opset 13 Softmax flattened every axis from `axis` on into one.
         axes = [axis] if ctx.loaded.opset >= 13 else list(range(axis, rank))
     over = [a for a in channel_axes(ids) if a in axes]
+    if over and node.op_type == "LayerNormalization" and layer_norm(ctx, node, op, axes):
+        return  # the embedding width (ops/statistics.py)
     if over:
         ctx.fix(ids, f"{op}: {node.op_type} over the channel axis {over[0]}")
     ctx.set(node.output[0], ids)
@@ -59,6 +63,9 @@ def reduce(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     keepdims = attr(node, "keepdims", 1)
     channels = channel_axes(ids)
     if any(a in channels for a in axes):
+        if all(a in axes for a in channels) and node.op_type in SUMMING:
+            caution(ctx, node, op)  # a sum or mean over the channels: exact with the removed ones added back
+            return
         ctx.fix(ids, f"{op}: {node.op_type} over the channel axis")
         if all(a in axes for a in channels):
             return  # no channels left in the result
@@ -75,7 +82,8 @@ REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Re
           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
 
 OPS = {
-    **{op_type: Op(rule=reduce) for op_type in REDUCE},
+    **{op_type: Op(rule=reduce, cut=cut_reduce if op_type in SUMMING else cut_nothing, reads_removed=op_type in SUMMING)
+       for op_type in REDUCE},
     **{op_type: Op(rule=over_axes) for op_type in ("Softmax", "LogSoftmax", "Hardmax", "CumSum",
                                                                     "LpNormalization")},
 }

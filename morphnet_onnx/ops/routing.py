@@ -11,7 +11,8 @@ import onnx
 from ..errors import MorphNetError
 from ..graph_utils import attr
 from .base import Op, Unsupported, align, along, channel_axes, const_ints, keep_on, set_ints
-from .elementwise import combine
+from .elementwise import combine, constant_operand
+from .embedding import cut_embedding, embedding, embedding_layout, is_embedding
 
 if TYPE_CHECKING:
     from ..analysis.context import Context
@@ -57,6 +58,26 @@ def _concat_other_axis(ctx, op, inputs, out_shape, axis):
     return ids.take([0], axis=axis).reshape(shape)
 
 
+def cut_concat(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
+    """Constant inputs joined along another axis (ViT's class token before the patches) lose the
+    removed channels."""
+    out_keep = rw.s.keep(node.output[0])
+    if not out_keep:
+        return
+    rank = len(rw.s.shapes[node.output[0]])
+    axis = attr(node, "axis") % rank
+    for index, tensor in enumerate(node.input):
+        value = constant_operand(rw, tensor)
+        if value is None or value.ndim != rank:
+            continue
+        sliced = value
+        for channel_axis, kept in out_keep.items():
+            if channel_axis != axis and sliced.shape[channel_axis] > 1:
+                sliced = sliced.take(kept, axis=channel_axis)
+        if sliced is not value:
+            rw.set_input(node, index, sliced)
+
+
 def split(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     ids = ctx.get(node.input[0])
     if ids is None:
@@ -98,6 +119,8 @@ def slice_(ctx: Context, node: onnx.NodeProto, op: str) -> None:
 def gather(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     ids = ctx.get(node.input[0])
     if ids is None:
+        if is_embedding(ctx, node):
+            embedding(ctx, node, op)
         return
     axis = attr(node, "axis", 0) % ids.ndim
     if ids.shape[axis] > 1:
@@ -177,6 +200,8 @@ def cut_slice(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
 
 
 def cut_gather(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
+    if cut_embedding(rw, node, name):
+        return
     in_shape, axis, keep = _axis_keep(rw, node)
     if keep is None:
         return
@@ -192,8 +217,9 @@ def cut_gather(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
 
 
 OPS = {
-    "Concat": Op(rule=concat, memory_bound=True, init_transparent=True),
+    "Concat": Op(rule=concat, cut=cut_concat, memory_bound=True, init_transparent=True),
     "Split": Op(rule=split, cut=cut_split),
     "Slice": Op(rule=slice_, cut=cut_slice),
-    "Gather": Op(rule=gather, cut=cut_gather),
+    # A token embedding (ops/embedding.py) is a weighted op whose weight, the table, is input 0.
+    "Gather": Op(rule=gather, cut=cut_gather, layout=embedding_layout, weight=0, trainable=(0,), channels_at="last"),
 }

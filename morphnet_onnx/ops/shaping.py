@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 
 from ..graph_utils import attr, compress
-from .base import MAX_TRACE_ELEMENTS, Op, Unsupported, align, channel_axes, const_ints, rewrite_shape_input
+from .attention import is_head_split, split_heads
+from .base import MAX_TRACE_ELEMENTS, Op, Unsupported, align, channel_axes, const_ints, rewrite_shape_input, take_axes
 
 if TYPE_CHECKING:
     from ..analysis.context import Context
@@ -29,7 +30,6 @@ def transpose(ctx: Context, node: onnx.NodeProto, op: str) -> None:
 
 
 def expand(ctx: Context, node: onnx.NodeProto, op: str) -> None:
-    _pin_shape_sources(ctx, node, op)
     ids = ctx.get(node.input[0])
     if ids is None:
         return
@@ -51,10 +51,9 @@ def reshape(ctx: Context, node: onnx.NodeProto, op: str) -> None:
     to features c*H*W .. c*H*W+H*W-1). A channel axis split into several (a channel shuffle's
     [N,G,C/G,H,W], attention heads) must stay a product to remain reshapable after pruning, so the
     positions are tied across all but the longest channel axis: each keeps or loses the same
-    indices (ShuffleNet's two halves lose channel i together, attention heads the same head dims).
+    indices (ShuffleNet's two halves lose channel i together). A Reshape that splits attention heads
+    (one reaching a MatMul of two activations) ties each head's dims instead: whole heads go.
     """
-    if node.op_type == "Reshape":
-        _pin_shape_sources(ctx, node, op)
     ids = ctx.get(node.input[0])
     if ids is None:
         return
@@ -65,17 +64,12 @@ def reshape(ctx: Context, node: onnx.NodeProto, op: str) -> None:
         raise Unsupported(f"tensor too large to trace ({int(np.prod(in_shape))} elements)")
     full = np.broadcast_to(ids, in_shape).reshape(out_shape)
     out = compress(full)
+    if (node.op_type == "Reshape" and len(channel_axes(out)) > 1
+            and is_head_split(ctx, node, out_shape[channel_axes(out)[-2]], out_shape[channel_axes(out)[-1]])):
+        ctx.set(node.output[0], split_heads(ctx, out))  # attention heads (ops/attention.py)
+        return
     _keep_product(ctx, out)
     ctx.set(node.output[0], out)
-
-
-def _pin_shape_sources(ctx: Context, node: onnx.NodeProto, op: str) -> None:
-    """A target shape read at run time from *another* tensor (timm's lambda layer reshapes to its
-    input's channel count) would stop fitting once that tensor loses channels: pin them. Reading
-    the reshaped tensor's own shape is fine (ShuffleNet's x.view(n, g, c // g, h, w))."""
-    for tensor in ctx.shape_sources(node.input[1]):
-        if tensor != node.input[0]:
-            ctx.fix(ctx.get(tensor), f"{op}: its shape sets the target of this Reshape")
 
 
 def _keep_product(ctx: Context, ids: np.ndarray) -> None:
@@ -91,14 +85,27 @@ def _keep_product(ctx: Context, ids: np.ndarray) -> None:
 
 
 def cut_target_shape(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
+    """A target shape read at run time from other tensors' shapes (timm's lambda layer reshapes to
+    its input's channel count, nn.MultiheadAttention to the embedding width) is rewritten with the
+    new sizes (ops/base.py), so those tensors may lose channels."""
     rewrite_shape_input(rw, node, 1)
+
+
+def cut_expand(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
+    """Expand's target, and a constant it expands (ViT's class token, given channel ids by the op
+    that adds or concatenates it: ops/elementwise.py) cut to the kept channels."""
+    rewrite_shape_input(rw, node, 1)
+    if rw.s.view.is_stored(node.input[0]):
+        keep = rw.s.keep(node.input[0])
+        if keep:
+            rw.set_input(node, 0, take_axes(rw.value_of(node.input[0]), keep))
 
 
 OPS = {
     "Reshape": Op(rule=reshape, cut=cut_target_shape, init_transparent=True),
     **{op_type: Op(rule=reshape, init_transparent=True) for op_type in ("Flatten", "Squeeze", "Unsqueeze")},
     "Transpose": Op(rule=transpose, init_transparent=True),
-    "Expand": Op(rule=expand, cut=cut_target_shape),
+    "Expand": Op(rule=expand, cut=cut_expand),
     "Tile": Op(rule=tile),
     "Shape": Op(rule=no_channels, reads_shape_only=True),
     "Size": Op(rule=no_channels, reads_shape_only=True),

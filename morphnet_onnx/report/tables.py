@@ -71,6 +71,8 @@ def print_inspection(report: Inspection, console: Console | None = None) -> None
         console.print(f"[W] opset {report.loaded.upgraded_from} upgraded to {report.loaded.opset} for analysis")
     for note in report.analysis.notes:
         console.print(f"[W] not understood, channels kept: {note}")
+    for caution in report.analysis.cautions:
+        console.print(f"[W] {caution}")
 
 
 def print_cycle(result, console: Console | None = None) -> None:

@@ -18,13 +18,22 @@ from ..analysis.groups import Analysis
 from ..analysis.walk import node_names
 from ..errors import MorphNetError
 from ..graph_utils import compress
-from ..loading.folding import fold_shape_values
 from ..loading.model import LoadedModel
-from ..ops import BROADCASTING, SHAPE_READERS, WEIGHTED, bias_input, cut_nothing, op_info, output_channel_axis
+from ..ops import (
+    BROADCASTING,
+    SHAPE_READERS,
+    WEIGHTED,
+    bias_input,
+    cut_nothing,
+    op_info,
+    output_channel_axis,
+    weight_input,
+)
 from ..ops import CHANNEL_NORMS as NORMS
 from .rewrite import Rewrite
+from .shapes import ShapeArithmetic
 from .structure import Structure
-from .values import evaluate
+from .values import Probes, evaluate
 
 
 @dataclass
@@ -35,7 +44,7 @@ class SurgeryResult:
     removed_ops: list[str] = field(default_factory=list)
 
 
-class Surgeon:
+class Surgeon(ShapeArithmetic, Probes):
     """Surgery state for one model and one structure. With `copies` (how many times every analysis
     element appears in the result, 1 or more) it widens instead: every run of positions that one
     channel holds along a channel axis is repeated that many times, the copies right after it, so
@@ -59,7 +68,7 @@ class Surgeon:
         self.graph_outputs = {o.name for o in self.graph.output}
         self.static_spatial = self._static_spatial()
         self.notes: list[str] = []
-        self._shape_values: dict[str, np.ndarray] | None = None
+        self._init_shape_arithmetic()
         self.element_alive = self.structure.element_alive(analysis)
         self.copies = copies
         self._layouts: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
@@ -72,15 +81,6 @@ class Surgeon:
     def const(self, name: str) -> np.ndarray | None:
         """The value of an initializer or Constant of the original model (None for anything else)."""
         return self.view.value(name, computed=False)
-
-    def shape_value(self, name: str) -> np.ndarray | None:
-        """Value of a constant or of shape arithmetic (at batch 1) in the original model."""
-        value = self.const(name)
-        if value is not None:
-            return value
-        if self._shape_values is None:
-            self._shape_values = fold_shape_values(self.graph, self.shapes, {}, self.opset)
-        return self._shape_values.get(name)
 
     def _static_spatial(self) -> bool:
         inits = {t.name for t in self.graph.initializer}
@@ -236,11 +236,28 @@ class Surgeon:
     def _evaluate(self, node, name, full: bool) -> None:
         values = self.input_values(node)
         shapes = [self.shapes.get(i) if i else None for i in node.input]
-        outs = evaluate(node, values, shapes, [self.shapes[o] for o in node.output if o], self.opset)
-        for out, value in zip(node.output, outs):
+        out_shapes = [self.shapes[o] for o in node.output if o]
+        outs = evaluate(node, values, shapes, out_shapes, self.opset)
+        # Zeros stood in for live activations (and for removed positions whose values are not
+        # known): a removed position of the result is known only if it does not depend on them,
+        # which a second evaluation with random values there tells (x * rsqrt(mean(x^2)) in an
+        # RMSNorm depends on the live channels; a head's context softmax(s) @ 0 does not).
+        probe = None if full or node.op_type in NORMS + WEIGHTED else self._probe_values(node)
+        probed = evaluate(node, probe, shapes, out_shapes, self.opset) if probe is not None else None
+        for index, (out, value) in enumerate(zip(node.output, outs)):
             value = self._apply_gate(node, out, value)
             self.val[out] = value
-            self.known[out] = True if full else self._dead_positions(out)
+            if full:
+                self.known[out] = True
+                continue
+            dead = self._dead_positions(out)
+            if probed is not None and isinstance(dead, np.ndarray) and dead.any():
+                shape = np.broadcast_shapes(value.shape, probed[index].shape, dead.shape)
+                a, b = np.broadcast_to(value, shape), np.broadcast_to(probed[index], shape)
+                with np.errstate(invalid="ignore"):
+                    same = np.isclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True) if a.dtype.kind in "fc" else a == b
+                dead = compress(np.broadcast_to(dead, shape) & same)
+            self.known[out] = dead
 
     def _dead_positions(self, tensor: str) -> np.ndarray | bool:
         alive = self.alive(tensor)
@@ -250,7 +267,7 @@ class Surgeon:
         """A removed channel leaves a norm with its shift (beta) and a weighted op with its bias."""
         if node.op_type not in NORMS + WEIGHTED or out != node.output[0]:
             return value
-        if node.op_type in WEIGHTED and (len(node.input) < 2 or not self.view.is_stored(node.input[1])):
+        if node.op_type in WEIGHTED and not self.view.is_stored(weight_input(node) or ""):
             return value
         alive = self.alive(out)
         if alive is None or alive.all():
@@ -273,7 +290,7 @@ class Surgeon:
     def _partial(self, node, name, outputs_dead) -> set[int]:
         """Some channels of the op's inputs or outputs are removed: track or fold their values."""
         revive: set[int] = set()
-        if node.op_type in WEIGHTED and len(node.input) > 1 and self.view.is_stored(node.input[1]):
+        if node.op_type in WEIGHTED and self.view.is_stored(weight_input(node) or ""):
             x = node.input[0]
             if self.has_dead(x) and not self.is_empty(node.output[0]):
                 revive |= self._fold(node, name, x)
@@ -282,6 +299,13 @@ class Surgeon:
                 self.val[node.output[0]] = self._apply_gate(node, node.output[0], zero)
                 self.known[node.output[0]] = self._dead_positions(node.output[0])
             return revive
+        info = op_info(node.op_type, node.domain)
+        if info is not None and info.reads_removed:
+            # Its cutter adds the removed channels' values back (ops/statistics.py): they must be known.
+            for tensor in node.input[:1]:
+                revive |= self._revive_unknown(node, name, tensor, f"this {node.op_type} computes over")
+        if node.op_type == "MatMul" and not outputs_dead:
+            revive |= self._contracted(node, name)
         if not outputs_dead:
             # Removed input channels that vanish here (a reduction, a fixed op): nothing to carry.
             return revive
@@ -290,6 +314,9 @@ class Surgeon:
 
     def _fold(self, node, name, x: str) -> set[int]:
         """Fold the removed input channels' values into the op's output (its bias, or an added map)."""
+        unknown = self._revive_unknown(node, name, x, f"this {node.op_type} reads")
+        if unknown:
+            return unknown
         dead = ~self.alive(x)
         value = self.val.get(x)
         if value is None:

@@ -76,3 +76,92 @@ def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], shapes: list
     full = [np.broadcast_to(v, s).copy() if v is not None and s is not None and v.shape != tuple(s) else v
             for v, s in zip(inputs, shapes)]
     return [compress(np.asarray(out)) for out in run_node(node, full, opset)]
+
+
+class Probes:
+    """Which removed values are known, as a mixin of the Surgeon (surgery/apply.py): a removed
+    position is known when it does not depend on live activations, which a second evaluation with
+    random values where they are tells; channels whose values an op needs but are not known are kept.
+    Needs `val`, `known`, `shapes`, `loaded`, `alive`, `analysis`, `notes`, `input_values`,
+    `shape_value` and `opset` of the Surgeon."""
+
+    def _probe_values(self, node) -> list[np.ndarray | None] | None:
+        """The node's inputs with random values where live or unknown positions are (None: none are)."""
+        values, placeholders, seen = [], False, {}
+        rng = np.random.default_rng(len(self.val))
+        for name in node.input:
+            if not name:
+                values.append(None)
+                continue
+            if name in seen:  # one tensor read twice (x * x) gets one probe
+                values.append(values[seen[name]])
+                continue
+            seen[name] = len(values)
+            shape = self.shapes.get(name)
+            if name in self.val:
+                value, known = self.val[name], self.known.get(name, True)
+                if known is True or shape is None or value.dtype.kind != "f" or bool(np.all(known)):
+                    values.append(value)
+                    continue
+                full = np.broadcast_to(value, shape).copy()
+                hole = ~np.broadcast_to(known, shape)
+                full[hole] = rng.normal(size=int(hole.sum())).astype(full.dtype)
+                values.append(full)
+                placeholders = True
+                continue
+            value = self.shape_value(name)
+            if value is not None or shape is None:
+                values.append(value)
+                continue
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(self.loaded.dtypes.get(name, 1) or 1)
+            if np.dtype(dtype).kind != "f":
+                values.append(np.zeros([1] * len(shape), dtype=dtype))
+                continue
+            values.append(rng.normal(size=shape).astype(dtype))
+            placeholders = True
+        return values if placeholders else None
+
+    def unknown_removed(self, tensor: str) -> np.ndarray | None:
+        """Removed positions of `tensor` whose values are not known (a mask), or None when all are."""
+        alive = self.alive(tensor)
+        if alive is None or alive.all():
+            return None
+        known = self.known.get(tensor, False)
+        shape = np.broadcast_shapes(alive.shape, np.shape(known))
+        hole = np.broadcast_to(~alive, shape) & ~np.broadcast_to(known, shape)
+        return hole if hole.any() else None
+
+    def _revive_unknown(self, node, name, tensor: str, why: str) -> set[int]:
+        """The removed channels of `tensor` whose values are not known, kept for exactness."""
+        hole = self.unknown_removed(tensor)
+        if hole is None:
+            return set()
+        ids = np.broadcast_to(self.analysis.tensor_ids[tensor], hole.shape)
+        revive = set(np.unique(ids[hole]).tolist())
+        self.notes.append(f"{name}: {len(revive)} removed channel(s) of {tensor!r} still carry data that {why}; "
+                          f"kept for exactness")
+        return revive
+
+    def _contracted(self, node, name) -> set[int]:
+        """A MatMul of two activations that contracts removed channels (a single head's dims): their
+        products must add nothing, or those channels stay."""
+        values = self.input_values(node)
+        masked = []
+        for tensor, value in zip(node.input[:2], values[:2]):
+            alive = self.alive(tensor)
+            if alive is None:
+                return set()
+            shape = np.broadcast_shapes(value.shape, alive.shape)
+            masked.append(np.where(np.broadcast_to(alive, shape), 0, np.broadcast_to(value, shape)).astype(value.dtype))
+        shapes = [self.shapes[i] for i in node.input[:2]]
+        contribution = evaluate(node, masked, shapes, [self.shapes[node.output[0]]], self.opset)[0]
+        unknown = any(self.unknown_removed(t) is not None for t in node.input[:2])
+        if not unknown and not np.any(contribution):
+            return set()
+        revive = set()
+        for tensor in node.input[:2]:
+            alive = self.alive(tensor)
+            ids = np.broadcast_to(self.analysis.tensor_ids[tensor], alive.shape)
+            revive |= set(np.unique(ids[~alive]).tolist())
+        self.notes.append(f"{name}: {len(revive)} removed channel(s) it contracts still contribute; kept for exactness")
+        return revive

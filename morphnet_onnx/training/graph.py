@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import inliner, version_converter
 
+from ..cost.resources import FLOAT_TYPES
 from ..errors import MorphNetError, first_line
 from ..graph_utils import drop_dead_nodes, graph_input_names
 from ..loading.external import inline_weights
@@ -82,7 +83,8 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
             del shape.dim[:]
             for d in dims:
                 shape.dim.add().dim_value = d
-    inits = {t.name for t in graph.initializer}
+    # Only float tensors train (a Gather's input 0 is an embedding table, or integer shape data).
+    inits = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
     del graph.value_info[:]
     for output in graph.output:
         output.type.tensor_type.ClearField("shape")

@@ -15,6 +15,7 @@ import onnx
 import torch  # this module is imported only for --backend torch
 from torch import fx, nn
 
+from ..cost.resources import FLOAT_TYPES
 from ..errors import MorphNetError
 from ..graph_utils import attr, drop_dead_nodes, graph_input_names
 from ..loading.external import inline_weights
@@ -95,7 +96,7 @@ def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegu
     for output in graph.output:
         output.type.tensor_type.elem_type = output.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
         output.type.tensor_type.ClearField("shape")
-    inits = {t.name for t in graph.initializer}
+    inits = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}  # (training/graph.py)
     trainable: list[str] = []
     for node in graph.node:
         for index in TRAINABLE_INPUTS.get(node.op_type, ()):
