@@ -11,9 +11,9 @@ import weakref
 import numpy as np
 import onnx
 import pytest
+from builders import Net, small_bn_net
 from PIL import Image
 
-from builders import Net, small_bn_net
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
 from morphnet_onnx.loading.model import load

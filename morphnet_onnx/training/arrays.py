@@ -84,7 +84,7 @@ def _map_npz(path: Path) -> dict[str, np.ndarray]:
     compressed = []
     with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
         for info in archive.infolist():
-            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            key = info.filename.removesuffix(".npy")
             mapped = _map_member(path, fh, info) if info.compress_type == zipfile.ZIP_STORED else None
             if mapped is None:
                 with archive.open(info) as member:

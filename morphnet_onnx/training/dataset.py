@@ -10,9 +10,9 @@ from a folder (images.py). `batches` is the one place that orders examples: the 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import onnx
