@@ -234,3 +234,22 @@ def test_fused_attention_of_onnxruntimes_optimizer_is_kept_with_a_hint():
     assert not groups["q"].prunable and groups["fc1"].prunable and groups["embed"].prunable
     result = check(model, fraction=0.5, seed=0)
     assert result.passed and result.groups_pruned == 2, result  # the MLP and what feeds q, k and v
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_a_mean_over_space_passes_removed_channels_untouched(keepdims):
+    """torch's dynamo export writes global average pooling as ReduceMean over H, W: the channels pass
+    through, the mean is not rewritten (only statistics over the channels are, ops/statistics.py)."""
+    net = Net(input_shape=(1, 3, 8, 8))
+    x = net.relu(net.bn(net.conv("input", 3, 8, name="c1"), 8))
+    pooled = net.op("ReduceMean", [x, net.const(np.array([-1, -2], np.int64))], keepdims=keepdims)
+    flat = net.op("Reshape", [pooled, net.const(np.array([1, 8], np.int64))])
+    model = net.model(net.gemm(flat, 8, 3, name="fc"))
+    model.opset_import[0].version = 18
+    result = check(model, fraction=0.5, seed=0)
+    assert result.passed and result.groups_pruned == 1, result
+    loaded, analysis = prepare(model)
+    structure = Structure.full(analysis)
+    structure.alive[analysis.prunable_groups[0].id][:4] = False
+    pruned = prune_loaded(loaded, analysis, structure).model
+    assert [n.op_type for n in pruned.graph.node].count("ReduceMean") == 1

@@ -103,9 +103,26 @@ class Emitter:
         del node.attribute[:]
 
 
-def _axes_of(rw: Rewrite, node: onnx.NodeProto, rank: int) -> list[int]:
+def _channel_axes(rw: Rewrite, tensor: str) -> list[int]:
+    ids = rw.s.ids.get(tensor)
+    return [] if ids is None else [a for a in range(ids.ndim) if ids.shape[a] > 1]
+
+
+def computes_over_channels(surgeon, node: onnx.NodeProto) -> bool:
+    """Whether a reduction or LayerNormalization computes over channel axes of its input (surgery
+    then needs the removed channels' values; over space they pass through)."""
+    ids = surgeon.ids.get(node.input[0])
+    if ids is None:
+        return False
+    rank = ids.ndim
+    axes = list(range(attr(node, "axis", -1) % rank, rank)) if node.op_type == "LayerNormalization" \
+        else _axes_of(surgeon, node, rank)
+    return any(ids.shape[a] > 1 for a in axes)
+
+
+def _axes_of(surgeon, node: onnx.NodeProto, rank: int) -> list[int]:
     if len(node.input) > 1 and node.input[1]:
-        value = rw.s.shape_value(node.input[1])
+        value = surgeon.shape_value(node.input[1])
         axes = [] if value is None else [int(a) for a in value.reshape(-1)]
     else:
         axes = list(attr(node, "axes", []) or [])
@@ -123,7 +140,9 @@ def cut_reduce(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
         return
     shape = rw.s.shapes[x]
     rank = len(shape)
-    axes = _axes_of(rw, node, rank)
+    axes = _axes_of(rw.s, node, rank)
+    if not set(axes) & set(_channel_axes(rw, x)):
+        return  # over space (global pooling): the channels pass through, nothing to add back
     keepdims = attr(node, "keepdims", 1)
     fn = {"ReduceSum": lambda v: v, "ReduceMean": lambda v: v, "ReduceL1": np.abs}.get(node.op_type, np.square)
     added, _ = _removed(rw, x, axes, fn)
@@ -169,7 +188,7 @@ def cut_layer_norm(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
                     aligned = aligned.take(kept, axis=axis - start)
             params[slot] = aligned
             changed[slot] = aligned.reshape(aligned.shape[aligned.ndim - value.ndim:])
-    if alive is None or alive.all() or rw.s.copies is not None:
+    if alive is None or alive.all() or rw.s.copies is not None or not set(axes) & set(_channel_axes(rw, x)):
         # Nothing removed, or widening (expand): the op stays, its scale and shift cut or repeated.
         if keep:
             for slot, value in changed.items():
