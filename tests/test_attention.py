@@ -234,3 +234,47 @@ def test_fused_attention_of_onnxruntimes_optimizer_is_kept_with_a_hint():
     assert not groups["q"].prunable and groups["fc1"].prunable and groups["embed"].prunable
     result = check(model, fraction=0.5, seed=0)
     assert result.passed and result.groups_pruned == 2, result  # the MLP and what feeds q, k and v
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_a_mean_over_space_passes_removed_channels_untouched(keepdims):
+    """torch's dynamo export writes global average pooling as ReduceMean over H, W: the channels pass
+    through, the mean is not rewritten (only statistics over the channels are, ops/statistics.py)."""
+    net = Net(input_shape=(1, 3, 8, 8))
+    x = net.relu(net.bn(net.conv("input", 3, 8, name="c1"), 8))
+    pooled = net.op("ReduceMean", [x, net.const(np.array([-1, -2], np.int64))], keepdims=keepdims)
+    flat = net.op("Reshape", [pooled, net.const(np.array([1, 8], np.int64))])
+    model = net.model(net.gemm(flat, 8, 3, name="fc"))
+    model.opset_import[0].version = 18
+    result = check(model, fraction=0.5, seed=0)
+    assert result.passed and result.groups_pruned == 1, result
+    loaded, analysis = prepare(model)
+    structure = Structure.full(analysis)
+    structure.alive[analysis.prunable_groups[0].id][:4] = False
+    pruned = prune_loaded(loaded, analysis, structure).model
+    assert [n.op_type for n in pruned.graph.node].count("ReduceMean") == 1
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_packed_qkv_as_timm_writes_it(heads):
+    """qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0): H heads prune whole; a single
+    head (expand's narrowest) is no head split: its dims prune, Q and K together."""
+    tokens, width = 5, 8
+    d = width // heads
+    net = Net(input_shape=(1, tokens, width))
+    x = net.matmul("input", width, width, name="embed")
+    qkv = net.op("Reshape", [net.matmul(x, width, 3 * width, name="qkv"),
+                             net.const(np.array([1, tokens, 3, heads, d], np.int64))])
+    qkv = net.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])
+    q, k, v = (net.op("Gather", [qkv, net.const(np.array(i, np.int64))], axis=0) for i in range(3))
+    scores = net.op("MatMul", [q, net.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    context = net.op("MatMul", [net.op("Softmax", [scores], axis=-1), v])
+    merged = net.op("Reshape", [net.op("Transpose", [context], perm=[0, 2, 1, 3]),
+                                net.const(np.array([1, tokens, -1], np.int64))])
+    out = net.op("Add", [x, net.matmul(merged, width, width, name="proj")])
+    model = net.model(net.matmul(out, width, 3, name="head"))
+    analysis, g = groups_by_source(model)
+    assert g["qkv"].prunable and g["qkv"].width == (heads if heads > 1 else d)
+    for fraction in (0.5, 1.0):
+        result = check(model, fraction=fraction, seed=1)
+        assert result.passed and result.prunable_flops_share == 1.0, result

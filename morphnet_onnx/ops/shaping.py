@@ -64,8 +64,10 @@ def reshape(ctx: Context, node: onnx.NodeProto, op: str) -> None:
         raise Unsupported(f"tensor too large to trace ({int(np.prod(in_shape))} elements)")
     full = np.broadcast_to(ids, in_shape).reshape(out_shape)
     out = compress(full)
-    if (node.op_type == "Reshape" and len(channel_axes(out)) > 1
-            and is_head_split(ctx, node, out_shape[channel_axes(out)[-2]], out_shape[channel_axes(out)[-1]])):
+    axes = channel_axes(out)
+    # Heads sit right before the head dimension; a single head ([B, T, 3, 1, d]) is no head split.
+    if (node.op_type == "Reshape" and len(axes) > 1 and axes[-2] == axes[-1] - 1
+            and is_head_split(ctx, node, out_shape[axes[-2]], out_shape[axes[-1]])):
         ctx.set(node.output[0], split_heads(ctx, out))  # attention heads (ops/attention.py)
         return
     _keep_product(ctx, out)

@@ -103,23 +103,32 @@ class Emitter:
         del node.attribute[:]
 
 
-def _axes_of(rw: Rewrite, node: onnx.NodeProto, rank: int) -> list[int]:
+def _channel_axes(rw: Rewrite, tensor: str) -> list[int]:
+    ids = rw.s.ids.get(tensor)
+    return [] if ids is None else [a for a in range(ids.ndim) if ids.shape[a] > 1]
+
+
+def computes_over_channels(surgeon, node: onnx.NodeProto) -> bool:
+    """Whether a reduction or LayerNormalization computes over channel axes of its input (surgery
+    then needs the removed channels' values; over space they pass through)."""
+    ids = surgeon.ids.get(node.input[0])
+    if ids is None:
+        return False
+    rank = ids.ndim
+    axes = list(range(attr(node, "axis", -1) % rank, rank)) if node.op_type == "LayerNormalization" \
+        else _axes_of(surgeon, node, rank)
+    return any(ids.shape[a] > 1 for a in axes)
+
+
+def _axes_of(surgeon, node: onnx.NodeProto, rank: int) -> list[int]:
     if len(node.input) > 1 and node.input[1]:
-        value = rw.s.shape_value(node.input[1])
+        value = surgeon.shape_value(node.input[1])
         axes = [] if value is None else [int(a) for a in value.reshape(-1)]
     else:
         axes = list(attr(node, "axes", []) or [])
     if not axes and not attr(node, "noop_with_empty_axes", 0):
         axes = list(range(rank))
     return sorted(a % rank for a in axes)
-
-
-def _removed_along(alive: np.ndarray, axis: int) -> bool:
-    """Whether channels were removed along `axis` of a tensor whose alive mask is `alive`."""
-    if axis >= alive.ndim or alive.shape[axis] == 1:
-        return False
-    others = tuple(a for a in range(alive.ndim) if a != axis)
-    return not alive.all(axis=others).all()
 
 
 def cut_reduce(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
@@ -131,9 +140,9 @@ def cut_reduce(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
         return
     shape = rw.s.shapes[x]
     rank = len(shape)
-    axes = _axes_of(rw, node, rank)
-    if not any(_removed_along(alive, axis) for axis in axes):
-        return  # the reduction runs over other axes (a CNN's mean over space): removed channels just go
+    axes = _axes_of(rw.s, node, rank)
+    if not set(axes) & set(_channel_axes(rw, x)):
+        return  # over space (global pooling): the channels pass through, nothing to add back
     keepdims = attr(node, "keepdims", 1)
     fn = {"ReduceSum": lambda v: v, "ReduceMean": lambda v: v, "ReduceL1": np.abs}.get(node.op_type, np.square)
     added, _ = _removed(rw, x, axes, fn)
@@ -179,7 +188,7 @@ def cut_layer_norm(rw: Rewrite, node: onnx.NodeProto, name: str) -> None:
                     aligned = aligned.take(kept, axis=axis - start)
             params[slot] = aligned
             changed[slot] = aligned.reshape(aligned.shape[aligned.ndim - value.ndim:])
-    if alive is None or alive.all() or rw.s.copies is not None:
+    if alive is None or alive.all() or rw.s.copies is not None or not set(axes) & set(_channel_axes(rw, x)):
         # Nothing removed, or widening (expand): the op stays, its scale and shift cut or repeated.
         if keep:
             for slot, value in changed.items():

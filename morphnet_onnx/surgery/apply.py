@@ -30,6 +30,7 @@ from ..ops import (
     weight_input,
 )
 from ..ops import CHANNEL_NORMS as NORMS
+from ..ops.statistics import computes_over_channels
 from .rewrite import Rewrite
 from .shapes import ShapeArithmetic
 from .structure import Structure
@@ -96,6 +97,7 @@ class Surgeon(ShapeArithmetic, Probes):
     def set_alive(self, structure: Structure) -> None:
         """Consider another alive set (feasibility checks try many on one surgeon)."""
         self.element_alive = structure.element_alive(self.analysis)
+        self._pruned_values = {}  # shape arithmetic of the pruned model depends on what is kept
 
     def alive(self, tensor: str) -> np.ndarray | None:
         """Alive flag per channel position (ids-shaped), None for tensors without channels."""
@@ -300,7 +302,7 @@ class Surgeon(ShapeArithmetic, Probes):
                 self.known[node.output[0]] = self._dead_positions(node.output[0])
             return revive
         info = op_info(node.op_type, node.domain)
-        if info is not None and info.reads_removed:
+        if info is not None and info.reads_removed and computes_over_channels(self, node):
             # Its cutter adds the removed channels' values back (ops/statistics.py): they must be known.
             for tensor in node.input[:1]:
                 revive |= self._revive_unknown(node, name, tensor, f"this {node.op_type} computes over")
