@@ -102,9 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
     p.add_argument("--save-structure", metavar="OUT.json", help="also write the learned structure")
     p.add_argument("--structure", metavar="OUT.json", dest="old_structure", help=argparse.SUPPRESS)
+    p.add_argument("--cut", choices=["budget", "end"], default=None,
+                   help="when the model is cut: as soon as the learned structure meets the budget (the rest of "
+                        "the steps train the smaller model), or at the end of the regularized steps")
+    p.add_argument("--hold", action=argparse.BooleanOptionalAction, default=None,
+                   help="bring the structure down to the budget progressively, holding removed channels at zero")
+    p.add_argument("--hold-from", type=float, metavar="F", help="share of the steps where --hold starts")
+    p.add_argument("--hold-until", type=float, metavar="F", help="share of the steps where --hold reaches the budget")
+    p.add_argument("--proximal", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply the regularizer as a proximal step on the gates (they reach exactly zero) "
+                        "instead of through the loss's gradient")
+    p.add_argument("--reach", type=float, metavar="F",
+                   help="share of the steps within which the regularizer's strength may grow 1000-fold")
     p.add_argument("--finetune-steps", type=int, metavar="N",
-                   help="plain training of the pruned model at a tenth of --lr (default: a tenth of the "
-                        "training steps; 0: write the model as cut)")
+                   help="steps of plain training of the pruned model, out of --steps (default: --finetune-share "
+                        "of them; 0: write the model as cut)")
+    p.add_argument("--finetune-share", type=float, metavar="F",
+                   help="share of the steps kept for training the pruned model (at least; --cut budget may leave more)")
+    p.add_argument("--finetune-lr", type=float, metavar="F", help="their learning rate, as a share of --lr")
+    p.add_argument("--finetune-schedule", choices=["cosine", "continue"], default=None,
+                   help="cosine from that rate, or the training schedule continued where the cut interrupted it")
+    p.add_argument("--distill", choices=["auto", "on", "off"], default=None,
+                   help="learn from the input model's predictions too (auto: when it scores well on the data)")
+    p.add_argument("--distill-weight", type=float, metavar="W", help="share of the loss that is distillation")
+    p.add_argument("--distill-temperature", type=float, metavar="T", help="softening of both distributions")
     p.add_argument("--force", action="store_true",
                    help="decide a structure even when the training loss never fell (the gates are then noise)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
@@ -270,10 +291,13 @@ def _shrink(args: argparse.Namespace) -> int:
     if args.old_structure:  # --structure is an input everywhere else (prune, expand)
         print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
         args.save_structure = args.save_structure or args.old_structure
+    recipe = {name: getattr(args, name) for name in ("cut", "hold", "hold_from", "hold_until", "proximal", "reach", "finetune_share", "finetune_lr",
+                                                      "finetune_schedule", "distill", "distill_weight",
+                                                      "distill_temperature") if getattr(args, name) is not None}
     method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
                            threshold=args.threshold, grouping=args.grouping, hardware=args.hardware,
                            cost_batch_size=args.cost_batch_size, round_to=args.round_to, keep=args.keep,
-                           finetune_steps=args.finetune_steps, force=args.force)
+                           finetune_steps=args.finetune_steps, force=args.force, **recipe)
     result = shrink(args.model, args.data, args.output, val=args.val, method=method, options=_train_options(args),
                     data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape),
                     structure_path=args.save_structure)
