@@ -25,8 +25,9 @@ The arms, at each budget B in the task's budgets (FLOPs, fraction of the origina
   (1e-4) applied after every backward (`pruner.regularize`) for the sparse-training steps
   (`--tp-sparse-share` of T), then iterative pruning: `--tp-iterative-steps` rounds, each pruning
   (global, the classifier ignored) to the next point of a linear FLOPs schedule down to B
-  (tp.utils.count_ops_and_params) and fine-tuning an equal share of the rest of T. One sparse
-  training per seed and start serves every budget;
+  (tp.utils.count_ops_and_params), the rounds spread over the first half of the rest of T, which is
+  one fine-tune (one schedule) of the network being pruned: its second half trains the final
+  structure. One sparse training per seed and start serves every budget;
 - uniform: one width multiplier to B (expand(start, budget=Bx)) trained T steps: from scratch with
   fresh weights; from the trained start with its strongest channels kept (init="keep"). The scratch
   start also trains the full width (the multiplier 1.0 point: dense_s);
@@ -634,6 +635,10 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
         pruner = pruner_for(pruned)
         ratio, done = 1.0, 0
         before_finetune = None
+        # Round k prunes at fine-tune step (k - 1) T_f / (2 K): the rounds fall in the first half of
+        # the fine-tune (rising and peak learning rate), the second half trains the final structure;
+        # one schedule spans the fine-tune.
+        marks = [finetune_steps * (k - 1) // (2 * rounds) for k in range(1, rounds + 1)] + [finetune_steps]
         for k in range(1, rounds + 1):
             goal = 1.0 - (1.0 - target) * k / rounds  # linear in FLOPs, as its linear ratio scheduler
             pruned.eval()
@@ -643,7 +648,7 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
                 ratio = ops / base_ops
             if k == rounds:
                 before_finetune = trainer.accuracy(pruned)
-            share = finetune_steps * k // rounds - done
+            share = marks[k] - done
             trainer.run(pruned, share, offset=done, total=finetune_steps)
             done += share
         path = folder / f"torch_pruning_{start}_{target}_s{seed}.onnx"
@@ -967,8 +972,8 @@ def main(argv: list[str] | None = None) -> int:
                    "pruner": "GroupNormPruner", "importance": "GroupMagnitudeImportance(p=2)", "reg": 1e-4,
                    "global_pruning": True, "ignored": "the classifier (Linear)",
                    "sparse_share": args.tp_sparse_share, "iterative_steps": args.tp_iterative_steps,
-                   "schedule": "linear in FLOPs to the budget; fine-tune shares equal; one sparse training serves "
-                               "every budget"}},
+                   "schedule": "linear in FLOPs to the budget; the rounds at fine-tune steps (k-1) T_f / (2 K), "
+                               "one one-cycle schedule over the fine-tune; one sparse training serves every budget"}},
                # results found in --work (--resume): measured by an earlier run, not by this one
                "reused_jobs": sorted(r["name"] for r in records if r.get("reused")), "tasks": {}}
     for task in tasks:
