@@ -6,29 +6,31 @@ structure under a budget), `expand` (one width multiplier to a budget), `cycle` 
 expand, retrain), `train`, `evaluate`; the CLI `morphnet-onnx` is a thin layer over it.
 """
 
-from .analysis import Analysis, Group, analyze
-from .budget import Budget
-from .checking import CheckResult, check
-from .cost import HARDWARE, Costs, compute_costs, parse_hardware
-from .diffing import ModelDiff, diff
+import importlib
+
+from .analysis.groups import Analysis, Group
+from .analysis.walk import analyze
+from .cost.budget import Budget
+from .cost.inspection import Inspection, inspect
+from .cost.resources import HARDWARE, Costs, compute_costs, parse_hardware
 from .errors import Interrupted, MorphNetError
-from .expansion import ExpandResult, expand
-from .inspection import Inspection, inspect
-from .io import LoadedModel, load
-from .pruning import PruneResult, prune
-from .structure import Structure, load_structure
+from .expansion.expand import ExpandResult, expand
+from .loading.model import LoadedModel, load
+from .report.diff import ModelDiff, diff
+from .surgery.checking import CheckResult, check
+from .surgery.pruning import PruneResult, prune
+from .surgery.structure import Structure, load_structure
 
 __version__ = "0.1.0"
 
 # Training pulls in onnxruntime's training API: loaded on first use, so `inspect` stays light.
-_LAZY = {"shrink": "learning", "train": "learning", "evaluate": "evaluation", "cycle": "cycling", "CycleResult": "cycling",
-         "LearnResult": "learning", "ShrinkOptions": "learning", "TrainOptions": "training.trainer"}
+_LAZY = {"shrink": "recipes.shrink", "train": "recipes.shrink", "evaluate": "training.evaluation",
+         "cycle": "recipes.cycle", "CycleResult": "recipes.cycle", "LearnResult": "recipes.shrink",
+         "ShrinkOptions": "recipes.shrink", "TrainOptions": "training.trainer"}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'morphnet_onnx' has no attribute {name!r}")
 

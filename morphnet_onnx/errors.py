@@ -1,6 +1,12 @@
 """The one exception type users see. The CLI prints its message on one line and exits 2."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's text (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]
+
+
 class MorphNetError(Exception):
     """A problem with the user's input that they can act on (bad file, bad option, unmet budget)."""
 

@@ -102,3 +102,16 @@ def _as_tensor(value: np.ndarray | onnx.TensorProto, name: str, data_type: int) 
             value.name = name
         return value
     return numpy_helper.from_array(value.astype(onnx.helper.tensor_dtype_to_np_dtype(data_type)), name)
+
+
+def onnx_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def graph_input_names(model: onnx.ModelProto) -> list[str]:
+    """Real model inputs: graph inputs that are not initializers (old IR versions list both)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]

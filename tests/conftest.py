@@ -17,7 +17,7 @@ def kill_training_at(monkeypatch):
     """`with kill_training_at(step):` Ctrl-C inside a training run at `step` (of the run labelled
     `label`, "shrink" or "fine-tune", when given), raised from the per-step callback as a user's
     interrupt arrives: after the checkpoints of the steps before it."""
-    import morphnet_onnx.learning as learning
+    import morphnet_onnx.recipes.shrink as learning
 
     @contextlib.contextmanager
     def killed(step: int, label: str | None = None):

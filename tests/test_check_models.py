@@ -7,7 +7,7 @@ import pytest
 
 from builders import Net
 from conftest import LIGHT_DIR, TORCHVISION_DIR
-from morphnet_onnx.checking import check
+from morphnet_onnx.surgery.checking import check
 
 HEAVY = ("vgg", "alexnet", "zfnet", "wide_resnet", "vit_b_16")
 LIGHT = [p for p in sorted(LIGHT_DIR.glob("light_*.onnx")) if not any(h in p.stem for h in HEAVY)]

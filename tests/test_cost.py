@@ -4,7 +4,7 @@ import pytest
 
 from builders import Net
 from morphnet_onnx import MorphNetError, inspect, parse_hardware
-from morphnet_onnx.cost import HARDWARE
+from morphnet_onnx.cost.resources import HARDWARE
 
 
 def two_branch(width, depthwise=False):

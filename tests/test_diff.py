@@ -14,11 +14,11 @@ import pytest
 from builders import Net
 from conftest import REPO, TORCHVISION_DIR
 from morphnet_onnx import MorphNetError, diff, prune
-from morphnet_onnx.checking import random_structure
+from morphnet_onnx.surgery.checking import random_structure
 from morphnet_onnx.cli import main
-from morphnet_onnx.diffing import short_summary
-from morphnet_onnx.pictures import AFTER_COLOR, STATUS_COLORS, check_picture_paths, plot_bytes, write_pictures
-from morphnet_onnx.pruning import prepare, prune_loaded
+from morphnet_onnx.report.diff import short_summary
+from morphnet_onnx.report.pictures import AFTER_COLOR, STATUS_COLORS, check_picture_paths, plot_bytes, write_pictures
+from morphnet_onnx.surgery.pruning import prepare, prune_loaded
 
 TINY = REPO / "models" / "tiny_resnet.onnx"
 

@@ -8,11 +8,11 @@ import pytest
 
 from builders import small_bn_net
 from morphnet_onnx import MorphNetError
-from morphnet_onnx.distillation import check_teacher, softened, teacher_logits, with_teacher
-from morphnet_onnx.io import load
-from morphnet_onnx.learning import Budget, ShrinkOptions, shrink, train
+from morphnet_onnx.loading.model import load
+from morphnet_onnx.recipes.shrink import Budget, ShrinkOptions, shrink, train
 from morphnet_onnx.training.backend import TEACHER, Distill
 from morphnet_onnx.training.data import load_data
+from morphnet_onnx.training.distillation import check_teacher, softened, teacher_logits, with_teacher
 from morphnet_onnx.training.trainer import TrainOptions
 
 

@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 from builders import Net, concat_of_two_branches
 from conftest import REPO
 from morphnet_onnx import Budget, MorphNetError, expand, prune
-from morphnet_onnx.analysis import analyze
+from morphnet_onnx.analysis.walk import analyze
 from morphnet_onnx.cli import main
-from morphnet_onnx.cost import compute_costs
-from morphnet_onnx.expansion import channel_copies
-from morphnet_onnx.view import ConstantView
-from morphnet_onnx.io import load
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.runtime import make_session, random_feeds
+from morphnet_onnx.cost.resources import compute_costs
+from morphnet_onnx.expansion.expand import channel_copies
+from morphnet_onnx.loading.view import ConstantView
+from morphnet_onnx.loading.model import load
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.loading.runtime import make_session, random_feeds
 from test_surgery import BLOCKS, build
 
 TINY = REPO / "models" / "tiny_resnet.onnx"

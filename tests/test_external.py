@@ -9,14 +9,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import morphnet_onnx.external as external_module
-import morphnet_onnx.io as io_module
-import morphnet_onnx.pruning as pruning_module
+import morphnet_onnx.loading.external as external_module
+import morphnet_onnx.loading.writing as writing_module
+import morphnet_onnx.surgery.pruning as pruning_module
 from builders import Net
 from morphnet_onnx import MorphNetError, check, expand, inspect, prune
-from morphnet_onnx.external import has_external_data, read_tensor
-from morphnet_onnx.io import load, save_model
-from morphnet_onnx.runtime import make_session, random_feeds
+from morphnet_onnx.loading.external import has_external_data, read_tensor
+from morphnet_onnx.loading.model import load
+from morphnet_onnx.loading.writing import save_model
+from morphnet_onnx.loading.runtime import make_session, random_feeds
 from morphnet_onnx.training.graph import training_graph
 
 
@@ -170,7 +171,7 @@ def test_a_model_over_the_protobuf_limit_is_checked_and_written_as_files(models,
     structure = {"conv2": 5, "fc1": 12}
     expected = prune(inline, structure, tmp_path / "a.onnx")
     monkeypatch.setattr(external_module, "TWO_GB", 1000)
-    monkeypatch.setattr(io_module, "TWO_GB", 1000)
+    monkeypatch.setattr(writing_module, "TWO_GB", 1000)
     opened = []
     monkeypatch.setattr(pruning_module, "on_disk", lambda model: opened.append(1) or external_module.on_disk(model))
     result = prune(onnx.load(str(inline)), structure, tmp_path / "b.onnx")

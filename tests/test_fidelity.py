@@ -10,13 +10,13 @@ import pytest
 from builders import Net
 from conftest import REPO
 from morphnet_onnx import analyze, compute_costs, load
-from morphnet_onnx.cost import Hardware
-from morphnet_onnx.decision import decide
-from morphnet_onnx.figs import figs_regularizers
-from morphnet_onnx.learning import Budget, shrink
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.regularizers import group_regularizers, group_vectors
-from morphnet_onnx.surgery import vanishable_groups
+from morphnet_onnx.cost.resources import Hardware
+from morphnet_onnx.method.decision import decide
+from morphnet_onnx.method.figs import figs_regularizers
+from morphnet_onnx.recipes.shrink import Budget, shrink
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.method.regularizers import group_regularizers, group_vectors
+from morphnet_onnx.surgery.feasibility import vanishable_groups
 from morphnet_onnx.training.trainer import TrainOptions
 
 TINY = REPO / "models" / "tiny_resnet.onnx"

@@ -19,7 +19,7 @@ import failsafe_models as fm
 from conftest import REPO
 from morphnet_onnx import MorphNetError, check, prune
 from morphnet_onnx.cli import main
-from morphnet_onnx.pruning import prepare
+from morphnet_onnx.surgery.pruning import prepare
 
 BASES = {"good": fm.good, "multi_io": fm.multi_io, "if": fm.with_if, "qdq": fm.qdq,
          "tiny_resnet": lambda: onnx.load(str(REPO / "models" / "tiny_resnet.onnx"))}

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "tools"))  # the tools import their harness
 spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
 gpu_check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_check)

@@ -11,7 +11,9 @@ import pytest
 from builders import Net
 from conftest import LIGHT_DIR
 from morphnet_onnx import MorphNetError, inspect
-from morphnet_onnx.io import load, parse_input_shapes, save_model, write_atomic_bytes
+from morphnet_onnx.loading.model import load
+from morphnet_onnx.loading.shapes import parse_input_shapes
+from morphnet_onnx.loading.writing import save_model, write_atomic_bytes
 
 
 def small_model(batch="N", spatial=8):
@@ -134,9 +136,9 @@ def test_save_model_refuses_to_overwrite_the_input(tmp_path):
 
 
 def test_save_model_uses_external_data_above_2gb(tmp_path, monkeypatch):
-    import morphnet_onnx.io as io_module
+    import morphnet_onnx.loading.writing as writing_module
 
-    monkeypatch.setattr(io_module, "TWO_GB", 1000)  # pretend the small model is huge
+    monkeypatch.setattr(writing_module, "TWO_GB", 1000)  # pretend the small model is huge
     model = small_model()
     out = tmp_path / "big.onnx"
     save_model(model, out)
@@ -159,9 +161,9 @@ def umask_027():
 
 def test_external_data_is_written_atomically_with_the_umask_and_never_over_the_inputs(tmp_path, monkeypatch,
                                                                                       umask_027):
-    import morphnet_onnx.io as io_module
+    import morphnet_onnx.loading.writing as writing_module
 
-    monkeypatch.setattr(io_module, "TWO_GB", 1000)  # pretend the small model is huge
+    monkeypatch.setattr(writing_module, "TWO_GB", 1000)  # pretend the small model is huge
     model = small_model()
     source = tmp_path / "model.onnx"
     save_model(model, source)
@@ -178,14 +180,14 @@ def test_external_data_is_written_atomically_with_the_umask_and_never_over_the_i
     def killed(*args, **kwargs):  # the process dies at the rename of the model
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io_module.os, "replace", killed)
+    monkeypatch.setattr(writing_module.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         save_model(model, tmp_path / "third.onnx")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".", "third"))]
 
 
 def test_outputs_never_overwrite_an_input_or_each_other(tmp_path):
-    from morphnet_onnx.io import refuse_overwriting
+    from morphnet_onnx.loading.writing import refuse_overwriting
 
     model, data = tmp_path / "m.onnx", tmp_path / "train.npz"
     onnx.save(small_model(), str(model))
@@ -216,7 +218,7 @@ def test_every_writer_is_atomic_and_follows_the_umask(tmp_path, umask_027, capsy
 
 
 def test_no_writer_bypasses_the_atomic_functions():
-    """Every file the package writes for a user goes through io.write_atomic_bytes or io.save_model;
+    """Every file the package writes for a user goes through writing.write_atomic_bytes or writing.save_model;
     the exceptions write into a private temporary folder (the training artifacts, the probe's feeds,
     the spill file of weights made on the way and the file view handed to onnx's checker and
     onnxruntime), into memory (the plot) or the null device (the output of ranks other than 0 under
@@ -225,10 +227,11 @@ def test_no_writer_bypasses_the_atomic_functions():
     from conftest import REPO
 
     raw = re.compile(r"\.write_(text|bytes)\(|open\([^)]*[\"'][wa]b?[\"']|onnx\.save(_model)?\(|np\.savez?\(|savefig\(")
-    allowed = {("io.py", "save_model"), ("external.py", "write_external"), ("external.py", "__init__"),
-               ("external.py", "on_disk"), ("training/ort_backend.py", "build_artifacts"),
+    allowed = {("loading/writing.py", "save_model"), ("loading/external.py", "write_external"),
+               ("loading/external.py", "__init__"), ("loading/external.py", "on_disk"),
+               ("training/ort_backend.py", "build_artifacts"),
                ("training/ort_backend.py", "_quiet_native_output"), ("training/probe.py", "run_probe"),
-               ("pictures.py", "_plot"), ("cli.py", "main")}
+               ("report/pictures.py", "_plot"), ("cli/__init__.py", "main")}
     found = set()
     for path in sorted((REPO / "morphnet_onnx").rglob("*.py")):
         function = ""

@@ -14,8 +14,8 @@ from builders import Net
 from conftest import REPO
 from morphnet_onnx import MorphNetError, load
 from morphnet_onnx.cli import main
-from morphnet_onnx.learning import train
-from morphnet_onnx.runtime import make_session
+from morphnet_onnx.recipes.shrink import train
+from morphnet_onnx.loading.runtime import make_session
 from morphnet_onnx.training.health import LearningSignal, learning_signal, learning_warnings
 from morphnet_onnx.training.trainer import TrainOptions
 

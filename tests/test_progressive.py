@@ -8,11 +8,11 @@ import pytest
 from builders import random_dataset
 from conftest import REPO
 from morphnet_onnx.builders import Net
-from morphnet_onnx.io import load
-from morphnet_onnx.learning import Budget, shrink
-from morphnet_onnx.progressive import _water_level, held_values, proximal_values
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.regularizers import group_regularizers, group_vectors
+from morphnet_onnx.loading.model import load
+from morphnet_onnx.method.progressive import _water_level, held_values, proximal_values
+from morphnet_onnx.method.regularizers import group_regularizers, group_vectors
+from morphnet_onnx.recipes.shrink import Budget, shrink
+from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.training.trainer import TrainOptions
 
 TINY = REPO / "models" / "tiny_resnet.onnx"
@@ -48,7 +48,7 @@ def test_held_filter_rows_without_batch_norm():
     x = net.relu(net.conv("input", 3, 6, name="c1"))
     x = net.op("Flatten", [net.op("GlobalAveragePool", [x])], axis=1)
     loaded = load(net.model(net.gemm(x, 6, 2, name="fc")))
-    from morphnet_onnx.analysis import analyze
+    from morphnet_onnx.analysis.walk import analyze
 
     regs = group_regularizers(analyze(loaded), loaded, "group-lasso")
     params = {t.name: onnx.numpy_helper.to_array(t).copy() for t in loaded.model.graph.initializer}

@@ -12,7 +12,7 @@ import pytest
 from builders import independent_flops
 from conftest import LIGHT_DIR, TORCHVISION_DIR, light_models
 from morphnet_onnx import inspect
-from morphnet_onnx.io import load
+from morphnet_onnx.loading.model import load
 
 REFERENCE = json.loads((TORCHVISION_DIR / "reference.json").read_text())
 TORCHVISION = sorted(TORCHVISION_DIR.glob("*.onnx"))

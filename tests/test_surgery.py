@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from builders import Net, concat_of_two_branches
 from morphnet_onnx import MorphNetError
-from morphnet_onnx.checking import check, zero_gates
-from morphnet_onnx.pruning import prepare, prune, prune_loaded
-from morphnet_onnx.runtime import make_session, random_feeds
-from morphnet_onnx.structure import Structure
+from morphnet_onnx.surgery.checking import check, zero_gates
+from morphnet_onnx.surgery.pruning import prepare, prune, prune_loaded
+from morphnet_onnx.loading.runtime import make_session, random_feeds
+from morphnet_onnx.surgery.structure import Structure
 
 
 # ---- random architectures ------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from builders import random_dataset, small_bn_net
 from conftest import REPO
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
-from morphnet_onnx.learning import Budget, evaluate, shrink, train
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.regularizers import add_regularizer, group_regularizers, group_vectors
-from morphnet_onnx.runtime import make_session
+from morphnet_onnx.recipes.shrink import Budget, evaluate, shrink, train
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.method.regularizers import add_regularizer, group_regularizers, group_vectors
+from morphnet_onnx.loading.runtime import make_session
 from morphnet_onnx.training.trainer import TrainOptions
 
 TINY = REPO / "models" / "tiny_resnet.onnx"
@@ -42,7 +42,7 @@ def test_torch_is_not_needed():
     # onnxruntime-training imports torch by itself where it is installed (a dev venv): block it, so
     # the test means the same everywhere: the training path runs on a machine without torch.
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import morphnet_onnx.training.ort, morphnet_onnx.learning\n"
+            "import morphnet_onnx.training.ort, morphnet_onnx.recipes.shrink\n"
             "from morphnet_onnx.training.ort import api, artifacts, onnxblock")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -316,9 +316,9 @@ def test_batchnorm_statistics_need_no_rank_and_take_the_training_batch():
     not report) and a norm of a model exported with a fixed batch of 1, measured at batch 4."""
     from onnx import helper, numpy_helper
 
-    from morphnet_onnx.evaluation import evaluate_model
+    from morphnet_onnx.training.evaluation import evaluate_model
     from morphnet_onnx.training.batchnorm import recalibrate_batchnorm
-    from morphnet_onnx.training.data import Dataset
+    from morphnet_onnx.training.arrays import ArrayDataset as Dataset
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((1, 2, 5)).astype(np.float32)

@@ -1,6 +1,7 @@
 """tools/zoo_train.py's learning check: it passes a model that learns and fails one that only runs."""
 
 import importlib.util
+import sys
 
 import onnx
 import pytest
@@ -9,6 +10,7 @@ from conftest import REPO
 from morphnet_onnx.cli import main
 from test_learning import _dead_bn_model
 
+sys.path.insert(0, str(REPO / "tools"))  # the tools import their harness
 spec = importlib.util.spec_from_file_location("zoo_train", REPO / "tools" / "zoo_train.py")
 zoo_train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(zoo_train)

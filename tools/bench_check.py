@@ -4,7 +4,7 @@ Target (issue "Graph surgery"): `check` of ResNet-50 takes at most 3x (onnx.load
 onnxruntime runs) of the same model. The baseline does exactly the I/O and inference `check` cannot
 avoid: load the file, save it, run the model twice (original and pruned) on the same random batch.
 
-    .venv/bin/python tools/bench_check.py [--model /work/cache/torchvision/resnet50_bn.onnx] [--repeats 3]
+    .venv/bin/python tools/bench_check.py [--model ~/.cache/morphnet-onnx/torchvision/resnet50_bn.onnx] [--repeats 3]
 
 The model comes from tools/export_torchvision.py (dev-only, needs torch).
 """
@@ -12,10 +12,7 @@ The model comes from tools/export_torchvision.py (dev-only, needs torch).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from morphnet_onnx.checking import check
-from morphnet_onnx.runtime import make_session
+from harness import ZOO, machine_info, machine_line, write_json  # tools/harness.py
+from morphnet_onnx import check
+from morphnet_onnx.loading.runtime import make_session
 
 
 def baseline(path: Path, tmp: Path) -> float:
@@ -44,7 +42,7 @@ def baseline(path: Path, tmp: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="/work/cache/torchvision/resnet50_bn.onnx")
+    parser.add_argument("--model", default=str(ZOO / "resnet50_bn.onnx"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", type=float, default=3.0)
     parser.add_argument("--json", metavar="OUT")
@@ -62,16 +60,16 @@ def main() -> int:
             checks.append(time.perf_counter() - start)
             passed.append(result.passed)
     ratio = statistics.median(checks) / statistics.median(base)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, commit {commit}")
+    machine = machine_info()
+    print(f"machine: {machine_line(machine)}, commit {machine['git_commit']}")
     print(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"baseline (load + save + 2 onnxruntime runs): median {statistics.median(base):.3f} s, min {min(base):.3f} s")
     print(f"check --fraction 0.5:                         median {statistics.median(checks):.3f} s, min {min(checks):.3f} s")
     print(f"ratio of medians: {ratio:.2f}x (target <= {args.target}x): {'PASS' if ratio <= args.target else 'FAIL'};"
           f" check passed: {all(passed)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"baseline_s": base, "check_s": checks, "ratio": ratio,
-                                               "passed": passed, "commit": commit}, indent=1))
+        write_json(args.json, {"machine": machine, "baseline_s": base, "check_s": checks, "ratio": ratio,
+                               "passed": passed})
     return 0 if ratio <= args.target and all(passed) else 1
 
 

@@ -12,7 +12,7 @@ values; the size of a real export), written to a temporary folder first. For eac
 `--repeats` times in one process (ABAB..., gc.collect() outside the timers):
 
 - `onnx.load(path)`;
-- `morphnet_onnx.io.load(path)`: onnx.load + opset check + constant-alias resolution + shape inference
+- `morphnet_onnx.load(path)`: onnx.load + opset check + constant-alias resolution + shape inference
   with folding (what every command starts with);
 - `gs.import_onnx(model)` of a model already loaded with onnx.load, and `gs.export_onnx(graph)` of it;
 - `model.SerializeToString()` of the loaded model, for scale: the in-memory part of writing a model today.
@@ -28,21 +28,18 @@ status 2 when onnx-graphsurgeon is missing.
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from machine import machine_info  # tools/machine.py
-from morphnet_onnx.io import load
+from harness import machine_info, timed, write_json  # tools/harness.py
+from morphnet_onnx.loading.model import load
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "torchvision"
@@ -83,13 +80,6 @@ def with_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     out.graph.node.extend(kept)
     onnx.checker.check_model(out)
     return out
-
-
-def timed(fn, *args) -> tuple[float, object]:
-    gc.collect()
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
 
 
 def ir_facts(graph, gs) -> dict:
@@ -180,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_end"] = list(os.getloadavg())
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=1))
+        write_json(args.json, {"machine": machine, "args": vars(args), "rows": rows})
     return 0
 
 

@@ -23,8 +23,6 @@ Ratios only mean something within one run on one machine: never turn them into t
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import os
 import statistics
 import subprocess
@@ -36,34 +34,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from machine import machine_info  # tools/machine.py
+from harness import ZOO, machine_info, machine_line, summary, timed, write_json  # tools/harness.py
 from morphnet_onnx import inspect
 from morphnet_onnx.builders import Net
 
-DEFAULT_MODEL = "/work/cache/torchvision/resnet50_bn.onnx"
+DEFAULT_MODEL = str(ZOO / "resnet50_bn.onnx")
 RATIO_TARGET = 2.0
 SCALING_TARGET = 1.5
-
-
-# ---- machine ---------------------------------------------------------------------------------------
-
-def machine_line(m: dict) -> str:
-    return (f"{m['nproc']} cores, {m['cpu']}; Python {m['python']}, onnx {m['onnx']}, "
-            f"onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, protobuf {m['protobuf']}")
-
-
-# ---- timing helpers ----------------------------------------------------------------------------------
-
-def timed(fn, *args):
-    """(seconds, result) of one call, after a gc.collect() outside the timed region."""
-    gc.collect()
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
-
-
-def summary(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs_s": times}
 
 
 # ---- part A: a real model ----------------------------------------------------------------------------
@@ -277,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print_scaling(results["scaling"])
         ok &= results["scaling"]["pass"]
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results, indent=2)
         print(f"\nwrote {args.json}")
     return 0 if ok else 1
 

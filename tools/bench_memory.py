@@ -38,7 +38,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from harness import machine_info, write_json  # noqa: E402
 
 VGG11_CONVS = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 MODELS = {"vgg11": 4096, "vgg11-wide": 13312}
@@ -223,7 +223,7 @@ def main() -> int:
                 shutil.rmtree(work)
     finally:
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            write_json(args.json, results)
     return 0
 
 

@@ -21,7 +21,7 @@ zeroed its gates (without it `prune` keeps the channels whose BatchNormalization
 would read, and the FLOPs barely drop).
 
 Models: `--resnet50` / `--vit` take ONNX files; by default the full exports of tools/export_torchvision.py
-(/work/cache/torchvision/*_bn.onnx) when they exist, otherwise the repository's light copies of the same
+(~/.cache/morphnet-onnx/torchvision/*_bn.onnx) when they exist, otherwise the repository's light copies of the same
 exports (tests/data/torchvision/*_bn.onnx) with every `ConstantOfShape` placeholder turned back into an
 initializer of seeded random values (He-scaled; positive for norm scales and variances), written once
 to `--work`. Either way the file has the export's graph and its full-size weights.
@@ -36,7 +36,6 @@ Ratios only mean something within one run on one machine: never turn them into t
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
 import os
@@ -53,16 +52,16 @@ import onnxruntime
 from onnx import numpy_helper
 
 from bench_inspect import linear_fit, residual_net  # tools/bench_inspect.py
-from machine import machine_info  # tools/machine.py
+from harness import ZOO, machine_info, timed, write_json  # tools/harness.py
 import morphnet_onnx
 from morphnet_onnx import check, inspect, prune
-from morphnet_onnx.checking import random_structure
+from morphnet_onnx.surgery.checking import random_structure
 from morphnet_onnx.ops import POSITIVE_SLOTS
-from morphnet_onnx.pruning import prepare
+from morphnet_onnx.surgery.pruning import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = Path(__file__).resolve().parent
-CACHE = Path("/work/cache/torchvision")
+CACHE = ZOO
 LIGHT = ROOT / "tests" / "data" / "torchvision"
 MNIST1D = ROOT / "models" / "resnet1d_mnist1d.onnx"
 
@@ -83,13 +82,6 @@ SETTINGS = {
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    gc.collect()
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - start, result
-
 
 def med(values: list[float]) -> float:
     return statistics.median(values)
@@ -540,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{k} {v:.0f} s" for k, v in results["timings_s"].items() if k != "total") + "); load average at end "
           f"{' '.join(f'{x:.2f}' for x in results['machine']['loadavg_end'])}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return 0 if all(g["met"] for g in goals) else 1
 

@@ -6,7 +6,7 @@ on CPU for the same net, when a Python with torch is at hand.
 
     .venv/bin/python tools/bench_train_step.py [--steps 300] [--repeats 3] [--json OUT]
 
-Variants, built as `learning.train` and `learning.shrink` build them, alternated `--repeats` times:
+Variants, built as `recipes.shrink.train` and `recipes.shrink.shrink` build them, alternated `--repeats` times:
 
 - plain:     `Trainer(loaded, options)`, no regularizer (what `train` runs);
 - morphnet:  the "auto" group regularizers + a `BudgetController` (flops budget 0.5x) that every 25
@@ -51,11 +51,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from machine import machine_info  # tools/machine.py
-from morphnet_onnx.cost import compute_costs, parse_hardware
-from morphnet_onnx.learning import Budget, BudgetController, load_data, resource_cost
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.regularizers import group_regularizers
+from harness import machine_info, write_json  # tools/harness.py
+from morphnet_onnx.cost.resources import compute_costs, parse_hardware
+from morphnet_onnx.recipes.shrink import Budget, BudgetController, load_data, resource_cost
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.training.graph import TRAINABLE_INPUTS, training_graph
 from morphnet_onnx.training.ort import api
 from morphnet_onnx.training.backend import COST_WEIGHTS
@@ -460,11 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_end"] = list(os.getloadavg())
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        write_json(args.json, {
             "machine": machine, "args": vars(args), "window": [first, end], "runs": runs, "summary": summary,
             "breakdown": breakdown, "ratios": ratios, "unpaired_ratio": unpaired_ratio,
             "mean_ratio": mean_ratio, "median_ratio": median_ratio, "pair_ratios": pair_ratios,
-            "torch_ratio": torch_ratio, "paired": paired, "run_spread": spread, "target": args.target, "passed": mean_ratio <= args.target}, indent=1))
+            "torch_ratio": torch_ratio, "paired": paired, "run_spread": spread, "target": args.target, "passed": mean_ratio <= args.target})
     return 0 if mean_ratio <= args.target else 1
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import markdown_table  # tools/harness.py
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "models" / "resnet1d_mnist1d.onnx"
 RESNET50 = REPO / "tests" / "data" / "torchvision" / "resnet50_bn.onnx"
@@ -113,13 +115,12 @@ def run(model: Path, data: Path, val: Path | None, backend: str, steps: int, bat
 
 
 def table(rows: list[dict], skipped: dict[str, str]) -> str:
-    lines = ["| model | backend | batch | steps | steps/s (training) | peak GPU MiB | written FLOPs | val top-1 | "
-             "wall s | error |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        acc = f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else ""
-        lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['steps']} | {r.get('steps_per_s', '')} | "
-                     f"{r['peak_gpu_mib']} | {r.get('cost_after', '')} | {acc} | {r['wall_s']} | "
-                     f"{r.get('error', '')} |")
+    head = ["model", "backend", "batch", "steps", "steps/s (training)", "peak GPU MiB", "written FLOPs", "val top-1",
+            "wall s", "error"]
+    lines = [markdown_table(head, [
+        [r["model"], r["backend"], r["batch"], r["steps"], r.get("steps_per_s", ""), r["peak_gpu_mib"],
+         r.get("cost_after", ""), f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else "", r["wall_s"],
+         r.get("error", "")] for r in rows])]
     for backend, reason in skipped.items():
         lines.append(f"\n{backend}: skipped, {reason}")
     return "\n".join(lines)

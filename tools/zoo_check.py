@@ -15,7 +15,7 @@ Model sources (combine freely; each file is run once):
 * ``--light``: the onnx wheel's light CNNs (``<site-packages>/onnx/backend/test/data/light/light_*.onnx``);
 * ``--torchvision-light``: the committed graph-only exports ``tests/data/torchvision/*.onnx``
   (placeholder weights; ``check`` makes random weights for them);
-* ``--dir DIR`` (repeatable): every ``.onnx`` in DIR, e.g. ``/work/cache/torchvision`` (real
+* ``--dir DIR`` (repeatable): every ``.onnx`` in DIR, e.g. ``~/.cache/morphnet-onnx/torchvision`` (real
   torchvision exports made by ``tools/export_torchvision.py``: ``{model}_bn.onnx`` keeps
   BatchNormalization, ``{model}_folded.onnx`` has it folded into Conv);
 * positional ``MODEL`` paths.
@@ -26,17 +26,17 @@ imported) instead of the working tree, whose files may change while a long sweep
 
 Run from the repository root with the project's venv::
 
-    .venv/bin/python tools/zoo_check.py --snapshot --sensitivity --dir /work/cache/torchvision \
+    .venv/bin/python tools/zoo_check.py --snapshot --sensitivity --dir ~/.cache/morphnet-onnx/torchvision \
         --markdown /tmp/tv.md --json /tmp/tv.json
     .venv/bin/python tools/zoo_check.py --light --markdown /tmp/light.md
-    .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --models 'resnet|vgg' --timeout 300
+    .venv/bin/python tools/zoo_check.py --dir ~/.cache/morphnet-onnx/torchvision --models 'resnet|vgg' --timeout 300
 
 ``--sensitivity`` adds, for every run, a second child that rebuilds check's gated model (same fraction
 and seed) and compares its outputs for two different random inputs with check's own error measure
 (``max |y1 - y2| / (atol * max(1, max|y1|) + rtol * |y1|)``, atol 1e-4, rtol 1e-3). A value <= 1
 means the outputs for two different inputs would pass as equal: the data path does not reach the
 model output (dead or vanishing signal, e.g. randomly initialized weights), and that run's pass
-proves little. It uses ``morphnet_onnx.checking``'s public helpers (``random_structure``, ``zero_gates``,
+proves little. It uses ``morphnet_onnx.surgery.checking``'s public helpers (``random_structure``, ``zero_gates``,
 ``check_batch``).
 
 The Markdown table is printed at the end (and written with ``--markdown``); ``--json`` writes every
@@ -64,7 +64,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from morphnet_onnx.report import human
+from morphnet_onnx.report.tables import human
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_NOTE = 160
@@ -208,13 +208,13 @@ def run_check(path: Path, fraction: float, seed: int, timeout: float, extra: lis
 # second random input (seed + 1), and measures the difference of the two outputs with check's own
 # error measure. Below 1, the outputs for two different inputs would pass the check as "equal": the
 # comparison cannot see the data path at the model output (only constants reach it), so a pass says
-# little about exactness. Uses morphnet_onnx.checking's public helpers (random_structure, zero_gates, check_batch).
+# little about exactness. Uses morphnet_onnx.surgery.checking's public helpers (random_structure, zero_gates, check_batch).
 PROBE = r"""
 import json, sys
 import numpy as np
-from morphnet_onnx.pruning import prepare
+from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx import checking
-from morphnet_onnx.runtime import make_session, random_feeds
+from morphnet_onnx.loading.runtime import make_session, random_feeds
 path, fraction, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 atol, rtol = 1e-4, 1e-3
 loaded, analysis = prepare(path, None, None, seed=seed)

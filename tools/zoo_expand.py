@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from morphnet_onnx import MorphNetError, expand
-from morphnet_onnx.pruning import prepare
-from morphnet_onnx.runtime import make_session, random_feeds
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.loading.runtime import make_session, random_feeds
 
 
 def sweep_one(path: Path, multiplier: float, narrow: float) -> dict:

@@ -10,7 +10,7 @@
   top-1 on the batch equals the training session's, within one example). A model that runs but
   does not learn fails.
 
-    .venv/bin/python tools/zoo_train.py --dir /work/cache/torchvision --markdown /tmp/zoo_train.md
+    .venv/bin/python tools/zoo_train.py --dir ~/.cache/morphnet-onnx/torchvision --markdown /tmp/zoo_train.md
     .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
     .venv/bin/python tools/zoo_train.py --dir tests/data/torchvision --backend torch --markdown /tmp/zoo_torch.md
 """
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from harness import markdown_table  # tools/harness.py
 
 LEARN_BATCH = 8
 LEARN_FALL = 0.5  # the last window's loss at most this share of the first window's
@@ -153,21 +155,16 @@ def _label_entropy(data: Path) -> float:
 def table(rows: list[dict], mode: str) -> str:
     passed = sum(r["passed"] for r in rows)
     if mode == "shrink":
-        lines = [f"{passed} of {len(rows)} models train.", "",
-                 "| model | trains | s/step | peak RSS MB (process) | total s | error |", "|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['model']} | {'yes' if r['trains'] else 'no'} | {r.get('seconds_per_step', '')} | "
-                         f"{r['peak_rss_mb'] or ''} | {r['seconds']} | {r['error'].replace('|', '/')} |")
-        return "\n".join(lines)
-    lines = [f"{passed} of {len(rows)} models learn and write what they learned.", "",
-             "| model | learns | loss first -> last | written = session top-1 | s/step | total s | error |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        loss = f"{r['first_loss']} -> {r['last_loss']}" if "first_loss" in r else ""
-        top1 = f"{r['written_top1']:.0%} / {r['session_top1']:.0%}" if "written_top1" in r else ""
-        lines.append(f"| {r['model']} | {'yes' if r['passed'] else 'no'} | {loss} | {top1} | "
-                     f"{r.get('seconds_per_step', '')} | {r['seconds']} | {r['error'].replace('|', '/')} |")
-    return "\n".join(lines)
+        return f"{passed} of {len(rows)} models train.\n\n" + markdown_table(
+            ["model", "trains", "s/step", "peak RSS MB (process)", "total s", "error"],
+            [[r["model"], "yes" if r["trains"] else "no", r.get("seconds_per_step", ""), r["peak_rss_mb"] or "",
+              r["seconds"], r["error"]] for r in rows])
+    return f"{passed} of {len(rows)} models learn and write what they learned.\n\n" + markdown_table(
+        ["model", "learns", "loss first -> last", "written = session top-1", "s/step", "total s", "error"],
+        [[r["model"], "yes" if r["passed"] else "no",
+          f"{r['first_loss']} -> {r['last_loss']}" if "first_loss" in r else "",
+          f"{r['written_top1']:.0%} / {r['session_top1']:.0%}" if "written_top1" in r else "",
+          r.get("seconds_per_step", ""), r["seconds"], r["error"]] for r in rows])
 
 
 def main() -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node
 from ..graph_utils import attr, compress, node_reads
-from ..io import LoadedModel
+from ..loading.folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node
+from ..loading.model import LoadedModel
 from ..ops import Unsupported
 from .groups import CostedOp, Source, UnionFind
 

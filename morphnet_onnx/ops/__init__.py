@@ -6,6 +6,10 @@ Each family module (conv, dense, norms, elementwise, spatial, routing, shaping, 
 parameter slots (training, cost, loading). Every other module asks this registry; the op-type
 lists below are derived from it, never written out again. docs/analysis.md ("Adding an op") walks
 through teaching a new op.
+
+Stage 1 of the flow: ops/ imports only the basis (errors, graph_utils); loading/, the next stage,
+and every later one ask it. The analysis context and the rewrite state its rules and cutters are
+handed are named for type checking only.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ from __future__ import annotations
 import onnx
 
 from . import conv, dense, elementwise, norms, reductions, routing, shaping, spatial
-from .base import (Op, Unsupported, WeightLayout, align, along, channel_axes, cut_nothing, weight_from_rows,
-                   weight_rows)
+from .base import Op, Unsupported, WeightLayout, align, along, channel_axes, cut_nothing, weight_from_rows, weight_rows
 
 __all__ = ["OPS", "Op", "Unsupported", "WeightLayout", "align", "along", "channel_axes", "op_info",
            "weight_layout", "weight_rows", "weight_from_rows", "output_channel_axis", "bias_input",
@@ -53,7 +56,7 @@ CHANNEL_NORMS = _select(lambda op: op.gates_by_scale)
 TRAINABLE_INPUTS = {op_type: op.trainable for op_type, op in OPS.items() if op.trainable}
 BUFFER_INPUTS = {op_type: op.buffers for op_type, op in OPS.items() if op.buffers}
 NORM_FRESH = {op_type: dict(op.fresh) for op_type, op in OPS.items() if op.fresh}
-NORM_PARAMETER_SLOTS = {op_type: op.layer_slots for op_type, op in OPS.items() if op.layer_slots}
+LAYER_PARAMETER_SLOTS = {op_type: op.layer_slots for op_type, op in OPS.items() if op.layer_slots}
 POSITIVE_SLOTS = {op_type: op.positive for op_type, op in OPS.items() if op.positive}
 MEMORY_BOUND = frozenset(_select(lambda op: op.memory_bound))
 BROADCASTING = frozenset(_select(lambda op: op.broadcasts))

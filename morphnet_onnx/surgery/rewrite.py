@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 
 from ..errors import MorphNetError
-from ..external import make_tensor, spill_for
 from ..graph_utils import drop_dead_nodes
+from ..loading.external import make_tensor, spill_for
+from ..loading.view import tensor_value
 from ..ops import CONV, DENSE, bias_input, output_channel_axis
-from ..view import tensor_value
 
 
 class Rewrite:

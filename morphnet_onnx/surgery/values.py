@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..graph_utils import attr, compress
-from ..runtime import run_node
+from ..loading.runtime import run_node
 
 UNARY = {
     "Relu": lambda x, n: np.maximum(x, 0),

@@ -14,6 +14,7 @@ which output holds the logits.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,9 @@ import numpy as np
 import onnx
 
 BACKENDS = ("ort", "torch")
+# torch is an optional extra: the torch backend's module is named here and loads by this name when a
+# run asks for it (torch_session_class), so the default path never imports torch.
+TORCH_SESSION = ("morphnet_onnx.training.torch_backend", "TorchSession")
 COST_WEIGHTS = "morphnet_cost_weights"  # the regularizer's per-channel weights, fed every step
 TEACHER = "morphnet_teacher_probs"  # distillation: the teacher's probabilities at the temperature, fed every step
 STATE_FILE = "state.json"  # in --checkpoint-dir: the step, the run, the loop's state and the last checkpoint's name
@@ -49,7 +53,8 @@ class StepOutput:
 
 class Session(Protocol):
     """One backend's training state. `batch` holds the model inputs by name, `labels`, and (with a
-    regularizer) COST_WEIGHTS and (FiGS) the gate noise; it is the global batch of the step."""
+    regularizer) COST_WEIGHTS and (FiGS) the gate noise. The labels are the step's global batch; under
+    torchrun the inputs are this rank's rows of it (rank, rank + N, ...: the data set reads no others)."""
 
     def step(self, batch: dict[str, np.ndarray], lr: float) -> StepOutput:
         """Loss and logits of `batch`, then one optimizer step at `lr` (none when the loss is not finite)."""
@@ -71,6 +76,12 @@ class Session(Protocol):
 
     def close(self) -> None:
         """Free what the session holds (temporary files, process groups stay for the next run)."""
+
+
+def torch_session_class() -> type:
+    """The torch backend's Session class (imports torch and onnx2torch)."""
+    module, name = TORCH_SESSION
+    return getattr(importlib.import_module(module), name)
 
 
 def logits_of(model: onnx.ModelProto) -> str:

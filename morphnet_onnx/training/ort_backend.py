@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 from onnx import helper
 
 from ..errors import MorphNetError
-from ..figs import GatePlacement, insert_gates
-from ..io import LoadedModel
-from ..regularizers import GroupRegularizer, add_regularizer
+from ..loading.model import LoadedModel
+from ..method.figs import GatePlacement, insert_gates
+from ..method.regularizers import GroupRegularizer, add_regularizer
 from .backend import COST_WEIGHTS, TEACHER, Distill, StepOutput, logits_of
 from .graph import TrainingGraph, training_graph
 from .ort import api, artifacts, onnxblock
@@ -165,8 +166,6 @@ class OrtSession:
     def __init__(self, loaded: LoadedModel, options, regs: list[GroupRegularizer], gates: list[GatePlacement],
                  target_shape: list[int] | None, probe_batch: dict[str, np.ndarray] | None,
                  resume_from: Path | None, distill: Distill | None = None, classes: int | None = None) -> None:
-        import onnxruntime  # on first use: `inspect` and friends stay light
-
         onnxruntime.set_default_logger_severity(3)
         self.regs = regs
         tg = training_graph(loaded, options.batch_size)

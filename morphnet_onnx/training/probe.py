@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MorphNetError
+from .ort import api
 
 
 def run_probe(work: Path, feeds: list[np.ndarray], model_name: str, timeout: float = 900) -> None:
@@ -44,8 +45,6 @@ def _failing_op(stderr: str) -> str | None:
 
 def main(work: str) -> int:
     import onnxruntime
-
-    from .ort import api
 
     onnxruntime.set_default_logger_severity(3)
     directory = Path(work)

@@ -15,8 +15,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import MorphNetError
-from ..graph_utils import attr
-from ..io import onnx_opset
+from ..graph_utils import attr, onnx_opset
+from ..loading.runtime import make_session, random_feeds
 
 
 class _Emitter:
@@ -126,8 +126,6 @@ def rewrite_for_training(model: onnx.ModelProto, shapes: dict[str, tuple[int, ..
 def verify_rewrites(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes: dict, batch: int,
                     seed: int = 0) -> float:
     """Largest relative difference between the two models' outputs on random inputs (inference)."""
-    from ..runtime import make_session, random_feeds
-
     feeds = random_feeds(original, shapes, batch, seed)
     expected = make_session(original).run(None, feeds)
     got = make_session(rewritten).run(None, feeds)

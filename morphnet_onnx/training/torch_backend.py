@@ -20,218 +20,30 @@ the first copy back); loading unties the common case (shared norm parameters) be
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch  # this module is imported only for --backend torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
-from ..errors import MorphNetError
-from ..figs import NOISE, GatePlacement, insert_gates
-from ..graph_utils import drop_dead_nodes
-from ..io import LoadedModel, graph_input_names
-from ..ops import BUFFER_INPUTS, TRAINABLE_INPUTS
-from ..regularizers import EPS, GroupRegularizer
-from .backend import COST_WEIGHTS, TEACHER, Distill, StepOutput, logits_of
+from ..errors import MorphNetError, first_line
+from ..graph_utils import graph_input_names
+from ..loading.model import LoadedModel
+from ..method.figs import GatePlacement
+from ..method.regularizers import EPS, GroupRegularizer
+from .backend import COST_WEIGHTS, TEACHER, Distill, StepOutput
 from .distributed import World
-from .graph import constants_to_initializers
-
-CONVERTER = "onnx2torch==1.5.15"  # what `pip install morphnet-onnx[torch]` installs, and was tested
-
-
-def _onnx2torch_convert():
-    """onnx2torch's `convert`. onnx2torch imports torchvision at import time for its NMS and RoIAlign
-    converters only (detection heads, never in the CNNs we train). Where torchvision is missing or
-    cannot load (a CUDA torchvision wheel beside a CPU torch: "operator torchvision::nms does not
-    exist"), a stand-in lets onnx2torch import; converting a model with those two ops then fails
-    with a one-line error."""
-    try:
-        importlib.import_module("torchvision")  # optional: only onnx2torch's detection converters use it
-    except Exception:  # ImportError, or RuntimeError/OSError from a wheel built for another torch
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-
-        def missing(*args, **kwargs):
-            raise MorphNetError("this model has NonMaxSuppression or RoiAlign, which need a working torchvision "
-                                "matching your torch (pip install torchvision)")
-
-        stand_in = types.ModuleType("torchvision")
-        stand_in.ops = types.ModuleType("torchvision.ops")
-        stand_in.ops.nms = stand_in.ops.batched_nms = stand_in.ops.roi_align = missing
-        sys.modules["torchvision"] = stand_in
-        sys.modules["torchvision.ops"] = stand_in.ops
-    try:
-        from onnx2torch import convert  # the optional converter of the `torch` extra
-    except ImportError as exc:
-        raise MorphNetError(f"--backend torch needs onnx2torch: pip install 'morphnet-onnx[torch]' "
-                            f"(or pip install {CONVERTER})") from exc
-    return convert
-
-
-# ---- the model ---------------------------------------------------------------------------------------
-
-def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegularizer],
-                gates: list[GatePlacement]) -> tuple[onnx.ModelProto, list[str]]:
-    """The ONNX graph that is converted, and the names of its trainable initializers (the user's names)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(loaded.model)
-    graph = model.graph
-    constants_to_initializers(graph, TRAINABLE_INPUTS, BUFFER_INPUTS)
-    if task == "ce":
-        logits = logits_of(model)
-        if logits != graph.output[0].name:  # train on the logits: the trailing Softmax goes
-            del graph.output[:]
-            graph.output.append(onnx.helper.make_empty_tensor_value_info(logits))
-    drop_dead_nodes(graph)
-    for value in graph.input:
-        if value.name in set(graph_input_names(model)):
-            shape = value.type.tensor_type.shape
-            dims = list(loaded.shapes[value.name])
-            dims[0] = batch
-            del shape.dim[:]
-            for d in dims:
-                shape.dim.add().dim_value = d
-    del graph.value_info[:]
-    for output in graph.output:
-        output.type.tensor_type.elem_type = output.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
-        output.type.tensor_type.ClearField("shape")
-    inits = {t.name for t in graph.initializer}
-    trainable: list[str] = []
-    for node in graph.node:
-        for index in TRAINABLE_INPUTS.get(node.op_type, ()):
-            if index < len(node.input) and node.input[index] in inits and node.input[index] not in trainable:
-                trainable.append(node.input[index])
-    if gates:
-        trainable.extend(insert_gates(model, regs, gates))
-    return model, trainable
-
-
-class _Ref:
-    """A trainable ONNX initializer inside the torch module: the tensor, and whether the module holds
-    it transposed (nn.Linear from a Gemm without transB)."""
-
-    def __init__(self, tensor: torch.Tensor, transposed: bool) -> None:
-        self.tensor, self.transposed = tensor, transposed
-
-    def onnx_view(self) -> torch.Tensor:
-        """The tensor in the user's layout (differentiable)."""
-        return self.tensor.t() if self.transposed else self.tensor
-
-
-# The attributes of torch modules that onnx2torch fills from an op's initializers, by input slot.
-_MODULE_SLOTS: list[tuple[type, dict[int, str]]] = [
-    (nn.modules.conv._ConvNd, {1: "weight", 2: "bias"}),
-    (nn.modules.batchnorm._BatchNorm, {1: "weight", 2: "bias", 3: "running_mean", 4: "running_var"}),
-    (nn.modules.instancenorm._InstanceNorm, {1: "weight", 2: "bias"}),
-    (nn.LayerNorm, {1: "weight", 2: "bias"}),
-    (nn.Linear, {1: "weight", 2: "bias"}),
-]
-
-
-def _initializer_tensors(gm: fx.GraphModule, model: onnx.ModelProto) -> dict[str, list[tuple[nn.Module, str, bool]]]:
-    """Where each ONNX initializer went: (module, attribute, transposed) for every use. onnx2torch
-    keeps no such map: it is read from each converted node's onnx_mapping (its ONNX inputs) and the
-    fx arguments (initializers passed as buffers of `initializers`), or from the module's own
-    parameters (a Conv's weight)."""
-    nodes = {node.output[0]: node for node in model.graph.node if node.output}
-    inits = {t.name for t in model.graph.initializer}
-    where: dict[str, list[tuple[nn.Module, str, bool]]] = {}
-    for fx_node in gm.graph.nodes:
-        if fx_node.op != "call_module":
-            continue
-        module = gm.get_submodule(fx_node.target)
-        mapping = getattr(module, "onnx_mapping", None)
-        if mapping is None or not mapping.outputs or mapping.outputs[0] not in nodes:
-            continue
-        node = nodes[mapping.outputs[0]]
-        values = [v for v in mapping.inputs if v]
-        arguments = list(fx_node.args) + list(fx_node.kwargs.values())
-        for value, argument in zip(values, arguments):
-            if isinstance(argument, fx.Node) and argument.op == "get_attr" and \
-                    str(argument.target).startswith("initializers.") and value in inits:
-                holder, _, attribute = str(argument.target).rpartition(".")
-                where.setdefault(value, []).append((gm.get_submodule(holder), attribute, False))
-        inner = module
-        if isinstance(module, nn.Sequential):  # a Conv behind an explicit padding module
-            inner = next((m for m in reversed(module) if isinstance(m, nn.modules.conv._ConvNd)), module)
-        for kind, slots in _MODULE_SLOTS:
-            if not isinstance(inner, kind):
-                continue
-            for slot, attribute in slots.items():
-                if slot < len(node.input) and node.input[slot] in inits and getattr(inner, attribute, None) is not None:
-                    transposed = kind is nn.Linear and slot == 1 and not _attribute(node, "transB", 0)
-                    where.setdefault(node.input[slot], []).append((inner, attribute, transposed))
-            break
-    return where
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def trainable_refs(gm: fx.GraphModule, model: onnx.ModelProto, trainable: list[str]) -> dict[str, _Ref]:
-    """Make every trainable initializer one nn.Parameter (buffers promoted, shared uses tied), check
-    it holds the ONNX value, freeze everything else; return the map ONNX name -> tensor."""
-    where = _initializer_tensors(gm, model)
-    values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    for parameter in gm.parameters():
-        parameter.requires_grad_(False)
-    refs: dict[str, _Ref] = {}
-    for name in trainable:
-        uses = where.get(name)
-        if not uses:
-            raise MorphNetError(f"--backend torch: internal: the converted module holds no tensor for the trained "
-                                f"initializer {name!r}")
-        if len({transposed for _, _, transposed in uses}) > 1:
-            raise MorphNetError(f"--backend torch: the weight {name!r} is used both as a Gemm weight and another "
-                                f"way; train this model with --backend ort")
-        module, attribute, transposed = uses[0]
-        current = getattr(module, attribute)
-        parameter = current if isinstance(current, nn.Parameter) else nn.Parameter(current.detach().clone())
-        parameter.requires_grad_(True)
-        for module, attribute, _ in uses:
-            if attribute in module._buffers:
-                del module._buffers[attribute]
-            if attribute in module._parameters:
-                del module._parameters[attribute]
-            module.register_parameter(attribute, parameter)
-        ref = _Ref(parameter, transposed)
-        held = ref.onnx_view().detach().cpu().numpy()
-        if held.shape != values[name].shape or not np.array_equal(held, values[name]):
-            raise MorphNetError(f"--backend torch: the converted module's tensor for {name!r} does not hold the "
-                                f"ONNX initializer (a scaled Gemm?); train this model with --backend ort")
-        refs[name] = ref
-    return refs
-
-
-def convert_model(model: onnx.ModelProto, name: str) -> fx.GraphModule:
-    convert = _onnx2torch_convert()
-    try:
-        return convert(model, attach_onnx_mapping=True)
-    except MorphNetError:
-        raise
-    except Exception as exc:
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise MorphNetError(f"{name}: onnx2torch cannot convert this model ({text}); train it with --backend ort") \
-            from exc
-
+from .torch_model import TensorRef, convert_model, torch_graph, trainable_refs
 
 # ---- the regularizer ---------------------------------------------------------------------------------
 
 class TorchRegularizer:
     """regularizers.add_regularizer in torch: the concatenated regularization vector of `regs`."""
 
-    def __init__(self, regs: list[GroupRegularizer], refs: dict[str, _Ref], device: torch.device) -> None:
+    def __init__(self, regs: list[GroupRegularizer], refs: dict[str, TensorRef], device: torch.device) -> None:
         self.refs = refs
         self.members = []
         for reg in regs:
@@ -331,7 +143,7 @@ def _start_process_group(world: World, device: torch.device) -> None:
         dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
     except Exception as exc:
         raise MorphNetError(f"rank {world.rank} of {world.size}: cannot join the {backend} process group "
-                            f"({str(exc).splitlines()[0][:200]}); launch with torchrun") from exc
+                            f"({first_line(exc)}); launch with torchrun") from exc
 
 
 class TorchSession:
@@ -372,20 +184,16 @@ class TorchSession:
 
     # -- data
     def _shard(self, value: np.ndarray) -> torch.Tensor:
-        """The rank's share of a global batch: examples rank, rank + N, ... (DistributedSampler's
-        interleaving, so that the union over ranks is the global batch of one process)."""
+        """The rank's share of a global batch's labels: examples rank, rank + N, ... (DistributedSampler's
+        interleaving, so that the union over ranks is the global batch of one process). The inputs come
+        as the rank's share already: the data set reads only those rows (training/dataset.py)."""
         if self.world.distributed:
             value = value[self.world.rank::self.world.size]
         return torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
 
     def _inputs(self, batch: dict[str, np.ndarray]) -> list[torch.Tensor]:
-        tensors = []
-        for name in self.input_names:
-            if name == NOISE:  # one gate sample per channel, the same on every rank
-                tensors.append(torch.from_numpy(np.ascontiguousarray(batch[NOISE])).to(self.device))
-            else:
-                tensors.append(self._shard(batch[name]))
-        return tensors
+        # the FiGS gate noise (one sample per channel) is the same on every rank; the inputs are the rank's rows
+        return [torch.from_numpy(np.ascontiguousarray(batch[name])).to(self.device) for name in self.input_names]
 
     def _gather(self, local: torch.Tensor) -> np.ndarray:
         """The global batch's rows back in their order, from every rank's share."""
@@ -412,7 +220,8 @@ class TorchSession:
             objective = task
             if self.distill is not None and TEACHER in batch:  # the ort loss block's formula
                 d = self.distill
-                teacher = self._shard(batch[TEACHER])
+                # read with the inputs (distillation.py): already the rank's rows
+                teacher = torch.from_numpy(np.ascontiguousarray(batch[TEACHER])).to(self.device)
                 kd = -torch.sum(teacher * F.log_softmax(output / d.temperature, dim=-1), dim=-1).mean()
                 objective = (1 - d.weight) * task + d.weight * d.temperature ** 2 * kd
         except RuntimeError as exc:  # a shape the converted graph cannot take, as onnxruntime's probe reports it

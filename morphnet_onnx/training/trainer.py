@@ -14,13 +14,16 @@ from typing import Callable
 import numpy as np
 
 from ..errors import Interrupted, MorphNetError
-from ..figs import NOISE, GatePlacement
-from ..io import LoadedModel, write_atomic_bytes
-from ..regularizers import GroupRegularizer
-from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, TEACHER, Distill, Session, logits_of
-from .data import Dataset
+from ..loading.model import LoadedModel
+from ..loading.writing import write_atomic_bytes
+from ..method.figs import NOISE, GatePlacement
+from ..method.regularizers import GroupRegularizer
+from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, TEACHER, Distill, Session, logits_of, torch_session_class
+from .dataset import Dataset
 from .distributed import World, current_world
+from .images import ImageOptions
 from .health import EARLY_CHECK_STEPS, LIKELY_CAUSES, MIN_JUDGED_STEPS, LearningSignal, learning_signal
+from .ort_backend import OrtSession
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -45,6 +48,7 @@ class TrainOptions:
     progress: bool = True
     probe: bool = True  # ort: one step in a child process first, so a native crash becomes an error
     backend: str = "ort"  # or "torch" (the optional extra `torch`; data-parallel under torchrun)
+    images: ImageOptions = field(default_factory=ImageOptions)  # how image folders are read (images.py)
 
     def __post_init__(self) -> None:
         """The same one-line errors for Python callers as for the CLI (named by its options)."""
@@ -150,16 +154,11 @@ class Trainer:
     def _open(self, data: Dataset, world: World, resume_from: Path | None) -> Session:
         options = self.options
         if options.backend == "torch":
-            # torch loads only when asked for: the default path never imports it.
-            from .torch_backend import TorchSession
-
-            return TorchSession(self.loaded, options, self.regs, self.gates, self.target_shape, world, resume_from,
-                                self.distill)
+            return torch_session_class()(self.loaded, options, self.regs, self.gates, self.target_shape, world,
+                                         resume_from, self.distill)
         if world.distributed:
             raise MorphNetError(f"--backend ort trains in one process on one device, but this is rank {world.rank} "
                                 f"of {world.size} (torchrun): add --backend torch for data-parallel training")
-        from .ort_backend import OrtSession  # onnxruntime-training loads on first use
-
         probe = None
         if options.probe:
             probe = next(data.batches(options.batch_size, False, 0))
@@ -176,6 +175,7 @@ class Trainer:
         hears the early learning check (after the first epoch or EARLY_CHECK_STEPS steps)."""
         options = self.options
         world = current_world()
+        shard = world if world.distributed else None  # each rank reads only its rows of a global batch
         per_epoch = data.require_batches(options.batch_size)
         total = options.steps if options.steps else options.epochs * per_epoch
         start_step, resume_from = 0, None
@@ -207,7 +207,8 @@ class Trainer:
                 stopped = False
                 while step < total and not stopped:
                     epoch, offset = divmod(step, per_epoch)
-                    for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset):
+                    for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset,
+                                              shard=shard):
                         if step >= total:
                             break
                         if self.hooks is not None and self.hooks.stop():
@@ -261,7 +262,7 @@ class Trainer:
             trained = session.params(session.trainable())
             session_accuracy = None
             if val is not None and options.loss == "ce":
-                session_accuracy = self._session_accuracy(session, val, weights)
+                session_accuracy = self._session_accuracy(session, val, weights, shard)
             return TrainResult(params=trained, steps=step, seconds=seconds,
                                signal=learning_signal(task_losses, correct, classes), history=history,
                                session_accuracy=session_accuracy, warnings=warnings)
@@ -274,7 +275,7 @@ class Trainer:
         width = logits_width(self.loaded)
         return width if width > 0 else None
 
-    def _session_accuracy(self, session: Session, val: Dataset, weights) -> float | None:
+    def _session_accuracy(self, session: Session, val: Dataset, weights, shard: World | None) -> float | None:
         """Top-1 of the trained weights on `val`, in the session (batch statistics): every example once;
         the last batch is filled up from the start (the graph's batch is static) and the filler not counted."""
         batch_size = self.options.batch_size
@@ -282,10 +283,7 @@ class Trainer:
         if n == 0:
             return None
         hits = 0
-        for start in range(0, n, batch_size):
-            index = np.arange(start, start + batch_size) % n
-            feeds = {k: v[index] for k, v in val.arrays.items()}
-            feeds["labels"] = val.labels[index]
+        for start, feeds in zip(range(0, n, batch_size), val.batches(batch_size, False, 0, shard=shard, fill_last=True)):
             if self.regs:
                 feeds[COST_WEIGHTS] = weights if weights is not None else np.zeros(
                     sum(r.width for r in self.regs), dtype=np.float32)

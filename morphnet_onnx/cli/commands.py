@@ -1,0 +1,296 @@
+"""What each command does with its parsed arguments: call one function of the Python API, print what
+it returns (tables, or one JSON document with --json), end with the short diff of what it wrote.
+
+The API and what it imports load per command, so that `inspect` never loads training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..cost.budget import RESOURCES, Budget
+from ..errors import MorphNetError
+from ..loading.shapes import parse_input_shapes
+from ..loading.writing import refuse_overwriting
+from ..training.distributed import is_main
+
+
+def _budget(args: argparse.Namespace):
+    for resource in RESOURCES:
+        text = getattr(args, f"budget_{resource}")
+        if text is not None:
+            return Budget(resource, text)
+    return None
+
+
+def _print_json(result) -> None:
+    json.dump(result.to_dict(), sys.stdout)
+    sys.stdout.write("\n")
+
+
+def _images(args: argparse.Namespace, augment: bool = False):
+    from ..training.images import ImageOptions
+
+    return ImageOptions(mean=args.mean, std=args.std, augment=augment, workers=args.data_workers)
+
+
+def _train_options(args: argparse.Namespace):
+    from ..training.trainer import TrainOptions
+
+    return TrainOptions(epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
+                        seed=args.seed, threads=args.threads, loss=args.loss,
+                        checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume,
+                        progress=not args.no_progress and sys.stderr.isatty(), backend=args.backend,
+                        images=_images(args, augment=not args.no_augment))
+
+
+def _print_learned(result, args) -> None:
+    from ..report.tables import human
+
+    if not is_main():  # under torchrun rank 0 reports, warnings included
+        return
+    for warning in result.warnings:  # stderr: a --json document on stdout stays clean
+        print(f"[W] {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(result)
+        return
+    print(f"wrote {args.output}: FLOPs {human(result.flops_before)} -> {human(result.flops_after)} "
+          f"({result.flops_after / result.flops_before:.1%}), params {human(result.params_before)} -> "
+          f"{human(result.params_after)}; {result.steps} steps in {result.seconds:.0f} s")
+    if result.resource != "flops":
+        print(f"{result.resource}: {result.cost_before:.4g} -> {result.cost_after:.4g} "
+              f"({result.cost_after / result.cost_before:.1%})")
+    if result.decision:
+        d = result.decision
+        budget = f", budget {d['target'] / d['full_cost']:.3f}x" if d["target"] else ""
+        print(f"{result.resource}: learned structure {d['learned_cost'] / d['full_cost']:.3f}x, written "
+              f"{d['written_cost'] / d['full_cost']:.3f}x{budget} ({d['forced_cuts']} live channels cut, "
+              f"{d['readmitted']} re-admitted)")
+    if result.validation is not None:
+        v = result.validation
+        print(f"validation ({v.examples} examples): " + (f"top-1 {v.accuracy:.2%}, top-5 {v.top5:.2%}"
+                                                          if v.accuracy is not None else f"mse {v.mse:.4g}"))
+    if getattr(result, "cut_validation", None) is not None and result.cut_validation.accuracy is not None:
+        print(f"before the fine-tune ({result.decision.get('finetune_steps')} steps): top-1 "
+              f"{result.cut_validation.accuracy:.2%}")
+    if result.classes is not None:
+        print(_classes_line(result.classes, args.output))
+    for note in result.notes:
+        print(f"[W] {note}")
+
+
+def _classes_line(classes: list[str], output) -> str:
+    """The class order of an image folder, as the written model's outputs read it."""
+    from ..training.images import classes_path
+
+    shown = ", ".join(f"{k} {name}" for k, name in enumerate(classes[:10]))
+    more = f", ... ({len(classes)} in all)" if len(classes) > 10 else ""
+    return f"classes (output index, folder): {shown}{more}; written to {classes_path(output)}"
+
+
+# shrink's recipe options (parser.py's _recipe_options), each a ShrinkOptions field of the same name.
+RECIPE_OPTIONS = ("cut", "hold", "hold_from", "hold_until", "proximal", "reach", "finetune_share", "finetune_lr",
+                  "finetune_schedule", "distill", "distill_weight", "distill_temperature")
+
+
+def _shrink(args: argparse.Namespace) -> int:
+    from ..recipes.shrink import ShrinkOptions, shrink
+    from ..report.pictures import check_picture_paths
+
+    check_picture_paths(args.plot, args.html)
+    if args.old_structure:  # --structure is an input everywhere else (prune, expand)
+        print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
+        args.save_structure = args.save_structure or args.old_structure
+    recipe = {name: getattr(args, name) for name in RECIPE_OPTIONS}
+    method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
+                           threshold=args.threshold, grouping=args.grouping, hardware=args.hardware,
+                           cost_batch_size=args.cost_batch_size, round_to=args.round_to, keep=args.keep,
+                           finetune_steps=args.finetune_steps, force=args.force, **recipe)
+    result = shrink(args.model, args.data, args.output, val=args.val, method=method, options=_train_options(args),
+                    data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape),
+                    structure_path=args.save_structure)
+    _print_learned(result, args)
+    _end_with_diff(args.model, args.output, args)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..recipes.shrink import train
+
+    result = train(args.model, args.data, args.output, val=args.val, options=_train_options(args),
+                   data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape), init=args.init)
+    _print_learned(result, args)
+    return 0
+
+
+def _expand(args: argparse.Namespace) -> int:
+    from ..expansion.expand import expand
+    from ..report.pictures import check_picture_paths
+    from ..report.tables import human
+
+    check_picture_paths(args.plot, args.html)
+    result = expand(args.model, args.output, structure=args.structure, budget=_budget(args),
+                    multiplier=args.multiplier, reference=args.reference, round_to=args.round_to, init=args.init,
+                    seed=args.seed, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
+                    hardware=args.hardware, cost_batch_size=args.cost_batch_size)
+    if args.json:
+        _print_json(result)
+        _end_with_diff(args.model, args.output, args)
+        return 0
+    print(f"wrote {args.output}: width multiplier {result.multiplier:.4g} on {len(result.widths)} groups "
+          f"({args.init} weights); FLOPs {human(result.flops_before)} -> {human(result.flops_after)}, "
+          f"params {human(result.params_before)} -> {human(result.params_after)}")
+    if result.target is not None:
+        unit = {"flops": "FLOPs", "size": "weights", "latency": "s"}[result.resource]
+        print(f"{result.resource}: {result.cost_after:.6g} {unit} = {result.cost_after / result.target:.2%} of the "
+              f"budget {result.target:.6g} ({result.target / result.reference_cost:.3g}x of the reference); "
+              f"one rounding step more: {result.next_step_cost / result.target:.2%}")
+    widths = ", ".join(f"{row['sources'][0]} {row['before']}->{row['after']}" for row in result.widths[:6])
+    more = f" and {len(result.widths) - 6} more" if len(result.widths) > 6 else ""
+    print(f"widths: {widths}{more}")
+    for note in result.notes:
+        print(f"[W] {note}")
+    _end_with_diff(args.model, args.output, args)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..recipes.shrink import evaluate
+
+    result = evaluate(args.model, args.data, loss=args.loss, input_shapes=parse_input_shapes(args.input_shape),
+                      batch=args.batch_size, images=_images(args))
+    if args.json:
+        _print_json(result)
+    elif result.accuracy is not None:
+        print(f"{args.model}: top-1 {result.accuracy:.2%}, top-5 {result.top5:.2%} on {result.examples} examples")
+    else:
+        print(f"{args.model}: mse {result.mse:.6g} on {result.examples} examples")
+    return 0
+
+
+def _cycle(args: argparse.Namespace) -> int:
+    from ..recipes.cycle import cycle
+    from ..report.pictures import check_picture_paths
+    from ..report.tables import print_cycle
+
+    check_picture_paths(args.plot, args.html)
+    if args.checkpoint_dir:
+        raise MorphNetError("cycle keeps its checkpoints in --out-dir/checkpoints: drop --checkpoint-dir")
+    resume, args.resume = args.resume, False
+    result = cycle(args.model, args.data, args.val, budget=_budget(args), out_dir=args.out_dir, rounds=args.rounds,
+                   shrink_to=args.shrink_to, options=_train_options(args), data_module=args.data_module,
+                   regularizer=args.regularizer, grouping=args.grouping, round_to=args.round_to, keep=args.keep,
+                   input_shapes=parse_input_shapes(args.input_shape), hardware=args.hardware,
+                   cost_batch_size=args.cost_batch_size, resume=resume, force=args.force)
+    if args.json:
+        _print_json(result)
+    else:
+        print_cycle(result)
+    # What the rounds did to the network: the original against the last round's model.
+    _end_with_diff(args.model, result.rows[-1].model, args)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from ..cost.inspection import inspect
+    from ..report.tables import print_inspection
+
+    if args.after is not None:  # `inspect BEFORE AFTER` is `diff BEFORE AFTER`
+        if args.keep:
+            raise MorphNetError("--keep does not apply to a diff of two models")
+        return _diff(argparse.Namespace(**{**vars(args), "before": args.model, "structure_model": None}))
+    if args.plot or args.html:
+        raise MorphNetError("--plot and --html show a diff: give two models (inspect BEFORE AFTER)")
+    report = inspect(args.model, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
+                     hardware=args.hardware, cost_batch_size=args.cost_batch_size)
+    if not report.analysis.prunable_groups:
+        reasons = sorted({r for g in report.analysis.groups for r in g.reasons})[:3]
+        detail = f" ({'; '.join(reasons)})" if reasons else " (no Conv, Gemm or MatMul with weight initializers)"
+        raise MorphNetError(f"{args.model}: nothing to prune{detail}")
+    if args.json:
+        _print_json(report)
+    else:
+        print_inspection(report)
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from ..report.pictures import check_picture_paths
+    from ..report.tables import human
+    from ..surgery.pruning import prune
+
+    check_picture_paths(args.plot, args.html)
+    refuse_overwriting({"-o": args.output, "--save-structure": args.save_structure}, [args.model, args.structure])
+    result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
+                   keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
+    if args.save_structure:
+        result.structure.save(args.save_structure, result.analysis, str(args.model))
+    print(f"wrote {args.output}: FLOPs {human(result.flops_before)} -> {human(result.flops_after)} "
+          f"({result.flops_after / result.flops_before:.1%}), params {human(result.params_before)} -> "
+          f"{human(result.params_after)}, {len(result.removed_ops)} ops removed")
+    for note in result.notes:
+        print(f"[W] {note}")
+    _end_with_diff(args.model, args.output, args)
+    return 0
+
+
+def _end_with_diff(before, after, args: argparse.Namespace) -> None:
+    """The short diff after a command that wrote a model (stdout unless --json), then --plot/--html."""
+    if not is_main():  # under torchrun rank 0 wrote the model, and reports on it
+        return
+    from ..report.diff import diff, short_summary
+    from ..report.pictures import write_pictures
+
+    result = diff(before, after, input_shapes=parse_input_shapes(args.input_shape))
+    out = sys.stderr if getattr(args, "json", False) else sys.stdout
+    if out is sys.stdout:
+        print("\n".join(short_summary(result)))
+    for path in write_pictures(result, args.plot, args.html):
+        print(f"wrote {path}", file=out)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from ..report.diff import diff
+    from ..report.pictures import check_picture_paths, write_pictures
+    from ..report.tables import print_diff
+
+    check_picture_paths(args.plot, args.html)
+    result = diff(args.before, args.after, model=args.structure_model, input_shapes=parse_input_shapes(args.input_shape),
+                  hardware=args.hardware, cost_batch_size=getattr(args, "cost_batch_size", 1))
+    if args.json:
+        _print_json(result)
+    else:
+        print_diff(result)
+    for path in write_pictures(result, args.plot, args.html):
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..report.tables import human
+    from ..surgery.checking import check
+
+    result = check(args.model, fraction=args.fraction, seed=args.seed,
+                   input_shapes=parse_input_shapes(args.input_shape), keep=args.keep)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"[I] prunable groups hold {result.prunable_flops_share:.1%} of the FLOPs; {result.groups_pruned} "
+              f"groups pruned, {result.groups_removed} removed whole")
+        print(f"[I] FLOPs {human(result.flops_before)} -> {human(result.flops_after)}, params "
+              f"{human(result.params_before)} -> {human(result.params_after)}")
+        print(f"[I] worst output difference {result.max_error:.3g} of the tolerance (atol 1e-4, rtol 1e-3), "
+              f"{result.seconds:.1f} s")
+        for note in result.notes:
+            print(f"[W] {note}")
+        print("PASSED" if result.passed else "FAILED")
+    return 0 if result.passed else 1
+
+
+COMMANDS = {"inspect": _inspect, "diff": _diff, "prune": _prune, "check": _check, "shrink": _shrink, "expand": _expand,
+            "cycle": _cycle, "train": _train, "evaluate": _evaluate}

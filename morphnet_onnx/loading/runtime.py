@@ -1,0 +1,73 @@
+"""onnxruntime helpers: sessions on in-memory models, single-node evaluation, random inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import MorphNetError, first_line
+from .external import needs_a_file, on_disk
+
+
+def make_session(model: onnx.ModelProto | Path, threads: int = 0):
+    """An onnxruntime session on a model in memory, or on a file. A model that keeps its weights on
+    disk (or is too big to serialize) is opened from a file, where onnxruntime maps its weights
+    rather than copying them, and without prepacking (a second copy of the Gemm weights)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if isinstance(model, onnx.ModelProto) and needs_a_file(model):
+        model = on_disk(model)
+    if isinstance(model, Path):
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    try:
+        source = str(model) if isinstance(model, Path) else model.SerializeToString()
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise MorphNetError(f"onnxruntime cannot load the model: {first_line(exc, 300)}") from exc
+
+
+def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Run one node with onnxruntime on concrete inputs (None for omitted optional inputs)."""
+    graph_inputs, feeds = [], {}
+    for name, value in zip(node.input, inputs):
+        if not name:
+            continue
+        graph_inputs.append(onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
+        feeds[name] = np.ascontiguousarray(value)
+    outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in node.output if n]
+    graph = onnx.helper.make_graph([node], "node", graph_inputs, outputs)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", max(opset, 7))])
+    model.ir_version = 8
+    # onnxruntime wants typed outputs: let shape inference type them.
+    inferred = onnx.shape_inference.infer_shapes(model)
+    typed = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    del model.graph.output[:]
+    model.graph.output.extend(typed.get(n, onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+                              for n in node.output if n)
+    session = make_session(model, threads=1)
+    return session.run(None, feeds)
+
+
+def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int, seed: int) -> dict:
+    """Random inputs for every model input: normal floats, small non-negative integers."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        shape = list(shapes[value.name])
+        shape[0] = batch
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds

@@ -1,0 +1,8 @@
+"""Stage 7 of the flow, method: MorphNet itself, the math that decides the structure.
+
+Owns the resource-weighted regularizers as ONNX subgraphs (regularizers.py: gamma and group lasso,
+max or l2 grouping; figs.py: FiGS's stochastic gates), the strength controller and the per-channel
+cost weights (controller.py), and the decision from trained gates to the `Structure` that lands on
+the budget (decision.py). It may import the basis and every stage up to expansion/ (the stage
+before); training/, the next stage, trains a model with its regularizer.
+"""
