@@ -127,6 +127,17 @@ def test_equal_compute_figures():
     assert "scratch" not in figures["starts"]
 
 
+def test_torch_pruning_is_its_better_mode_at_each_budget():
+    rows = [dict(r, variant="global") for r in
+            _rows("torch-pruning", "scratch", [0.60, 0.90], flops=(1.0, 2.0), points=(0.25, 0.5))]
+    rows += [dict(r, variant="local") for r in
+             _rows("torch-pruning", "scratch", [0.70, 0.80], flops=(1.1, 2.0), points=(0.25, 0.5))]
+    best = bt.at_budget(bt.aggregate(rows), "torch-pruning", "scratch")
+    assert {k: (r["variant"], round(r["accuracy_mean"], 6)) for k, r in best.items()} == {
+        "0.25": ("local", 0.70), "0.5": ("global", 0.90)}
+    assert [(round(f, 6), round(a, 6)) for f, a in bt.curve(bt.aggregate(rows), "torch-pruning")] == [(1.1, 0.7), (2.0, 0.9)]
+
+
 def test_ablation_pairs_seeds():
     rows = [{"method": "shrink-as-written", "task": "t", "start": "scratch", "point": 0.5, "seed": s,
              "variant": v, "accuracy": a} for v, accs in (("base", (0.80, 0.82, 0.84)), ("lever", (0.81, 0.84, 0.84)))
@@ -171,7 +182,8 @@ def _count_arm_steps(tmp_path, monkeypatch, starts, arms, budgets, expected_kind
     task = bt.Task("mnist1d", steps, budgets, input=(1, 1, 40))
     files = bt.prepare_task(task, tmp_path, [0])
     specs = bt.job_specs(task, files, tmp_path, [0], 1, starts, arms, {"default": {}},
-                         {"tp_sparse_share": 0.5, "tp_iterative_steps": 2}, paper=True)
+                         {"tp_sparse_share": 0.5, "tp_iterative_steps": 2, "tp_modes": ["global", "local"]},
+                         paper=True)
     done, taken = set(), {}
     while len(done) < len(specs):
         spec = next(s for s in specs if s["result"] not in done and all(n in done for n in s["needs"]))
@@ -197,13 +209,13 @@ def _count_arm_steps(tmp_path, monkeypatch, starts, arms, budgets, expected_kind
 
 def test_every_arm_takes_the_same_steps(tmp_path, monkeypatch):
     _count_arm_steps(tmp_path, monkeypatch, ["trained"], ["uniform", "shrink", "torch-pruning"], (0.5,),
-                     {"dense": 1, "uniform": 1, "shrink": 1, "torch-pruning": 1})
+                     {"dense": 1, "uniform": 1, "shrink": 1, "torch-pruning": 2})
 
 
 @pytest.mark.slow
 def test_every_arm_of_both_starts_takes_the_same_steps(tmp_path, monkeypatch):
     _count_arm_steps(tmp_path, monkeypatch, ["scratch", "trained"], list(bt.ARMS), (0.5, 0.25),
-                     {"dense": 1, "uniform": 4, "shrink": 4, "retrain": 2, "torch-pruning": 2, "torch-dense": 1})
+                     {"dense": 1, "uniform": 4, "shrink": 4, "retrain": 2, "torch-pruning": 4, "torch-dense": 1})
 
 
 @pytest.mark.slow

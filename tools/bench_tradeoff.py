@@ -24,7 +24,9 @@ The arms, at each budget B in the task's budgets (FLOPs, fraction of the origina
   README recipe: GroupNormPruner with GroupMagnitudeImportance(p=2) (group norm), its default reg
   (1e-4) applied after every backward (`pruner.regularize`) for the sparse-training steps
   (`--tp-sparse-share` of T), then iterative pruning: `--tp-iterative-steps` rounds, each pruning
-  (global, the classifier ignored) to the next point of a linear FLOPs schedule down to B
+  (the classifier ignored; global pruning, one ranking over every layer, and local pruning, its
+  default, the same ratio in every layer: both are run, and the better at each budget is the
+  baseline) to the next point of a linear FLOPs schedule down to B
   (tp.utils.count_ops_and_params), the rounds spread over the first half of the rest of T, which is
   one fine-tune (one schedule) of the network being pruned: its second half trains the final
   structure. One sparse training per seed and start serves every budget;
@@ -201,11 +203,19 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def curve(table: list[dict], method: str, start: str = "scratch", variant: str = "default") -> list[tuple[float, float]]:
-    return [(r["flops_mean"], r["accuracy_mean"]) for r in table
-            if r["method"] == method and r["start"] == start and r["variant"] == variant]
+    return sorted((r["flops_mean"], r["accuracy_mean"]) for r in at_budget(table, method, start, variant).values())
 
 
 def at_budget(table: list[dict], method: str, start: str, variant: str = "default") -> dict[str, dict]:
+    """The rows of a method and start by point; torch-pruning: at each point the better of its modes
+    (global and local pruning), so that shrink is compared with the stronger one."""
+    if method == "torch-pruning":
+        best: dict[str, dict] = {}
+        for r in table:
+            if r["method"] == method and r["start"] == start and (
+                    r["point"] not in best or r["accuracy_mean"] > best[r["point"]]["accuracy_mean"]):
+                best[r["point"]] = r
+        return best
     return {r["point"]: r for r in table if r["method"] == method and r["start"] == start and r["variant"] == variant}
 
 
@@ -229,6 +239,7 @@ def equal_compute(table: list[dict], start: str, budgets: tuple[float, ...], var
         per[key] = {
             "shrink": None if s is None else 100 * s["accuracy_mean"],
             "torch_pruning": None if t is None else 100 * t["accuracy_mean"],
+            "torch_pruning_mode": None if t is None else t["variant"],
             "uniform": None if u is None else 100 * u["accuracy_mean"],
             "vs_torch_pruning": None if s is None or t is None else 100 * (s["accuracy_mean"] - t["accuracy_mean"]),
             "vs_uniform": None if s is None or u is None else 100 * (s["accuracy_mean"] - u["accuracy_mean"]),
@@ -608,7 +619,7 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
     import torch.nn as nn
     import torch_pruning as tp
 
-    start = spec["start"]
+    start, mode = spec["start"], spec["variant"]
     rounds, sparse_share = spec["tp_iterative_steps"], spec["tp_sparse_share"]
     trainer = TorchTrainer(task, files, seed, threads)
     example = trainer.example
@@ -618,7 +629,7 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
     importance = tp.importance.GroupMagnitudeImportance(p=2)
 
     def pruner_for(model):
-        return tp.pruner.GroupNormPruner(model, example, importance=importance, global_pruning=True,
+        return tp.pruner.GroupNormPruner(model, example, importance=importance, global_pruning=mode == "global",
                                          pruning_ratio=1.0, iterative_steps=400, ignored_layers=[
                                              m for m in model.modules() if isinstance(m, nn.Linear)])
 
@@ -651,12 +662,12 @@ def job_torch_pruning(task: Task, files: dict, folder: Path, seed: int, threads:
             share = marks[k] - done
             trainer.run(pruned, share, offset=done, total=finetune_steps)
             done += share
-        path = folder / f"torch_pruning_{start}_{target}_s{seed}.onnx"
+        path = folder / f"torch_pruning_{start}_{mode}_{target}_s{seed}.onnx"
         export_onnx(pruned, path, files["input"])
         rows.append(_measure(path, files["val"], "torch-pruning", start, target, seed,
                              time.time() - started + sparse_seconds, trainer.steps_taken, tp_ops_ratio=ratio,
                              torch_accuracy=trainer.accuracy(pruned), accuracy_before_last_finetune=before_finetune,
-                             sparse_steps=sparse_steps, finetune_steps=done, rounds=rounds))
+                             sparse_steps=sparse_steps, finetune_steps=done, rounds=rounds, variant=mode))
     return rows
 
 
@@ -753,7 +764,8 @@ def job_specs(task: Task, files: dict, work: Path, seeds: list[int], threads: in
         for seed in seeds:
             needs = [dense[seed]] if start == "trained" else []
             if "torch-pruning" in arms:
-                add("torch-pruning", seed, 0.3 + 0.3 * sum(task.budgets), start, needs=needs)
+                for mode in tp_settings["tp_modes"]:
+                    add("torch-pruning", seed, 0.3 + 0.3 * sum(task.budgets), start, variant=mode, needs=needs)
             for budget in task.budgets:
                 if "uniform" in arms:
                     add("uniform", seed, 0.2 + budget, start, budget, needs=needs)
@@ -836,8 +848,7 @@ def plot(task: str, table: list[dict], full_flops: float, path: Path, quick: boo
     fig, axes = plt.subplots(1, len(starts), figsize=(6 * len(starts), 4.8), squeeze=False)
     for ax, start in zip(axes[0], starts):
         for method in METHODS:
-            rows = sorted((r for r in table if r["method"] == method and r["start"] == start
-                           and r["variant"] == "default"), key=lambda r: r["flops_mean"])
+            rows = sorted(at_budget(table, method, start).values(), key=lambda r: r["flops_mean"])
             if not rows:
                 continue
             color, marker, line = STYLES[method]
@@ -899,6 +910,9 @@ def main(argv: list[str] | None = None) -> int:
                              "fields); repeat for an ablation (the first is the reference)")
     parser.add_argument("--tp-sparse-share", type=float, default=0.5, help="torch-pruning's sparse-training share of T")
     parser.add_argument("--tp-iterative-steps", type=int, default=5, help="torch-pruning's pruning rounds")
+    parser.add_argument("--tp-modes", default="global,local",
+                        help="torch-pruning's global pruning (one ranking across layers) and local pruning (its "
+                             "default: the same ratio in every layer); the figures take the better at each budget")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run in parallel (worker processes)")
     parser.add_argument("--threads", type=int, default=1, help="threads per training (onnxruntime and torch)")
     parser.add_argument("--resume", action="store_true", help="skip jobs whose results are in --work")
@@ -928,7 +942,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown start or arm: {', '.join(unknown)}")
     variants = dict(parse_variant(v) for v in (args.variant or ["default"]))
     paper = not args.quick
-    tp_settings = {"tp_sparse_share": args.tp_sparse_share, "tp_iterative_steps": args.tp_iterative_steps}
+    tp_settings = {"tp_sparse_share": args.tp_sparse_share, "tp_iterative_steps": args.tp_iterative_steps,
+                   "tp_modes": [m for m in args.tp_modes.split(",") if m]}
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / (
         "bench_tradeoff_quick" if args.quick else "bench_tradeoff")  # models stay out of the repository
@@ -970,7 +985,8 @@ def main(argv: list[str] | None = None) -> int:
                "seeds": seeds, "starts": starts, "arms": arms, "variants": variants,
                "protocol": {"recipe": RECIPE, "torch_pruning": {
                    "pruner": "GroupNormPruner", "importance": "GroupMagnitudeImportance(p=2)", "reg": 1e-4,
-                   "global_pruning": True, "ignored": "the classifier (Linear)",
+                   "global_pruning": "both modes: global (True) and local (False, its default); the better "
+                                     "at each budget is the baseline", "ignored": "the classifier (Linear)",
                    "sparse_share": args.tp_sparse_share, "iterative_steps": args.tp_iterative_steps,
                    "schedule": "linear in FLOPs to the budget; the rounds at fine-tune steps (k-1) T_f / (2 K), "
                                "one one-cycle schedule over the fine-tune; one sparse training serves every budget"}},
