@@ -196,3 +196,15 @@ def test_every_help_shows_the_default_of_every_option_that_has_one_and_an_exampl
                 continue
             shown = " ".join(sub._get_formatter()._expand_help(action).split()) if action.help else ""
             assert f"default: {action.default}" in shown or "(default" in (action.help or ""), (name, action.dest)
+
+
+def test_shrink_recipe_defaults_are_shrink_options_defaults(tmp_path):
+    """The CLI's recipe defaults (shown in --help) are ShrinkOptions' own: one recipe, two doors."""
+    from morphnet_onnx.cli.commands import RECIPE_OPTIONS
+    from morphnet_onnx.cli.parser import build_parser
+
+    args = build_parser().parse_args(["shrink", "m.onnx", "--data", "d.npz", "--budget-flops", "0.5x", "-o", "o.onnx"])
+    defaults = mn.ShrinkOptions(budget=mn.Budget("flops", "0.5x"))
+    for name in RECIPE_OPTIONS:
+        assert getattr(args, name) == getattr(defaults, name), name
+    assert args.finetune_steps is None and defaults.finetune_steps is None

@@ -93,6 +93,11 @@ def _classes_line(classes: list[str], output) -> str:
     return f"classes (output index, folder): {shown}{more}; written to {classes_path(output)}"
 
 
+# shrink's recipe options (parser.py's _recipe_options), each a ShrinkOptions field of the same name.
+RECIPE_OPTIONS = ("cut", "hold", "hold_from", "hold_until", "proximal", "reach", "finetune_share", "finetune_lr",
+                  "finetune_schedule", "distill", "distill_weight", "distill_temperature")
+
+
 def _shrink(args: argparse.Namespace) -> int:
     from ..recipes.shrink import ShrinkOptions, shrink
     from ..report.pictures import check_picture_paths
@@ -101,10 +106,11 @@ def _shrink(args: argparse.Namespace) -> int:
     if args.old_structure:  # --structure is an input everywhere else (prune, expand)
         print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
         args.save_structure = args.save_structure or args.old_structure
+    recipe = {name: getattr(args, name) for name in RECIPE_OPTIONS}
     method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
                            threshold=args.threshold, grouping=args.grouping, hardware=args.hardware,
                            cost_batch_size=args.cost_batch_size, round_to=args.round_to, keep=args.keep,
-                           finetune_steps=args.finetune_steps, force=args.force)
+                           finetune_steps=args.finetune_steps, force=args.force, **recipe)
     result = shrink(args.model, args.data, args.output, val=args.val, method=method, options=_train_options(args),
                     data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape),
                     structure_path=args.save_structure)

@@ -57,6 +57,41 @@ def _model_options(p: argparse.ArgumentParser, keep: bool = True) -> None:
                        help="never prune the channels of ops whose name matches (repeatable)")
 
 
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    """shrink's recipe (recipes/options.py; each default there, and tests/test_cli.py checks they agree)."""
+    g = p.add_argument_group("recipe (docs/training.md, \"The recipe\"); --steps/--epochs are the whole run")
+    g.add_argument("--cut", choices=["budget", "end"], default="budget",
+                   help="when the model is cut: as soon as the learned structure meets the budget (the rest of "
+                        "the steps train the smaller model), or after the regularized share of the steps")
+    g.add_argument("--hold", action=argparse.BooleanOptionalAction, default=True,
+                   help="bring the structure down to the budget progressively, holding removed channels at zero")
+    g.add_argument("--hold-from", type=float, default=0.1, metavar="F", help="share of the steps where --hold starts")
+    g.add_argument("--hold-until", type=float, default=0.4, metavar="F",
+                   help="share of the steps by which --hold reaches the budget")
+    g.add_argument("--proximal", action=argparse.BooleanOptionalAction, default=False,
+                   help="apply the regularizer as a proximal step on the gates (they reach exactly zero) "
+                        "instead of through the loss's gradient")
+    g.add_argument("--reach", type=float, default=0.5 / 1.1, metavar="F",
+                   help="share of the steps within which the regularizer's strength may grow 1000-fold")
+    g.add_argument("--finetune-steps", type=int, metavar="N",
+                   help="steps of plain training after the cut, out of --steps (default: --finetune-share of "
+                        "them, at least; 0: write the model as cut)")
+    g.add_argument("--finetune-share", type=float, default=0.3, metavar="F",
+                   help="share of the steps kept for training the cut model, at least")
+    g.add_argument("--finetune-lr", type=float, default=1.0, metavar="F",
+                   help="the learning rate after the cut, as a share of --lr")
+    g.add_argument("--finetune-schedule", choices=["cosine", "continue"], default="continue",
+                   help="after the cut: cosine from that rate, or the run's schedule continued where the cut "
+                        "interrupted it")
+    g.add_argument("--distill", choices=["auto", "on", "off"], default="auto",
+                   help="learn from the input model's predictions too (auto: when it scores at least halfway "
+                        "from chance to 100%% on the training data)")
+    g.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
+                   help="share of the loss that is distillation")
+    g.add_argument("--distill-temperature", type=float, default=4.0, metavar="T",
+                   help="softening of both distributions")
+
+
 def _output_options(p: argparse.ArgumentParser, model: bool = True, structure: str | None = None,
                     pictures: bool = True, json_help: str | None = "print one JSON document instead of tables") -> None:
     g = p.add_argument_group("output")
@@ -204,9 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = _method_options(p, "how the gates of a channel written by several ops (a residual stream) combine: max "
                            "(MorphNet's default) or l2 (every member pushed; streams shrink too)")
     g.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")
-    g.add_argument("--finetune-steps", type=int, metavar="N",
-                   help="plain training of the pruned model at a tenth of --lr (default: a tenth of the "
-                        "training steps; 0: write the model as cut)")
+    _recipe_options(p)
     g.add_argument("--force", action="store_true",
                    help="decide a structure even when the training loss never fell (the gates are then noise)")
     _output_options(p, structure="also write the learned structure", json_help="print the summary as one JSON document")

@@ -15,6 +15,8 @@ from .regularizers import GroupRegularizer, channel_weights, group_vectors
 # Budget mode: lambda may grow by this factor within this share of the run's lambda updates.
 LAMBDA_SPAN = 1e3
 LAMBDA_REACH = 0.5
+# With `hold`, the decided structure trains this many steps with its removed channels at zero before the cut.
+SETTLE_STEPS = 25
 
 
 class BudgetController:
@@ -27,14 +29,36 @@ class BudgetController:
     def __init__(self, analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], resource: str,
                  target: float | None, strength: float | None, threshold: float, hardware, every: int = 25,
                  initial: float = 0.05, growth: float = 1.15, band: float = 0.9, gain: float = 1.0,
-                 lookahead: float = 2.0, total_steps: int | None = None) -> None:
+                 lookahead: float = 2.0, total_steps: int | None = None, reach: float = LAMBDA_REACH,
+                 hold: bool = False, cut_at_budget: bool = False, decide_at=None,
+                 proximal_step: float | None = None, hold_window: tuple[int, int] | None = None) -> None:
+        """`total_steps` and `reach`: lambda may grow LAMBDA_SPAN-fold within `reach` of the run's
+        updates. `hold`: the channels whose gate is at or below the threshold at an update are held
+        at zero from then on (progressive.py applies it). `cut_at_budget`: once the learned structure
+        meets the budget, `decide_at(params)` (a Decision) fixes the structure to write, its removed
+        channels are held (with `hold`) for one more period, and the cut is due (`cut_due_at`).
+        `proximal_step`: the regularizer acts as a proximal step on the gates after every optimizer
+        step (progressive.py), of the step's learning rate times `proximal_step`, instead of through
+        the loss's gradient: the graph is fed zeros and `proximal_weights` holds the cost weights,
+        lambda x marginal cost / the mean marginal cost."""
         self.analysis, self.loaded, self.regs = analysis, loaded, regs
         self.resource, self.target, self.threshold, self.hardware = resource, target, threshold, hardware
         self.every, self.band, self.gain = every, band, gain
-        # A short run must still be able to raise lambda by LAMBDA_SPAN within LAMBDA_REACH of its
+        # A short run must still be able to raise lambda by LAMBDA_SPAN within `reach` of its
         # updates (measured: 650 steps at 15% per update never pruned the 2-D digits ResNet).
-        updates = max((total_steps or 0) / every * LAMBDA_REACH, 1.0)
+        updates = max((total_steps or 0) / every * reach, 1.0)
+        growth = growth ** (every / 25)  # `growth` is per 25 steps
         self.growth = max(growth, LAMBDA_SPAN ** (1 / updates)) if total_steps else growth
+        self.hold, self.cut_at_budget, self.decide_at = hold, cut_at_budget, decide_at
+        self.hold_window = hold_window
+        self.held: dict[int, np.ndarray] = {}  # group id -> channels held at zero
+        self.held_version = 0
+        self.frozen_at: int | None = None  # the update at which the structure was decided
+        self.decision = None  # that Decision (cut_at_budget)
+        self.decision_record: dict | None = None  # its record, when a resumed run restored it
+        self.cut_structure: dict[int, list[int]] | None = None  # its alive channels, for a resumed run
+        self.proximal_step = proximal_step
+        self.proximal_weights: np.ndarray | None = None
         self.full = resource_cost(compute_costs(analysis, loaded, hardware), resource)
         self.strength = strength if strength is not None else initial
         self.manual = strength is not None
@@ -51,10 +75,21 @@ class BudgetController:
             structure.alive[group_id] = vector > self.threshold
         return structure
 
+    @property
+    def settle(self) -> int:
+        """Steps the decided structure is held before the cut (none without holding)."""
+        return SETTLE_STEPS if self.hold else 0
+
+    def cut_due_at(self, step: int) -> bool:
+        return self.frozen_at is not None and step >= self.frozen_at + self.settle
+
     def __call__(self, step: int, get_params, force: bool = False):
         if step % self.every and not force:
             return None
-        structure = self.alive_structure(get_params())
+        if self.frozen_at is not None:  # the structure is decided: no more pressure while it settles
+            return np.zeros(sum(r.width for r in self.regs), dtype=np.float32)
+        params = get_params()
+        structure = self.alive_structure(params)
         alive = structure.element_alive(self.analysis)
         costs = compute_costs(self.analysis, self.loaded, self.hardware, alive=alive)
         self.cost = resource_cost(costs, self.resource)
@@ -81,13 +116,58 @@ class BudgetController:
                 self.met_at = step
         self.previous_cost = self.cost
         self.log.append({"step": step, "lambda": self.strength, "cost": self.cost, "alive_share": self.alive_share})
+        if self.target is not None and step > 0 and self.decide_at is not None:
+            window = self.hold_window if self.hold else None
+            ended = window is not None and step >= window[1]
+            if self.cut_at_budget and (self.cost <= self.target or ended):
+                self.decision = self.decide_at(params, self.target)
+                self.frozen_at = step
+                self.cut_structure = {g: np.nonzero(a)[0].tolist() for g, a in self.decision.structure.alive.items()}
+                if self.hold:
+                    self._hold({r.group_id: ~self.decision.structure.alive[r.group_id] for r in self.regs})
+                self.log[-1]["decided"] = True
+                return np.zeros(sum(r.width for r in self.regs), dtype=np.float32)
+            if window is not None and step >= window[0]:
+                elapsed = min((step - window[0]) / max(window[1] - window[0], 1), 1.0)
+                goal = self.full * (self.target / self.full) ** elapsed
+                if goal < self.cost:
+                    decision = self.decide_at(params, goal)
+                    self._hold({r.group_id: ~decision.structure.alive[r.group_id] for r in self.regs})
+                    self.log[-1]["held_to"] = decision.cost
         marginal = costs.channel_marginal[self.resource]
-        return (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
+        weights = (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
+        if self.proximal_step is not None:
+            # A proximal step competes with the optimizer's own step on the gate (Adam's is about lr):
+            # lambda is the push on a channel of mean marginal cost, in units of the step.
+            flat = channel_weights(self.regs, marginal).astype(np.float64)
+            mean = float(flat[np.isfinite(flat) & (flat > 0)].mean()) if (flat > 0).any() else 1.0
+            self.proximal_weights = (self.strength * flat / mean).astype(np.float32)
+            return np.zeros_like(weights)
+        return weights
+
+    def _hold(self, dead: dict[int, np.ndarray]) -> None:
+        changed = False
+        for group_id, more in dead.items():
+            before = self.held.get(group_id)
+            now = more.copy() if before is None else (before | more)
+            if before is None or (now != before).any():
+                changed = changed or bool(now.any())
+                self.held[group_id] = now
+        if changed:
+            self.held_version += 1
+
+    def held_count(self) -> int:
+        return int(sum(int(v.sum()) for v in self.held.values()))
 
     def state(self) -> dict:
         """Everything a resumed run needs to continue as if never stopped (JSON: floats round-trip)."""
         return {"strength": self.strength, "met_at": self.met_at, "previous_cost": self.previous_cost,
-                "cost": self.cost, "alive_share": self.alive_share, "log": self.log}
+                "cost": self.cost, "alive_share": self.alive_share, "log": self.log,
+                "held": {str(g): np.nonzero(v)[0].tolist() for g, v in self.held.items()},
+                "frozen_at": self.frozen_at, "cut_structure": None if self.cut_structure is None else
+                {str(g): c for g, c in self.cut_structure.items()},
+                "proximal_weights": None if self.proximal_weights is None else self.proximal_weights.tolist(),
+                "decision": None if self.decision is None else self.decision.to_dict()}
 
     def load_state(self, state: dict) -> None:
         self.strength = state.get("strength", self.strength)
@@ -96,3 +176,16 @@ class BudgetController:
         self.cost = state.get("cost", self.cost)
         self.alive_share = state.get("alive_share", self.alive_share)
         self.log = list(state.get("log", []))
+        widths = {r.group_id: r.width for r in self.regs}
+        self.held = {}
+        for g, channels in state.get("held", {}).items():
+            mask = np.zeros(widths[int(g)], dtype=bool)
+            mask[channels] = True
+            self.held[int(g)] = mask
+        self.held_version += 1
+        self.frozen_at = state.get("frozen_at")
+        cut = state.get("cut_structure")
+        self.cut_structure = None if cut is None else {int(g): c for g, c in cut.items()}
+        self.decision_record = state.get("decision")
+        weights = state.get("proximal_weights")
+        self.proximal_weights = None if weights is None else np.array(weights, dtype=np.float32)

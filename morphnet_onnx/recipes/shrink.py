@@ -9,9 +9,10 @@ training/evaluation.py; batch-norm statistics: training/batchnorm.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..analysis.groups import Analysis
@@ -27,29 +28,29 @@ from ..loading.writing import refuse_overwriting, save_model
 from ..method.controller import BudgetController
 from ..method.decision import Decision, decide
 from ..method.figs import FIGS_THRESHOLD, figs_regularizers
-from ..method.regularizers import GROUPINGS, REGULARIZERS, group_regularizers
+from ..method.progressive import HoldHooks
+from ..method.regularizers import group_regularizers
 from ..surgery.apply import apply_structure
 from ..surgery.feasibility import floor_structure
-from ..surgery.pruning import check_round_to, prepare, verify_model
+from ..surgery.pruning import prepare, verify_model
 from ..surgery.structure import Structure
+from ..training.backend import Distill
 from ..training.batchnorm import recalibrate_batchnorm
 from ..training.data import load_data, open_data
 from ..training.dataset import Dataset
+from ..training.distillation import TeacherCheck, check_teacher, softened, teacher_logits, with_teacher
 from ..training.distributed import is_main
 from ..training.evaluation import Evaluation, evaluate, evaluate_model
 from ..training.graph import check_trainable
 from ..training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from ..training.images import write_classes
 from ..training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
+from .options import SHRINK_FIELDS, ShrinkOptions
 
 # Re-exported: the learning layer's public names in one place.
 __all__ = ["Budget", "BudgetController", "Evaluation", "LearnResult", "ShrinkOptions", "evaluate", "load_data",
            "resource_cost", "shrink", "train"]
 
-# shrink ends with a fine-tune of the pruned model: this share of the training steps, at this share
-# of the learning rate.
-FINETUNE_SHARE = 0.1
-FINETUNE_LR_SHARE = 0.1
 
 
 # ---- train and shrink -----------------------------------------------------------------------------------
@@ -185,65 +186,6 @@ def _target_shape(loaded: LoadedModel, options: TrainOptions) -> list[int] | Non
     return shape
 
 
-@dataclass(frozen=True)
-class ShrinkOptions:
-    """How `shrink` learns and cuts: each field is the CLI option of the same name (`--budget-*` for
-    `budget`). `TrainOptions` says how it trains. Checked when made, with the CLI's one-line errors.
-
-    - `budget`: a `Budget` (FLOPs, size or latency, relative or absolute) that the controller adapts
-      lambda to; or `strength`: a fixed lambda (manual mode). Exactly one.
-    - `regularizer`: "auto" (gamma where a group has a BatchNormalization, else group lasso),
-      "gamma", "group-lasso" or "figs"; `threshold`: a channel is alive while its gate is above it
-      (FiGS decides on the probability of its gate being on instead).
-    - `grouping`: how the gates of a group written by several ops (a residual stream) combine:
-      "max" (MorphNet's default: alive while any member is) or "l2" (sqrt of the sum of squares,
-      morph-net's L2 grouping: every member pushed at once; docs/training.md).
-    - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch.
-    - `round_to`: widths multiples of it; `keep`: regexes of ops whose channels stay.
-    - `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
-      learning rate, cosine), as every pruning tool ends; None: FINETUNE_SHARE of the training
-      steps; 0: none, the model is written as cut.
-    - `force`: decide even when the training loss never fell (its gates then say what the
-      initialisation was, not which channels are worth their cost).
-    """
-    budget: Budget | None = None
-    strength: float | None = None
-    regularizer: str = "auto"
-    threshold: float = 1e-2
-    grouping: str = "max"
-    hardware: str | None = None
-    cost_batch_size: int = 1
-    round_to: int = 1
-    keep: tuple[str, ...] | None = None
-    finetune_steps: int | None = None
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.budget is None) == (self.strength is None):
-            raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")
-        if self.budget is not None and not isinstance(self.budget, Budget):
-            raise MorphNetError(f"budget {self.budget!r}: expected a Budget, e.g. Budget(\"flops\", \"0.5x\")")
-        if self.strength is not None and (isinstance(self.strength, bool) or not isinstance(self.strength, (int, float))
-                                          or not self.strength > 0):
-            raise MorphNetError(f"--strength {self.strength}: must be above 0")
-        if self.regularizer not in REGULARIZERS:
-            raise MorphNetError(f"--regularizer {self.regularizer}: choose one of {', '.join(REGULARIZERS)}")
-        if self.grouping not in GROUPINGS:
-            raise MorphNetError(f"--grouping {self.grouping}: choose one of {', '.join(GROUPINGS)}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
-            raise MorphNetError(f"--threshold {self.threshold}: must be above 0")
-        parse_hardware(self.hardware, self.cost_batch_size)
-        check_round_to(self.round_to)
-        steps = self.finetune_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-            raise MorphNetError(f"--finetune-steps {steps}: must be a whole number, 0 or more")
-        if isinstance(self.keep, str):  # one pattern given bare: not its characters
-            object.__setattr__(self, "keep", (self.keep,))
-        elif self.keep is not None:
-            object.__setattr__(self, "keep", tuple(self.keep))
-
-
-SHRINK_FIELDS = tuple(f.name for f in fields(ShrinkOptions))
 
 
 def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None = None,
@@ -297,36 +239,76 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
                             f"(a BatchNormalization scale, or filters held as weights rather than computed)")
     dataset, val_set = open_data(data, val, data_module, loaded, options.loss, options.images)
     total_steps = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
+    plan = _plan_steps(method, total_steps)
+    teacher, distill, teacher_check = _teacher(method, loaded, dataset, options)
+    train_set = with_teacher(dataset, teacher) if distill is not None else dataset
+
+    def decide_now(params, goal=target) -> Decision:
+        return decide(analysis, loaded, regs, params, threshold, resource, goal, hw, method.round_to)
+
+    cut_early = method.cut == "budget" and plan["finetune_min"] > 0 and target is not None
+    hold = method.hold and target is not None and plan["finetune_min"] > 0
+    proximal = method.proximal and method.regularizer != "figs"
     controller = BudgetController(analysis, loaded, regs, resource, target, method.strength, threshold, hw,
-                                  total_steps=total_steps)
-    trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options), gates=gates)
-    progress, on_step, on_warning = _progress(options, controller, "shrink")
+                                  total_steps=total_steps, reach=method.reach, hold=hold, cut_at_budget=cut_early,
+                                  decide_at=decide_now, proximal_step=1.0 if proximal else None,
+                                  hold_window=(int(round(method.hold_from * total_steps)),
+                                               int(round(method.hold_until * total_steps))),
+                                  # a proximal step acts at once: the budget is watched every step
+                                  every=1 if proximal else 25)
+    hooks = HoldHooks(controller, regs) if (hold or cut_early or proximal) else None
+    learn_options = replace(options, steps=plan["learn_max"])
+    # The learning rate follows one schedule over the whole run (cut early or not): the steps after
+    # the cut continue it or start their own (finetune_schedule).
+    trainer = Trainer(loaded, learn_options, regs, controller, target_shape=_target_shape(loaded, options),
+                      gates=gates, distill=distill, schedule=(0, total_steps) if cut_early else None, hooks=hooks)
+    progress, on_step, on_warning = _progress(learn_options, controller, "shrink")
     with progress:
-        result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning)
+        result = trainer.run(train_set, on_step, val=val_set, on_warning=on_warning)
     if not result.signal.learned and not method.force:
         raise MorphNetError(f"{loaded.name}: not deciding a structure: {result.signal.describe()}, so the gates "
                             f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
     trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                  upgraded_from=loaded.upgraded_from)
-    decision = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw, method.round_to)
+    if controller.cut_structure is not None:  # decided when the learned structure met the budget
+        structure = Structure.full(analysis)
+        for group_id, channels in controller.cut_structure.items():
+            structure.alive[group_id][:] = False
+            structure.alive[group_id][channels] = True
+        # the record of the decision made then (restored with the checkpoint when the run was resumed)
+        decision = (replace(controller.decision, structure=structure) if controller.decision is not None
+                    else Decision(structure=structure, **controller.decision_record))
+    else:
+        decision = decide_now(result.params)
     surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
     verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
-    steps = method.finetune_steps if method.finetune_steps is not None else max(1, round(FINETUNE_SHARE * result.steps))
-    cut_validation = None
-    if steps:
-        cut_validation = evaluate_model(surgery.model, val_set, options.loss) if val_set else None
-        tuned = _finetune(after_loaded, dataset, val_set, options, steps)
+    remaining = total_steps - result.steps if plan["finetune_min"] > 0 else 0
+    cut_validation = evaluate_model(surgery.model, val_set, options.loss) if val_set else None
+    tuned_steps = 0
+    if remaining > 0:
+        tuned, tuned_steps = _finetune(after_loaded, train_set, val_set, options, remaining, method, distill,
+                                       offset=result.steps, total=total_steps)
         verify_model(tuned, f"the fine-tuned shrunk model {output or ''}".strip())
         after_loaded = load(tuned, input_shapes)
+    else:
+        cut_validation = None  # written as cut: the validation below is that model's
     written_model = after_loaded.model
     after_costs = compute_costs(analyze(after_loaded), after_loaded, hw)
     validation = evaluate_model(written_model, val_set, options.loss) if val_set else None
     if output is not None and is_main():  # under torchrun, rank 0 writes
         _write(written_model, output, loaded, dataset)
     written_cost = resource_cost(after_costs, resource)
-    record = dict(decision.to_dict(), written_cost=written_cost, finetune_steps=steps)
+    cut_accuracy = cut_validation.accuracy if cut_validation is not None else (
+        validation.accuracy if validation is not None else None)
+    record = dict(decision.to_dict(), written_cost=written_cost, finetune_steps=tuned_steps,
+                  learn_steps=result.steps, cut_step=result.steps, total_steps=total_steps,
+                  held_channels=controller.held_count(), cut=method.cut if cut_early else "end",
+                  decided_at=controller.frozen_at,
+                  cut_cost=(result.session_accuracy - cut_accuracy) if result.session_accuracy is not None
+                  and cut_accuracy is not None else None,
+                  teacher=teacher_check.to_dict() if teacher_check is not None else None)
     if structure_path is not None and is_main():
         surgery.structure.save(structure_path, analysis, loaded.name, decision=record)
     warnings = _guard(result, validation, val_set, pruned=True)
@@ -335,9 +317,40 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     return LearnResult(model=written_model, structure=surgery.structure, analysis=analysis, cost_before=full,
                        cost_after=written_cost, resource=resource, flops_before=full_costs.flops,
                        flops_after=after_costs.flops, params_before=full_costs.params,
-                       params_after=after_costs.params, validation=validation, steps=result.steps,
+                       params_after=after_costs.params, validation=validation, steps=result.steps + tuned_steps,
                        seconds=result.seconds, lambda_log=controller.log, notes=surgery.notes, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
                        warnings=warnings, decision=record, cut_validation=cut_validation, classes=dataset.classes)
+
+
+def _plan_steps(method: ShrinkOptions, total: int) -> dict:
+    """How the run's steps divide: at most `learn_max` regularized, at least `finetune_min` after the cut."""
+    if method.finetune_steps is not None:
+        finetune = method.finetune_steps
+    else:
+        finetune = int(round(method.finetune_share * total))
+    if finetune >= total:
+        raise MorphNetError(f"--finetune-steps {finetune} leaves no step of the {total} to learn the structure: "
+                            f"give more --steps (the whole run), or fewer --finetune-steps")
+    return {"learn_max": total - finetune, "finetune_min": finetune}
+
+
+def _teacher(method: ShrinkOptions, loaded: LoadedModel, dataset: Dataset,
+             options: TrainOptions) -> tuple[np.ndarray | None, Distill | None, TeacherCheck | None]:
+    """The input model's softened probabilities for every training example and the loss's settings
+    when it teaches (None, None otherwise; see distillation.py), and what was measured of it."""
+    if method.distill == "off":
+        return None, None, None
+    if options.loss != "ce":
+        if method.distill == "on":
+            raise MorphNetError("--distill on needs a classification loss (--loss ce): the teacher's class "
+                                "probabilities are what the shrunk model learns from")
+        return None, None, None
+    logits = teacher_logits(loaded.model, dataset)
+    check = check_teacher(logits, dataset.labels, method.distill)
+    if not check.used:
+        return None, None, check
+    return (softened(logits, method.distill_temperature), Distill(method.distill_weight, method.distill_temperature),
+            check)
 
 
 def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str, full: float,
@@ -361,15 +374,21 @@ def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str,
 
 
 def _finetune(loaded: LoadedModel, dataset: Dataset, val_set: Dataset | None, options: TrainOptions,
-              steps: int) -> onnx.ModelProto:
-    """Plain training of the pruned model for a few steps; its batch-norm statistics re-measured."""
-    tune = replace(options, steps=steps, lr=options.lr * FINETUNE_LR_SHARE, schedule="cosine",
-                   checkpoint_dir=None, resume=False)
-    trainer = Trainer(loaded, tune, target_shape=_target_shape(loaded, tune))
+              steps: int, method: ShrinkOptions, distill: Distill | None, offset: int,
+              total: int) -> tuple[onnx.ModelProto, int]:
+    """Training of the pruned model for the rest of the steps; its batch-norm statistics re-measured."""
+    lr = options.lr * method.finetune_lr
+    if method.finetune_schedule == "continue":
+        tune = replace(options, steps=steps, lr=lr, checkpoint_dir=None, resume=False)
+        schedule = (offset, total)
+    else:
+        tune = replace(options, steps=steps, lr=lr, schedule="cosine", checkpoint_dir=None, resume=False)
+        schedule = None
+    trainer = Trainer(loaded, tune, target_shape=_target_shape(loaded, tune), distill=distill, schedule=schedule)
     progress, on_step, on_warning = _progress(tune, None, "fine-tune")
     with progress:
         result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning)
-    return recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, tune.batch_size)
+    return recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, tune.batch_size), result.steps
 
 
 def _forced_warning(decision: Decision, resource: str) -> str:

@@ -27,7 +27,18 @@ BACKENDS = ("ort", "torch")
 # run asks for it (torch_session_class), so the default path never imports torch.
 TORCH_SESSION = ("morphnet_onnx.training.torch_backend", "TorchSession")
 COST_WEIGHTS = "morphnet_cost_weights"  # the regularizer's per-channel weights, fed every step
+TEACHER = "morphnet_teacher_probs"  # distillation: the teacher's probabilities at the temperature, fed every step
 STATE_FILE = "state.json"  # in --checkpoint-dir: the step, the run, the loop's state and the last checkpoint's name
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Distillation from a frozen teacher: the loss is (1 - weight) x task loss + weight x T^2 x the
+    cross-entropy of the student's softened distribution against the teacher's (the batch feeds the
+    teacher's probabilities at temperature T under TEACHER), plus the regularizer."""
+
+    weight: float
+    temperature: float
 
 
 @dataclass
@@ -53,6 +64,10 @@ class Session(Protocol):
 
     def eval_logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits of one batch with batch statistics, as trained, without a step."""
+
+    def set_params(self, values: dict[str, np.ndarray]) -> None:
+        """Overwrite initializers (by ONNX name, in the user's layout) in the training state: what
+        `shrink` uses to hold removed channels at zero while it trains (the optimizer state stays)."""
 
     def save(self, path: Path) -> None:
         """Write the backend's checkpoint (parameters and optimizer state) to `path` (a new name: the

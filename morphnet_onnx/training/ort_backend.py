@@ -17,7 +17,7 @@ from ..errors import MorphNetError
 from ..loading.model import LoadedModel
 from ..method.figs import GatePlacement, insert_gates
 from ..method.regularizers import GroupRegularizer, add_regularizer
-from .backend import COST_WEIGHTS, StepOutput, logits_of
+from .backend import COST_WEIGHTS, TEACHER, Distill, StepOutput, logits_of
 from .graph import TrainingGraph, training_graph
 from .ort import api, artifacts, onnxblock, onnxruntime
 from .probe import run_probe
@@ -29,12 +29,15 @@ REG_VALUE = "morphnet_regularizer"
 class MorphNetLoss(onnxblock.Block):
     """task loss + sum(cost_weights * regularization vector): every term reduced to a scalar."""
 
-    def __init__(self, task: str, batch: int, target_shape: list[int] | None, regs: list[GroupRegularizer]) -> None:
+    def __init__(self, task: str, batch: int, target_shape: list[int] | None, regs: list[GroupRegularizer],
+                 distill: Distill | None = None, classes: int | None = None) -> None:
         super().__init__()
         self.task = task
         self.batch = batch
         self.target_shape = target_shape
         self.regs = regs
+        self.distill = distill
+        self.classes = classes
 
     def build(self, *output_names):
         graph = self.base.graph
@@ -53,17 +56,45 @@ class MorphNetLoss(onnxblock.Block):
             graph.input.append(helper.make_tensor_value_info("labels", onnx.TensorProto.FLOAT, self.target_shape))
             diff = add("Sub", [output_names[0], "labels"], "morphnet/diff")
             add("ReduceMean", [add("Mul", [diff, diff], "morphnet/sq")], TASK_LOSS, keepdims=0)
+        objective = TASK_LOSS
+        if self.distill is not None and self.task == "ce":
+            # (1 - w) CE + w T^2 H(teacher, softmax(logits / T)): the teacher's probabilities are fed
+            d = self.distill
+            graph.input.append(helper.make_tensor_value_info(TEACHER, onnx.TensorProto.FLOAT,
+                                                             [self.batch, self.classes]))
+            for name, value in (("morphnet/kd_t", d.temperature), ("morphnet/kd_scale", d.weight * d.temperature ** 2),
+                                ("morphnet/kd_keep", 1.0 - d.weight)):
+                graph.initializer.append(helper.make_tensor(name, onnx.TensorProto.FLOAT, [], [value]))
+            log_q = add("LogSoftmax", [add("Div", [logits, "morphnet/kd_t"], "morphnet/kd_soft")], "morphnet/kd_logq",
+                        axis=-1)
+            cross = add("ReduceSum", [add("Mul", [TEACHER, log_q], "morphnet/kd_plogq")], "morphnet/kd_sum",
+                        keepdims=0, axes=[-1]) if self._opset() < 13 else add(
+                "ReduceSum", [add("Mul", [TEACHER, log_q], "morphnet/kd_plogq"), self._axes(graph)],
+                "morphnet/kd_sum", keepdims=0)
+            kd = add("Neg", [add("ReduceMean", [cross], "morphnet/kd_mean", keepdims=0)], "morphnet/kd")
+            objective = add("Add", [add("Mul", [TASK_LOSS, "morphnet/kd_keep"], "morphnet/kd_task"),
+                                    add("Mul", [kd, "morphnet/kd_scale"], "morphnet/kd_term")], "morphnet/objective")
         if not self.regs:
-            loss = add("Identity", [TASK_LOSS], "morphnet_loss")
+            loss = add("Identity", [objective], "morphnet_loss")
         else:
             vector = add_regularizer(graph, self.regs)
             width = sum(r.width for r in self.regs)
             graph.input.append(helper.make_tensor_value_info(COST_WEIGHTS, onnx.TensorProto.FLOAT, [width]))
             weighted = add("Mul", [vector, COST_WEIGHTS], "morphnet/weighted")
             add("ReduceSum", [weighted], REG_VALUE, keepdims=0)
-            loss = add("Add", [TASK_LOSS, REG_VALUE], "morphnet_loss")
+            loss = add("Add", [objective, REG_VALUE], "morphnet_loss")
         graph.output.append(helper.make_tensor_value_info(loss, onnx.TensorProto.FLOAT, []))
         return loss
+
+    def _opset(self) -> int:
+        return next((o.version for o in self.base.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+    @staticmethod
+    def _axes(graph) -> str:
+        name = "morphnet/kd_axes"
+        if not any(t.name == name for t in graph.initializer):
+            graph.initializer.append(helper.make_tensor(name, onnx.TensorProto.INT64, [1], [-1]))
+        return name
 
 
 @contextlib.contextmanager
@@ -84,11 +115,12 @@ def _quiet_native_output():
 
 
 def build_artifacts(tg: TrainingGraph, directory: Path, options, regs: list[GroupRegularizer],
-                    target_shape: list[int] | None) -> list[str]:
+                    target_shape: list[int] | None, distill: Distill | None = None,
+                    classes: int | None = None) -> list[str]:
     """Write the training, eval and optimizer graphs; return the names of their outputs after the loss."""
     optimizer = (onnxblock.optim.AdamW(weight_decay=options.weight_decay) if options.optimizer == "adamw"
                  else onnxblock.optim.SGD())
-    loss = MorphNetLoss(options.loss, options.batch_size, target_shape, regs)
+    loss = MorphNetLoss(options.loss, options.batch_size, target_shape, regs, distill, classes)
     # The logits come out too: training accuracy per step, and validation inside the session.
     extra = [TASK_LOSS] + ([REG_VALUE] if regs else []) + ([logits_of(tg.model)] if options.loss == "ce" else [])
     cwd = os.getcwd()
@@ -132,7 +164,7 @@ class OrtSession:
 
     def __init__(self, loaded: LoadedModel, options, regs: list[GroupRegularizer], gates: list[GatePlacement],
                  target_shape: list[int] | None, probe_batch: dict[str, np.ndarray] | None,
-                 resume_from: Path | None) -> None:
+                 resume_from: Path | None, distill: Distill | None = None, classes: int | None = None) -> None:
         onnxruntime.set_default_logger_severity(3)
         self.regs = regs
         tg = training_graph(loaded, options.batch_size)
@@ -144,7 +176,7 @@ class OrtSession:
         self.tg = tg
         self.work = Path(tempfile.mkdtemp(prefix="morphnet-train-"))
         try:
-            extra = build_artifacts(tg, self.work, options, regs, target_shape)
+            extra = build_artifacts(tg, self.work, options, regs, target_shape, distill, classes)
             self.logits_at = len(extra) if options.loss == "ce" else None  # outputs: loss, *extra
             if probe_batch is not None:
                 run_probe(self.work, [probe_batch[name] for name in _input_order(self.work, tg)], loaded.name)
@@ -188,6 +220,12 @@ class OrtSession:
     def eval_logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self.module.eval()
         return self.module(*[feeds[name] for name in self.module.input_names()])[self.logits_at]
+
+    def set_params(self, values: dict[str, np.ndarray]) -> None:
+        for name, value in values.items():
+            value = np.ascontiguousarray(value, dtype=np.float32)
+            for target in [name] + [copy for copy, original in self.tg.copies.items() if original == name]:
+                self.state.parameters[target].data = value
 
     def save(self, path: Path) -> None:
         api.CheckpointState.save_checkpoint(self.state, str(path), include_optimizer_state=True)

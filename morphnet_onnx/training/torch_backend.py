@@ -34,7 +34,7 @@ from ..graph_utils import graph_input_names
 from ..loading.model import LoadedModel
 from ..method.figs import GatePlacement
 from ..method.regularizers import EPS, GroupRegularizer
-from .backend import COST_WEIGHTS, StepOutput
+from .backend import COST_WEIGHTS, TEACHER, Distill, StepOutput
 from .distributed import World
 from .torch_model import TensorRef, convert_model, torch_graph, trainable_refs
 
@@ -150,11 +150,13 @@ class TorchSession:
     """The converted module, its optimizer and (under torchrun) its DistributedDataParallel wrapper."""
 
     def __init__(self, loaded: LoadedModel, options, regs: list[GroupRegularizer], gates: list[GatePlacement],
-                 target_shape: list[int] | None, world: World, resume_from: Path | None) -> None:
+                 target_shape: list[int] | None, world: World, resume_from: Path | None,
+                 distill: Distill | None = None) -> None:
         if options.batch_size % world.size:
             raise MorphNetError(f"--batch-size {options.batch_size} is the global batch: it must be a multiple of "
                                 f"the {world.size} processes")
         self.options, self.regs, self.world, self.name = options, regs, world, loaded.name
+        self.distill = distill
         self.task = options.loss
         self.device = _device(world)
         if options.threads:
@@ -215,6 +217,13 @@ class TorchSession:
         try:
             output = self.module(*self._inputs(batch))
             task = self._task_loss(output, self._shard(batch["labels"]))
+            objective = task
+            if self.distill is not None and TEACHER in batch:  # the ort loss block's formula
+                d = self.distill
+                # read with the inputs (distillation.py): already the rank's rows
+                teacher = torch.from_numpy(np.ascontiguousarray(batch[TEACHER])).to(self.device)
+                kd = -torch.sum(teacher * F.log_softmax(output / d.temperature, dim=-1), dim=-1).mean()
+                objective = (1 - d.weight) * task + d.weight * d.temperature ** 2 * kd
         except RuntimeError as exc:  # a shape the converted graph cannot take, as onnxruntime's probe reports it
             text = (str(exc).strip().splitlines() or ["unknown error"])[0][:300]
             raise MorphNetError(f"{self.name}: torch cannot take a training step: {text}") from exc
@@ -225,7 +234,7 @@ class TorchSession:
             reg = torch.sum(self.regularizer() * weights)
         else:
             reg = torch.zeros((), device=self.device)
-        loss = task + reg
+        loss = objective + reg
         stats = torch.stack([loss.detach(), task.detach(), reg.detach()])
         if self.world.distributed:  # the global batch's mean: every rank reports (and judges) the same
             dist.all_reduce(stats)
@@ -245,6 +254,12 @@ class TorchSession:
 
     def params(self, names: list[str]) -> dict[str, np.ndarray]:
         return {name: self.refs[name].onnx_view().detach().cpu().numpy().copy() for name in names}
+
+    @torch.no_grad()
+    def set_params(self, values: dict[str, np.ndarray]) -> None:
+        for name, value in values.items():
+            view = self.refs[name].onnx_view()
+            view.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(view.device, view.dtype).reshape(view.shape))
 
     def trainable(self) -> list[str]:
         return list(self.trainable_names)

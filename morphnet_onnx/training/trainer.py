@@ -18,7 +18,7 @@ from ..loading.model import LoadedModel
 from ..loading.writing import write_atomic_bytes
 from ..method.figs import NOISE, GatePlacement
 from ..method.regularizers import GroupRegularizer
-from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, Session, logits_of, torch_session_class
+from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, TEACHER, Distill, Session, logits_of, torch_session_class
 from .dataset import Dataset
 from .distributed import World, current_world
 from .health import EARLY_CHECK_STEPS, LIKELY_CAUSES, MIN_JUDGED_STEPS, LearningSignal, learning_signal
@@ -92,6 +92,12 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def logits_width(loaded: LoadedModel) -> int:
+    """The class count the logits declare (0 when unknown)."""
+    shape = loaded.shapes.get(logits_of(loaded.model))
+    return int(shape[-1]) if shape and shape[-1] and shape[-1] > 0 else 0
+
+
 def learning_rate(options: TrainOptions, step: int, total: int) -> float:
     progress = step / max(total, 1)
     if options.schedule == "constant":
@@ -119,13 +125,23 @@ class Trainer:
 
     def __init__(self, loaded: LoadedModel, options: TrainOptions, regs: list[GroupRegularizer] | None = None,
                  controller=None, target_shape: list[int] | None = None,
-                 gates: list[GatePlacement] | None = None) -> None:
+                 gates: list[GatePlacement] | None = None, distill: Distill | None = None,
+                 schedule: tuple[int, int] | None = None, hooks=None) -> None:
+        """`distill`: the loss also matches the teacher's probabilities, which the dataset holds under
+        TEACHER. `schedule` (offset, total): the learning rate of step s is that of step offset + s of a
+        run of `total` steps (a run that continues another's schedule). `hooks`: an object with
+        `start(session, step)` (once the session is open), `stop() -> bool` (asked before every step: end
+        the run there) and `after_step(session, step, lr)` (after every optimizer step: what shrink uses
+        to hold removed channels at zero and to take the regularizer's proximal steps)."""
         self.loaded = loaded
         self.options = options
         self.regs = regs or []
         self.controller = controller
         self.target_shape = target_shape
         self.gates = gates or []  # FiGS: where the stochastic gates multiply the channels
+        self.distill = distill
+        self.schedule = schedule
+        self.hooks = hooks
         self.noise = np.random.default_rng(options.seed + 1_000_003)
 
     def _gate_noise(self, deterministic: bool = False) -> np.ndarray:
@@ -138,7 +154,8 @@ class Trainer:
     def _open(self, data: Dataset, world: World, resume_from: Path | None) -> Session:
         options = self.options
         if options.backend == "torch":
-            return torch_session_class()(self.loaded, options, self.regs, self.gates, self.target_shape, world, resume_from)
+            return torch_session_class()(self.loaded, options, self.regs, self.gates, self.target_shape, world,
+                                         resume_from, self.distill)
         if world.distributed:
             raise MorphNetError(f"--backend ort trains in one process on one device, but this is rank {world.rank} "
                                 f"of {world.size} (torchrun): add --backend torch for data-parallel training")
@@ -149,7 +166,8 @@ class Trainer:
                 probe[COST_WEIGHTS] = np.zeros(sum(r.width for r in self.regs), dtype=np.float32)
             if self.gates:
                 probe[NOISE] = self._gate_noise(deterministic=True)
-        return OrtSession(self.loaded, options, self.regs, self.gates, self.target_shape, probe, resume_from)
+        return OrtSession(self.loaded, options, self.regs, self.gates, self.target_shape, probe, resume_from,
+                          self.distill, self._declared_classes())
 
     def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None, val: Dataset | None = None,
             on_warning: Callable[[str], None] | None = None) -> TrainResult:
@@ -171,6 +189,8 @@ class Trainer:
             self.noise.bit_generator.state = meta["noise"]
         session = self._open(data, world, resume_from)
         try:
+            if self.hooks is not None:
+                self.hooks.start(session, start_step)
             reg_names = sorted({m.param for r in self.regs for m in r.members})
             started = time.perf_counter()
             step = start_step
@@ -184,11 +204,15 @@ class Trainer:
             early_at = max(MIN_JUDGED_STEPS, min(per_epoch, EARLY_CHECK_STEPS))
             classes = self._declared_classes()
             try:
-                while step < total:
+                stopped = False
+                while step < total and not stopped:
                     epoch, offset = divmod(step, per_epoch)
                     for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset,
                                               shard=shard):
                         if step >= total:
+                            break
+                        if self.hooks is not None and self.hooks.stop():
+                            stopped = True
                             break
                         if self.regs:
                             update = (self.controller(step, lambda: session.params(reg_names), force=weights is None)
@@ -198,7 +222,8 @@ class Trainer:
                             batch[COST_WEIGHTS] = weights
                         if self.gates:
                             batch[NOISE] = self._gate_noise()
-                        lr = learning_rate(options, step, total)
+                        lr = (learning_rate(options, self.schedule[0] + step, self.schedule[1]) if self.schedule
+                              else learning_rate(options, step, total))
                         out = session.step(batch, lr)
                         if not np.isfinite(out.loss):
                             raise MorphNetError(
@@ -206,6 +231,8 @@ class Trainer:
                                 + (f"; the last good checkpoint is in {options.checkpoint_dir}" if options.checkpoint_dir
                                    and (options.checkpoint_dir / STATE_FILE).exists() else ""))
                         step += 1
+                        if self.hooks is not None:
+                            self.hooks.after_step(session, step, lr)
                         info = StepInfo(step, total, out.loss, out.task, out.reg, lr)
                         task_losses.append(info.task)
                         if out.logits is not None:
@@ -221,7 +248,8 @@ class Trainer:
                             history.append(info.__dict__)
                         if on_step:
                             on_step(info)
-                        if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total) \
+                        ending = step == total or (self.hooks is not None and self.hooks.stop())
+                        if options.checkpoint_dir and (step % options.checkpoint_every == 0 or ending) \
                                 and world.main:
                             self._save(session, options.checkpoint_dir, {
                             "step": step, "run": fingerprint, "weights": None if weights is None else weights.tolist(),
@@ -244,8 +272,8 @@ class Trainer:
     def _declared_classes(self) -> int | None:
         if self.options.loss != "ce":
             return None
-        shape = self.loaded.shapes.get(logits_of(self.loaded.model))
-        return int(shape[-1]) if shape and shape[-1] > 0 else None
+        width = logits_width(self.loaded)
+        return width if width > 0 else None
 
     def _session_accuracy(self, session: Session, val: Dataset, weights, shard: World | None) -> float | None:
         """Top-1 of the trained weights on `val`, in the session (batch statistics): every example once;
@@ -261,6 +289,8 @@ class Trainer:
                     sum(r.width for r in self.regs), dtype=np.float32)
             if self.gates:
                 feeds[NOISE] = self._gate_noise(deterministic=True)
+            if self.distill is not None and self.options.loss == "ce":  # the loss needs it; the logits do not
+                feeds[TEACHER] = np.zeros((batch_size, logits_width(self.loaded)), dtype=np.float32)
             logits = session.eval_logits(feeds)
             real = min(batch_size, n - start)
             hits += int(np.sum(np.argmax(logits[:real], axis=-1) == feeds["labels"][:real]))
@@ -269,11 +299,14 @@ class Trainer:
     def _fingerprint(self, data: Dataset, total: int) -> dict:
         """What makes a run the same run: a checkpoint resumes only the run that wrote it."""
         o = self.options
-        return {"model": self.loaded.name, "examples": len(data), "total_steps": total, "batch_size": o.batch_size,
+        run = {"model": self.loaded.name, "examples": len(data), "total_steps": total, "batch_size": o.batch_size,
                 "lr": o.lr, "optimizer": o.optimizer, "schedule": o.schedule, "weight_decay": o.weight_decay,
                 "seed": o.seed, "loss": o.loss, "regularized": sum(r.width for r in self.regs),
                 "grouping": sorted({r.grouping for r in self.regs}),
                 "gates": len(self.gates), "backend": o.backend, "world": current_world().size}
+        if self.distill is not None:  # only then: checkpoints of earlier versions stay resumable
+            run["distill"] = [self.distill.weight, self.distill.temperature]
+        return run
 
     def _resume_meta(self, fingerprint: dict) -> dict | None:
         """The last checkpoint's record in --checkpoint-dir, or None when there is none yet (a run killed

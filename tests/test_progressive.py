@@ -1,0 +1,107 @@
+"""Channels held at zero while shrink trains, the proximal step, and the cut as soon as the budget is
+met (progressive.py, controller.py's hold window, learning.shrink's `cut="budget"`)."""
+
+import numpy as np
+import onnx
+import pytest
+
+from builders import random_dataset
+from conftest import REPO
+from morphnet_onnx.builders import Net
+from morphnet_onnx.loading.model import load
+from morphnet_onnx.method.progressive import _water_level, held_values, proximal_values
+from morphnet_onnx.method.regularizers import group_regularizers, group_vectors
+from morphnet_onnx.recipes.shrink import Budget, shrink
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.training.trainer import TrainOptions
+
+TINY = REPO / "models" / "tiny_resnet.onnx"
+
+
+def quick(**kw):
+    kw.setdefault("batch_size", 16)
+    return TrainOptions(progress=False, probe=False, **kw)
+
+
+def _regs(kind="auto"):
+    loaded, analysis = prepare(str(TINY))
+    regs = group_regularizers(analysis, loaded, kind)
+    params = {t.name: onnx.numpy_helper.to_array(t).copy() for t in loaded.model.graph.initializer}
+    return regs, params
+
+
+def test_held_channels_read_zero_and_nothing_else_moves():
+    regs, params = _regs()
+    stream = next(r for r in regs if len(r.members) > 1)  # a residual stream: every member is zeroed
+    held = {stream.group_id: np.zeros(stream.width, dtype=bool)}
+    held[stream.group_id][[0, 2]] = True
+    values = held_values(regs, params, held)
+    assert set(values) == {m.param for m in stream.members}
+    vector = group_vectors(regs, {**params, **values})[stream.group_id]
+    assert vector[[0, 2]].tolist() == [0.0, 0.0]
+    before = group_vectors(regs, params)[stream.group_id]
+    np.testing.assert_array_equal(vector[[1, 3]], before[[1, 3]])
+
+
+def test_held_filter_rows_without_batch_norm():
+    net = Net(input_shape=(1, 3, 8, 8))
+    x = net.relu(net.conv("input", 3, 6, name="c1"))
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [x])], axis=1)
+    loaded = load(net.model(net.gemm(x, 6, 2, name="fc")))
+    from morphnet_onnx.analysis.walk import analyze
+
+    regs = group_regularizers(analyze(loaded), loaded, "group-lasso")
+    params = {t.name: onnx.numpy_helper.to_array(t).copy() for t in loaded.model.graph.initializer}
+    held = {regs[0].group_id: np.array([True, False, False, False, False, True])}
+    values = held_values(regs, params, held)
+    vector = group_vectors(regs, {**params, **values})[regs[0].group_id]
+    assert vector[0] < 1e-5 and vector[5] < 1e-5 and (vector[1:5] > 1e-3).all()
+
+
+def test_water_level_is_the_proximal_step_of_a_max():
+    values = np.array([[3.0, 3.0, 1.0], [1.0, 2.0, 1.0]])
+    level = _water_level(values, np.array([1.0, 1.5, 5.0]))
+    # column 0: only the top is lowered, by the whole budget; column 1: both lowered to 1.75; 2: to 0
+    np.testing.assert_allclose(level, [2.0, 1.75, 0.0])
+
+
+def test_proximal_step_soft_thresholds_single_gates():
+    regs, params = _regs()
+    single = next(r for r in regs if len(r.members) == 1 and len(r.members[0].picks) == 1)
+    before = group_vectors(regs, params)[single.group_id]
+    weights = np.zeros(sum(r.width for r in regs), dtype=np.float32)
+    offset = sum(r.width for r in regs[:regs.index(single)])
+    weights[offset:offset + single.width] = 1.0
+    step = float(np.median(before))
+    after = group_vectors(regs, {**params, **proximal_values(regs, params, weights, step)})
+    np.testing.assert_allclose(after[single.group_id], np.maximum(before - step, 0.0), rtol=1e-6, atol=1e-7)
+    assert (after[single.group_id] == 0).sum() >= single.width // 2  # exactly zero, not near it
+    for reg in regs:  # no weight, no step
+        if reg is not single:
+            np.testing.assert_array_equal(after[reg.group_id], group_vectors(regs, params)[reg.group_id])
+
+
+def test_cut_at_the_budget_after_holding(tmp_path):
+    """The structure comes down to the budget by the end of the hold window, the removed channels
+    train at zero for a while, the model is cut then and the rest of the steps train it: all the
+    steps taken, the written model within the budget."""
+    data = random_dataset(tmp_path, 96, 40, val_key="x")
+    steps = 100
+    result = shrink(TINY, data / "train.npz", tmp_path / "s.onnx", val=data / "val.npz",
+                    budget=Budget("flops", "0.5x"), cut="budget", hold=True, hold_from=0.05, hold_until=0.25,
+                    finetune_schedule="continue", finetune_lr=1.0, finetune_share=0.3,
+                    options=quick(steps=steps), force=True)
+    d = result.decision
+    assert d["decided_at"] is not None and d["decided_at"] <= 25
+    assert d["learn_steps"] == d["decided_at"] + 25 and d["learn_steps"] + d["finetune_steps"] == steps
+    assert result.steps == steps and d["held_channels"] > 0
+    assert result.flops_after <= 0.5 * result.flops_before
+    assert d["cut_cost"] is not None
+
+
+def test_before_recipe_cuts_at_the_end(tmp_path):
+    data = random_dataset(tmp_path, 96, 40, val_key="x")
+    result = shrink(TINY, data / "train.npz", None, budget=Budget("flops", "0.5x"), cut="end", hold=False,
+                    finetune_share=0.25, options=quick(steps=20), force=True)
+    assert (result.decision["learn_steps"], result.decision["finetune_steps"], result.steps) == (15, 5, 20)
+    assert result.decision["held_channels"] == 0 and result.decision["decided_at"] is None
