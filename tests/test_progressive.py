@@ -3,7 +3,6 @@ met (progressive.py, controller.py's hold window, learning.shrink's `cut="budget
 
 import numpy as np
 import onnx
-import pytest
 
 from builders import random_dataset
 from conftest import REPO
