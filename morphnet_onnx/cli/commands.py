@@ -26,6 +26,21 @@ def _budget(args: argparse.Namespace):
     return None
 
 
+def _measured(args: argparse.Namespace):
+    """The model's measured latency table when the command asks for one (--hardware measure or
+    --latency-table), else None."""
+    from ..cost.resources import is_measure
+    from ..surgery.latency import resolve_hardware
+
+    if not is_measure(args.hardware) and args.latency_table is None:
+        return None
+    table = resolve_hardware(args.hardware, args.cost_batch_size, args.model, args.provider, args.latency_threads,
+                             args.latency_table, parse_input_shapes(args.input_shape), progress=sys.stderr.isatty())
+    how = {"measured": f"measured in {table.seconds:.0f} s", "cache": "from the cache", "file": "from the file"}
+    print(f"[I] latency table {how.get(table.origin, table.origin)}: {table.path}", file=sys.stderr)
+    return table
+
+
 def _print_json(result) -> None:
     json.dump(result.to_dict(), sys.stdout)
     sys.stdout.write("\n")
@@ -71,6 +86,13 @@ def _print_learned(result, args) -> None:
     if getattr(result, "cut_validation", None) is not None and result.cut_validation.accuracy is not None:
         print(f"before the fine-tune ({result.decision.get('finetune_steps')} steps): top-1 "
               f"{result.cut_validation.accuracy:.2%}")
+    if getattr(result, "latency", None):
+        m = result.latency
+        budget = f", budget {m['goal']:.3f}x" if m.get("goal") is not None and m["relative"] else \
+            (f", budget {m['goal'] * 1e3:.4g} ms" if m.get("goal") is not None else "")
+        print(f"latency measured ({m['settings']}): {m['original_s'] * 1e3:.4g} ms -> {m['written_s'] * 1e3:.4g} ms "
+              f"({m['ratio']:.3f}x ± {m['noise']:.1%}{budget}); the table predicted {m['predicted_ratio']:.3f}x"
+              + (f"; landed in {len(m['landing'])} tr{'y' if len(m['landing']) == 1 else 'ies'}" if m["landing"] else ""))
     for note in result.notes:
         print(f"[W] {note}")
 
@@ -86,7 +108,8 @@ def _shrink(args: argparse.Namespace) -> int:
     method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
                            threshold=args.threshold, grouping=args.grouping, hardware=args.hardware,
                            cost_batch_size=args.cost_batch_size, round_to=args.round_to, keep=args.keep,
-                           finetune_steps=args.finetune_steps, force=args.force)
+                           finetune_steps=args.finetune_steps, force=args.force, provider=args.provider,
+                           latency_threads=args.latency_threads, latency_table=args.latency_table)
     result = shrink(args.model, args.data, args.output, val=args.val, method=method, options=_train_options(args),
                     data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape),
                     structure_path=args.save_structure)
@@ -183,7 +206,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.plot or args.html:
         raise MorphNetError("--plot and --html show a diff: give two models (inspect BEFORE AFTER)")
     report = inspect(args.model, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
-                     hardware=args.hardware, cost_batch_size=args.cost_batch_size)
+                     hardware=_measured(args) or args.hardware, cost_batch_size=args.cost_batch_size)
     if not report.analysis.prunable_groups:
         reasons = sorted({r for g in report.analysis.groups for r in g.reasons})[:3]
         detail = f" ({'; '.join(reasons)})" if reasons else " (no Conv, Gemm or MatMul with weight initializers)"

@@ -17,7 +17,10 @@ import onnx
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze
 from ..cost.budget import Budget
-from ..cost.resources import compute_costs, parse_hardware, resource_cost
+from ..cost.latency import LatencyTable
+from ..cost.resources import compute_costs, is_measure, parse_hardware, resource_cost
+from ..cost.timing import LatencySettings
+from ..cost.widths import fast_widths
 from ..errors import MorphNetError
 from ..expansion.initialization import INITS, initialize_weights
 from ..graph_utils import with_params
@@ -27,9 +30,11 @@ from ..loading.writing import refuse_overwriting, save_model
 from ..method.controller import BudgetController
 from ..method.decision import Decision, decide
 from ..method.figs import FIGS_THRESHOLD, figs_regularizers
+from ..method.landing import check_floor, land, measured_report
 from ..method.regularizers import GROUPINGS, REGULARIZERS, group_regularizers
 from ..surgery.apply import apply_structure
 from ..surgery.feasibility import floor_structure
+from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import check_round_to, prepare, verify_model
 from ..surgery.structure import Structure
 from ..training.batchnorm import recalibrate_batchnorm
@@ -74,6 +79,7 @@ class LearnResult:
     cut_validation: Evaluation | None = None  # shrink: the pruned model before its fine-tuning
     session_accuracy: float | None = None  # validation top-1 of the trained weights inside the session
     warnings: list[str] = field(default_factory=list)  # the learning guard's findings
+    latency: dict = field(default_factory=dict)  # --hardware measure: the written model measured (method/landing.py)
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +90,7 @@ class LearnResult:
             "session_accuracy": self.session_accuracy, "learning": self.learning, "decision": self.decision,
             "cut_validation": self.cut_validation.to_dict() if self.cut_validation else None,
             "steps": self.steps, "seconds": self.seconds, "notes": self.notes, "warnings": self.warnings,
+            **({"latency": self.latency} if self.latency else {}),
         }
 
 
@@ -188,8 +195,12 @@ class ShrinkOptions:
     - `grouping`: how the gates of a group written by several ops (a residual stream) combine:
       "max" (MorphNet's default: alive while any member is) or "l2" (sqrt of the sum of squares,
       morph-net's L2 grouping: every member pushed at once; docs/training.md).
-    - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch.
-    - `round_to`: widths multiples of it; `keep`: regexes of ops whose channels stay.
+    - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch; or
+      "measure": the model timed in onnxruntime (`provider`, `latency_threads`, batch
+      `cost_batch_size`; the table read from or written to `latency_table`), the regularizer and
+      `decide` on the table, the written model measured against the original (method/landing.py).
+    - `round_to`: widths multiples of it ("auto": the widths the measured table shows to be fast);
+      `keep`: regexes of ops whose channels stay.
     - `finetune_steps`: steps of plain training of the pruned model (at FINETUNE_LR_SHARE of the
       learning rate, cosine), as every pruning tool ends; None: FINETUNE_SHARE of the training
       steps; 0: none, the model is written as cut.
@@ -203,10 +214,17 @@ class ShrinkOptions:
     grouping: str = "max"
     hardware: str | None = None
     cost_batch_size: int = 1
-    round_to: int = 1
+    round_to: int | str = 1
     keep: tuple[str, ...] | None = None
     finetune_steps: int | None = None
     force: bool = False
+    provider: str = "CPUExecutionProvider"
+    latency_threads: int = 0
+    latency_table: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return is_measure(self.hardware) or self.latency_table is not None
 
     def __post_init__(self) -> None:
         if (self.budget is None) == (self.strength is None):
@@ -222,8 +240,15 @@ class ShrinkOptions:
             raise MorphNetError(f"--grouping {self.grouping}: choose one of {', '.join(GROUPINGS)}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
             raise MorphNetError(f"--threshold {self.threshold}: must be above 0")
-        parse_hardware(self.hardware, self.cost_batch_size)
-        check_round_to(self.round_to)
+        if self.measured:
+            LatencySettings(self.provider, self.latency_threads, self.cost_batch_size)
+        else:
+            parse_hardware(self.hardware, self.cost_batch_size)
+        if self.round_to != "auto":
+            check_round_to(self.round_to)
+        elif not self.measured:
+            raise MorphNetError("--round-to auto snaps widths to the ones a measured latency table shows to be "
+                                "fast: add --hardware measure")
         steps = self.finetune_steps
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise MorphNetError(f"--finetune-steps {steps}: must be a whole number, 0 or more")
@@ -265,9 +290,11 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     method = method if method is not None else ShrinkOptions(**method_fields)
     options = options or TrainOptions()
     refuse_overwriting({"-o": output, "--save-structure": structure_path}, [model, data, val])
-    hw = parse_hardware(method.hardware, method.cost_batch_size)
     loaded, analysis = prepare(model, input_shapes, list(method.keep) if method.keep else None, seed=options.seed)
     check_trainable(loaded)
+    hw = resolve_hardware(method.hardware, method.cost_batch_size, loaded, method.provider, method.latency_threads,
+                          method.latency_table, progress=options.progress and is_main())
+    round_to = fast_widths(hw, analysis) if method.round_to == "auto" else method.round_to
     budget, threshold = method.budget, method.threshold
     resource = budget.resource if budget else "flops"
     full_costs = compute_costs(analysis, loaded, hw)
@@ -298,8 +325,14 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
     trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                  upgraded_from=loaded.upgraded_from)
-    decision = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw, method.round_to)
-    surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
+    landing = None
+    if isinstance(hw, LatencyTable) and resource == "latency":  # the runtime has the last word
+        landing = land(analysis, trained_loaded, regs, result.params, threshold, target, full, budget.relative, hw,
+                       round_to, loaded.model, loaded.shapes)
+        decision, surgery = landing.decision, landing.surgery
+    else:
+        decision = decide(analysis, trained_loaded, regs, result.params, threshold, resource, target, hw, round_to)
+        surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
     verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
     steps = method.finetune_steps if method.finetune_steps is not None else max(1, round(FINETUNE_SHARE * result.steps))
@@ -321,12 +354,16 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     warnings = _guard(result, validation, val_set, pruned=True)
     if decision.forced:
         warnings.insert(0, _forced_warning(decision, resource))
+    latency = {}
+    if isinstance(hw, LatencyTable) and is_main():
+        latency = measured_report(analysis, trained_loaded, loaded, written_model, hw, decision, full_costs,
+                                    target if resource == "latency" else None, budget, landing, warnings)
     return LearnResult(model=written_model, structure=surgery.structure, analysis=analysis, cost_before=full,
                        cost_after=written_cost, resource=resource, flops_before=full_costs.flops,
                        flops_after=after_costs.flops, params_before=full_costs.params,
                        params_after=after_costs.params, validation=validation, steps=result.steps,
                        seconds=result.seconds, lambda_log=controller.log, notes=surgery.notes, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
-                       warnings=warnings, decision=record, cut_validation=cut_validation)
+                       warnings=warnings, decision=record, cut_validation=cut_validation, latency=latency)
 
 
 def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str, full: float,
@@ -340,6 +377,8 @@ def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str,
         return
     floor_alive = floor_structure(loaded, analysis).element_alive(analysis)
     floor = resource_cost(compute_costs(analysis, loaded, hw, alive=floor_alive), resource)
+    if isinstance(hw, LatencyTable) and resource == "latency":
+        check_floor(hw, full, target, floor, text)
     if target < floor:
         raise MorphNetError(f"budget {text} ({target:.4g}) is below what the unprunable part of the model "
                             f"costs ({floor:.4g} of {full:.4g} {resource}, every prunable group at its minimum); "
