@@ -136,7 +136,8 @@ def _expand(args: argparse.Namespace) -> int:
     result = expand(args.model, args.output, structure=args.structure, budget=_budget(args),
                     multiplier=args.multiplier, reference=args.reference, round_to=args.round_to, init=args.init,
                     seed=args.seed, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
-                    hardware=args.hardware, cost_batch_size=args.cost_batch_size)
+                    hardware=args.hardware, cost_batch_size=args.cost_batch_size, provider=args.provider,
+                    latency_threads=args.latency_threads, latency_table=args.latency_table)
     if args.json:
         _print_json(result)
         _end_with_diff(args.model, args.output, args)
@@ -185,7 +186,8 @@ def _cycle(args: argparse.Namespace) -> int:
                    shrink_to=args.shrink_to, options=_train_options(args), data_module=args.data_module,
                    regularizer=args.regularizer, grouping=args.grouping, round_to=args.round_to, keep=args.keep,
                    input_shapes=parse_input_shapes(args.input_shape), hardware=args.hardware,
-                   cost_batch_size=args.cost_batch_size, resume=resume, force=args.force)
+                   cost_batch_size=args.cost_batch_size, resume=resume, force=args.force, provider=args.provider,
+                   latency_threads=args.latency_threads, latency_table=args.latency_table)
     if args.json:
         _print_json(result)
     else:

@@ -117,6 +117,7 @@ class LatencyTable:
     overheads: dict = field(default_factory=dict)  # per run, per kernel: what the copies' runs cost besides kernels
     cross_validated: float = 0.0  # RMS relative error of the fit on copies it did not see
     seconds: float = 0.0  # to measure it
+    phases: dict = field(default_factory=dict)  # of those seconds: cutting the copies, timing, profiling, fitting
     loadavg: list[float] = field(default_factory=list)  # at the start and the end of the measurement
     date: str = ""
     path: Path | None = None  # where it was read from or written to (not saved)
@@ -170,7 +171,7 @@ class LatencyTable:
             "full": self.full.to_dict() if self.full else None, "floor": self.floor.to_dict() if self.floor else None,
             "fit_error": self.fit_error(), "structures": self.structures,
             "unattributed_share": self.unattributed_share, "overheads": self.overheads,
-            "cross_validated": self.cross_validated, "seconds": self.seconds, "loadavg": self.loadavg,
+            "cross_validated": self.cross_validated, "seconds": self.seconds, "phases": self.phases, "loadavg": self.loadavg,
             "date": self.date, "units": [u.to_dict() for u in self.units.values()],
         }
 
@@ -193,7 +194,8 @@ class LatencyTable:
                    unattributed_share=float(data.get("unattributed_share", 0.0)),
                    overheads=dict(data.get("overheads", {})),
                    cross_validated=float(data.get("cross_validated", 0.0)),
-                   seconds=float(data.get("seconds", 0.0)), loadavg=list(data.get("loadavg", [])),
+                   seconds=float(data.get("seconds", 0.0)), phases=dict(data.get("phases", {})),
+                   loadavg=list(data.get("loadavg", [])),
                    date=str(data.get("date", "")), path=path)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -205,6 +207,22 @@ class LatencyTable:
         os.replace(partial, path)
         self.path = path
         return path
+
+
+def check_covers(table: LatencyTable, analysis, name: str) -> None:
+    """A table measured on another model (other op names) describes nothing here: refuse it."""
+    known = sum(cost.op in table.units for cost in analysis.costed)
+    if known * 2 < len(analysis.costed):
+        raise MorphNetError(f"{name}: the latency table of {table.model} knows {known} of its {len(analysis.costed)} "
+                            f"costed ops (other names): measure this model's own table")
+
+
+def table_step(table) -> int:
+    """The width step a table's steps suggest when nothing finer is known (expand's `--round-to auto`):
+    the least common multiple of its padding block and alignment levels (1 for a roofline)."""
+    if not isinstance(table, LatencyTable):
+        return 1
+    return int(np.lcm.reduce([table.block, *table.levels]))
 
 
 def load_table(path: str | os.PathLike) -> LatencyTable:

@@ -44,7 +44,7 @@ from ..loading.model import LoadedModel, load
 from ..loading.placeholders import materialize_weights
 from ..loading.shapes import InputShapes
 from ..ops import BROADCASTING, CHANNEL_NORMS, MEMORY_BOUND
-from .apply import apply_structure
+from .apply import Surgeon, apply_structure
 from .feasibility import floor_structure
 from .structure import Structure
 
@@ -165,6 +165,14 @@ def named_copy(loaded: LoadedModel) -> LoadedModel:
                        upgraded_from=loaded.upgraded_from)
 
 
+def timing_cut(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> onnx.ModelProto:
+    """The structure cut out for timing: `shrink`'s surgery, without computing what removed channels
+    hold (their constants change biases, not the graph) unless a group vanishes (then branches go)."""
+    if any(not structure.alive[g.id].any() for g in analysis.prunable_groups):
+        return apply_structure(loaded, analysis, structure, approximate_borders=True).model
+    return Surgeon(loaded, analysis, structure).rewrite()[0]
+
+
 def measure_table(loaded: LoadedModel, analysis: Analysis, settings: LatencySettings, key: str, ort_version: str,
                   copies: int = DEFAULT_COPIES, seed: int = 0, progress=None) -> LatencyTable:
     """Cut, time and profile the copies; fit the table (see the module docstring)."""
@@ -182,22 +190,31 @@ def measure_table(loaded: LoadedModel, analysis: Analysis, settings: LatencySett
         rep_out = n_out / max(len(np.unique(cost.out_ids)), 1) if cost.out_ids is not None else 1.0
         units[cost.op] = UnitFit(cost.op, n_in, n_out, rep_in, rep_out)
     records = []
+    phases = {"cut_s": 0.0, "time_s": 0.0, "profile_s": 0.0}
     for index, (label, structure) in enumerate(plan):
         if progress is not None:
             progress(index, len(plan), label)
         alive = structure.element_alive(analysis)
-        model = loaded.model if label == "full" else \
-            apply_structure(loaded, analysis, structure, approximate_borders=True).model
-        tolerance, budget = (0.005, 10.0) if label in ("full", "floor") else (0.01, 5.0)
+        clock = time.perf_counter()
+        model = loaded.model if label == "full" else timing_cut(loaded, analysis, structure)
+        phases["cut_s"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        tolerance, budget = (0.005, 10.0) if label in ("full", "floor") else (0.015, 4.0)
         measured = measure_models([model], settings, loaded.shapes, tolerance=tolerance, max_seconds=budget)[0]
+        phases["time_s"] += time.perf_counter() - clock
+        clock = time.perf_counter()
         claimed = attribution.attribute(profile_nodes(model, settings, loaded.shapes))
+        phases["profile_s"] += time.perf_counter() - clock
         counts = {cost.op: cost.counts(alive) for cost in analysis.costed}
         records.append({"copy": label, "measured": measured, "counts": counts, "claimed": claimed})
     if progress is not None:
         progress(len(plan), len(plan), "fit")
-    return _fit_table(records, units, LatencyTable(key=key, model=loaded.name, settings=settings,
-                                                   onnxruntime=ort_version, machine=machine_name(), units=units),
-                      started, loadavg)
+    clock = time.perf_counter()
+    table = _fit_table(records, units, LatencyTable(key=key, model=loaded.name, settings=settings,
+                                                    onnxruntime=ort_version, machine=machine_name(), units=units),
+                       started, loadavg)
+    table.phases = {**phases, "fit_s": time.perf_counter() - clock}
+    return table
 
 
 def _fit_table(records: list[dict], units: dict[str, UnitFit], table: LatencyTable, started: float,
