@@ -105,7 +105,10 @@ def _shrink(args: argparse.Namespace) -> int:
     if args.old_structure:  # --structure is an input everywhere else (prune, expand)
         print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
         args.save_structure = args.save_structure or args.old_structure
-    method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
+    budget = _budget(args)
+    if budget is not None and "," in budget.text:  # several budgets: a family from one run
+        return _shrink_family(args, budget)
+    method = ShrinkOptions(budget=budget, strength=args.strength, regularizer=args.regularizer,
                            threshold=args.threshold, grouping=args.grouping, hardware=args.hardware,
                            cost_batch_size=args.cost_batch_size, round_to=args.round_to, keep=args.keep,
                            finetune_steps=args.finetune_steps, force=args.force, provider=args.provider,
@@ -115,6 +118,38 @@ def _shrink(args: argparse.Namespace) -> int:
                     structure_path=args.save_structure)
     _print_learned(result, args)
     _end_with_diff(args.model, args.output, args)
+    return 0
+
+
+def _shrink_family(args: argparse.Namespace, budget) -> int:
+    from ..recipes.family import parse_budgets, shrink_family
+    from ..recipes.shrink import ShrinkOptions
+    from ..report.family import print_family, write_family_plot
+    from ..report.pictures import check_picture_paths
+
+    if args.html:
+        raise MorphNetError("--html shows one model's diff; a family (several budgets) takes --plot only")
+    check_picture_paths(args.plot)
+    budgets = parse_budgets(budget.resource, budget.text)
+    method = ShrinkOptions(budget=budgets[0], regularizer=args.regularizer, threshold=args.threshold,
+                           grouping=args.grouping, hardware=args.hardware, cost_batch_size=args.cost_batch_size,
+                           round_to=args.round_to, keep=args.keep, finetune_steps=args.finetune_steps,
+                           force=args.force, provider=args.provider, latency_threads=args.latency_threads,
+                           latency_table=args.latency_table)
+    result = shrink_family(args.model, args.data, args.output, val=args.val, budgets=budgets, method=method,
+                           options=_train_options(args), data_module=args.data_module,
+                           input_shapes=parse_input_shapes(args.input_shape), structure_path=args.save_structure)
+    if not is_main():
+        return 0
+    for warning in result.warnings:
+        print(f"[W] {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(result)
+    else:
+        print_family(result)
+    if args.plot:
+        path = write_family_plot(result, args.plot)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

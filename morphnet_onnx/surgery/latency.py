@@ -38,7 +38,7 @@ from ..analysis.walk import analyze, node_names
 from ..cost.latency import (LatencyTable, UnitFit, cache_folder, cached_table, calibrate, fit_units, load_table,
                             machine_name, overheads, table_key)
 from ..cost.resources import Hardware, is_measure, parse_hardware
-from ..cost.timing import LatencySettings, check_provider, measure_models, profile_nodes
+from ..cost.timing import LatencySettings, Measurement, check_provider, measure_models, profile_nodes
 from ..errors import MorphNetError
 from ..loading.model import LoadedModel, load
 from ..loading.placeholders import materialize_weights
@@ -300,6 +300,25 @@ def latency_table(model, settings: LatencySettings | None = None, input_shapes: 
         table.save(table_path)
         table.path = path if path is not None else Path(table_path)
     return table
+
+
+def measure_latency(models: list, settings: LatencySettings | None = None, input_shapes: InputShapes | None = None,
+                    tolerance: float = 0.01, max_seconds: float = 30.0) -> list[Measurement]:
+    """End-to-end latency of each model (paths or ModelProtos) at `settings`, measured in alternated
+    rounds in this process until every median is known to `tolerance` (cost/timing.py): compare
+    models with the ratios of these medians.
+
+    >>> before, after = measure_latency(["resnet50.onnx", "small.onnx"], LatencySettings(threads=1))  # doctest: +SKIP
+    >>> after.median_s / before.median_s                                                              # doctest: +SKIP
+    0.49
+    """
+    settings = settings or LatencySettings()
+    check_provider(settings)
+    loaded = [load(m, input_shapes) for m in models]
+    for item in loaded:
+        item.model = materialize_weights(item.model, 0)
+    shapes = {name: shape for item in loaded for name, shape in item.shapes.items()}
+    return measure_models([item.model for item in loaded], settings, shapes, tolerance, max_seconds)
 
 
 def resolve_hardware(spec: str | None, batch: int, model, provider: str = "CPUExecutionProvider", threads: int = 0,

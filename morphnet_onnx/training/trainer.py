@@ -88,6 +88,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     session_accuracy: float | None = None  # validation top-1 of the trained weights, inside the session
     warnings: list[str] = field(default_factory=list)
+    snapshots: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # trained weights at asked steps
 
 
 def learning_rate(options: TrainOptions, step: int, total: int) -> float:
@@ -150,9 +151,11 @@ class Trainer:
         return OrtSession(self.loaded, options, self.regs, self.gates, self.target_shape, probe, resume_from)
 
     def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None, val: Dataset | None = None,
-            on_warning: Callable[[str], None] | None = None) -> TrainResult:
+            on_warning: Callable[[str], None] | None = None, snapshots: frozenset[int] = frozenset()) -> TrainResult:
         """Train; `val` is also scored inside the session (batch statistics, as trained); `on_warning`
-        hears the early learning check (after the first epoch or EARLY_CHECK_STEPS steps)."""
+        hears the early learning check (after the first epoch or EARLY_CHECK_STEPS steps); the
+        trained weights after each step in `snapshots` come back in `TrainResult.snapshots` (a family
+        of shrinks decides one member from each; not kept across a resume)."""
         options = self.options
         world = current_world()
         per_epoch = data.require_batches(options.batch_size)
@@ -178,6 +181,7 @@ class Trainer:
             task_losses: list[float] = list(meta["task_losses"]) if meta else []
             correct: list[float] = list(meta["correct"]) if meta else []
             warnings: list[str] = list(meta["warnings"]) if meta else []
+            taken: dict[int, dict[str, np.ndarray]] = {}
             early_at = max(MIN_JUDGED_STEPS, min(per_epoch, EARLY_CHECK_STEPS))
             classes = self._declared_classes()
             try:
@@ -217,6 +221,8 @@ class Trainer:
                             history.append(info.__dict__)
                         if on_step:
                             on_step(info)
+                        if step in snapshots:
+                            taken[step] = session.params(session.trainable())
                         if options.checkpoint_dir and (step % options.checkpoint_every == 0 or step == total) \
                                 and world.main:
                             self._save(session, options.checkpoint_dir, {
@@ -233,7 +239,7 @@ class Trainer:
                 session_accuracy = self._session_accuracy(session, val, weights)
             return TrainResult(params=trained, steps=step, seconds=seconds,
                                signal=learning_signal(task_losses, correct, classes), history=history,
-                               session_accuracy=session_accuracy, warnings=warnings)
+                               session_accuracy=session_accuracy, warnings=warnings, snapshots=taken)
         finally:
             session.close()
 
