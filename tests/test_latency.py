@@ -11,21 +11,26 @@ import numpy as np
 import onnx
 import pytest
 
-from builders import Net
-from morphnet_onnx import LatencySettings, MorphNetError, compute_costs, inspect, latency_table, measure_latency
+from builders import Net, random_dataset
+from conftest import REPO
+from morphnet_onnx import (LatencySettings, MorphNetError, inspect, latency_table, load_table, measure_latency,
+                           shrink_family)
 from morphnet_onnx.cli import main
 from morphnet_onnx.cost.latency import UnitFit, fit_unit, nnls, unit_seconds
 from morphnet_onnx.cost.resources import parse_hardware
 from morphnet_onnx.cost.timing import median_noise
-from morphnet_onnx.cost.widths import worth_having
+from morphnet_onnx.cost.widths import fast_widths, worth_having
 from morphnet_onnx.method.decision import _ranked_blocks
 from morphnet_onnx.method.family import PhasedController, phase_ends
 from morphnet_onnx.method.landing import check_floor
 from morphnet_onnx.recipes.family import member_path, parse_budgets
-from morphnet_onnx.recipes.shrink import ShrinkOptions
+from morphnet_onnx.method.regularizers import group_regularizers
+from morphnet_onnx.recipes.shrink import Budget, ShrinkOptions, shrink
 from morphnet_onnx.surgery.latency import Attribution
 from morphnet_onnx.surgery.pruning import prepare
-from morphnet_onnx.cost.budget import Budget
+from morphnet_onnx.training.trainer import TrainOptions
+
+TINY = REPO / "models" / "tiny_resnet.onnx"
 
 
 def tiny(width: int = 16) -> onnx.ModelProto:
@@ -189,7 +194,6 @@ def test_family_budgets_and_phases():
 def test_the_phased_controller_steps_its_target_down(table_file):
     model, _, table = table_file
     loaded, analysis = prepare(model)
-    from morphnet_onnx.method.regularizers import group_regularizers
     regs = group_regularizers(analysis, loaded, "auto", "max")
     controller = PhasedController(analysis, loaded, regs, "latency", 3.0, None, 0.01, table, total_steps=100,
                                   targets=[3.0, 2.0, 1.0], ends=[50, 75, 100])
@@ -216,3 +220,48 @@ def test_cli_inspect_shows_the_table(table_file, capsys):
     assert "add --hardware measure" in capsys.readouterr().err
     assert main(["inspect", str(model), "--hardware", "measure", "--provider", "NoSuchProvider"]) == 2
     assert "not in this onnxruntime build" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet_table(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_resnet")
+    path = folder / "table.json"
+    latency_table(TINY, LatencySettings(threads=1), table_path=path, cache=False, copies=3)
+    return folder, path
+
+
+@pytest.mark.slow
+def test_shrink_lands_on_a_measured_budget_with_fast_widths(tiny_resnet_table):
+    folder, table_path = tiny_resnet_table
+    data = random_dataset(folder, 64, 32, val_key="x")
+    out = folder / "small.onnx"
+    result = shrink(TINY, data / "train.npz", out, val=data / "val.npz", budget=Budget("latency", "0.6x"),
+                    hardware="measure", latency_threads=1, latency_table=str(table_path), round_to="auto",
+                    force=True, options=TrainOptions(steps=6, batch_size=16, progress=False))
+    onnx.checker.check_model(str(out), full_check=True)
+    measured = result.latency
+    assert measured["landing"] and measured["goal"] == pytest.approx(0.6, rel=1e-6)
+    assert measured["written_s"] > 0 and measured["clock"] == "cpu"
+    assert {"ratio", "noise", "predicted_ratio", "disagreement"} <= set(measured)
+    table = load_table(table_path)
+    loaded, analysis = prepare(TINY)
+    allowed = fast_widths(table, analysis)
+    for group in analysis.prunable_groups:
+        width = int(result.structure.alive[group.id].sum())
+        assert width in allowed[group.id] + [0], (group.id, width, allowed[group.id])
+
+
+@pytest.mark.slow
+def test_a_family_writes_one_model_per_budget_from_one_run(tiny_resnet_table):
+    folder, _ = tiny_resnet_table
+    data = random_dataset(folder, 64, 32, val_key="x")
+    result = shrink_family(TINY, data / "train.npz", folder / "fam.onnx", val=data / "val.npz",
+                           budgets=parse_budgets("flops", "0.5x,0.8x"),
+                           method=ShrinkOptions(budget=Budget("flops", "0.5x"), force=True),
+                           options=TrainOptions(steps=100, batch_size=16, progress=False))
+    assert [m["budget"] for m in result.members] == ["0.8x", "0.5x"]  # largest first
+    assert [m["decided_at_step"] for m in result.members] == phase_ends(100, 2) == [75, 100]
+    assert result.total_steps == 100 + 2 * result.finetune_steps and result.finetune_steps == 20
+    for member in result.members:
+        assert member["cost_ratio"] <= float(member["budget"].rstrip("x")) + 1e-9
+        onnx.checker.check_model(member["output"], full_check=True)

@@ -309,25 +309,36 @@ def nnls(a: np.ndarray, b: np.ndarray, iterations: int = 100) -> np.ndarray:
             if (z[passive] > 0).all():
                 x = z
                 break
-            negative = passive & (z <= 0)
-            alpha = np.min(x[negative] / (x[negative] - z[negative]))
+            negative = passive & (z <= 0) & (x - z > 0)
+            alpha = float(np.min(x[negative] / (x[negative] - z[negative]))) if negative.any() else 0.0
             x = x + alpha * (z - x)
             passive &= x > 1e-15
             x[~passive] = 0.0
     return x
 
 
-def fit_unit(unit: UnitFit, block: int, levels: tuple[int, ...], leave_out: frozenset[int] = frozenset()) -> None:
+def _sample_array(unit: UnitFit) -> np.ndarray:
+    return np.array([s for s in unit.samples if s[0] > 0 and s[1] > 0], dtype=float).reshape(-1, 5)
+
+
+def fit_unit(unit: UnitFit, block: int, levels: tuple[int, ...], leave_out: frozenset[int] = frozenset(),
+             samples: np.ndarray | None = None, basis: np.ndarray | None = None) -> np.ndarray:
     """Fit `unit.coef` to its samples ([n_in, n_out, seconds, weight, copy]) except those of the copies
     left out, coefficients >= 0, errors weighted (the weight makes an error count relative to the
-    whole model's latency in that copy)."""
-    samples = np.array([s for s in unit.samples if s[0] > 0 and s[1] > 0 and int(s[4]) not in leave_out],
-                       dtype=float).reshape(-1, 5)
+    whole model's latency in that copy). `samples` and their `basis`: as arrays, when at hand.
+    Returns the coefficients."""
+    samples = _sample_array(unit) if samples is None else samples
     width = 4 + 2 * len(levels)
+    coef = np.zeros(width)
     unit.coef = [0.0] * width
-    if not len(samples):
-        return
-    basis = _basis(unit, samples[:, 0], samples[:, 1], block, levels)
+    if not len(samples) or not samples[:, 2].any():  # no time of its own (fused into another op's kernel)
+        return coef
+    basis = _basis(unit, samples[:, 0], samples[:, 1], block, levels) if basis is None else basis
+    if leave_out:
+        keep = ~np.isin(samples[:, 4].astype(int), list(leave_out))
+        samples, basis = samples[keep], basis[keep]
+        if not len(samples):
+            return coef
     # A column that never changes (a side whose count stayed) says nothing beyond the constant.
     use = np.ptp(basis, axis=0) > 0
     use[0] = True
@@ -335,9 +346,9 @@ def fit_unit(unit: UnitFit, block: int, levels: tuple[int, ...], leave_out: froz
     matrix = basis[:, use] * weight[:, None]
     scale = np.abs(matrix).max(axis=0)
     scale[scale == 0] = 1.0
-    coef = np.zeros(width)
     coef[use] = nnls(matrix / scale, samples[:, 2] * weight) / scale
     unit.coef = [float(c) for c in coef]
+    return coef
 
 
 # The steps a runtime's kernels may take: the padding block, and the alignments below which a kernel
@@ -354,18 +365,22 @@ def fit_units(units: dict[str, UnitFit], copies: list[tuple[dict, float]], offse
     prediction being `offset` plus the units), then fit every unit on every copy. Returns (block,
     levels, cross-validated RMS relative error)."""
     folds = [frozenset(held_out[i::FOLDS]) for i in range(FOLDS) if held_out[i::FOLDS]]
+    arrays = {op: _sample_array(unit) for op, unit in units.items()}
+    timed = {op: unit for op, unit in units.items() if len(arrays[op]) and arrays[op][:, 2].any()}
+    measured = np.array([seconds for _, seconds in copies])
     best = None
     for levels in LEVEL_CHOICES:
         for block in BLOCK_CHOICES:
+            bases = {op: _basis(unit, arrays[op][:, 0], arrays[op][:, 1], block, levels) for op, unit in timed.items()}
             errors = []
             for fold in folds:
-                for unit in units.values():
-                    fit_unit(unit, block, levels, fold)
-                for index in fold:
-                    counts, seconds = copies[index]
-                    predicted = offset + sum(float(unit_seconds(units[op], *c, block, levels)[0])
-                                             for op, c in counts.items() if op in units)
-                    errors.append(predicted / seconds - 1)
+                predicted = np.full(len(copies), offset)
+                for op, unit in timed.items():
+                    coef = fit_unit(unit, block, levels, fold, arrays[op], bases[op])
+                    rows = np.isin(arrays[op][:, 4].astype(int), list(fold))
+                    np.add.at(predicted, arrays[op][rows, 4].astype(int), bases[op][rows] @ coef)
+                index = np.array(sorted(fold))
+                errors.extend(predicted[index] / measured[index] - 1)
             score = float(np.sqrt(np.mean(np.square(errors)))) if errors else 0.0
             if best is None or score < best[0] * (1 - 1e-6):
                 best = (score, block, levels)

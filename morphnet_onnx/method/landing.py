@@ -30,9 +30,9 @@ from ..surgery.apply import SurgeryResult, apply_structure
 from .decision import Decision, decide
 from .regularizers import GroupRegularizer
 
-TRIES = 3
+TRIES = 4
 AIM = 0.97  # a correction aims at this share of the budget
-LOW = 0.90  # a landing below this share of the budget is tried again (the budget buys more)
+LOW = 0.95  # a landing below this share of the budget is tried again (the budget buys more)
 
 
 @dataclass

@@ -255,11 +255,12 @@ def _fit_table(records: list[dict], units: dict[str, UnitFit], table: LatencyTab
 
 def latency_table(model, settings: LatencySettings | None = None, input_shapes: InputShapes | None = None,
                   table_path: str | os.PathLike | None = None, cache: bool = True, copies: int = DEFAULT_COPIES,
-                  seed: int = 0, progress=None) -> LatencyTable:
+                  seed: int = 0, progress=None, refresh: bool = False) -> LatencyTable:
     """The model's latency table at `settings` (provider, threads, batch): read from `table_path`
     when that file exists, else from the cache when one was measured for the same key, else
     measured (about 1 to 2 minutes for a ResNet-50 on 2 cores) and written to the cache and to
-    `table_path`. A file of another model or other settings is refused.
+    `table_path`. A file of another model or other settings is refused. `refresh`: measure again
+    even when the cache holds a table (the new one replaces it).
 
     >>> table = latency_table("resnet50.onnx", LatencySettings(threads=1))   # doctest: +SKIP
     >>> table.full.median_s, table.floor.median_s, table.block              # doctest: +SKIP
@@ -281,7 +282,7 @@ def latency_table(model, settings: LatencySettings | None = None, input_shapes: 
                                 f"{table.machine}); remove it to measure this one")
         table.origin = "file"
         return table
-    table = cached_table(key) if cache else None
+    table = cached_table(key) if cache and not refresh else None
     if table is not None:
         table.origin = "cache"
     else:
