@@ -179,3 +179,20 @@ def test_shrink_options_map_one_to_one_onto_the_cli_options():
     with pytest.raises(TypeError, match="budget_flops"):
         mn.shrink(model, None, budget_flops="0.5x")
     assert mn.ShrinkOptions(strength=1.0, keep="conv1").keep == ("conv1",)
+
+
+def test_every_help_shows_the_default_of_every_option_that_has_one_and_an_example():
+    """`morphnet-onnx COMMAND --help`: options in groups, each default shown, an example line."""
+    from morphnet_onnx.cli.parser import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        text = " ".join(sub.format_help().split())
+        assert f"example: morphnet-onnx {name}" in text, name
+        for action in sub._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            if action.default is None or action.default is False:
+                continue
+            shown = " ".join(sub._get_formatter()._expand_help(action).split()) if action.help else ""
+            assert f"default: {action.default}" in shown or "(default" in (action.help or ""), (name, action.dest)

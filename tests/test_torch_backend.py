@@ -17,6 +17,7 @@ from conftest import REPO
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.builders import Net
 from morphnet_onnx.cli import main
+from morphnet_onnx.loading.view import tensor_value
 from morphnet_onnx.method.controller import BudgetController
 from morphnet_onnx.cost.resources import parse_hardware
 from morphnet_onnx.recipes.shrink import Budget, shrink, train
@@ -66,7 +67,7 @@ def one_step(model, data_path, backend, optimizer, regularizer, lr=LR):
     controller = (BudgetController(analysis, loaded, regs, "flops", None, 5.0, 1e-2, parse_hardware(None, 1))
                   if regs else None)
     result = Trainer(loaded, options, regs, controller).run(data)
-    return result.history[0], result.params, {t.name: numpy_helper.to_array(t) for t in loaded.model.graph.initializer}
+    return result.history[0], result.params, {t.name: np.array(tensor_value(t)) for t in loaded.model.graph.initializer}
 
 
 @pytest.mark.parametrize("model_kind,regularizer", [("tiny", None), ("tiny", "gamma"), ("tiny", "gamma:l2"),
@@ -89,6 +90,24 @@ def test_one_step_sgd_matches_ort(tmp_path, model_kind, regularizer):
     assert largest > 0
     for name, (ort, torch_update) in updates.items():
         np.testing.assert_allclose(torch_update, ort, rtol=0, atol=1e-4 * largest + 1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("net", ["resnet18", "mobilenet_v2", "vit"])
+def test_torchs_default_exports_step_as_ort_steps(tmp_path, net):
+    """tools/first_contact.py's dynamo exports (opset 20: Reshape-19, ReduceMean-18's axes input, Gelu-20,
+    a batch fixed at 1): converted at opset 17 and rebatched, one SGD step at batch 16 gives ort's loss
+    and update."""
+    model = REPO / "tests" / "data" / "torch" / "first_contact" / f"{net}_dynamo.onnx"
+    rng = np.random.default_rng(0)
+    data = tmp_path / "train.npz"
+    np.savez(data, input=rng.standard_normal((32, 3, 32, 32)).astype(np.float32), labels=rng.integers(0, 10, 32))
+    ort_info, ort_params, before = one_step(model, data, "ort", "sgd", None, lr=1.0)
+    torch_info, torch_params, _ = one_step(model, data, "torch", "sgd", None, lr=1.0)
+    assert torch_info["loss"] == pytest.approx(ort_info["loss"], rel=1e-4)
+    updates = {name: (value - before[name], torch_params[name] - before[name]) for name, value in ort_params.items()}
+    largest = max(np.abs(ort).max() for ort, _ in updates.values())
+    for name, (ort, torch_update) in updates.items():
+        np.testing.assert_allclose(torch_update, ort, rtol=0, atol=1e-3 * largest + 1e-6, err_msg=name)
 
 
 def test_one_step_adamw_matches_ort(tmp_path):

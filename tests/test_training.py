@@ -318,7 +318,7 @@ def test_batchnorm_statistics_need_no_rank_and_take_the_training_batch():
 
     from morphnet_onnx.training.evaluation import evaluate_model
     from morphnet_onnx.training.batchnorm import recalibrate_batchnorm
-    from morphnet_onnx.training.data import Dataset
+    from morphnet_onnx.training.arrays import ArrayDataset as Dataset
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((1, 2, 5)).astype(np.float32)

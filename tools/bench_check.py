@@ -4,7 +4,7 @@ Target (issue "Graph surgery"): `check` of ResNet-50 takes at most 3x (onnx.load
 onnxruntime runs) of the same model. The baseline does exactly the I/O and inference `check` cannot
 avoid: load the file, save it, run the model twice (original and pruned) on the same random batch.
 
-    .venv/bin/python tools/bench_check.py [--model /work/cache/torchvision/resnet50_bn.onnx] [--repeats 3]
+    .venv/bin/python tools/bench_check.py [--model ~/.cache/morphnet-onnx/torchvision/resnet50_bn.onnx] [--repeats 3]
 
 The model comes from tools/export_torchvision.py (dev-only, needs torch).
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from harness import machine_info, machine_line, write_json  # tools/harness.py
+from harness import ZOO, machine_info, machine_line, write_json  # tools/harness.py
 from morphnet_onnx import check
 from morphnet_onnx.loading.runtime import make_session
 
@@ -42,7 +42,7 @@ def baseline(path: Path, tmp: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="/work/cache/torchvision/resnet50_bn.onnx")
+    parser.add_argument("--model", default=str(ZOO / "resnet50_bn.onnx"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", type=float, default=3.0)
     parser.add_argument("--json", metavar="OUT")

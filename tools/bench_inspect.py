@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from harness import machine_info, machine_line, summary, timed, write_json  # tools/harness.py
+from harness import ZOO, machine_info, machine_line, summary, timed, write_json  # tools/harness.py
 from morphnet_onnx import inspect
 from morphnet_onnx.builders import Net
 
-DEFAULT_MODEL = "/work/cache/torchvision/resnet50_bn.onnx"
+DEFAULT_MODEL = str(ZOO / "resnet50_bn.onnx")
 RATIO_TARGET = 2.0
 SCALING_TARGET = 1.5
 

@@ -21,7 +21,7 @@ zeroed its gates (without it `prune` keeps the channels whose BatchNormalization
 would read, and the FLOPs barely drop).
 
 Models: `--resnet50` / `--vit` take ONNX files; by default the full exports of tools/export_torchvision.py
-(/work/cache/torchvision/*_bn.onnx) when they exist, otherwise the repository's light copies of the same
+(~/.cache/morphnet-onnx/torchvision/*_bn.onnx) when they exist, otherwise the repository's light copies of the same
 exports (tests/data/torchvision/*_bn.onnx) with every `ConstantOfShape` placeholder turned back into an
 initializer of seeded random values (He-scaled; positive for norm scales and variances), written once
 to `--work`. Either way the file has the export's graph and its full-size weights.
@@ -52,7 +52,7 @@ import onnxruntime
 from onnx import numpy_helper
 
 from bench_inspect import linear_fit, residual_net  # tools/bench_inspect.py
-from harness import machine_info, timed, write_json  # tools/harness.py
+from harness import ZOO, machine_info, timed, write_json  # tools/harness.py
 import morphnet_onnx
 from morphnet_onnx import check, inspect, prune
 from morphnet_onnx.surgery.checking import random_structure
@@ -61,7 +61,7 @@ from morphnet_onnx.surgery.pruning import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = Path(__file__).resolve().parent
-CACHE = Path("/work/cache/torchvision")
+CACHE = ZOO
 LIGHT = ROOT / "tests" / "data" / "torchvision"
 MNIST1D = ROOT / "models" / "resnet1d_mnist1d.onnx"
 

@@ -5,7 +5,7 @@ This script is NOT part of the morphnet_onnx library and torch is NOT a runtime
 dependency of the project.  It produces test data / benchmark inputs:
 
 * full exports (with weights), ``{model}_{variant}.onnx`` in ``--out``
-  (default ``/work/cache/torchvision``, outside the repository);
+  (default ``~/.cache/morphnet-onnx/torchvision``, outside the repository);
 * "light" copies of every export in ``--light-out`` (default
   ``tests/data/torchvision/``), where every float initializer with more than
   16 elements is replaced by a ``ConstantOfShape`` node, in the same way as
@@ -60,6 +60,8 @@ import torch
 import torch.nn as nn
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from harness import ZOO  # tools/harness.py
 
 aten = torch.ops.aten
 
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="all", help="comma-separated names (default: all)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: bn,folded")
-    p.add_argument("--out", default="/work/cache/torchvision", help="dir for full exports")
+    p.add_argument("--out", default=str(ZOO), help="dir for full exports")
     p.add_argument("--light-out", default=str(REPO_ROOT / "tests/data/torchvision"), help="dir for light exports + reference.json")
     p.add_argument("--verify", action="store_true", help="also run each full export in onnxruntime (pip install onnxruntime) and compare with torch at batch 2")
     p.add_argument("--no-reference", action="store_true", help="skip the torch reference counts")

@@ -19,6 +19,9 @@ import onnx
 import morphnet_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where tools/export_torchvision.py writes the full torchvision exports (outside the repository):
+# $MORPHNET_ZOO, by default the user's cache folder.
+ZOO = Path(os.environ.get("MORPHNET_ZOO", Path.home() / ".cache" / "morphnet-onnx" / "torchvision"))
 
 
 def machine_info() -> dict:

@@ -15,7 +15,7 @@ Model sources (combine freely; each file is run once):
 * ``--light``: the onnx wheel's light CNNs (``<site-packages>/onnx/backend/test/data/light/light_*.onnx``);
 * ``--torchvision-light``: the committed graph-only exports ``tests/data/torchvision/*.onnx``
   (placeholder weights; ``check`` makes random weights for them);
-* ``--dir DIR`` (repeatable): every ``.onnx`` in DIR, e.g. ``/work/cache/torchvision`` (real
+* ``--dir DIR`` (repeatable): every ``.onnx`` in DIR, e.g. ``~/.cache/morphnet-onnx/torchvision`` (real
   torchvision exports made by ``tools/export_torchvision.py``: ``{model}_bn.onnx`` keeps
   BatchNormalization, ``{model}_folded.onnx`` has it folded into Conv);
 * positional ``MODEL`` paths.
@@ -26,10 +26,10 @@ imported) instead of the working tree, whose files may change while a long sweep
 
 Run from the repository root with the project's venv::
 
-    .venv/bin/python tools/zoo_check.py --snapshot --sensitivity --dir /work/cache/torchvision \
+    .venv/bin/python tools/zoo_check.py --snapshot --sensitivity --dir ~/.cache/morphnet-onnx/torchvision \
         --markdown /tmp/tv.md --json /tmp/tv.json
     .venv/bin/python tools/zoo_check.py --light --markdown /tmp/light.md
-    .venv/bin/python tools/zoo_check.py --dir /work/cache/torchvision --models 'resnet|vgg' --timeout 300
+    .venv/bin/python tools/zoo_check.py --dir ~/.cache/morphnet-onnx/torchvision --models 'resnet|vgg' --timeout 300
 
 ``--sensitivity`` adds, for every run, a second child that rebuilds check's gated model (same fraction
 and seed) and compares its outputs for two different random inputs with check's own error measure

@@ -10,7 +10,7 @@
   top-1 on the batch equals the training session's, within one example). A model that runs but
   does not learn fails.
 
-    .venv/bin/python tools/zoo_train.py --dir /work/cache/torchvision --markdown /tmp/zoo_train.md
+    .venv/bin/python tools/zoo_train.py --dir ~/.cache/morphnet-onnx/torchvision --markdown /tmp/zoo_train.md
     .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
     .venv/bin/python tools/zoo_train.py --dir tests/data/torchvision --backend torch --markdown /tmp/zoo_torch.md
 """

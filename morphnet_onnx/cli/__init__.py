@@ -10,10 +10,11 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 
 from ..errors import MorphNetError
-from .parser import build_parser
 from ..training.distributed import is_main
+from .parser import build_parser
 
 
 def _terminate(signum, frame) -> None:
@@ -32,8 +33,14 @@ def _stdout_closed() -> int:
     return 141
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning of the library (a compressed .npz read into memory) as one line, as errors are."""
+    print(f"[W] {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # called from a thread other than the main one: signals stay as they are
@@ -62,5 +69,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

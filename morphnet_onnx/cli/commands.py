@@ -46,6 +46,12 @@ def _print_json(result) -> None:
     sys.stdout.write("\n")
 
 
+def _images(args: argparse.Namespace, augment: bool = False):
+    from ..training.images import ImageOptions
+
+    return ImageOptions(mean=args.mean, std=args.std, augment=augment, workers=args.data_workers)
+
+
 def _train_options(args: argparse.Namespace):
     from ..training.trainer import TrainOptions
 
@@ -54,7 +60,8 @@ def _train_options(args: argparse.Namespace):
                         seed=args.seed, threads=args.threads, loss=args.loss,
                         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
                         checkpoint_every=args.checkpoint_every, resume=args.resume,
-                        progress=not args.no_progress and sys.stderr.isatty(), backend=args.backend)
+                        progress=not args.no_progress and sys.stderr.isatty(), backend=args.backend,
+                        images=_images(args, augment=not args.no_augment))
 
 
 def _print_learned(result, args) -> None:
@@ -93,8 +100,19 @@ def _print_learned(result, args) -> None:
         print(f"latency measured ({m['settings']}): {m['original_s'] * 1e3:.4g} ms -> {m['written_s'] * 1e3:.4g} ms "
               f"({m['ratio']:.3f}x ± {m['noise']:.1%}{budget}); the table predicted {m['predicted_ratio']:.3f}x"
               + (f"; landed in {len(m['landing'])} tr{'y' if len(m['landing']) == 1 else 'ies'}" if m["landing"] else ""))
+    if result.classes is not None:
+        print(_classes_line(result.classes, args.output))
     for note in result.notes:
         print(f"[W] {note}")
+
+
+def _classes_line(classes: list[str], output) -> str:
+    """The class order of an image folder, as the written model's outputs read it."""
+    from ..training.images import classes_path
+
+    shown = ", ".join(f"{k} {name}" for k, name in enumerate(classes[:10]))
+    more = f", ... ({len(classes)} in all)" if len(classes) > 10 else ""
+    return f"classes (output index, folder): {shown}{more}; written to {classes_path(output)}"
 
 
 def _shrink(args: argparse.Namespace) -> int:
@@ -198,7 +216,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..recipes.shrink import evaluate
 
     result = evaluate(args.model, args.data, loss=args.loss, input_shapes=parse_input_shapes(args.input_shape),
-                      batch=args.batch_size)
+                      batch=args.batch_size, images=_images(args))
     if args.json:
         _print_json(result)
     elif result.accuracy is not None:

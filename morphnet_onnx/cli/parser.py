@@ -19,7 +19,7 @@ EXAMPLES = {
     "expand": "morphnet-onnx expand small.onnx --budget-flops 1.0x --reference model.onnx -o wide.onnx",
     "cycle": "morphnet-onnx cycle model.onnx --data train.npz --val val.npz --budget-flops 1.0x --out-dir runs",
     "train": "morphnet-onnx train model.onnx --data train.npz --val val.npz --steps 2000 -o trained.onnx",
-    "evaluate": "morphnet-onnx evaluate trained.onnx --data val.npz",
+    "evaluate": "morphnet-onnx evaluate trained.onnx --data val/  (a folder of class folders, or val.npz)",
 }
 
 
@@ -102,12 +102,39 @@ def _roofline_options(g, purpose: str = "for --budget-latency") -> None:
                         "(implies --hardware measure)")
 
 
+DATA_HELP = ("an .npz (one array per model input, or x, plus labels), a folder of such .npy files, or a folder "
+             "of class folders of PNG/JPEG images (torchvision's ImageFolder)")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas, e.g. 0.5 or 0.485,0.456,0.406")
+
+
+def _image_options(g, augment: bool) -> None:
+    """How image folders are read: shared by the training commands and evaluate."""
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]",
+                   help="image folders: per-channel mean of pixels in [0, 1] (default: ImageNet's "
+                        "0.485,0.456,0.406 for 3-channel inputs, 0.5 for 1-channel inputs)")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]",
+                   help="image folders: per-channel standard deviation (default: ImageNet's 0.229,0.224,0.225 "
+                        "for 3 channels, 0.5 for 1)")
+    if augment:
+        g.add_argument("--no-augment", action="store_true",
+                       help="image folders: no random crop (50-100%% of the area) and flip on --data (--val never has them)")
+    g.add_argument("--data-workers", type=int, default=2, metavar="N",
+                   help="image folders: threads decoding ahead of training (2 x N batches at most)")
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="TRAIN.npz", help="one array per model input (or x) plus labels")
+    g.add_argument("--data", metavar="TRAIN.npz|DIR", help=DATA_HELP)
     g.add_argument("--data-module", metavar="pkg.mod:fn", help="a function returning an iterable of batches")
-    g.add_argument("--val", metavar="VAL.npz", help="validation data (accuracy printed at the end)")
+    g.add_argument("--val", metavar="VAL.npz|DIR", help="validation data, as --data (accuracy printed at the end)")
     g.add_argument("--loss", choices=["ce", "mse"], default="ce", help="cross-entropy on logits, or mean squared error")
+    _image_options(g, augment=True)
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="the optimizer")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -242,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "evaluate", "top-1/top-5 accuracy (or mse) with onnxruntime")
     _model_options(p, keep=False)
-    p.add_argument("--data", required=True, metavar="VAL.npz", help="one array per model input (or x) plus labels")
-    p.add_argument("--loss", choices=["ce", "mse"], default="ce", help="accuracy (ce) or mean squared error")
-    p.add_argument("--batch-size", type=int, default=256, help="examples per onnxruntime run")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, metavar="VAL.npz|DIR", help=DATA_HELP)
+    g.add_argument("--loss", choices=["ce", "mse"], default="ce", help="accuracy (ce) or mean squared error")
+    g.add_argument("--batch-size", type=int, default=256, help="examples per onnxruntime run")
+    _image_options(g, augment=False)
     _output_options(p, model=False, pictures=False, json_help="print one JSON document")
     return parser

@@ -1,15 +1,16 @@
 """Loading: constants an exporter shares between layers given tensors of their own.
 
-torch's exporter deduplicates equal initializers and reads them through `Identity` nodes (every
-untrained BatchNormalization of one width then reads one tensor); training and surgery need each
-layer's parameters apart, under the user's names.
+torch's exporters deduplicate equal initializers: the TorchScript exporter reads them through
+`Identity` nodes (every untrained BatchNormalization of one width then reads one tensor), the dynamo
+exporter hands the same tensor to every layer (every untrained LayerNorm of a transformer reads
+blocks.0.ln1.weight). Training and surgery need each layer's parameters apart, under the user's names.
 """
 
 from __future__ import annotations
 
 import onnx
 
-from ..ops import NORM_PARAMETER_SLOTS
+from ..ops import LAYER_PARAMETER_SLOTS
 
 
 def resolve_constant_aliases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -20,11 +21,13 @@ def resolve_constant_aliases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     the kept tensor through `Identity` nodes named like the user's parameters. Each stage that
     trains, re-measures or cuts a norm's parameters must see that norm's own tensor, so here
     `Identity` chains over initializers (or Constant nodes) become initializers under the
-    Identity's output name, and a norm parameter several norms read directly is copied apart
-    (`<name>__<k>`). The caller's model is never changed: a copy is returned when anything moved.
+    Identity's output name, and a layer's own parameter (ops' `layer_slots`: norm parameters, biases)
+    that several layers read directly is copied apart (`<name>__<k>`). Weights stay shared: a weight
+    two layers read is tied on purpose (a language model's embedding and output head). The caller's
+    model is never changed: a copy is returned when anything moved.
     """
     aliases = _identity_aliases(model.graph)
-    shared = _shared_norm_parameters(model.graph, set(aliases))
+    shared = _shared_layer_parameters(model.graph, set(aliases))
     if not aliases and not shared:
         return model, 0
     out = onnx.ModelProto()
@@ -47,7 +50,7 @@ def resolve_constant_aliases(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     taken = set(sources) | set(aliases) | {o for n in graph.node for o in n.output} | graph_outputs
     readers: dict[str, int] = {}
     for node in graph.node:
-        for slot in NORM_PARAMETER_SLOTS.get(node.op_type, ()):
+        for slot in LAYER_PARAMETER_SLOTS.get(node.op_type, ()):
             name = node.input[slot] if slot < len(node.input) else ""
             if name not in shared:
                 continue
@@ -81,12 +84,13 @@ def _identity_aliases(graph: onnx.GraphProto) -> dict[str, str]:
     return aliases
 
 
-def _shared_norm_parameters(graph: onnx.GraphProto, aliases: set[str]) -> set[str]:
-    """Constants read as a norm parameter by more than one norm (an alias counts as its own tensor)."""
+def _shared_layer_parameters(graph: onnx.GraphProto, aliases: set[str]) -> set[str]:
+    """Constants read as a layer's own parameter (a norm's scale, shift, statistics; a bias) by more
+    than one layer (an alias counts as its own tensor)."""
     constants = _constant_names(graph) | aliases
     seen: dict[str, int] = {}
     for node in graph.node:
-        for slot in NORM_PARAMETER_SLOTS.get(node.op_type, ()):
+        for slot in LAYER_PARAMETER_SLOTS.get(node.op_type, ()):
             name = node.input[slot] if slot < len(node.input) else ""
             if name in constants:
                 seen[name] = seen.get(name, 0) + 1

@@ -59,7 +59,7 @@ class Op:
     buffers: tuple[int, ...] = ()       # slots holding running statistics (frozen in training)
     fresh: Mapping[int, float] = field(default_factory=dict)  # norm parameters' values when new
     positive: tuple[int, ...] = ()      # slots that must stay positive when made up (scales, variances)
-    layer_slots: tuple[int, ...] = ()   # per-channel tensors that belong to this one layer
+    layer_slots: tuple[int, ...] = ()   # per-channel tensors that belong to this one layer (never shared)
     memory_bound: bool = False          # no FLOPs, but moves its activations (latency cost)
     broadcasts: bool = False            # may take a constant in place of a removed operand
     reads_shape_only: bool = False      # reads its input's shape, never its values

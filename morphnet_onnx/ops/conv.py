@@ -177,7 +177,8 @@ def _conv_transpose_layout(node: onnx.NodeProto) -> tuple[int, int, int]:
     return 1, 0, attr(node, "group", 1)
 
 
-_CONV = dict(rule=conv, cut=cut_conv, bias=2, trainable=(1, 2), channels_at="first", check_shapes=check_conv_shapes)
+_CONV = dict(rule=conv, cut=cut_conv, bias=2, trainable=(1, 2), layer_slots=(2,), channels_at="first",
+             check_shapes=check_conv_shapes)
 OPS = {
     "Conv": Op(layout=_conv_layout, **_CONV),
     "ConvTranspose": Op(layout=_conv_transpose_layout, **_CONV),

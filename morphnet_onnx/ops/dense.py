@@ -121,8 +121,8 @@ def _matmul_layout(node: onnx.NodeProto) -> tuple[int, int, int]:
 
 
 OPS = {
-    "Gemm": Op(rule=gemm, cut=cut_gemm, layout=_gemm_layout, bias=2, trainable=(1, 2), channels_at="last",
-               check_shapes=check_dense_shapes),
+    "Gemm": Op(rule=gemm, cut=cut_gemm, layout=_gemm_layout, bias=2, trainable=(1, 2), layer_slots=(2,),
+               channels_at="last", check_shapes=check_dense_shapes),
     "MatMul": Op(rule=matmul, cut=cut_matmul, layout=_matmul_layout, trainable=(1,), channels_at="last",
                  check_shapes=check_dense_shapes),
 }

@@ -56,8 +56,9 @@ OPS = {
     "BatchNormalization": Op(buffers=(3, 4), fresh={1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0}, positive=(1, 4),
                              layer_slots=(1, 2, 3, 4), **_CHANNEL_NORM),
     "InstanceNormalization": Op(fresh={1: 1.0, 2: 0.0}, positive=(1,), layer_slots=(1, 2), **_CHANNEL_NORM),
-    "LayerNormalization": Op(rule=over_axes, trainable=(1, 2), fresh={1: 1.0, 2: 0.0}, channels_at="last"),
+    "LayerNormalization": Op(rule=over_axes, trainable=(1, 2), fresh={1: 1.0, 2: 0.0}, layer_slots=(1, 2),
+                             channels_at="last"),
     "MeanVarianceNormalization": Op(rule=over_axes),
-    "GroupNormalization": Op(rule=mixes_channels, fresh={1: 1.0, 2: 0.0}, channels_at="first"),
+    "GroupNormalization": Op(rule=mixes_channels, fresh={1: 1.0, 2: 0.0}, layer_slots=(1, 2), channels_at="first"),
     "LRN": Op(rule=mixes_channels, channels_at="first"),
 }

@@ -25,7 +25,7 @@ from ..loading.shapes import InputShapes
 from ..loading.writing import check_output_path, write_atomic_bytes
 from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import prepare
-from ..training.data import load_data
+from ..training.data import open_data
 from ..training.distributed import barrier, is_main
 from ..training.graph import check_trainable
 from ..training.trainer import TrainOptions
@@ -107,8 +107,7 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     # is written (every step reads the same files).
     check_shrinkable(original, analysis, hw, budget.resource, full, shrink_to * target,
                      f"{budget.text} x --shrink-to {shrink_to:g}")
-    load_data(data, data_module, original, options.loss).require_batches(options.batch_size)
-    load_data(val, None, original, options.loss)
+    open_data(data, val, data_module, original, options.loss, options.images)[0].require_batches(options.batch_size)
     config = {"model": str(Path(model).resolve()), "resource": budget.resource, "target": target,
               "shrink_to": shrink_to, "regularizer": regularizer, "grouping": grouping, "round_to": round_to,
               "seed": options.seed}
@@ -207,6 +206,6 @@ def _row(index: int, model: Path, structure: Path | None, multiplier: float | No
          input_shapes, hardware, resource: str) -> CycleRow:
     loaded = load(model, input_shapes)
     costs = compute_costs(analyze(loaded), loaded, hardware)
-    score = evaluate(model, val, loss=options.loss, input_shapes=input_shapes)
+    score = evaluate(model, val, loss=options.loss, input_shapes=input_shapes, images=options.images)
     return CycleRow(index, str(model), str(structure) if structure else None, multiplier, costs.flops, costs.params,
                     costs.latency_s, resource_cost(costs, resource), score.accuracy, score.top5, score.mse)

@@ -25,7 +25,7 @@ from ..cost.widths import fast_widths
 from ..errors import MorphNetError
 from ..graph_utils import with_params
 from ..loading.model import LoadedModel, load
-from ..loading.writing import refuse_overwriting, save_model
+from ..loading.writing import refuse_overwriting
 from ..method.decision import decide
 from ..method.family import PhasedController, phase_ends
 from ..method.figs import FIGS_THRESHOLD, figs_regularizers
@@ -35,13 +35,13 @@ from ..surgery.apply import apply_structure
 from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import prepare, verify_model
 from ..training.batchnorm import recalibrate_batchnorm
-from ..training.data import load_data
+from ..training.data import open_data
 from ..training.distributed import is_main
 from ..training.evaluation import evaluate_model
 from ..training.graph import check_trainable
 from ..training.health import LIKELY_CAUSES
 from ..training.trainer import Trainer, TrainOptions
-from .shrink import ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, check_shrinkable
+from .shrink import ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _write, check_shrinkable
 
 FAMILY_FINETUNE_SHARE = 0.2  # of the regularized steps, per member
 
@@ -123,8 +123,7 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
         regs = group_regularizers(analysis, loaded, method.regularizer, method.grouping)
     if not regs:
         raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {method.regularizer} regularizer")
-    dataset = load_data(data, data_module, loaded, options.loss)
-    val_set = load_data(val, None, loaded, options.loss) if val else None
+    dataset, val_set = open_data(data, val, data_module, loaded, options.loss, options.images)
     total = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
     ends = phase_ends(total, len(budgets))
     controller = PhasedController(analysis, loaded, regs, resource, targets[0], None, threshold, hw,
@@ -175,7 +174,7 @@ def _member(loaded, analysis, regs, params, threshold, budget, target, full, ful
     after_costs = compute_costs(analyze(after_loaded), after_loaded, hw)
     validation = evaluate_model(written, val_set, options.loss) if val_set else None
     if output is not None and is_main():
-        save_model(written, Path(output), inputs=[loaded.path] if loaded.path else [])
+        _write(written, output, loaded, dataset)
     record = dict(decision.to_dict(), written_cost=resource_cost(after_costs, resource), finetune_steps=finetune)
     if structure_path is not None and is_main():
         surgery.structure.save(structure_path, analysis, loaded.name, decision=record)

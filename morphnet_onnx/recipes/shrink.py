@@ -38,10 +38,12 @@ from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import check_round_to, prepare, verify_model
 from ..surgery.structure import Structure
 from ..training.batchnorm import recalibrate_batchnorm
-from ..training.data import Dataset, load_data
+from ..training.data import load_data, open_data
+from ..training.dataset import Dataset
 from ..training.distributed import is_main
 from ..training.evaluation import Evaluation, evaluate, evaluate_model
 from ..training.graph import check_trainable
+from ..training.images import write_classes
 from ..training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from ..training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 
@@ -80,6 +82,7 @@ class LearnResult:
     session_accuracy: float | None = None  # validation top-1 of the trained weights inside the session
     warnings: list[str] = field(default_factory=list)  # the learning guard's findings
     latency: dict = field(default_factory=dict)  # --hardware measure: the written model measured (method/landing.py)
+    classes: list[str] | None = None  # an image folder's class names by label (written beside the model)
 
     def to_dict(self) -> dict:
         return {
@@ -90,6 +93,7 @@ class LearnResult:
             "session_accuracy": self.session_accuracy, "learning": self.learning, "decision": self.decision,
             "cut_validation": self.cut_validation.to_dict() if self.cut_validation else None,
             "steps": self.steps, "seconds": self.seconds, "notes": self.notes, "warnings": self.warnings,
+            "classes": self.classes,
             **({"latency": self.latency} if self.latency else {}),
         }
 
@@ -155,8 +159,7 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     check_trainable(loaded)
     if init == "fresh":
         loaded.model = initialize_weights(loaded.model, options.seed)
-    dataset = load_data(data, data_module, loaded, options.loss)
-    val_set = load_data(val, None, loaded, options.loss) if val else None
+    dataset, val_set = open_data(data, val, data_module, loaded, options.loss, options.images)
     trainer = Trainer(loaded, options, target_shape=_target_shape(loaded, options))
     progress, on_step, on_warning = _progress(options, None, "train")
     with progress:
@@ -166,12 +169,19 @@ def train(model, data=None, output=None, val=None, options: TrainOptions | None 
     costs = compute_costs(analysis, loaded)
     validation = evaluate_model(trained, val_set, options.loss) if val_set else None
     if output is not None and is_main():  # under torchrun, rank 0 writes
-        save_model(trained, Path(output), inputs=[loaded.path] if loaded.path else [])
+        _write(trained, output, loaded, dataset)
     return LearnResult(model=trained, structure=None, analysis=analysis, cost_before=costs.flops,
                        cost_after=costs.flops, resource="flops", flops_before=costs.flops, flops_after=costs.flops,
                        params_before=costs.params, params_after=costs.params, validation=validation,
                        steps=result.steps, seconds=result.seconds, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
-                       warnings=_guard(result, validation, val_set))
+                       warnings=_guard(result, validation, val_set), classes=dataset.classes)
+
+
+def _write(model: onnx.ModelProto, output, loaded: LoadedModel, dataset: Dataset) -> None:
+    """The model, and the class names of an image folder beside it (images.py)."""
+    save_model(model, Path(output), inputs=[loaded.path] if loaded.path else [])
+    if dataset.classes is not None:
+        write_classes(output, dataset.classes)
 
 
 def _target_shape(loaded: LoadedModel, options: TrainOptions) -> list[int] | None:
@@ -271,9 +281,11 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     ...        method=ShrinkOptions(budget=Budget("flops", "0.5x")))  # doctest: +SKIP
     >>> shrink("resnet.onnx", "train.npz", "small.onnx", budget=Budget("flops", "0.5x"))  # the same  # doctest: +SKIP
 
-    - `model`: a path or ModelProto; `data`: the training .npz (or `data_module`, "pkg.mod:fn"
-      returning an iterable of batches); `output`: where to write (None: nothing written);
-      `val`: validation .npz (accuracy before and after).
+    - `model`: a path or ModelProto; `data`: the training data, an .npz, a folder of .npy files or a
+      folder of class folders of images (training/data.py; or `data_module`, "pkg.mod:fn" returning
+      an iterable of batches); `output`: where to write (None: nothing written; an image folder's
+      class names go beside it, `OUT.onnx.classes.json`); `val`: validation data, the same kinds
+      (accuracy before and after). How image folders are read: `options.images`.
     - `method`: a `ShrinkOptions` (budget or strength, regularizer, threshold, rounding...); or its
       fields given as keywords (`budget=...`), not both.
     - `options`: the `TrainOptions` (steps, lr, schedule, seed, backend, checkpoints...).
@@ -310,8 +322,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     if not regs:
         raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {method.regularizer} regularizer "
                             f"(a BatchNormalization scale, or filters held as weights rather than computed)")
-    dataset = load_data(data, data_module, loaded, options.loss)
-    val_set = load_data(val, None, loaded, options.loss) if val else None
+    dataset, val_set = open_data(data, val, data_module, loaded, options.loss, options.images)
     total_steps = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
     controller = BudgetController(analysis, loaded, regs, resource, target, method.strength, threshold, hw,
                                   total_steps=total_steps)
@@ -346,7 +357,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     after_costs = compute_costs(analyze(after_loaded), after_loaded, hw)
     validation = evaluate_model(written_model, val_set, options.loss) if val_set else None
     if output is not None and is_main():  # under torchrun, rank 0 writes
-        save_model(written_model, Path(output), inputs=[loaded.path] if loaded.path else [])
+        _write(written_model, output, loaded, dataset)
     written_cost = resource_cost(after_costs, resource)
     record = dict(decision.to_dict(), written_cost=written_cost, finetune_steps=steps)
     if structure_path is not None and is_main():
@@ -363,7 +374,8 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
                        flops_after=after_costs.flops, params_before=full_costs.params,
                        params_after=after_costs.params, validation=validation, steps=result.steps,
                        seconds=result.seconds, lambda_log=controller.log, notes=surgery.notes, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
-                       warnings=warnings, decision=record, cut_validation=cut_validation, latency=latency)
+                       warnings=warnings, decision=record, cut_validation=cut_validation, classes=dataset.classes,
+                       latency=latency)
 
 
 def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str, full: float,

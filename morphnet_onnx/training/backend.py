@@ -42,7 +42,8 @@ class StepOutput:
 
 class Session(Protocol):
     """One backend's training state. `batch` holds the model inputs by name, `labels`, and (with a
-    regularizer) COST_WEIGHTS and (FiGS) the gate noise; it is the global batch of the step."""
+    regularizer) COST_WEIGHTS and (FiGS) the gate noise. The labels are the step's global batch; under
+    torchrun the inputs are this rank's rows of it (rank, rank + N, ...: the data set reads no others)."""
 
     def step(self, batch: dict[str, np.ndarray], lr: float) -> StepOutput:
         """Loss and logits of `batch`, then one optimizer step at `lr` (none when the loss is not finite)."""

@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 from ..graph_utils import graph_input_names, onnx_opset, with_params
 from ..loading.runtime import make_session
-from .data import Dataset
+from .dataset import Dataset
+from .rebatch import rebatch
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max_batches: int = 100) -> onnx.ModelProto:
@@ -24,9 +25,10 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
     opset = onnx_opset(stats)
     if opset < 15:
         stats = onnx.version_converter.convert_version(stats, 15)
-    graph = stats.graph
     # The data comes in batches of `batch`, as in training: a model exported with a fixed batch (of
     # 1, say) is measured at the training batch size, as the training graph trains it.
+    stats = rebatch(stats, batch).model
+    graph = stats.graph
     real_inputs = set(graph_input_names(stats))
     for value in graph.input:
         if value.name in real_inputs and value.type.tensor_type.shape.dim:

@@ -11,7 +11,9 @@ import onnx
 from ..loading.model import load
 from ..loading.runtime import make_session
 from ..loading.shapes import InputShapes
-from .data import Dataset, load_data
+from .data import load_data
+from .dataset import Dataset
+from .images import ImageOptions, check_classes
 
 
 @dataclass
@@ -29,20 +31,18 @@ class Evaluation:
 def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batch: int = 256) -> Evaluation:
     session = make_session(model)
     names = [i.name for i in session.get_inputs()]
-    # A model exported with a fixed batch (of 1, say) takes batches of exactly that size: the last
-    # one is filled up from the start and the filler not counted.
+    # A model exported with a fixed batch (of 1, say) takes batches of exactly that size; the last
+    # batch is filled up from the start and the filler not counted.
     declared = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    fixed = isinstance(declared, int) and declared > 0
-    if fixed:
+    if isinstance(declared, int) and declared > 0:
         batch = declared
     correct = correct5 = 0
     squared = 0.0
     n = len(data)
-    for start in range(0, n, batch):
+    for start, feeds in zip(range(0, n, batch), data.batches(batch, False, 0, fill_last=True)):
         real = min(batch, n - start)
-        index = np.arange(start, start + (batch if fixed else real)) % n
-        out = session.run(None, {k: data.arrays[k][index] for k in names})[0][:real]
-        labels = data.labels[start:start + real]
+        out = session.run(None, {k: feeds[k] for k in names})[0][:real]
+        labels = feeds["labels"][:real]
         if task == "ce":
             correct += int(np.sum(np.argmax(out, axis=-1) == labels))
             top = np.argsort(-out, axis=-1)[:, :5]
@@ -55,12 +55,17 @@ def evaluate_model(model: onnx.ModelProto, data: Dataset, task: str = "ce", batc
 
 
 def evaluate(model: str | os.PathLike | onnx.ModelProto, data: str | os.PathLike, loss: str = "ce",
-             input_shapes: InputShapes | None = None, batch: int = 256) -> Evaluation:
-    """Top-1 / top-5 accuracy (cross-entropy) or mse of a model on an .npz dataset.
+             input_shapes: InputShapes | None = None, batch: int = 256,
+             images: ImageOptions | None = None) -> Evaluation:
+    """Top-1 / top-5 accuracy (cross-entropy) or mse of a model on an .npz file, a folder of .npy
+    files or a folder of class folders of images (`images`: their mean, std and decoding threads;
+    never augmented; checked against the class names written beside the model, if any).
 
     >>> evaluate("small.onnx", "val.npz").accuracy     # doctest: +SKIP
     0.862
     """
     loaded = load(model, input_shapes)
-    dataset = load_data(data, None, loaded, loss)
+    dataset = load_data(data, None, loaded, loss, images)
+    if isinstance(model, (str, os.PathLike)):
+        check_classes(model, dataset)
     return evaluate_model(loaded.model, dataset, loss, batch)

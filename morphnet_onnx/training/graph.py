@@ -1,6 +1,7 @@
 """The training graph: what onnxruntime-training gets instead of the user's model.
 
-- every input static at the training batch size (a symbolic batch crashes AveragePool's gradient);
+- every input static at the training batch size (a symbolic batch crashes AveragePool's gradient),
+  and an export's fixed batch made the training batch wherever a shape carries it (rebatch.py);
 - BatchNormalization in training mode (batch statistics, 3 outputs), running stats frozen;
 - only real parameters trainable: weights and biases of Conv/ConvTranspose/Gemm/MatMul, norm scales
   and shifts, PRelu slopes; every other initializer frozen;
@@ -21,6 +22,7 @@ from ..loading.external import inline_weights
 from ..loading.folding import QUANTIZATION
 from ..loading.model import LoadedModel
 from ..ops import TRAINABLE_INPUTS
+from .rebatch import at_batch
 from .rewrites import rewrite_for_training, verify_rewrites
 
 # BN's training mode (3 outputs) exists from opset 14.
@@ -67,9 +69,10 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
                                 f"training ({first_line(exc)})") from exc
     if model.functions:  # onnxruntime-training has no gradient for a call of a model-local function
         model = inliner.inline_local_functions(model)
+    constants_to_initializers(model.graph)
+    drop_dead_nodes(model.graph)  # leftovers of folded constants (NF-ResNet's weight standardization)
+    model = at_batch(model, loaded.model, loaded.shapes, loaded.name, batch)  # an export's fixed batch
     graph = model.graph
-    constants_to_initializers(graph)
-    drop_dead_nodes(graph)  # leftovers of folded constants (NF-ResNet's weight standardization)
     real_inputs = set(graph_input_names(model))
     for value in graph.input:
         if value.name in real_inputs:

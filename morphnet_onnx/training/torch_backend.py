@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import MorphNetError, first_line
 from ..graph_utils import graph_input_names
 from ..loading.model import LoadedModel
-from ..method.figs import NOISE, GatePlacement
+from ..method.figs import GatePlacement
 from ..method.regularizers import EPS, GroupRegularizer
 from .backend import COST_WEIGHTS, StepOutput
 from .distributed import World
@@ -182,20 +182,16 @@ class TorchSession:
 
     # -- data
     def _shard(self, value: np.ndarray) -> torch.Tensor:
-        """The rank's share of a global batch: examples rank, rank + N, ... (DistributedSampler's
-        interleaving, so that the union over ranks is the global batch of one process)."""
+        """The rank's share of a global batch's labels: examples rank, rank + N, ... (DistributedSampler's
+        interleaving, so that the union over ranks is the global batch of one process). The inputs come
+        as the rank's share already: the data set reads only those rows (training/dataset.py)."""
         if self.world.distributed:
             value = value[self.world.rank::self.world.size]
         return torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
 
     def _inputs(self, batch: dict[str, np.ndarray]) -> list[torch.Tensor]:
-        tensors = []
-        for name in self.input_names:
-            if name == NOISE:  # one gate sample per channel, the same on every rank
-                tensors.append(torch.from_numpy(np.ascontiguousarray(batch[NOISE])).to(self.device))
-            else:
-                tensors.append(self._shard(batch[name]))
-        return tensors
+        # the FiGS gate noise (one sample per channel) is the same on every rank; the inputs are the rank's rows
+        return [torch.from_numpy(np.ascontiguousarray(batch[name])).to(self.device) for name in self.input_names]
 
     def _gather(self, local: torch.Tensor) -> np.ndarray:
         """The global batch's rows back in their order, from every rank's share."""

@@ -6,6 +6,7 @@ it (Gemm's transposes undone), so that trained weights go back by name."""
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 
@@ -15,13 +16,15 @@ import torch  # this module is imported only for --backend torch
 from torch import fx, nn
 
 from ..errors import MorphNetError
-from ..graph_utils import drop_dead_nodes, graph_input_names
+from ..graph_utils import attr, drop_dead_nodes, graph_input_names
+from ..loading.external import inline_weights
 from ..loading.model import LoadedModel
 from ..method.figs import GatePlacement, insert_gates
 from ..method.regularizers import GroupRegularizer
 from ..ops import BUFFER_INPUTS, TRAINABLE_INPUTS
 from .backend import logits_of
 from .graph import constants_to_initializers
+from .rebatch import at_batch
 
 CONVERTER = "onnx2torch==1.5.15"  # what `pip install morphnet-onnx[torch]` installs, and was tested
 
@@ -69,6 +72,7 @@ def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegu
     """The ONNX graph that is converted, and the names of its trainable initializers (the user's names)."""
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
+    inline_weights(model)  # a model loaded with external data keeps its weights on disk until here
     graph = model.graph
     constants_to_initializers(graph, TRAINABLE_INPUTS, BUFFER_INPUTS)
     if task == "ce":
@@ -77,6 +81,8 @@ def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegu
             del graph.output[:]
             graph.output.append(onnx.helper.make_empty_tensor_value_info(logits))
     drop_dead_nodes(graph)
+    model = at_batch(model, loaded.model, loaded.shapes, loaded.name, batch)  # an export's fixed batch
+    graph = model.graph
     for value in graph.input:
         if value.name in set(graph_input_names(model)):
             shape = value.type.tensor_type.shape
@@ -143,17 +149,10 @@ def _initializer_tensors(gm: fx.GraphModule, model: onnx.ModelProto) -> dict[str
                 continue
             for slot, attribute in slots.items():
                 if slot < len(node.input) and node.input[slot] in inits and getattr(inner, attribute, None) is not None:
-                    transposed = kind is nn.Linear and slot == 1 and not _attribute(node, "transB", 0)
+                    transposed = kind is nn.Linear and slot == 1 and not attr(node, "transB", 0)
                     where.setdefault(node.input[slot], []).append((inner, attribute, transposed))
             break
     return where
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def trainable_refs(gm: fx.GraphModule, model: onnx.ModelProto, trainable: list[str]) -> dict[str, TensorRef]:
@@ -191,8 +190,102 @@ def trainable_refs(gm: fx.GraphModule, model: onnx.ModelProto, trainable: list[s
     return refs
 
 
+# onnx2torch 1.5.15 converts ops as they are up to opset 17. These changed from 18 to 21 only in the
+# types they take (a model at a newer opset runs the same at 17), or in what the attributes tested
+# beside them select; the Reduce* ops' axes moved from an attribute to an input at 18 (moved back
+# here when they are constant); Gelu (opset 20) is written out.
+CONVERTED_OPSET = 17
+SAME_AT_CONVERTED = {"Reshape", "Cast", "CastLike", "Constant", "Identity", "Shape", "Size", "Equal", "ConstantOfShape",
+                     "Flatten", "Squeeze", "Unsqueeze", "Transpose", "IsInf", "IsNaN", "AveragePool", "Pad", "Resize"}
+DIFFERENT_WHEN = {"Pad": lambda node: len(node.input) > 3 or attr(node, "mode", b"constant") == b"wrap",
+                  "Resize": lambda node: attr(node, "antialias", 0) != 0 or bool(attr(node, "axes", None))
+                  or attr(node, "keep_aspect_ratio_policy", b"stretch") != b"stretch"
+                  or attr(node, "coordinate_transformation_mode", b"") == b"half_pixel_symmetric",
+                  "Cast": lambda node: attr(node, "saturate", 1) == 0,
+                  "AveragePool": lambda node: any(d != 1 for d in attr(node, "dilations", [1])),
+                  "Reshape": lambda node: attr(node, "allowzero", 0) != 0}
+REDUCE = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+          "ReduceProd", "ReduceSum", "ReduceSumSquare"}
+
+
+def at_converted_opset(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """`model` (a copy) at CONVERTED_OPSET when it is newer and every op means there what it means at
+    its own opset; MorphNetError naming the op otherwise."""
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
+    if opset <= CONVERTED_OPSET:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constants = {t.name: t for t in out.graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in out.graph.node if n.op_type == "Constant"})
+    nodes = []
+    for node in out.graph.node:
+        if node.domain not in ("", "ai.onnx") or \
+                onnx.defs.get_schema(node.op_type, opset).since_version <= CONVERTED_OPSET:
+            nodes.append(node)
+            continue
+        if node.op_type == "Reshape" and node.input[1] in constants and \
+                0 not in onnx.numpy_helper.to_array(constants[node.input[1]]).tolist():
+            _drop_attribute(node, "allowzero")  # without a 0 in the target it changes nothing
+        if node.op_type == "Gelu":
+            nodes.extend(_gelu(node))
+        elif node.op_type in REDUCE and (len(node.input) < 2 or node.input[1] in constants) \
+                and attr(node, "noop_with_empty_axes", 0) == 0:
+            if len(node.input) > 1:
+                axes = onnx.numpy_helper.to_array(constants[node.input[1]]).tolist()
+                del node.input[1:]
+                node.attribute.append(onnx.helper.make_attribute("axes", axes))
+            _drop_attribute(node, "noop_with_empty_axes")
+            nodes.append(node)
+        elif node.op_type in SAME_AT_CONVERTED and not DIFFERENT_WHEN.get(node.op_type, lambda n: False)(node):
+            nodes.append(node)
+        else:
+            raise MorphNetError(f"{name}: onnx2torch converts up to opset {CONVERTED_OPSET}, and {node.op_type} "
+                                f"{node.name!r} of opset {opset} has no equivalent there; train it with --backend ort")
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    for entry in out.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = CONVERTED_OPSET
+    return out
+
+
+def _drop_attribute(node: onnx.NodeProto, name: str) -> None:
+    for a in [a for a in node.attribute if a.name == name]:
+        node.attribute.remove(a)
+
+
+def _gelu(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """Gelu (opset 20) as the opset-18 ops it stands for: x/2 (1 + erf(x/sqrt 2)), or with
+    approximate="tanh" x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    x, y, base = node.input[0], node.output[0], node.name or node.output[0]
+    approximate = next((a.s for a in node.attribute if a.name == "approximate"), b"none")
+
+    def const(suffix: str, value: float) -> onnx.NodeProto:
+        return onnx.helper.make_node("Constant", [], [f"{base}/{suffix}"], name=f"{base}/{suffix}",
+                                     value=onnx.helper.make_tensor(f"{base}/{suffix}", onnx.TensorProto.FLOAT, [], [value]))
+
+    def op(kind: str, inputs: list[str], out: str) -> onnx.NodeProto:
+        return onnx.helper.make_node(kind, inputs, [out], name=f"{base}/{out.rsplit('/', 1)[-1]}")
+
+    half, one = const("half", 0.5), const("one", 1.0)
+    if approximate == b"tanh":
+        cube_k, scale = const("k", 0.044715), const("s", math.sqrt(2 / math.pi))
+        body = [cube_k, scale,
+                op("Mul", [x, x], f"{base}/x2"), op("Mul", [f"{base}/x2", x], f"{base}/x3"),
+                op("Mul", [f"{base}/x3", f"{base}/k"], f"{base}/kx3"), op("Add", [x, f"{base}/kx3"], f"{base}/inner"),
+                op("Mul", [f"{base}/inner", f"{base}/s"], f"{base}/arg"), op("Tanh", [f"{base}/arg"], f"{base}/t")]
+    else:
+        root = const("root2", math.sqrt(2))
+        body = [root, op("Div", [x, f"{base}/root2"], f"{base}/arg"), op("Erf", [f"{base}/arg"], f"{base}/t")]
+    return [half, one, *body, op("Add", [f"{base}/t", f"{base}/one"], f"{base}/t1"),
+            op("Mul", [x, f"{base}/half"], f"{base}/xh"), onnx.helper.make_node(
+                "Mul", [f"{base}/xh", f"{base}/t1"], [y], name=f"{base}/out")]
+
+
 def convert_model(model: onnx.ModelProto, name: str) -> fx.GraphModule:
     convert = _onnx2torch_convert()
+    model = at_converted_opset(model, name)
     try:
         return convert(model, attach_onnx_mapping=True)
     except MorphNetError:

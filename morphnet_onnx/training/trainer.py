@@ -19,8 +19,9 @@ from ..loading.writing import write_atomic_bytes
 from ..method.figs import NOISE, GatePlacement
 from ..method.regularizers import GroupRegularizer
 from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, Session, logits_of, torch_session_class
-from .data import Dataset
+from .dataset import Dataset
 from .distributed import World, current_world
+from .images import ImageOptions
 from .health import EARLY_CHECK_STEPS, LIKELY_CAUSES, MIN_JUDGED_STEPS, LearningSignal, learning_signal
 from .ort_backend import OrtSession
 
@@ -47,6 +48,7 @@ class TrainOptions:
     progress: bool = True
     probe: bool = True  # ort: one step in a child process first, so a native crash becomes an error
     backend: str = "ort"  # or "torch" (the optional extra `torch`; data-parallel under torchrun)
+    images: ImageOptions = field(default_factory=ImageOptions)  # how image folders are read (images.py)
 
     def __post_init__(self) -> None:
         """The same one-line errors for Python callers as for the CLI (named by its options)."""
@@ -158,6 +160,7 @@ class Trainer:
         of shrinks decides one member from each; not kept across a resume)."""
         options = self.options
         world = current_world()
+        shard = world if world.distributed else None  # each rank reads only its rows of a global batch
         per_epoch = data.require_batches(options.batch_size)
         total = options.steps if options.steps else options.epochs * per_epoch
         start_step, resume_from = 0, None
@@ -187,7 +190,8 @@ class Trainer:
             try:
                 while step < total:
                     epoch, offset = divmod(step, per_epoch)
-                    for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset):
+                    for batch in data.batches(options.batch_size, True, options.seed + epoch, skip=offset,
+                                              shard=shard):
                         if step >= total:
                             break
                         if self.regs:
@@ -236,7 +240,7 @@ class Trainer:
             trained = session.params(session.trainable())
             session_accuracy = None
             if val is not None and options.loss == "ce":
-                session_accuracy = self._session_accuracy(session, val, weights)
+                session_accuracy = self._session_accuracy(session, val, weights, shard)
             return TrainResult(params=trained, steps=step, seconds=seconds,
                                signal=learning_signal(task_losses, correct, classes), history=history,
                                session_accuracy=session_accuracy, warnings=warnings, snapshots=taken)
@@ -249,7 +253,7 @@ class Trainer:
         shape = self.loaded.shapes.get(logits_of(self.loaded.model))
         return int(shape[-1]) if shape and shape[-1] > 0 else None
 
-    def _session_accuracy(self, session: Session, val: Dataset, weights) -> float | None:
+    def _session_accuracy(self, session: Session, val: Dataset, weights, shard: World | None) -> float | None:
         """Top-1 of the trained weights on `val`, in the session (batch statistics): every example once;
         the last batch is filled up from the start (the graph's batch is static) and the filler not counted."""
         batch_size = self.options.batch_size
@@ -257,10 +261,7 @@ class Trainer:
         if n == 0:
             return None
         hits = 0
-        for start in range(0, n, batch_size):
-            index = np.arange(start, start + batch_size) % n
-            feeds = {k: v[index] for k, v in val.arrays.items()}
-            feeds["labels"] = val.labels[index]
+        for start, feeds in zip(range(0, n, batch_size), val.batches(batch_size, False, 0, shard=shard, fill_last=True)):
             if self.regs:
                 feeds[COST_WEIGHTS] = weights if weights is not None else np.zeros(
                     sum(r.width for r in self.regs), dtype=np.float32)

@@ -1,0 +1,97 @@
+"""training/rebatch.py: exports that fix the batch (torch's default dynamo exporter without
+`dynamic_shapes`) train, measure their batch statistics and are checked at any batch size; what is
+written keeps the user's static shapes. tests/data/torch/first_contact/ holds tools/first_contact.py's
+exports of a ResNet-18, a MobileNet v2 and a small ViT, each from the dynamo exporter with a static
+batch (`_dynamo`), with `dynamic_shapes` (`_dynamo_dyn`) and from the TorchScript exporter (`_ts`)."""
+
+import numpy as np
+import onnx
+import pytest
+
+import morphnet_onnx as mn
+from conftest import REPO
+from morphnet_onnx.builders import Net
+from morphnet_onnx.training.rebatch import check_rebatched, fixed_batch, rebatch
+from morphnet_onnx.training.trainer import TrainOptions
+
+EXPORTS = REPO / "tests" / "data" / "torch" / "first_contact"
+NETS = ("resnet18", "mobilenet_v2", "vit")
+
+
+def _data(path, n=16, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(path, input=rng.standard_normal((n, 3, 32, 32)).astype(np.float32), labels=rng.integers(0, classes, n))
+    return path
+
+
+def _input_dims(model: onnx.ModelProto) -> list:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_every_export_of_each_net_is_rebatched_exactly(net):
+    """The static export needs rewriting (a ViT: its class token and every reshape of its
+    attention), the dynamic ones need none; each computes, example by example, what it computed."""
+    for variant in ("dynamo", "dynamo_dyn", "ts"):
+        loaded = mn.load(EXPORTS / f"{net}_{variant}.onnx")
+        result = rebatch(loaded.model, 8)
+        assert (fixed_batch(loaded.model) == 1) == (variant == "dynamo")
+        assert bool(result.changes) == (variant == "dynamo"), (variant, result.changes)
+        check_rebatched(loaded.model, loaded.shapes, loaded.name, batch=3)
+    changes = rebatch(mn.load(EXPORTS / f"{net}_dynamo.onnx").model, 8).changes
+    if net == "vit":
+        assert any(c.startswith("Concat") for c in changes) and sum(c.startswith("Reshape") for c in changes) == 5
+    else:
+        assert changes == ["Reshape 'node_view': dim 0 of its target carries the batch"]
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_a_static_dynamo_export_trains_at_batch_8_and_keeps_its_shape(tmp_path, net):
+    """`morphnet-onnx train r18.onnx --batch-size 8` on torch's default export: it trains (the step
+    used to fail in Reshape 'node_view'), and the model written takes what the export took."""
+    data = _data(tmp_path / "d.npz")
+    out = tmp_path / "out.onnx"
+    result = mn.train(EXPORTS / f"{net}_dynamo.onnx", data, out,
+                      options=TrainOptions(steps=4, batch_size=8, progress=False, threads=1))
+    assert result.steps == 4
+    written = onnx.load(str(out))
+    onnx.checker.check_model(written, full_check=True)
+    assert _input_dims(written) == [1, 3, 32, 32]
+    assert mn.evaluate(out, data).examples == 16
+
+
+def test_a_graph_that_mixes_examples_is_refused_in_one_line(tmp_path):
+    """An op across the batch axis of a batch-1 export (a mean over it) cannot be rebatched: one
+    line naming the model, what to do, nothing written."""
+    net = Net(input_shape=(1, 4))
+    y = net.gemm("input", 4, 6)
+    y = net.op("ReduceMean", [y], axes=[0], keepdims=0)
+    y = net.op("Reshape", [y, net.const(np.array([1, 6], dtype=np.int64))])
+    model = net.model(net.gemm(y, 6, 3))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, input=rng.standard_normal((16, 4)).astype(np.float32), labels=rng.integers(0, 3, 16))
+    with pytest.raises(mn.MorphNetError, match=r"fixes the batch at 1 .*--batch-size 1"):
+        mn.train(model, data, tmp_path / "out.onnx", options=TrainOptions(steps=2, batch_size=8, progress=False))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_layers_the_dynamo_exporter_made_share_a_tensor_get_their_own(tmp_path):
+    """The dynamo exporter hands one tensor to every layer whose values are equal (the five
+    LayerNorms of the untrained ViT all read blocks.0.ln1.weight): loading gives each its own, so
+    training writes each layer's own trained scale."""
+    raw = onnx.load(str(EXPORTS / "vit_dynamo.onnx"), load_external_data=False)
+    scales = [n.input[1] for n in raw.graph.node if n.op_type == "LayerNormalization"]
+    assert len(scales) == 5 and len(set(scales)) == 1
+    loaded = mn.load(EXPORTS / "vit_dynamo.onnx")
+    scales = [n.input[1] for n in loaded.model.graph.node if n.op_type == "LayerNormalization"]
+    assert len(set(scales)) == 5 and scales[0] == "blocks.0.ln1.weight"
+    out = tmp_path / "out.onnx"
+    mn.train(EXPORTS / "vit_dynamo.onnx", _data(tmp_path / "d.npz"), out,
+             options=TrainOptions(steps=3, batch_size=8, progress=False, threads=1))
+    written = mn.load(out)
+    values = {n.input[1]: written.view.value(n.input[1]) for n in written.model.graph.node
+              if n.op_type == "LayerNormalization"}
+    assert len(values) == 5
+    assert len({v.tobytes() for v in values.values()}) == 5  # trained apart
