@@ -22,7 +22,7 @@ from morphnet_onnx.cost.timing import median_noise
 from morphnet_onnx.cost.widths import fast_widths, worth_having
 from morphnet_onnx.method.decision import _ranked_blocks
 from morphnet_onnx.method.family import PhasedController, phase_ends
-from morphnet_onnx.method.landing import check_floor
+from morphnet_onnx.method.landing import _next_target, check_floor
 from morphnet_onnx.recipes.family import member_path, parse_budgets
 from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.recipes.shrink import Budget, ShrinkOptions, shrink
@@ -116,10 +116,11 @@ def test_kernels_are_attributed_to_the_ops_of_the_original_graph():
     loaded, analysis = prepare(tiny())
     attribution = Attribution(loaded.model, analysis)
     names = {n.name: n for n in loaded.model.graph.node}
-    relu_out = next(n.output[0] for n in loaded.model.graph.node if n.input and n.input[0] == names["stem_bn"].output[0])
+    bn_out = names["stem_bn"].output[0]
+    relu_out = next(n.output[0] for n in loaded.model.graph.node if n.input and n.input[0] == bn_out)
     kernels = [("ReorderInput", "ReorderInput", 1.0), (relu_out + "_nchwc", "Conv", 2.0),
-               ("ReorderOutput_token_3", "ReorderOutput", 0.5), ("mid", "FusedConv", 3.0), ("pool", "GlobalAveragePool", 0.25),
-               ("mystery", "Custom", 0.125)]
+               ("ReorderOutput_token_3", "ReorderOutput", 0.5), ("mid", "FusedConv", 3.0),
+               ("pool", "GlobalAveragePool", 0.25), ("mystery", "Custom", 0.125)]
     claimed = attribution.attribute(kernels)
     assert claimed["stem"] == [3.5, 3]  # its kernel, the reorders before and after it
     assert claimed["mid"] == [3.0, 1]
@@ -265,3 +266,12 @@ def test_a_family_writes_one_model_per_budget_from_one_run(tiny_resnet_table):
     for member in result.members:
         assert member["cost_ratio"] <= float(member["budget"].rstrip("x")) + 1e-9
         onnx.checker.check_model(member["output"], full_check=True)
+
+
+def test_the_landing_brackets_the_budget_once_tries_fall_on_both_sides():
+    first = {"table_target_s": 1.0, "achieved": 0.6}
+    assert _next_target([first], 0.5) == pytest.approx(1.0 * 0.5 / 0.6)  # scaled by how far it landed
+    second = {"table_target_s": 0.5, "achieved": 0.3}
+    between = _next_target([first, second], 0.45)
+    assert 0.5 < between < 1.0
+    assert between == pytest.approx(0.5 * 2 ** (np.log(0.45 / 0.3) / np.log(0.6 / 0.3)))

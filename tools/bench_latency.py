@@ -94,7 +94,8 @@ def run_jobs(jobs: list[tuple[str, callable]], work: Path, resume: bool) -> dict
             record = job()
         except mn.MorphNetError as exc:
             record = {"error": str(exc)}
-        record.update(job=name, seconds=time.perf_counter() - start, loadavg_start=load, loadavg_end=list(os.getloadavg()))
+        record.update(job=name, seconds=time.perf_counter() - start, loadavg_start=load,
+                      loadavg_end=list(os.getloadavg()))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, record)
         results[name] = record
@@ -149,7 +150,8 @@ def _written(spec: dict, out: Path, threads: int, record: dict) -> dict:
     """The written model measured again here against the original (alternated rounds)."""
     before, after = mn.measure_latency([spec["model"], out], settings(threads))
     record["remeasured"] = {"original_s": before.median_s, "written_s": after.median_s,
-                            "ratio": after.median_s / before.median_s, "noise": float(np.hypot(before.noise, after.noise))}
+                            "ratio": after.median_s / before.median_s,
+                            "noise": float(np.hypot(before.noise, after.noise))}
     return record
 
 
@@ -173,13 +175,27 @@ def landing_rows(results: dict) -> list[list]:
     return rows
 
 
+def table_rows(results: dict) -> list[list]:
+    rows = []
+    for name, r in sorted(results.items()):
+        if not name.startswith("table/") or "error" in r:
+            continue
+        _, model, threads = name.split("/")
+        error, phases = r["fit_error"], r["phases"]
+        rows.append([model, threads, f"{r['seconds_table']:.0f}", f"{phases['time_s']:.0f} / {phases['profile_s']:.0f} / "
+                     f"{phases['cut_s']:.0f} / {phases['fit_s']:.0f}", f"{r['full_ms']:.4g}", f"{r['floor_ratio']:.3f}",
+                     f"{error['rms']:.1%} ({error['max']:.1%})", f"{r['cross_validated']:.1%}",
+                     f"{r['block']}; {','.join(map(str, r['levels'])) or '-'}",
+                     f"{r['loadavg_table'][0]:.1f}-{r['loadavg_table'][-1]:.1f}"])
+    return rows
+
+
 def accuracy_summary(results: dict, seeds: list[int], flops_budgets: list[str]) -> dict:
     """Latency arm against the FLOPs arm at equal measured latency, per seed and budget; the family."""
     out = {"points": [], "family": []}
     for seed in seeds:
-        curve = sorted((results[f"accuracy/flops/{b}/s{seed}"]["remeasured"]["ratio"],
-                        results[f"accuracy/flops/{b}/s{seed}"]["validation"]["accuracy"])
-                       for b in flops_budgets if "error" not in results.get(f"accuracy/flops/{b}/s{seed}", {"error": 1}))
+        runs = [results.get(f"accuracy/flops/{b}/s{seed}", {"error": "missing"}) for b in flops_budgets]
+        curve = sorted((r["remeasured"]["ratio"], r["validation"]["accuracy"]) for r in runs if "error" not in r)
         for budget in ("0.75x", "0.5x", "0.25x"):
             r = results.get(f"accuracy/latency/{budget}/s{seed}", {"error": "missing"})
             if "error" in r or not curve:
@@ -202,6 +218,14 @@ def accuracy_summary(results: dict, seeds: list[int], flops_budgets: list[str]) 
                     "separate_latency": separate.get("remeasured", {}).get("ratio"),
                     "family_steps": fam["total_steps"], "single_steps": single.get("steps_total")})
     return out
+
+
+def _percent(value) -> str:
+    return f"{value:.2%}" if value is not None else ""
+
+
+def _points(a, b) -> str:
+    return f"{(a - b) * 100:+.2f}" if a is not None and b is not None else ""
 
 
 def main() -> int:
@@ -245,13 +269,27 @@ def main() -> int:
     machine = machine_info()
     results = run_jobs(jobs, work, args.resume)
     report = {"machine": machine, "loadavg_end": list(os.getloadavg()), "results": results}
+    rows = table_rows(results)
+    if rows:
+        print(markdown_table(["model", "threads", "seconds", "timing / profiling / cutting / fitting s", "full ms",
+                              "floor", "fit RMS (max)", "left out", "block; levels", "load"], rows))
     rows = landing_rows(results)
     if rows:
         print(markdown_table(["model", "threads", "budget", "shrink measured", "measured again", "vs budget",
                               "notes", "load"], rows))
     if "accuracy" in parts:
-        report["accuracy"] = accuracy_summary(results, seeds, flops_budgets)
-        print(json.dumps(report["accuracy"], indent=1))
+        report["accuracy"] = summary = accuracy_summary(results, seeds, flops_budgets)
+        print(markdown_table(["seed", "budget", "measured latency", "top-1", "FLOPs arm at that latency", "gain",
+                              "inside the FLOPs curve"],
+                             [[p["seed"], p["budget"], f"{p['latency']:.3f}", f"{p['accuracy']:.2%}",
+                               f"{p['flops_arm_accuracy']:.2%}", f"{(p['gain']) * 100:+.2f}", p["inside_flops_curve"]]
+                              for p in summary["points"]]))
+        print(markdown_table(["seed", "budget", "member top-1", "separate top-1", "member - separate",
+                              "member latency", "separate latency", "family steps / one shrink"],
+                             [[f["seed"], f["budget"], f"{f['accuracy']:.2%}", _percent(f["separate_accuracy"]),
+                               _points(f["accuracy"], f["separate_accuracy"]), f"{f['latency']:.3f}",
+                               f"{f['separate_latency']:.3f}" if f["separate_latency"] else "",
+                               f"{f['family_steps']} / {f['single_steps']}"] for f in summary["family"]]))
     if args.json:
         write_json(args.json, report)
     return 0

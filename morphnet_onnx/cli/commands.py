@@ -97,9 +97,10 @@ def _print_learned(result, args) -> None:
         m = result.latency
         budget = f", budget {m['goal']:.3f}x" if m.get("goal") is not None and m["relative"] else \
             (f", budget {m['goal'] * 1e3:.4g} ms" if m.get("goal") is not None else "")
+        tries = len(m["landing"])
         print(f"latency measured ({m['settings']}): {m['original_s'] * 1e3:.4g} ms -> {m['written_s'] * 1e3:.4g} ms "
               f"({m['ratio']:.3f}x ± {m['noise']:.1%}{budget}); the table predicted {m['predicted_ratio']:.3f}x"
-              + (f"; landed in {len(m['landing'])} tr{'y' if len(m['landing']) == 1 else 'ies'}" if m["landing"] else ""))
+              + (f"; landed in {tries} tr{'y' if tries == 1 else 'ies'}" if tries else ""))
     if result.classes is not None:
         print(_classes_line(result.classes, args.output))
     for note in result.notes:

@@ -171,7 +171,8 @@ class LatencyTable:
             "full": self.full.to_dict() if self.full else None, "floor": self.floor.to_dict() if self.floor else None,
             "fit_error": self.fit_error(), "structures": self.structures,
             "unattributed_share": self.unattributed_share, "overheads": self.overheads,
-            "cross_validated": self.cross_validated, "seconds": self.seconds, "phases": self.phases, "loadavg": self.loadavg,
+            "cross_validated": self.cross_validated, "seconds": self.seconds, "phases": self.phases,
+            "loadavg": self.loadavg,
             "date": self.date, "units": [u.to_dict() for u in self.units.values()],
         }
 

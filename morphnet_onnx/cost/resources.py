@@ -152,7 +152,8 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
         if table is None:
             latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
         else:
-            latency, compute_bound, flops = table.op_seconds(cost.op, n_in, n_out), True, cost.flops_coeff * n_in * n_out
+            latency, compute_bound = table.op_seconds(cost.op, n_in, n_out), True
+            flops = cost.flops_coeff * n_in * n_out
         ops.append(OpCost(cost.op, cost.op_type, flops, cost.size_coeff * n_in * n_out, latency, compute_bound))
         # Only the slots this op touches (dense per-op vectors made the pass quadratic in depth).
         in_s, in_n = _slot_counts(slot_of_element, cost.in_ids)

@@ -84,11 +84,26 @@ def land(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], 
             best = (score, Landing(decision, surgery))
         if not over and value >= goal * LOW:
             break
-        table_target *= goal * AIM / value
+        table_target = _next_target(tries, goal * AIM)
     landing = best[1]
     landing.tries = tries
     landing.decision.target = target  # the budget on the table's scale, not the corrected target of a try
     return landing
+
+
+def _next_target(tries: list[dict], aim: float) -> float:
+    """The table target of the next try: between the closest tries below and above `aim` (in log
+    space) once the measurements bracket it, else the last target scaled by how far it landed."""
+    below = [t for t in tries if t["achieved"] < aim]
+    above = [t for t in tries if t["achieved"] >= aim]
+    if below and above:
+        low = max(below, key=lambda t: t["achieved"])
+        high = min(above, key=lambda t: t["achieved"])
+        if high["table_target_s"] > low["table_target_s"] and high["achieved"] > low["achieved"]:
+            share = math.log(aim / low["achieved"]) / math.log(high["achieved"] / low["achieved"])
+            return low["table_target_s"] * (high["table_target_s"] / low["table_target_s"]) ** share
+    last = tries[-1]
+    return last["table_target_s"] * aim / last["achieved"]
 
 
 def measure_written(original: onnx.ModelProto, written: onnx.ModelProto, table: LatencyTable, shapes: dict,

@@ -126,9 +126,12 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     dataset, val_set = open_data(data, val, data_module, loaded, options.loss, options.images)
     total = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
     ends = phase_ends(total, len(budgets))
+    # Lambda's growth is sized on the first phase: its member is decided at its end, not the run's.
     controller = PhasedController(analysis, loaded, regs, resource, targets[0], None, threshold, hw,
-                                  total_steps=total, targets=targets, ends=ends)
-    trainer = Trainer(loaded, options, regs, controller, target_shape=_target_shape(loaded, options), gates=gates)
+                                  total_steps=ends[0], targets=targets, ends=ends)
+    # Each phase runs the schedule again: a budget's gates move under a high rate, not a decayed one.
+    phased = replace(options, restarts=tuple(ends[:-1]))
+    trainer = Trainer(loaded, phased, regs, controller, target_shape=_target_shape(loaded, options), gates=gates)
     progress, on_step, on_warning = _progress(options, controller, "shrink (family)")
     started = time.perf_counter()
     with progress:

@@ -368,7 +368,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     latency = {}
     if isinstance(hw, LatencyTable) and is_main():
         latency = measured_report(analysis, trained_loaded, loaded, written_model, hw, decision, full_costs,
-                                    target if resource == "latency" else None, budget, landing, warnings)
+                                  target if resource == "latency" else None, budget, landing, warnings)
     return LearnResult(model=written_model, structure=surgery.structure, analysis=analysis, cost_before=full,
                        cost_after=written_cost, resource=resource, flops_before=full_costs.flops,
                        flops_after=after_costs.flops, params_before=full_costs.params,

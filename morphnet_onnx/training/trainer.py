@@ -49,6 +49,7 @@ class TrainOptions:
     probe: bool = True  # ort: one step in a child process first, so a native crash becomes an error
     backend: str = "ort"  # or "torch" (the optional extra `torch`; data-parallel under torchrun)
     images: ImageOptions = field(default_factory=ImageOptions)  # how image folders are read (images.py)
+    restarts: tuple[int, ...] = ()  # steps where the schedule starts again (a shrink family's phases)
 
     def __post_init__(self) -> None:
         """The same one-line errors for Python callers as for the CLI (named by its options)."""
@@ -94,6 +95,12 @@ class TrainResult:
 
 
 def learning_rate(options: TrainOptions, step: int, total: int) -> float:
+    """The schedule's rate at `step` of `total`; with `restarts`, the schedule runs again over each
+    span between two of them (warm restarts)."""
+    starts = [0] + [r for r in sorted(options.restarts) if 0 < r < total]
+    start = max(s for s in starts if s <= step)
+    ends = [s for s in starts if s > step] + [total]
+    step, total = step - start, min(ends) - start
     progress = step / max(total, 1)
     if options.schedule == "constant":
         return options.lr
@@ -279,7 +286,8 @@ class Trainer:
                 "lr": o.lr, "optimizer": o.optimizer, "schedule": o.schedule, "weight_decay": o.weight_decay,
                 "seed": o.seed, "loss": o.loss, "regularized": sum(r.width for r in self.regs),
                 "grouping": sorted({r.grouping for r in self.regs}),
-                "gates": len(self.gates), "backend": o.backend, "world": current_world().size}
+                "gates": len(self.gates), "backend": o.backend, "world": current_world().size,
+                **({"restarts": list(o.restarts)} if o.restarts else {})}
 
     def _resume_meta(self, fingerprint: dict) -> dict | None:
         """The last checkpoint's record in --checkpoint-dir, or None when there is none yet (a run killed
