@@ -12,12 +12,15 @@ from .analysis.groups import Analysis, Group
 from .analysis.walk import analyze
 from .cost.budget import Budget
 from .cost.inspection import Inspection, inspect
+from .cost.latency import LatencyTable, load_table
 from .cost.resources import HARDWARE, Costs, compute_costs, parse_hardware
+from .cost.timing import LatencySettings, Measurement
 from .errors import Interrupted, MorphNetError
 from .expansion.expand import ExpandResult, expand
 from .loading.model import LoadedModel, load
 from .report.diff import ModelDiff, diff
 from .surgery.checking import CheckResult, check
+from .surgery.latency import latency_table, measure_latency
 from .surgery.pruning import PruneResult, prune
 from .surgery.structure import Structure, load_structure
 
@@ -26,7 +29,8 @@ __version__ = "0.1.0"
 # Training pulls in onnxruntime's training API: loaded on first use, so `inspect` stays light.
 _LAZY = {"shrink": "recipes.shrink", "train": "recipes.shrink", "evaluate": "training.evaluation",
          "cycle": "recipes.cycle", "CycleResult": "recipes.cycle", "LearnResult": "recipes.shrink",
-         "ShrinkOptions": "recipes.shrink", "TrainOptions": "training.trainer"}
+         "ShrinkOptions": "recipes.shrink", "TrainOptions": "training.trainer", "shrink_family": "recipes.family",
+         "FamilyResult": "recipes.family", "parse_budgets": "recipes.family"}
 
 
 def __getattr__(name):
@@ -40,5 +44,6 @@ __all__ = [
     "MorphNetError",
     "PruneResult", "Structure", "analyze", "check", "compute_costs", "diff", "inspect", "load", "load_structure",
     "parse_hardware", "prune", "shrink", "train", "evaluate", "Budget", "expand", "ExpandResult", "cycle",
-    "CycleResult", "LearnResult", "ShrinkOptions", "TrainOptions",
+    "CycleResult", "LearnResult", "ShrinkOptions", "TrainOptions", "LatencySettings", "LatencyTable", "Measurement",
+    "latency_table", "load_table", "measure_latency", "shrink_family", "FamilyResult", "parse_budgets",
 ]

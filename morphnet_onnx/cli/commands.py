@@ -26,6 +26,21 @@ def _budget(args: argparse.Namespace):
     return None
 
 
+def _measured(args: argparse.Namespace):
+    """The model's measured latency table when the command asks for one (--hardware measure or
+    --latency-table), else None."""
+    from ..cost.resources import is_measure
+    from ..surgery.latency import resolve_hardware
+
+    if not is_measure(args.hardware) and args.latency_table is None:
+        return None
+    table = resolve_hardware(args.hardware, args.cost_batch_size, args.model, args.provider, args.latency_threads,
+                             args.latency_table, parse_input_shapes(args.input_shape), progress=sys.stderr.isatty())
+    how = {"measured": f"measured in {table.seconds:.0f} s", "cache": "from the cache", "file": "from the file"}
+    print(f"[I] latency table {how.get(table.origin, table.origin)}: {table.path}", file=sys.stderr)
+    return table
+
+
 def _print_json(result) -> None:
     json.dump(result.to_dict(), sys.stdout)
     sys.stdout.write("\n")
@@ -78,6 +93,14 @@ def _print_learned(result, args) -> None:
     if getattr(result, "cut_validation", None) is not None and result.cut_validation.accuracy is not None:
         print(f"before the fine-tune ({result.decision.get('finetune_steps')} steps): top-1 "
               f"{result.cut_validation.accuracy:.2%}")
+    if getattr(result, "latency", None):
+        m = result.latency
+        budget = f", budget {m['goal']:.3f}x" if m.get("goal") is not None and m["relative"] else \
+            (f", budget {m['goal'] * 1e3:.4g} ms" if m.get("goal") is not None else "")
+        tries = len(m["landing"])
+        print(f"latency measured ({m['settings']}): {m['original_s'] * 1e3:.4g} ms -> {m['written_s'] * 1e3:.4g} ms "
+              f"({m['ratio']:.3f}x ± {m['noise']:.1%}{budget}); the table predicted {m['predicted_ratio']:.3f}x"
+              + (f"; landed in {tries} tr{'y' if tries == 1 else 'ies'}" if tries else ""))
     if result.classes is not None:
         print(_classes_line(result.classes, args.output))
     for note in result.notes:
@@ -106,16 +129,52 @@ def _shrink(args: argparse.Namespace) -> int:
     if args.old_structure:  # --structure is an input everywhere else (prune, expand)
         print("[W] shrink --structure is deprecated: it names an output here; use --save-structure", file=sys.stderr)
         args.save_structure = args.save_structure or args.old_structure
+    budget = _budget(args)
+    if budget is not None and "," in budget.text:  # several budgets: a family from one run
+        return _shrink_family(args, budget)
     recipe = {name: getattr(args, name) for name in RECIPE_OPTIONS}
-    method = ShrinkOptions(budget=_budget(args), strength=args.strength, regularizer=args.regularizer,
+    method = ShrinkOptions(budget=budget, strength=args.strength, regularizer=args.regularizer,
                            threshold=args.threshold, grouping=args.grouping, hardware=args.hardware,
                            cost_batch_size=args.cost_batch_size, round_to=args.round_to, keep=args.keep,
-                           finetune_steps=args.finetune_steps, force=args.force, **recipe)
+                           finetune_steps=args.finetune_steps, force=args.force, provider=args.provider,
+                           latency_threads=args.latency_threads, latency_table=args.latency_table, **recipe)
     result = shrink(args.model, args.data, args.output, val=args.val, method=method, options=_train_options(args),
                     data_module=args.data_module, input_shapes=parse_input_shapes(args.input_shape),
                     structure_path=args.save_structure)
     _print_learned(result, args)
     _end_with_diff(args.model, args.output, args)
+    return 0
+
+
+def _shrink_family(args: argparse.Namespace, budget) -> int:
+    from ..recipes.family import parse_budgets, shrink_family
+    from ..recipes.shrink import ShrinkOptions
+    from ..report.family import print_family, write_family_plot
+    from ..report.pictures import check_picture_paths
+
+    if args.html:
+        raise MorphNetError("--html shows one model's diff; a family (several budgets) takes --plot only")
+    check_picture_paths(args.plot)
+    budgets = parse_budgets(budget.resource, budget.text)
+    method = ShrinkOptions(budget=budgets[0], regularizer=args.regularizer, threshold=args.threshold,
+                           grouping=args.grouping, hardware=args.hardware, cost_batch_size=args.cost_batch_size,
+                           round_to=args.round_to, keep=args.keep, finetune_steps=args.finetune_steps,
+                           force=args.force, provider=args.provider, latency_threads=args.latency_threads,
+                           latency_table=args.latency_table)
+    result = shrink_family(args.model, args.data, args.output, val=args.val, budgets=budgets, method=method,
+                           options=_train_options(args), data_module=args.data_module,
+                           input_shapes=parse_input_shapes(args.input_shape), structure_path=args.save_structure)
+    if not is_main():
+        return 0
+    for warning in result.warnings:
+        print(f"[W] {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(result)
+    else:
+        print_family(result)
+    if args.plot:
+        path = write_family_plot(result, args.plot)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -137,7 +196,8 @@ def _expand(args: argparse.Namespace) -> int:
     result = expand(args.model, args.output, structure=args.structure, budget=_budget(args),
                     multiplier=args.multiplier, reference=args.reference, round_to=args.round_to, init=args.init,
                     seed=args.seed, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
-                    hardware=args.hardware, cost_batch_size=args.cost_batch_size)
+                    hardware=args.hardware, cost_batch_size=args.cost_batch_size, provider=args.provider,
+                    latency_threads=args.latency_threads, latency_table=args.latency_table)
     if args.json:
         _print_json(result)
         _end_with_diff(args.model, args.output, args)
@@ -186,7 +246,8 @@ def _cycle(args: argparse.Namespace) -> int:
                    shrink_to=args.shrink_to, options=_train_options(args), data_module=args.data_module,
                    regularizer=args.regularizer, grouping=args.grouping, round_to=args.round_to, keep=args.keep,
                    input_shapes=parse_input_shapes(args.input_shape), hardware=args.hardware,
-                   cost_batch_size=args.cost_batch_size, resume=resume, force=args.force)
+                   cost_batch_size=args.cost_batch_size, resume=resume, force=args.force, provider=args.provider,
+                   latency_threads=args.latency_threads, latency_table=args.latency_table)
     if args.json:
         _print_json(result)
     else:
@@ -207,7 +268,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.plot or args.html:
         raise MorphNetError("--plot and --html show a diff: give two models (inspect BEFORE AFTER)")
     report = inspect(args.model, input_shapes=parse_input_shapes(args.input_shape), keep=args.keep,
-                     hardware=args.hardware, cost_batch_size=args.cost_batch_size)
+                     hardware=_measured(args) or args.hardware, cost_batch_size=args.cost_batch_size)
     if not report.analysis.prunable_groups:
         reasons = sorted({r for g in report.analysis.groups for r in g.reasons})[:3]
         detail = f" ({'; '.join(reasons)})" if reasons else " (no Conv, Gemm or MatMul with weight initializers)"

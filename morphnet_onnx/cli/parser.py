@@ -122,11 +122,19 @@ def _budget_options(p: argparse.ArgumentParser, strength: bool = False, multipli
 
 
 def _roofline_options(g, purpose: str = "for --budget-latency") -> None:
-    g.add_argument("--hardware", metavar="NAME|PEAK/BW",
-                   help=f"latency roofline {purpose}: K80, P4, T4, P100, V100 (default), TPUv2, or "
-                        f"PEAK_GFLOPS/BANDWIDTH_GBS")
+    g.add_argument("--hardware", metavar="NAME|PEAK/BW|measure",
+                   help=f"latency {purpose}: a roofline (K80, P4, T4, P100, V100 (default), TPUv2, or "
+                        f"PEAK_GFLOPS/BANDWIDTH_GBS), or measure: time the model in onnxruntime with --provider, "
+                        f"--latency-threads and --cost-batch-size (a table, cached)")
     g.add_argument("--cost-batch-size", type=int, default=1, metavar="B",
-                   help="batch of the latency roofline (FLOPs and parameters stay per example)")
+                   help="batch of the latency roofline or measurement (FLOPs and parameters stay per example)")
+    g.add_argument("--provider", default="CPUExecutionProvider", metavar="NAME",
+                   help="--hardware measure: the onnxruntime execution provider to time on")
+    g.add_argument("--latency-threads", type=int, default=0, metavar="N",
+                   help="--hardware measure: onnxruntime intra-op threads (0: its default, one per physical core)")
+    g.add_argument("--latency-table", metavar="TABLE.json",
+                   help="--hardware measure: read the measured table from this file, or write it there "
+                        "(implies --hardware measure)")
 
 
 DATA_HELP = ("an .npz (one array per model input, or x, plus labels), a folder of such .npy files, or a folder "
@@ -181,13 +189,24 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, or auto") from None
+
+
 def _method_options(p: argparse.ArgumentParser, grouping_help: str):
     g = p.add_argument_group("MorphNet method")
     g.add_argument("--regularizer", choices=REGULARIZERS, default="auto",
                    help="gamma: L1 on BatchNorm scales; group-lasso: filter RMS (BN folded); auto: by model; "
                         "figs: MorphNet's probabilistic gates (decides on p > 0.5, --threshold unused)")
     g.add_argument("--grouping", choices=GROUPINGS, default="max", help=grouping_help)
-    g.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every pruned width a multiple of N")
+    g.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
+                   help="keep every pruned width a multiple of N; auto: widths the measured latency table "
+                        "shows to be fast (with --hardware measure)")
     _roofline_options(g)
     return g
 
@@ -250,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", metavar="S.json", help="structure of MODEL to expand (default: MODEL as it is)")
     _budget_options(p, multiplier=True)
     p.add_argument("--reference", metavar="ORIGINAL.onnx", help="what a relative budget (1.0x) is of (default: MODEL)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep every width a multiple of N")
+    p.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
+                   help="keep every width a multiple of N; auto: widths the measured latency table shows to be "
+                        "fast (with --hardware measure)")
     p.add_argument("--init", choices=["fresh", "keep"], default="fresh",
                    help="fresh: every weight re-initialised, for retraining from scratch; keep: only the new "
                         "channels, read with zero weights (the wider model computes what MODEL computes)")

@@ -1,9 +1,10 @@
-"""`inspect`: analysis + costs of one model, as a plain object and as JSON."""
+"""`inspect`: analysis + costs of one model, as a plain object and as JSON. With a measured latency
+table as the hardware, each group's measured latency and the widths worth having too."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 
@@ -11,7 +12,9 @@ from ..analysis.groups import Analysis
 from ..analysis.walk import analyze
 from ..loading.model import LoadedModel, load
 from ..loading.shapes import InputShapes
+from .latency import LatencyTable
 from .resources import Costs, compute_costs, parse_hardware
+from .widths import group_curve, worth_having
 
 
 @dataclass
@@ -21,6 +24,9 @@ class Inspection:
     loaded: LoadedModel
     analysis: Analysis
     costs: Costs
+    # Measured latency only (cost/widths.py): seconds that vanish with the whole group, widths worth having.
+    removable_latency: dict[int, float] = field(default_factory=dict)
+    fast_widths: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def prunable_flops_share(self) -> float:
@@ -43,6 +49,8 @@ class Inspection:
                 "marginal_flops": gc.marginal_flops,
                 "marginal_params": gc.marginal_params,
                 "marginal_latency_s": gc.marginal_latency_s,
+                **({"removable_latency_s": self.removable_latency[group.id],
+                    "fast_widths": self.fast_widths[group.id]} if group.id in self.fast_widths else {}),
             })
         return {
             "model": self.loaded.name,
@@ -53,8 +61,7 @@ class Inspection:
             "params": costs.params,
             "param_bytes": costs.param_bytes,
             "latency_s": costs.latency_s,
-            "hardware": {"name": costs.hardware.name, "peak_gflops": costs.hardware.peak_gflops,
-                         "bandwidth_gbs": costs.hardware.bandwidth_gbs, "batch": costs.hardware.batch},
+            "hardware": _hardware_dict(costs.hardware),
             "prunable_flops_share": self.prunable_flops_share,
             "groups": groups,
             "notes": self.analysis.notes,
@@ -62,8 +69,16 @@ class Inspection:
         }
 
 
+def _hardware_dict(hardware) -> dict:
+    if isinstance(hardware, LatencyTable):
+        return {"name": hardware.name, "batch": hardware.batch, "measured": hardware.summary()}
+    return {"name": hardware.name, "peak_gflops": hardware.peak_gflops, "bandwidth_gbs": hardware.bandwidth_gbs,
+            "batch": hardware.batch}
+
+
 def inspect(model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShapes | None = None,
-            keep: list[str] | None = None, hardware: str | None = None, cost_batch_size: int = 1) -> Inspection:
+            keep: list[str] | None = None, hardware: str | LatencyTable | None = None,
+            cost_batch_size: int = 1) -> Inspection:
     """Analyze a model's channel groups and costs.
 
     >>> report = inspect("resnet50.onnx")                  # doctest: +SKIP
@@ -74,8 +89,16 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, input_shapes: InputShape
     `keep` holds regexes of op names whose channels must not be pruned. `hardware` names a row of
     MorphNet's table (K80, P4, T4, P100, V100, TPUv2) or gives `PEAK_GFLOPS/BANDWIDTH_GBS`;
     `cost_batch_size` is the batch its latency roofline is computed at (FLOPs stay per example).
+    `hardware` may also be the model's measured `LatencyTable` (`morphnet_onnx.latency_table`): the
+    latency is then the table's, with each group's measured share and the widths worth having.
     """
-    hw = parse_hardware(hardware, cost_batch_size)
+    hw = hardware if isinstance(hardware, LatencyTable) else parse_hardware(hardware, cost_batch_size)
     loaded = load(model, input_shapes)
     analysis = analyze(loaded, keep=keep)
-    return Inspection(loaded=loaded, analysis=analysis, costs=compute_costs(analysis, loaded, hw))
+    report = Inspection(loaded=loaded, analysis=analysis, costs=compute_costs(analysis, loaded, hw))
+    if isinstance(hw, LatencyTable):
+        for group in analysis.prunable_groups:
+            curve = group_curve(hw, analysis, group.id)
+            report.removable_latency[group.id] = float(curve[-1] - curve[0])
+            report.fast_widths[group.id] = worth_having(curve)
+    return report

@@ -21,6 +21,7 @@ from ..graph_utils import live_tensors
 from ..loading.model import LoadedModel
 from ..loading.view import ConstantView
 from ..ops import BUFFER_INPUTS
+from .latency import LatencyTable
 
 # Peak GFLOP/s and memory bandwidth GB/s, from MorphNet's latency regularizer.
 HARDWARE: dict[str, tuple[float, float]] = {
@@ -32,6 +33,11 @@ HARDWARE: dict[str, tuple[float, float]] = {
     "TPUv2": (22500.0, 300.0),
 }
 DEFAULT_HARDWARE = "V100"
+MEASURE = "measure"  # --hardware measure: a latency table measured on the model (latency.py)
+
+
+def is_measure(spec: str | None) -> bool:
+    return isinstance(spec, str) and spec.strip().lower() == MEASURE
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ def parse_hardware(spec: str | None, batch: int = 1) -> Hardware:
     `batch` is the batch the latency roofline is computed at (FLOPs stay per example)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise MorphNetError(f"--cost-batch-size {batch}: must be 1 or more")
+    if is_measure(spec):
+        raise MorphNetError("--hardware measure: measured on the model itself (morphnet_onnx.latency_table), "
+                            "not a roofline; this command takes a roofline")
     spec = spec or DEFAULT_HARDWARE
     for name, (peak, bandwidth) in HARDWARE.items():
         if name.lower() == spec.lower():
@@ -58,7 +67,8 @@ def parse_hardware(spec: str | None, batch: int = 1) -> Hardware:
         peak = bandwidth = -1.0
     if not sep or peak <= 0 or bandwidth <= 0:
         raise MorphNetError(
-            f"--hardware {spec!r}: expected one of {', '.join(HARDWARE)} or PEAK_GFLOPS/BANDWIDTH_GBS (e.g. 15000/900)")
+            f"--hardware {spec!r}: expected one of {', '.join(HARDWARE)}, PEAK_GFLOPS/BANDWIDTH_GBS (e.g. 15000/900) "
+            f"or measure")
     return Hardware(f"{peak:g} GFLOP/s, {bandwidth:g} GB/s", peak, bandwidth, batch)
 
 
@@ -115,11 +125,14 @@ def _op_latency(cost, n_in, n_out, hardware: Hardware) -> tuple[float, bool, flo
     return max(compute_s, memory_s), compute_s >= memory_s, flops, weight_bytes + act_bytes
 
 
-def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | None = None,
+def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | LatencyTable | None = None,
                   alive: np.ndarray | None = None) -> Costs:
     """Totals, per-op costs and per-group marginal costs of a model at its current widths, or with
-    only the `alive` elements (a bool per analysis element) kept: MorphNet's alive counts."""
+    only the `alive` elements (a bool per analysis element) kept: MorphNet's alive counts. With a
+    measured `LatencyTable` as the hardware, latency is the table's (cost/latency.py): each op its
+    fitted kernel time at its counts, the marginal latency of a channel the fit's slope."""
     hardware = hardware or parse_hardware(None)
+    table = hardware if isinstance(hardware, LatencyTable) else None
     n_groups = len(analysis.groups)
     prunable = np.array([g.prunable for g in analysis.groups], dtype=bool)
     # Every (group, channel) gets one slot: marginal costs are kept per channel, summed per group.
@@ -136,7 +149,11 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
     prunable_flops = 0.0
     for cost in analysis.costed:
         n_in, n_out = cost.counts(alive)
-        latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
+        if table is None:
+            latency, compute_bound, flops, _ = _op_latency(cost, n_in, n_out, hardware)
+        else:
+            latency, compute_bound = table.op_seconds(cost.op, n_in, n_out), True
+            flops = cost.flops_coeff * n_in * n_out
         ops.append(OpCost(cost.op, cost.op_type, flops, cost.size_coeff * n_in * n_out, latency, compute_bound))
         # Only the slots this op touches (dense per-op vectors made the pass quadratic in depth).
         in_s, in_n = _slot_counts(slot_of_element, cost.in_ids)
@@ -155,7 +172,10 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
         marginal_flops[slots] += cost.flops_coeff * (in_c * n_out + out_c * n_in)
         marginal_params[slots] += cost.size_coeff * (in_c * n_out + out_c * n_in)
         # The roofline follows whichever term dominates; its derivative is that term's.
-        if compute_bound:
+        if table is not None:
+            per_in, per_out = table.op_slopes(cost.op, n_in, n_out)
+            marginal_latency[slots] += per_in * in_c + per_out * out_c
+        elif compute_bound:
             marginal_latency[slots] += (cost.flops_coeff * (in_c * n_out + out_c * n_in) * hardware.batch
                                         / (hardware.peak_gflops * 1e9))
         else:
@@ -177,7 +197,8 @@ def compute_costs(analysis: Analysis, loaded: LoadedModel, hardware: Hardware | 
     }
     params, param_bytes = count_parameters(loaded.model)
     return Costs(flops=float(sum(o.flops for o in ops)), params=params, param_bytes=param_bytes,
-                 latency_s=float(sum(o.latency_s for o in ops)), hardware=hardware, ops=ops, groups=groups,
+                 latency_s=float(sum(o.latency_s for o in ops)) + (table.offset_s if table is not None else 0.0),
+                 hardware=hardware, ops=ops, groups=groups,
                  prunable_flops=prunable_flops, weights=float(sum(o.weights for o in ops)),
                  channel_marginal=channel_marginal)
 

@@ -28,7 +28,8 @@ from ..analysis.gates import gate_magnitudes
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze, node_names
 from ..cost.budget import Budget
-from ..cost.resources import Hardware, compute_costs, parse_hardware, resource_cost
+from ..cost.latency import check_covers, table_step
+from ..cost.resources import Hardware, compute_costs, is_measure, parse_hardware, resource_cost
 from ..errors import MorphNetError
 from ..graph_utils import attr, with_params
 from ..loading.model import LoadedModel, load
@@ -37,6 +38,7 @@ from ..loading.view import ConstantView
 from ..loading.writing import refuse_overwriting, save_model
 from ..ops import NORM_FRESH, weight_layout
 from ..surgery.apply import Surgeon, apply_structure
+from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import check_round_to, prepare, verify_model
 from ..surgery.structure import Structure, load_structure, structure_from_dict, top_channels
 from .initialization import INITS, draw, fans, initialize_weights, relu_follows
@@ -80,7 +82,8 @@ def expand(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike
            structure=None, budget: Budget | None = None, multiplier: float | None = None,
            reference: str | os.PathLike | onnx.ModelProto | None = None, round_to: int = 1, init: str = "fresh",
            seed: int = 0, input_shapes: InputShapes | None = None, keep: list[str] | None = None,
-           hardware: str | None = None, cost_batch_size: int = 1) -> ExpandResult:
+           hardware: str | None = None, cost_batch_size: int = 1, provider: str = "CPUExecutionProvider",
+           latency_threads: int = 0, latency_table: str | os.PathLike | None = None) -> ExpandResult:
     """Scale every prunable width of `model` (with `structure` applied, if given) by one multiplier:
     `multiplier` as given, or the largest whose cost fits `budget`; write the result to `output`.
 
@@ -92,11 +95,22 @@ def expand(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike
     `round_to`: widths are multiples of it. `init`: "fresh" (every weight re-initialised, seeded:
     for retraining from scratch) or "keep" (surviving weights kept; new channels random, read with
     zero weights: the wider model computes what `model` computes).
+    `hardware="measure"` (or a `latency_table` file): latency from the measured table of `reference`
+    when given (the widest model, so that widths stay within what was measured), else of `model`,
+    at `provider`, `latency_threads` and batch `cost_batch_size`; `round_to="auto"`: widths
+    multiples of the table's step (its padding block and alignments).
     """
-    _validate(budget, multiplier, reference, round_to, init, seed)
+    measured = is_measure(hardware) or latency_table is not None
+    _validate(budget, multiplier, reference, 1 if round_to == "auto" and measured else round_to, init, seed)
     refuse_overwriting({"-o": output}, [model, structure, reference])
-    hw = parse_hardware(hardware, cost_batch_size)
+    hw = parse_hardware(hardware, cost_batch_size) if not measured else None
     loaded, analysis = prepare(model, input_shapes, keep, seed=seed)
+    if measured:
+        hw = resolve_hardware(hardware, cost_batch_size, reference if reference is not None else loaded, provider,
+                              latency_threads, latency_table, input_shapes)
+        check_covers(hw, analysis, loaded.name)
+    if round_to == "auto":
+        round_to = table_step(hw)
     if not analysis.prunable_groups:
         raise MorphNetError(f"{loaded.name}: nothing to expand (no prunable channel group; see `inspect`)")
     chosen = _structure(structure, analysis, loaded)
@@ -133,6 +147,9 @@ def expand(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike
 
 
 def _validate(budget, multiplier, reference, round_to, init, seed) -> None:
+    if round_to == "auto":
+        raise MorphNetError("--round-to auto takes the widths a measured latency table shows to be fast: add "
+                            "--hardware measure")
     if (budget is None) == (multiplier is None):
         raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --multiplier")
     if multiplier is not None:

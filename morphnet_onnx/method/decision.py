@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis.groups import Analysis
+from ..cost.latency import LatencyTable
 from ..cost.resources import Hardware, compute_costs, resource_cost
 from ..loading.model import LoadedModel
 from ..surgery.feasibility import repair_structure, vanishable_groups
@@ -53,9 +54,10 @@ class Decision:
 
 
 def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], params: dict[str, np.ndarray],
-           threshold: float, resource: str, target: float | None, hardware: Hardware,
-           round_to: int = 1) -> Decision:
-    """The structure to write (see the module docstring)."""
+           threshold: float, resource: str, target: float | None, hardware: Hardware | LatencyTable,
+           round_to: int | dict[int, list[int]] = 1) -> Decision:
+    """The structure to write (see the module docstring). `round_to` may also give, per group, the
+    widths allowed (ascending, the full width last: `--round-to auto`, cost/widths.py)."""
     vectors = group_vectors(regs, params)
 
     def cost(structure: Structure) -> float:
@@ -70,7 +72,7 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
             structure.alive[group_id][channels] = True
         return repair_structure(loaded, analysis, structure)
 
-    ranked = _ranked_blocks(vectors, max(round_to, 1))
+    ranked = _ranked_blocks(vectors, round_to if isinstance(round_to, dict) else max(round_to, 1))
     # A group that cannot vanish always keeps its strongest block: emptied, repair would give it
     # back whole, and the cost would not grow with the prefix (the search below needs it to).
     vanish = vanishable_groups(loaded, analysis)
@@ -128,15 +130,22 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
     return Decision(chosen, chosen_cost, learned_cost, full_cost, target, len(cut), max(cut, default=0.0), readmitted)
 
 
-def _ranked_blocks(vectors: dict[int, np.ndarray], size: int) -> list[tuple[float, float, int, np.ndarray]]:
+def _ranked_blocks(vectors: dict[int, np.ndarray], size: int | dict[int, list[int]]
+                   ) -> list[tuple[float, float, int, np.ndarray]]:
     """(largest gate, smallest gate, group, channels) for blocks of `size` channels of every group in
-    gate order, strongest first across groups. A block ranks by its weakest gate, so a group's
-    blocks come in their own order; the last block of a group may be smaller (up to full width)."""
+    gate order (or, with allowed widths per group, the channels between one allowed width and the
+    next), strongest first across groups. A block ranks by its weakest gate, so a group's blocks
+    come in their own order; the last block of a group may be smaller (up to full width)."""
     blocks = []
     for group_id, vector in vectors.items():
         order = np.argsort(-vector, kind="stable")
-        for start in range(0, len(order), size):
-            channels = order[start:start + size]
+        if isinstance(size, dict):
+            widths = [w for w in size.get(group_id, range(1, len(order) + 1)) if 0 < w < len(order)]
+            bounds = [0] + widths + [len(order)]
+        else:
+            bounds = list(range(0, len(order), size)) + [len(order)]
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            channels = order[start:end]
             blocks.append((float(vector[channels].max()), float(vector[channels].min()), group_id, channels))
     blocks.sort(key=lambda block: -block[1])  # stable: equal gates keep each group's own order
     return blocks

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from ..analysis.walk import analyze
 from ..cost.budget import Budget
-from ..cost.resources import compute_costs, parse_hardware, resource_cost
+from ..cost.resources import compute_costs, resource_cost
 from ..errors import Interrupted, MorphNetError
 from ..expansion.expand import expand
 from ..loading.model import load
 from ..loading.shapes import InputShapes
 from ..loading.writing import check_output_path, write_atomic_bytes
+from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import prepare
 from ..training.data import open_data
 from ..training.distributed import barrier, is_main
@@ -67,14 +68,19 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
           rounds: int = 2, shrink_to: float = SHRINK_TO, options: TrainOptions | None = None,
           data_module: str | None = None, regularizer: str = "auto", grouping: str = "max", round_to: int = 1,
           keep: list[str] | None = None, input_shapes: InputShapes | None = None, hardware: str | None = None,
-          cost_batch_size: int = 1, resume: bool = False, force: bool = False) -> CycleResult:
+          cost_batch_size: int = 1, resume: bool = False, force: bool = False,
+          provider: str = "CPUExecutionProvider", latency_threads: int = 0,
+          latency_table: str | os.PathLike | None = None) -> CycleResult:
     """Run `rounds` rounds of shrink -> expand -> retrain from scratch -> evaluate (module docstring).
 
     >>> cycle("resnet.onnx", "train.npz", "val.npz", budget=Budget("flops", "1.0x"), out_dir="runs")  # doctest: +SKIP
 
     `budget`: relative budgets are of `model`. `options`: the one training recipe every step uses.
     The models, structures and the table (`cycle.json`) go to `out_dir`. `regularizer`, `grouping`,
-    `round_to`, `keep`, `hardware`, `cost_batch_size`, `force`: each round's shrink (`ShrinkOptions`).
+    `round_to`, `keep`, `hardware`, `cost_batch_size`, `force`, `provider`, `latency_threads`: each
+    round's shrink (`ShrinkOptions`). With `hardware="measure"` the budget is the original's measured
+    latency (its table, `latency_table`), each round's shrink measures its own model's table and lands
+    on the measurement, and expand reads the original's table.
     """
     options = options or TrainOptions()
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -83,16 +89,18 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
         raise MorphNetError(f"--shrink-to {shrink_to}: must be between 0 and 1 (a share of the budget)")
     # Round 1's shrink options, checked before round 0 trains.
     method = ShrinkOptions(budget=budget, regularizer=regularizer, grouping=grouping, hardware=hardware,
-                           cost_batch_size=cost_batch_size, round_to=round_to, keep=keep, force=force)
+                           cost_batch_size=cost_batch_size, round_to=round_to, keep=keep, force=force,
+                           provider=provider, latency_threads=latency_threads)
     if val is None:
         raise MorphNetError("cycle compares the rounds on validation data: give --val VAL.npz")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MorphNetError(f"--out-dir {out}: is a file; give a folder")
     check_output_path(out / STATE_FILE if out.is_dir() else out, "--out-dir")
-    hw = parse_hardware(hardware, cost_batch_size)
     original, analysis = prepare(model, input_shapes, keep)
     check_trainable(original)
+    hw = resolve_hardware(hardware, cost_batch_size, original, provider, latency_threads, latency_table,
+                          progress=options.progress and is_main())
     full = resource_cost(compute_costs(analysis, original, hw), budget.resource)
     target = budget.target(full)
     # What round 1's shrink would refuse, and bad data, fail here, before round 0 trains or anything
@@ -149,7 +157,9 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
         def do_expand(shrunk=shrunk, expanded=expanded, index=index):
             grown = expand(shrunk, expanded if is_main() else None, budget=Budget(budget.resource, _absolute(target, budget.resource)),
                            round_to=round_to, init="fresh", seed=options.seed + index, input_shapes=input_shapes,
-                           keep=keep, hardware=hardware, cost_batch_size=cost_batch_size)
+                           keep=keep, hardware=hardware, cost_batch_size=cost_batch_size,
+                           reference=model if method.measured else None, provider=provider,
+                           latency_threads=latency_threads, latency_table=latency_table)
             return {"model": str(expanded), "multiplier": grown.multiplier, "cost": grown.cost_after}
 
         run_step(f"round{index}/shrink", do_shrink)

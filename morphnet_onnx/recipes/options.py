@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, fields
 
 from ..cost.budget import Budget
-from ..cost.resources import parse_hardware
+from ..cost.resources import is_measure, parse_hardware
+from ..cost.timing import LatencySettings
 from ..errors import MorphNetError
 from ..method.regularizers import GROUPINGS, REGULARIZERS
 from ..surgery.pruning import check_round_to
@@ -41,8 +42,12 @@ class ShrinkOptions:
     - `grouping`: how the gates of a group written by several ops (a residual stream) combine:
       "max" (MorphNet's default: alive while any member is) or "l2" (sqrt of the sum of squares,
       morph-net's L2 grouping: every member pushed at once; docs/training.md).
-    - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch.
-    - `round_to`: widths multiples of it; `keep`: regexes of ops whose channels stay.
+    - `hardware`, `cost_batch_size`: the latency roofline (`--budget-latency`) and its batch; or
+      "measure": the model timed in onnxruntime (`provider`, `latency_threads`, batch
+      `cost_batch_size`; the table read from or written to `latency_table`), the regularizer and
+      `decide` on the table, the written model measured against the original (method/landing.py).
+    - `round_to`: widths multiples of it ("auto": the widths the measured table shows to be fast);
+      `keep`: regexes of ops whose channels stay.
     - `cut`: when the model is cut: "budget" (as soon as the learned structure meets the budget,
       at the latest `finetune_share` of the steps before the end) or "end" (after `1 - finetune_share`
       of the steps). The steps left after the cut train the smaller model.
@@ -72,7 +77,7 @@ class ShrinkOptions:
     grouping: str = "max"
     hardware: str | None = None
     cost_batch_size: int = 1
-    round_to: int = 1
+    round_to: int | str = 1
     keep: tuple[str, ...] | None = None
     cut: str = "budget"
     hold: bool = True
@@ -88,6 +93,13 @@ class ShrinkOptions:
     distill_weight: float = 0.5
     distill_temperature: float = 4.0
     force: bool = False
+    provider: str = "CPUExecutionProvider"
+    latency_threads: int = 0
+    latency_table: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return is_measure(self.hardware) or self.latency_table is not None
 
     def __post_init__(self) -> None:
         if (self.budget is None) == (self.strength is None):
@@ -103,8 +115,15 @@ class ShrinkOptions:
             raise MorphNetError(f"--grouping {self.grouping}: choose one of {', '.join(GROUPINGS)}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
             raise MorphNetError(f"--threshold {self.threshold}: must be above 0")
-        parse_hardware(self.hardware, self.cost_batch_size)
-        check_round_to(self.round_to)
+        if self.measured:
+            LatencySettings(self.provider, self.latency_threads, self.cost_batch_size)
+        else:
+            parse_hardware(self.hardware, self.cost_batch_size)
+        if self.round_to != "auto":
+            check_round_to(self.round_to)
+        elif not self.measured:
+            raise MorphNetError("--round-to auto snaps widths to the ones a measured latency table shows to be "
+                                "fast: add --hardware measure")
         steps = self.finetune_steps
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise MorphNetError(f"--finetune-steps {steps}: must be a whole number, 0 or more")

@@ -18,7 +18,9 @@ import onnx
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze
 from ..cost.budget import Budget
-from ..cost.resources import compute_costs, parse_hardware, resource_cost
+from ..cost.latency import LatencyTable
+from ..cost.resources import compute_costs, resource_cost
+from ..cost.widths import fast_widths
 from ..errors import MorphNetError
 from ..expansion.initialization import INITS, initialize_weights
 from ..graph_utils import with_params
@@ -28,10 +30,12 @@ from ..loading.writing import refuse_overwriting, save_model
 from ..method.controller import BudgetController
 from ..method.decision import Decision, decide
 from ..method.figs import FIGS_THRESHOLD, figs_regularizers
+from ..method.landing import check_floor, land, measured_report
 from ..method.progressive import HoldHooks
 from ..method.regularizers import group_regularizers
 from ..surgery.apply import apply_structure
 from ..surgery.feasibility import floor_structure
+from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import prepare, verify_model
 from ..surgery.structure import Structure
 from ..training.backend import Distill
@@ -77,6 +81,7 @@ class LearnResult:
     cut_validation: Evaluation | None = None  # shrink: the pruned model before its fine-tuning
     session_accuracy: float | None = None  # validation top-1 of the trained weights inside the session
     warnings: list[str] = field(default_factory=list)  # the learning guard's findings
+    latency: dict = field(default_factory=dict)  # --hardware measure: the written model measured (method/landing.py)
     classes: list[str] | None = None  # an image folder's class names by label (written beside the model)
 
     def to_dict(self) -> dict:
@@ -89,6 +94,7 @@ class LearnResult:
             "cut_validation": self.cut_validation.to_dict() if self.cut_validation else None,
             "steps": self.steps, "seconds": self.seconds, "notes": self.notes, "warnings": self.warnings,
             "classes": self.classes,
+            **({"latency": self.latency} if self.latency else {}),
         }
 
 
@@ -219,9 +225,11 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     method = method if method is not None else ShrinkOptions(**method_fields)
     options = options or TrainOptions()
     refuse_overwriting({"-o": output, "--save-structure": structure_path}, [model, data, val])
-    hw = parse_hardware(method.hardware, method.cost_batch_size)
     loaded, analysis = prepare(model, input_shapes, list(method.keep) if method.keep else None, seed=options.seed)
     check_trainable(loaded)
+    hw = resolve_hardware(method.hardware, method.cost_batch_size, loaded, method.provider, method.latency_threads,
+                          method.latency_table, progress=options.progress and is_main())
+    round_to = fast_widths(hw, analysis) if method.round_to == "auto" else method.round_to
     budget, threshold = method.budget, method.threshold
     resource = budget.resource if budget else "flops"
     full_costs = compute_costs(analysis, loaded, hw)
@@ -244,7 +252,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     train_set = with_teacher(dataset, teacher) if distill is not None else dataset
 
     def decide_now(params, goal=target) -> Decision:
-        return decide(analysis, loaded, regs, params, threshold, resource, goal, hw, method.round_to)
+        return decide(analysis, loaded, regs, params, threshold, resource, goal, hw, round_to)
 
     cut_early = method.cut == "budget" and plan["finetune_min"] > 0 and target is not None
     hold = method.hold and target is not None and plan["finetune_min"] > 0
@@ -271,17 +279,24 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     trained = recalibrate_batchnorm(with_params(loaded.model, result.params), dataset, options.batch_size)
     trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                  upgraded_from=loaded.upgraded_from)
-    if controller.cut_structure is not None:  # decided when the learned structure met the budget
-        structure = Structure.full(analysis)
-        for group_id, channels in controller.cut_structure.items():
-            structure.alive[group_id][:] = False
-            structure.alive[group_id][channels] = True
-        # the record of the decision made then (restored with the checkpoint when the run was resumed)
-        decision = (replace(controller.decision, structure=structure) if controller.decision is not None
-                    else Decision(structure=structure, **controller.decision_record))
+    landing = None
+    if isinstance(hw, LatencyTable) and resource == "latency":  # the runtime has the last word
+        # (held channels read zero, so the landing's ranking keeps them out as the cut would)
+        landing = land(analysis, trained_loaded, regs, result.params, threshold, target, full, budget.relative, hw,
+                       round_to, loaded.model, loaded.shapes)
+        decision, surgery = landing.decision, landing.surgery
     else:
-        decision = decide_now(result.params)
-    surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
+        if controller.cut_structure is not None:  # decided when the learned structure met the budget
+            structure = Structure.full(analysis)
+            for group_id, channels in controller.cut_structure.items():
+                structure.alive[group_id][:] = False
+                structure.alive[group_id][channels] = True
+            # the record of the decision made then (restored with the checkpoint when the run was resumed)
+            decision = (replace(controller.decision, structure=structure) if controller.decision is not None
+                        else Decision(structure=structure, **controller.decision_record))
+        else:
+            decision = decide_now(result.params)
+        surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
     verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
     remaining = total_steps - result.steps if plan["finetune_min"] > 0 else 0
@@ -314,12 +329,17 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     warnings = _guard(result, validation, val_set, pruned=True)
     if decision.forced:
         warnings.insert(0, _forced_warning(decision, resource))
+    latency = {}
+    if isinstance(hw, LatencyTable) and is_main():
+        latency = measured_report(analysis, trained_loaded, loaded, written_model, hw, decision, full_costs,
+                                  target if resource == "latency" else None, budget, landing, warnings)
     return LearnResult(model=written_model, structure=surgery.structure, analysis=analysis, cost_before=full,
                        cost_after=written_cost, resource=resource, flops_before=full_costs.flops,
                        flops_after=after_costs.flops, params_before=full_costs.params,
                        params_after=after_costs.params, validation=validation, steps=result.steps + tuned_steps,
                        seconds=result.seconds, lambda_log=controller.log, notes=surgery.notes, learning=result.signal.to_dict(), session_accuracy=result.session_accuracy,
-                       warnings=warnings, decision=record, cut_validation=cut_validation, classes=dataset.classes)
+                       warnings=warnings, decision=record, cut_validation=cut_validation, classes=dataset.classes,
+                       latency=latency)
 
 
 def _plan_steps(method: ShrinkOptions, total: int) -> dict:
@@ -364,6 +384,8 @@ def check_shrinkable(loaded: LoadedModel, analysis: Analysis, hw, resource: str,
         return
     floor_alive = floor_structure(loaded, analysis).element_alive(analysis)
     floor = resource_cost(compute_costs(analysis, loaded, hw, alive=floor_alive), resource)
+    if isinstance(hw, LatencyTable) and resource == "latency":
+        check_floor(hw, full, target, floor, text)
     if target < floor:
         raise MorphNetError(f"budget {text} ({target:.4g}) is below what the unprunable part of the model "
                             f"costs ({floor:.4g} of {full:.4g} {resource}, every prunable group at its minimum); "

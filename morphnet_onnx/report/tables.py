@@ -6,6 +6,7 @@ import sys
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -42,29 +43,59 @@ def make_console() -> Console:
     return _Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
+def _widths_cell(widths: list[int]) -> str:
+    """The widths worth having, short: "x16" when those in the upper half of the range are the
+    multiples of 16, "any" when every width is, else the first few."""
+    if not widths:
+        return ""
+    if len(widths) == widths[-1]:
+        return "any"
+    upper = [w for w in widths[:-1] if w >= widths[-1] // 2]
+    step = int(np.gcd.reduce(upper)) if len(upper) > 1 else 1
+    if step > 1:
+        return f"x{step}"
+    return ", ".join(map(str, widths[:4])) + (f", ... {widths[-1]}" if len(widths) > 4 else "")
+
+
 def print_inspection(report: Inspection, console: Console | None = None) -> None:
     console = console or make_console()
     costs = report.costs
+    measured = bool(report.fast_widths)
     table = Table(title=f"Channel groups of {report.loaded.name}", title_justify="left")
     table.add_column("id", justify="right")
     table.add_column("width", justify="right")
     table.add_column("FLOPs share", justify="right")
     table.add_column("FLOPs/channel", justify="right")
+    if measured:
+        table.add_column("latency share", justify="right")
+        table.add_column("µs/channel", justify="right")
+        table.add_column("fast widths")
     table.add_column("prunable", max_width=48)
     table.add_column("source ops (+ other member ops)")
     for group in report.analysis.groups:
         gc = costs.groups[group.id]
         status = "yes" if group.prunable else f"no: {group.reasons[0]}"
         share = gc.removable_flops / costs.flops if costs.flops else 0.0
-        table.add_row(str(group.id), str(group.width), f"{share:.1%}", human(gc.marginal_flops), status,
-                      _ops_cell(group.sources, group.ops))
+        cells = [str(group.id), str(group.width), f"{share:.1%}", human(gc.marginal_flops)]
+        if measured:
+            removable = report.removable_latency.get(group.id)
+            cells += [f"{removable / costs.latency_s:.1%}" if removable is not None and costs.latency_s else "",
+                      f"{gc.marginal_latency_s * 1e6:.3g}", _widths_cell(report.fast_widths.get(group.id, []))]
+        table.add_row(*cells, status, _ops_cell(group.sources, group.ops))
     console.print(table)
     console.print("FLOPs share: the FLOPs that vanish if the whole group goes; FLOPs/channel: the cost of one "
                   "more channel (MorphNet's marginal cost)")
+    if measured:
+        console.print("latency share, µs/channel: the same for the measured latency; fast widths: the widths no "
+                      "wider width runs as fast as (xN: the multiples of N)")
     n_prunable = len(report.analysis.prunable_groups)
     console.print(
         f"FLOPs {human(costs.flops)} (MACs {human(costs.macs)}), params {human(costs.params)}, "
-        f"weights {human(costs.param_bytes, 'B')}, latency {costs.latency_s * 1e3:.3g} ms on {costs.hardware.name}")
+        f"weights {human(costs.param_bytes, 'B')}, latency {costs.latency_s * 1e3:.3g} ms "
+        f"{'' if measured else 'on '}{costs.hardware.name}")
+    if measured:
+        for line in latency_table_lines(costs.hardware):
+            console.print(line)
     console.print(f"{n_prunable} of {len(report.analysis.groups)} groups prunable, holding "
                   f"{report.prunable_flops_share:.1%} of the FLOPs")
     if report.loaded.upgraded_from is not None:
@@ -73,6 +104,25 @@ def print_inspection(report: Inspection, console: Console | None = None) -> None
         console.print(f"[W] not understood, channels kept: {note}")
     for caution in report.analysis.cautions:
         console.print(f"[W] {caution}")
+
+
+def latency_table_lines(table) -> list[str]:
+    """What a measured latency table rests on, in a few lines."""
+    error = table.fit_error()
+    full, floor = table.full, table.floor
+    steps = f"blocks of {table.block} channels" if table.block > 1 else "no padding block"
+    if table.levels:
+        steps += f", slower off multiples of {', '.join(map(str, table.levels))}"
+    return [
+        f"measured: full model {full.median_s * 1e3:.4g} ms ± {full.noise:.1%}, floor (every prunable group at its "
+        f"minimum) {floor.median_s * 1e3:.4g} ms ({floor.median_s / full.median_s:.3f}x); onnxruntime "
+        f"{table.onnxruntime}, {table.clock} clock, {table.machine}",
+        f"fit: {error['copies']} timed copies, fitted vs measured {error['rms']:.1%} RMS (max {error['max']:.1%}), "
+        f"{table.cross_validated:.1%} on copies left out; steps: {steps}; unattributed kernel time "
+        f"{table.unattributed_share:.1%}",
+        f"table: {table.path or 'not saved'} (measured {table.date} in {table.seconds:.0f} s, load average "
+        f"{', '.join(f'{v:.1f}' for v in table.loadavg)})",
+    ]
 
 
 def print_cycle(result, console: Console | None = None) -> None:

@@ -49,6 +49,7 @@ class TrainOptions:
     probe: bool = True  # ort: one step in a child process first, so a native crash becomes an error
     backend: str = "ort"  # or "torch" (the optional extra `torch`; data-parallel under torchrun)
     images: ImageOptions = field(default_factory=ImageOptions)  # how image folders are read (images.py)
+    restarts: tuple[int, ...] = ()  # steps where the schedule starts again (a shrink family's phases)
 
     def __post_init__(self) -> None:
         """The same one-line errors for Python callers as for the CLI (named by its options)."""
@@ -90,6 +91,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     session_accuracy: float | None = None  # validation top-1 of the trained weights, inside the session
     warnings: list[str] = field(default_factory=list)
+    snapshots: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # trained weights at asked steps
 
 
 def logits_width(loaded: LoadedModel) -> int:
@@ -99,6 +101,12 @@ def logits_width(loaded: LoadedModel) -> int:
 
 
 def learning_rate(options: TrainOptions, step: int, total: int) -> float:
+    """The schedule's rate at `step` of `total`; with `restarts`, the schedule runs again over each
+    span between two of them (warm restarts)."""
+    starts = [0] + [r for r in sorted(options.restarts) if 0 < r < total]
+    start = max(s for s in starts if s <= step)
+    ends = [s for s in starts if s > step] + [total]
+    step, total = step - start, min(ends) - start
     progress = step / max(total, 1)
     if options.schedule == "constant":
         return options.lr
@@ -170,9 +178,11 @@ class Trainer:
                           self.distill, self._declared_classes())
 
     def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None, val: Dataset | None = None,
-            on_warning: Callable[[str], None] | None = None) -> TrainResult:
+            on_warning: Callable[[str], None] | None = None, snapshots: frozenset[int] = frozenset()) -> TrainResult:
         """Train; `val` is also scored inside the session (batch statistics, as trained); `on_warning`
-        hears the early learning check (after the first epoch or EARLY_CHECK_STEPS steps)."""
+        hears the early learning check (after the first epoch or EARLY_CHECK_STEPS steps); the
+        trained weights after each step in `snapshots` come back in `TrainResult.snapshots` (a family
+        of shrinks decides one member from each; not kept across a resume)."""
         options = self.options
         world = current_world()
         shard = world if world.distributed else None  # each rank reads only its rows of a global batch
@@ -201,6 +211,7 @@ class Trainer:
             task_losses: list[float] = list(meta["task_losses"]) if meta else []
             correct: list[float] = list(meta["correct"]) if meta else []
             warnings: list[str] = list(meta["warnings"]) if meta else []
+            taken: dict[int, dict[str, np.ndarray]] = {}
             early_at = max(MIN_JUDGED_STEPS, min(per_epoch, EARLY_CHECK_STEPS))
             classes = self._declared_classes()
             try:
@@ -248,6 +259,8 @@ class Trainer:
                             history.append(info.__dict__)
                         if on_step:
                             on_step(info)
+                        if step in snapshots:
+                            taken[step] = session.params(session.trainable())
                         ending = step == total or (self.hooks is not None and self.hooks.stop())
                         if options.checkpoint_dir and (step % options.checkpoint_every == 0 or ending) \
                                 and world.main:
@@ -265,7 +278,7 @@ class Trainer:
                 session_accuracy = self._session_accuracy(session, val, weights, shard)
             return TrainResult(params=trained, steps=step, seconds=seconds,
                                signal=learning_signal(task_losses, correct, classes), history=history,
-                               session_accuracy=session_accuracy, warnings=warnings)
+                               session_accuracy=session_accuracy, warnings=warnings, snapshots=taken)
         finally:
             session.close()
 
@@ -306,6 +319,8 @@ class Trainer:
                 "gates": len(self.gates), "backend": o.backend, "world": current_world().size}
         if self.distill is not None:  # only then: checkpoints of earlier versions stay resumable
             run["distill"] = [self.distill.weight, self.distill.temperature]
+        if o.restarts:
+            run["restarts"] = list(o.restarts)
         return run
 
     def _resume_meta(self, fingerprint: dict) -> dict | None:

@@ -1,0 +1,267 @@
+"""Timing a model in onnxruntime the way a deployment runs it: the execution provider, intra-op threads
+and batch the user names (`LatencySettings`), graph optimizations on, one sequential run per call.
+
+What is timed, and on which clock: a run of one CPU thread is timed on the calling thread's CPU clock
+(`time.thread_time`: onnxruntime computes on the caller's thread when it has one intra-op thread, and
+that clock does not count the time other processes hold the core, so a shared machine measures
+what an idle one would); every other run (several threads, other providers) on the wall clock. A
+measurement runs until its median is known to `tolerance`: the half-width of the distribution-free
+95% confidence interval of the median, relative to it, is the noise reported with it. Several
+models are measured in alternated rounds so that drift hits them alike, each in three sessions of
+its own (a session can run a small model slower throughout: measured on this machine, one of five
+sessions of a 0.06 ms model ran at 0.13 ms).
+
+Per-node times come from onnxruntime's profiler: the median duration of every kernel over a few
+runs, in execution order (surgery/latency.py attributes them to the ops of the original graph).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import MorphNetError, first_line
+from ..loading.external import needs_a_file, on_disk
+
+CPU = "CPUExecutionProvider"
+# A run takes at least this long to count as measured; shorter runs are repeated within a round.
+ROUND_SECONDS = 0.02
+SESSIONS = 3  # sessions per model in an end-to-end measurement
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """Where latency is measured: an onnxruntime execution provider, its intra-op threads (0:
+    onnxruntime's default, one per physical core) and the batch of every run."""
+
+    provider: str = CPU
+    threads: int = 0
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.provider, str) or not self.provider:
+            raise MorphNetError(f"--provider {self.provider!r}: name an onnxruntime execution provider, e.g. {CPU}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise MorphNetError(f"--latency-threads {self.threads}: must be 0 (onnxruntime's default) or more")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise MorphNetError(f"--cost-batch-size {self.batch}: must be 1 or more")
+
+    @property
+    def clock(self) -> str:
+        """"cpu" (the calling thread's CPU time) for one CPU thread, else "wall"."""
+        return "cpu" if self.threads == 1 and self.provider == CPU else "wall"
+
+    def describe(self) -> str:
+        threads = "onnxruntime's default threads" if self.threads == 0 else \
+            f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        return f"{self.provider}, {threads}, batch {self.batch}"
+
+    def to_dict(self) -> dict:
+        return {"provider": self.provider, "threads": self.threads, "batch": self.batch, "clock": self.clock}
+
+
+@dataclass
+class Measurement:
+    """The median time of one run, its noise (relative half-width of the 95% confidence interval of
+    the median) and how many runs it took."""
+
+    median_s: float
+    noise: float
+    runs: int
+    clock: str
+
+    def to_dict(self) -> dict:
+        return {"median_s": self.median_s, "noise": self.noise, "runs": self.runs, "clock": self.clock}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Measurement:
+        return cls(float(data["median_s"]), float(data["noise"]), int(data["runs"]), str(data["clock"]))
+
+
+def check_provider(settings: LatencySettings) -> None:
+    import onnxruntime as ort  # loaded on first use: `inspect` without --hardware measure never needs it
+
+    available = ort.get_available_providers()
+    if settings.provider not in available:
+        raise MorphNetError(f"--provider {settings.provider}: not in this onnxruntime build "
+                            f"(available: {', '.join(available)})")
+
+
+def timing_session(model: onnx.ModelProto | Path, settings: LatencySettings, profile_dir: str | None = None):
+    """A session as deployed (default graph optimizations, sequential), with the settings' provider
+    and threads; with `profile_dir`, onnxruntime's profiler writes its trace there."""
+    import onnxruntime as ort  # loaded on first use, as in loading/runtime.py
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if settings.threads:
+        options.intra_op_num_threads = settings.threads
+    if profile_dir is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(profile_dir) / "profile")
+    providers = [settings.provider] + ([CPU] if settings.provider != CPU else [])
+    if isinstance(model, onnx.ModelProto) and needs_a_file(model):
+        model = on_disk(model)
+    try:
+        source = str(model) if isinstance(model, Path) else model.SerializeToString()
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:
+        raise MorphNetError(f"onnxruntime cannot load the model for timing: {first_line(exc, 300)}") from exc
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+                "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
+def timing_feeds(session, shapes: dict[str, tuple[int, ...]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs at `batch`: normal floats, small non-negative integers. Symbolic dims other
+    than the batch take the static shapes the model was loaded with."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in session.get_inputs():
+        known = shapes.get(value.name)
+        dims = []
+        for axis, dim in enumerate(value.shape):
+            if axis == 0:
+                fixed = isinstance(dim, int) and dim > 0
+                if fixed and dim != batch and batch != 1:
+                    raise MorphNetError(f"input {value.name!r} has a fixed batch of {dim}: it cannot be timed at "
+                                        f"batch {batch} (--cost-batch-size); re-export it with a symbolic batch")
+                dims.append(dim if fixed else batch)
+            elif isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+            elif known is not None and axis < len(known):
+                dims.append(int(known[axis]))
+            else:
+                raise MorphNetError(f"input {value.name!r} has a symbolic dim {dim!r}: give --input-shape")
+        dtype = _NUMPY_TYPES.get(value.type)
+        if dtype is None:
+            raise MorphNetError(f"input {value.name!r} of type {value.type}: cannot make data to time it")
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[value.name] = rng.integers(0, 2, dims).astype(dtype)
+    return feeds
+
+
+def median_noise(times: list[float] | np.ndarray) -> tuple[float, float]:
+    """(median, relative half-width of its distribution-free 95% confidence interval)."""
+    values = np.sort(np.asarray(times, dtype=float))
+    n = len(values)
+    median = float(np.median(values))
+    if n < 3 or median <= 0:
+        return median, 1.0
+    half = 1.96 * np.sqrt(n) / 2
+    low = max(int(np.floor(n / 2 - half)), 0)
+    high = min(int(np.ceil(n / 2 + half)), n - 1)
+    return median, float((values[high] - values[low]) / 2 / median)
+
+
+def _timer(clock: str):
+    return time.thread_time if clock == "cpu" else time.perf_counter
+
+
+def _run(session, feeds) -> None:
+    try:
+        session.run(None, feeds)
+    except Exception as exc:
+        raise MorphNetError(f"onnxruntime cannot run the model for timing: {first_line(exc, 300)}") from exc
+
+
+def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: float = 0.01, min_runs: int = 9,
+                     max_seconds: float = 10.0, warmup: int = 2) -> list[Measurement]:
+    """Median time per run of each session, measured in alternated rounds until every median is
+    known to `tolerance` (or `max_seconds` have passed)."""
+    timer = _timer(clock)
+    times: list[list[float]] = [[] for _ in sessions]
+    repeats = []
+    for session, feed in zip(sessions, feeds):
+        count, start = 0, time.perf_counter()
+        while count < warmup or time.perf_counter() - start < 0.2:  # a fresh session's first runs are slow
+            _run(session, feed)
+            count += 1
+        start = time.perf_counter()
+        _run(session, feed)
+        repeats.append(max(1, min(50, int(ROUND_SECONDS / max(time.perf_counter() - start, 1e-6)))))
+    started = time.perf_counter()
+    rounds = 0
+    while True:
+        order = list(range(len(sessions)))
+        order = order[rounds % len(order):] + order[:rounds % len(order)]
+        for index in order:
+            session, feed = sessions[index], feeds[index]
+            for _ in range(repeats[index]):
+                begin = timer()
+                _run(session, feed)
+                times[index].append(timer() - begin)
+        rounds += 1
+        stats = [median_noise(t) for t in times]
+        enough = all(len(t) >= min_runs for t in times) and rounds >= 3
+        if enough and (all(noise <= tolerance for _, noise in stats) or time.perf_counter() - started > max_seconds):
+            break
+    return [Measurement(median, noise, len(t), clock) for (median, noise), t in zip(stats, times)]
+
+
+def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettings, shapes: dict,
+                   tolerance: float = 0.01, max_seconds: float = 10.0, sessions: int = SESSIONS) -> list[Measurement]:
+    """End-to-end latency of each model (alternated rounds), at the settings. Each model runs in
+    `sessions` sessions of its own, alternated with the rest: one session can run a small model
+    slower throughout (where its buffers fall, what shares its core), so a model's time is the
+    median of its sessions' medians; its noise the larger of the pooled runs' and half the spread
+    between its two closest sessions (how far a second session of the same model lands)."""
+    opened = [timing_session(model, settings) for model in models for _ in range(sessions)]
+    feeds = [timing_feeds(session, shapes, settings.batch) for session in opened]
+    per_session = measure_sessions(opened, feeds, settings.clock, tolerance, max_seconds=max_seconds)
+    measured = []
+    for index in range(len(models)):
+        own = per_session[index * sessions:(index + 1) * sessions]
+        medians = sorted(m.median_s for m in own)
+        median = float(np.median(medians))
+        spread = min((b - a for a, b in zip(medians, medians[1:])), default=0.0) / 2 / median if median else 0.0
+        noise = max(max(m.noise for m in own), spread)
+        measured.append(Measurement(median, float(noise), sum(m.runs for m in own), settings.clock))
+    return measured
+
+
+def profile_nodes(model: onnx.ModelProto | Path, settings: LatencySettings, shapes: dict, runs: int = 6,
+                  warmup_s: float = 0.3) -> list[tuple[str, str, float]]:
+    """(node name, op type, kernel seconds) of every node of the optimized graph onnxruntime runs, in
+    execution order, from its profiler: the fastest of `runs` runs, after warm-up runs (at least 3
+    and `warmup_s`: a fresh session's first runs touch its weights for the first time)."""
+    with tempfile.TemporaryDirectory(prefix="morphnet-profile-") as folder:
+        session = timing_session(model, settings, profile_dir=folder)
+        feeds = timing_feeds(session, shapes, settings.batch)
+        skip, start = 0, time.perf_counter()
+        while skip < 3 or time.perf_counter() - start < warmup_s:
+            _run(session, feeds)
+            skip += 1
+        for _ in range(runs):
+            _run(session, feeds)
+        trace = session.end_profiling()
+        try:
+            events = json.loads(Path(trace).read_text())
+        finally:
+            if os.path.exists(trace):
+                os.remove(trace)
+    durations: dict[str, list[float]] = {}
+    op_types: dict[str, str] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        node = name[: -len("_kernel_time")]
+        op_types.setdefault(node, event.get("args", {}).get("op_name", ""))
+        durations.setdefault(node, []).append(float(event.get("dur", 0.0)) * 1e-6)
+    # The fastest run of each kernel: a run the machine's other work did not interrupt.
+    return [(node, op_types[node], float(np.min(values[skip:] if len(values) > skip else values)))
+            for node, values in durations.items()]

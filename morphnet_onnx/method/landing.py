@@ -1,0 +1,160 @@
+"""Landing on a measured latency budget (`--hardware measure --budget-latency`).
+
+`decide` works on the latency table; the runtime has the last word. The decided structure is cut
+(the surgery `shrink` writes with) and timed against the original model in alternated runs (the
+settings of the table: provider, threads, batch). When the measurement misses the budget (above
+it by more than the measurement's noise, or below LOW of it), the table's target is corrected by
+what the measurement showed and `decide` runs again, at most TRIES times; the try that lands best
+is kept. A relative budget (`0.5x`) is a ratio of the two measurements; an absolute one (`20ms`)
+the cut model's measured time.
+
+`measure_written` times the model `shrink` wrote against the original the same way, for the report:
+the table's prediction against the measurement, and whether they disagree beyond the noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..analysis.groups import Analysis
+from ..cost.latency import LatencyTable
+from ..cost.resources import compute_costs
+from ..cost.timing import Measurement, measure_models
+from ..errors import MorphNetError
+from ..loading.model import LoadedModel
+from ..surgery.apply import SurgeryResult, apply_structure
+from .decision import Decision, decide
+from .regularizers import GroupRegularizer
+
+TRIES = 4
+AIM = 0.97  # a correction aims at this share of the budget
+LOW = 0.95  # a landing below this share of the budget is tried again (the budget buys more)
+
+
+@dataclass
+class Landing:
+    decision: Decision
+    surgery: SurgeryResult
+    tries: list[dict] = field(default_factory=list)  # per try: table target, predicted, measured
+
+
+def compare(original: onnx.ModelProto, model: onnx.ModelProto, table: LatencyTable,
+            shapes: dict) -> tuple[Measurement, Measurement]:
+    """(original, model) timed in alternated rounds at the table's settings."""
+    measured = measure_models([original, model], table.settings, shapes, tolerance=0.01, max_seconds=15.0)
+    return measured[0], measured[1]
+
+
+def achieved(original: Measurement, model: Measurement, relative: bool) -> tuple[float, float]:
+    """(what the budget is compared with: the ratio or the seconds, its relative noise)."""
+    if relative:
+        return model.median_s / original.median_s, math.hypot(original.noise, model.noise)
+    return model.median_s, model.noise
+
+
+def land(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], params: dict[str, np.ndarray],
+         threshold: float, target: float, full_cost: float, relative: bool, table: LatencyTable,
+         round_to: int | dict[int, list[int]], original: onnx.ModelProto, shapes: dict) -> Landing:
+    """Decide, cut, measure, correct (see the module docstring). `target` and `full_cost` are in the
+    table's seconds; `relative`: the budget was given as a share of the original."""
+    goal = target / full_cost if relative else target
+    table_target = target
+    best: tuple[float, Landing] | None = None
+    tries: list[dict] = []
+    seen: set[bytes] = set()
+    for _ in range(TRIES):
+        decision = decide(analysis, loaded, regs, params, threshold, "latency", table_target, table, round_to)
+        key = np.concatenate([decision.structure.alive[g] for g in sorted(decision.structure.alive)]).tobytes()
+        if key in seen:
+            break
+        seen.add(key)
+        surgery = apply_structure(loaded, analysis, decision.structure, approximate_borders=True)
+        before, after = compare(original, surgery.model, table, shapes)
+        value, noise = achieved(before, after, relative)
+        tries.append({"table_target_s": table_target, "predicted_s": decision.cost, "measured_s": after.median_s,
+                      "original_s": before.median_s, "achieved": value, "goal": goal, "noise": noise})
+        over = value > goal * (1 + noise)
+        # Under the budget beats over it; then the closer to the budget the better.
+        score = (1.0 if over else 0.0, abs(value / goal - 1))
+        if best is None or score < best[0]:
+            best = (score, Landing(decision, surgery))
+        if not over and value >= goal * LOW:
+            break
+        table_target = _next_target(tries, goal * AIM)
+    landing = best[1]
+    landing.tries = tries
+    landing.decision.target = target  # the budget on the table's scale, not the corrected target of a try
+    return landing
+
+
+def _next_target(tries: list[dict], aim: float) -> float:
+    """The table target of the next try: between the closest tries below and above `aim` (in log
+    space) once the measurements bracket it, else the last target scaled by how far it landed."""
+    below = [t for t in tries if t["achieved"] < aim]
+    above = [t for t in tries if t["achieved"] >= aim]
+    if below and above:
+        low = max(below, key=lambda t: t["achieved"])
+        high = min(above, key=lambda t: t["achieved"])
+        if high["table_target_s"] > low["table_target_s"] and high["achieved"] > low["achieved"]:
+            share = math.log(aim / low["achieved"]) / math.log(high["achieved"] / low["achieved"])
+            return low["table_target_s"] * (high["table_target_s"] / low["table_target_s"]) ** share
+    last = tries[-1]
+    return last["table_target_s"] * aim / last["achieved"]
+
+
+def measure_written(original: onnx.ModelProto, written: onnx.ModelProto, table: LatencyTable, shapes: dict,
+                    predicted_s: float, full_predicted_s: float, goal: float | None, relative: bool) -> dict:
+    """The written model against the original, measured; the table's prediction beside it."""
+    before, after = compare(original, written, table, shapes)
+    value, noise = achieved(before, after, relative)
+    predicted = predicted_s / full_predicted_s if relative else predicted_s
+    return {"original_s": before.median_s, "written_s": after.median_s, "ratio": after.median_s / before.median_s,
+            "noise": noise, "predicted_s": predicted_s, "predicted_ratio": predicted_s / full_predicted_s,
+            "achieved": value, "predicted": predicted, "goal": goal, "relative": relative,
+            "disagreement": predicted / value - 1, "settings": table.settings.describe(),
+            "clock": table.settings.clock}
+
+
+def measured_report(analysis, trained_loaded, loaded, written_model, table, decision, full_costs, target, budget,
+                      landing, warnings: list[str]) -> dict:
+    """The written model measured against the original (`shrink`'s `latency` record); warnings (added
+    to `warnings`) when the table's prediction and the measurement disagree beyond the measurement's
+    noise, and when the measurement is over the budget beyond it."""
+    predicted = compute_costs(analysis, trained_loaded, table, alive=decision.structure.element_alive(analysis))
+    relative = budget is None or budget.relative or target is None
+    goal = (target / full_costs.latency_s if relative else target) if target is not None else None
+    record = measure_written(loaded.model, written_model, table, loaded.shapes, predicted.latency_s,
+                             full_costs.latency_s, goal, relative)
+    record["landing"] = landing.tries if landing is not None else []
+    if abs(record["disagreement"]) > 2 * record["noise"]:
+        unit = "x" if relative else " s"
+        warnings.append(f"the latency table predicted {record['predicted']:.4g}{unit} for the written model, the "
+                        f"runtime measured {record['achieved']:.4g}{unit} ({record['disagreement']:+.1%}, noise "
+                        f"±{record['noise']:.1%}): the table is off here by more than the noise"
+                        + ("; the landing measured every try, the budget holds on the measurement"
+                           if landing is not None else ""))
+    if goal is not None and record["achieved"] > goal * (1 + record["noise"]):
+        warnings.append(f"the written model measures {record['achieved']:.4g}{'x' if relative else ' s'}, over the "
+                        f"budget {goal:.4g} by more than the noise (±{record['noise']:.1%})")
+    return record
+
+
+def check_floor(table: LatencyTable, full: float, target: float, floor: float, text: str) -> None:
+    """Refuse, before training, a latency budget below what the runtime allows: the model with every
+    prunable group at its minimum, as measured (on the table's scale: `full` is the table's latency of
+    the whole model, `floor` its latency of that structure)."""
+    if table.floor is None or table.full is None:
+        return
+    measured_floor = table.floor.median_s / table.full.median_s * full
+    lowest = max(floor, measured_floor)
+    if target < lowest:
+        raise MorphNetError(f"budget {text} ({target / full:.3f}x) is below what the runtime allows: with every "
+                            f"prunable group at its minimum the model still measures {table.floor.median_s * 1e3:.4g} "
+                            f"ms, {table.floor.median_s / table.full.median_s:.3f}x of its "
+                            f"{table.full.median_s * 1e3:.4g} ms ({table.settings.describe()}: onnxruntime's cost "
+                            f"per run and per node, and what cannot be pruned); raise the budget above "
+                            f"{lowest / full:.3f}x")

@@ -1,0 +1,200 @@
+"""`shrink` with several budgets (`--budget-latency 0.75x,0.5x,0.25x`, or FLOPs, or size): a family of
+models from one regularized run.
+
+The run is `shrink`'s (the same regularizer, data, schedule and steps), but its budget controller
+steps down through the budgets, largest first (method/family.py: the phases). The trained weights
+at the end of each phase decide one member, which is cut, fine-tuned on its own
+(FAMILY_FINETUNE_SHARE of the run's steps each: the first members trained fewer steps under their
+own budget than a separate run would), measured and written next to `-o`: `small.onnx` becomes
+`small_0.75x.onnx`, `small_0.5x.onnx`, `small_0.25x.onnx` (the budget as given). The result holds
+one row per member (cost, accuracy before and after its fine-tune, measured latency with
+`--hardware measure`) and the steps it took.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..analysis.walk import analyze
+from ..cost.budget import Budget
+from ..cost.latency import LatencyTable
+from ..cost.resources import compute_costs, resource_cost
+from ..cost.widths import fast_widths
+from ..errors import MorphNetError
+from ..graph_utils import with_params
+from ..loading.model import LoadedModel, load
+from ..loading.writing import refuse_overwriting
+from ..method.decision import decide
+from ..method.family import PhasedController, phase_ends
+from ..method.figs import FIGS_THRESHOLD, figs_regularizers
+from ..method.landing import land, measured_report
+from ..method.regularizers import group_regularizers
+from ..surgery.apply import apply_structure
+from ..surgery.latency import resolve_hardware
+from ..surgery.pruning import prepare, verify_model
+from ..training.batchnorm import recalibrate_batchnorm
+from ..training.data import open_data
+from ..training.distributed import is_main
+from ..training.evaluation import evaluate_model
+from ..training.graph import check_trainable
+from ..training.health import LIKELY_CAUSES
+from ..training.trainer import Trainer, TrainOptions
+from .options import FINETUNE_LR_SHARE
+from .shrink import ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _write, check_shrinkable
+
+FAMILY_FINETUNE_SHARE = 0.2  # of the regularized steps, per member
+
+
+@dataclass
+class FamilyResult:
+    resource: str
+    members: list[dict]  # one per budget, largest first
+    steps: int  # regularized steps (one run)
+    finetune_steps: int  # per member
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.finetune_steps * len(self.members)
+
+    def to_dict(self) -> dict:
+        return {"resource": self.resource, "members": self.members, "steps": self.steps,
+                "finetune_steps": self.finetune_steps, "total_steps": self.total_steps, "seconds": self.seconds,
+                "warnings": self.warnings}
+
+
+def member_path(output, text: str) -> Path:
+    """`small.onnx` and `0.5x` -> `small_0.5x.onnx`."""
+    path = Path(output)
+    return path.with_name(f"{path.stem}_{text.strip()}{path.suffix}")
+
+
+def parse_budgets(resource: str, text: str) -> list[Budget]:
+    """`0.75x,0.5x,0.25x` -> Budgets, checked: at least two, all relative or all absolute, distinct."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) < 2 or any(not part for part in parts):
+        raise MorphNetError(f"--budget-{resource} {text}: a family takes two or more budgets, e.g. 0.75x,0.5x,0.25x")
+    budgets = [Budget(resource, part) for part in parts]
+    if len({b.relative for b in budgets}) > 1:
+        raise MorphNetError(f"--budget-{resource} {text}: give every budget relative (0.5x) or every one absolute")
+    if len(set(parts)) < len(parts):
+        raise MorphNetError(f"--budget-{resource} {text}: a budget is given twice")
+    return budgets
+
+
+def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget] | None = None,
+                  method: ShrinkOptions | None = None, options: TrainOptions | None = None,
+                  data_module: str | None = None, input_shapes=None, structure_path=None) -> FamilyResult:
+    """One regularized run through `budgets` (largest first), one model per budget written next to
+    `output` (see the module docstring); `method` holds the other method options (its `budget` is
+    ignored), `structure_path` names the structure files the same way when given.
+
+    >>> shrink_family("resnet.onnx", "train.npz", "small.onnx", val="val.npz",
+    ...               budgets=parse_budgets("latency", "0.75x,0.5x,0.25x"),
+    ...               method=ShrinkOptions(budget=Budget("latency", "0.5x"), hardware="measure"))  # doctest: +SKIP
+    """
+    if not budgets or len(budgets) < 2 or len({b.resource for b in budgets}) > 1:
+        raise MorphNetError("a family takes two or more budgets of one resource")
+    method = replace(method or ShrinkOptions(budget=budgets[0]), budget=budgets[0], strength=None)
+    options = options or TrainOptions()
+    outputs = [member_path(output, b.text) if output is not None else None for b in budgets]
+    structures = [member_path(structure_path, b.text) if structure_path is not None else None for b in budgets]
+    refuse_overwriting({f"-o ({b.text})": o for b, o in zip(budgets, outputs)}
+                       | {f"--save-structure ({b.text})": s for b, s in zip(budgets, structures)}, [model, data, val])
+    loaded, analysis = prepare(model, input_shapes, list(method.keep) if method.keep else None, seed=options.seed)
+    check_trainable(loaded)
+    hw = resolve_hardware(method.hardware, method.cost_batch_size, loaded, method.provider, method.latency_threads,
+                          method.latency_table, progress=options.progress and is_main())
+    round_to = fast_widths(hw, analysis) if method.round_to == "auto" else method.round_to
+    resource = budgets[0].resource
+    full_costs = compute_costs(analysis, loaded, hw)
+    full = resource_cost(full_costs, resource)
+    order = sorted(range(len(budgets)), key=lambda i: -budgets[i].target(full))
+    budgets, outputs, structures = ([seq[i] for i in order] for seq in (budgets, outputs, structures))
+    targets = [b.target(full) for b in budgets]
+    for budget, target in zip(budgets, targets):
+        check_shrinkable(loaded, analysis, hw, resource, full, target, budget.text)
+    threshold, gates = method.threshold, None
+    if method.regularizer == "figs":
+        (regs, gates), threshold = figs_regularizers(analysis, loaded), FIGS_THRESHOLD
+    else:
+        regs = group_regularizers(analysis, loaded, method.regularizer, method.grouping)
+    if not regs:
+        raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {method.regularizer} regularizer")
+    dataset, val_set = open_data(data, val, data_module, loaded, options.loss, options.images)
+    total = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
+    ends = phase_ends(total, len(budgets))
+    # Lambda's growth is sized on the first phase: its member is decided at its end, not the run's.
+    controller = PhasedController(analysis, loaded, regs, resource, targets[0], None, threshold, hw,
+                                  total_steps=ends[0], targets=targets, ends=ends)
+    # Each phase runs the schedule again: a budget's gates move under a high rate, not a decayed one.
+    phased = replace(options, restarts=tuple(ends[:-1]))
+    trainer = Trainer(loaded, phased, regs, controller, target_shape=_target_shape(loaded, options), gates=gates)
+    progress, on_step, on_warning = _progress(options, controller, "shrink (family)")
+    started = time.perf_counter()
+    with progress:
+        result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning, snapshots=frozenset(ends[:-1]))
+    if not result.signal.learned and not method.force:
+        raise MorphNetError(f"{loaded.name}: not deciding a structure: {result.signal.describe()}, so the gates "
+                            f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
+    finetune = method.finetune_steps if method.finetune_steps is not None else \
+        max(1, round(FAMILY_FINETUNE_SHARE * result.steps))
+    family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings))
+    # a member's fine-tune: cosine from a tenth of the rate, no teacher (shrink's earlier recipe)
+    tune_method = replace(method, finetune_lr=FINETUNE_LR_SHARE, finetune_schedule="cosine")
+    for k, (budget, target) in enumerate(zip(budgets, targets)):
+        params = result.snapshots.get(ends[k], result.params) if k < len(budgets) - 1 else result.params
+        family.members.append(_member(loaded, analysis, regs, params, threshold, budget, target, full, full_costs,
+                                      hw, round_to, dataset, val_set, options, finetune, input_shapes,
+                                      outputs[k], structures[k], ends[k], tune_method))
+    family.seconds = time.perf_counter() - started
+    return family
+
+
+def _member(loaded, analysis, regs, params, threshold, budget, target, full, full_costs, hw, round_to, dataset,
+            val_set, options, finetune, input_shapes, output, structure_path, step, tune_method) -> dict:
+    """Decide, cut, fine-tune, measure and write one member of the family."""
+    resource = budget.resource
+    trained = recalibrate_batchnorm(with_params(loaded.model, params), dataset, options.batch_size)
+    trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
+                                 upgraded_from=loaded.upgraded_from)
+    landing = None
+    if isinstance(hw, LatencyTable) and resource == "latency":
+        landing = land(analysis, trained_loaded, regs, params, threshold, target, full, budget.relative, hw,
+                       round_to, loaded.model, loaded.shapes)
+        decision, surgery = landing.decision, landing.surgery
+    else:
+        decision = decide(analysis, trained_loaded, regs, params, threshold, resource, target, hw, round_to)
+        surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
+    verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
+    after_loaded = load(surgery.model, input_shapes)
+    cut = evaluate_model(surgery.model, val_set, options.loss) if val_set and finetune else None
+    if finetune:
+        tuned, _ = _finetune(after_loaded, dataset, val_set, options, finetune, tune_method, None,
+                             offset=0, total=finetune)
+        verify_model(tuned, f"the fine-tuned shrunk model {output or ''}".strip())
+        after_loaded = load(tuned, input_shapes)
+    written = after_loaded.model
+    after_costs = compute_costs(analyze(after_loaded), after_loaded, hw)
+    validation = evaluate_model(written, val_set, options.loss) if val_set else None
+    if output is not None and is_main():
+        _write(written, output, loaded, dataset)
+    record = dict(decision.to_dict(), written_cost=resource_cost(after_costs, resource), finetune_steps=finetune)
+    if structure_path is not None and is_main():
+        surgery.structure.save(structure_path, analysis, loaded.name, decision=record)
+    warnings = [_forced_warning(decision, resource)] if decision.forced else []
+    latency = {}
+    if isinstance(hw, LatencyTable) and is_main():
+        latency = measured_report(analysis, trained_loaded, loaded, written, hw, decision, full_costs,
+                                  target if resource == "latency" else None, budget, landing, warnings)
+    return {"budget": budget.text, "target": target, "output": str(output) if output else None,
+            "decided_at_step": step, "cost_before": full, "cost_after": record["written_cost"],
+            "cost_ratio": record["written_cost"] / full if full else 0.0,
+            "flops_before": full_costs.flops, "flops_after": after_costs.flops,
+            "params_before": full_costs.params, "params_after": after_costs.params,
+            "accuracy": validation.accuracy if validation else None, "mse": validation.mse if validation else None,
+            "cut_accuracy": cut.accuracy if cut else None, "decision": record, "latency": latency,
+            "warnings": warnings}

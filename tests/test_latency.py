@@ -1,0 +1,277 @@
+"""The measured latency table (cost/timing.py, cost/latency.py, cost/widths.py, surgery/latency.py) and
+what reads it: costs, decide's allowed widths, the floor check, the landing, the family's phases.
+Nothing here asserts a time: tables are measured on tiny models and checked for what they are."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from builders import Net, random_dataset
+from conftest import REPO
+from morphnet_onnx import (LatencySettings, MorphNetError, inspect, latency_table, load_table, measure_latency,
+                           shrink_family)
+from morphnet_onnx.cli import main
+from morphnet_onnx.cost.latency import UnitFit, fit_unit, nnls, unit_seconds
+from morphnet_onnx.cost.resources import parse_hardware
+from morphnet_onnx.cost.timing import median_noise
+from morphnet_onnx.cost.widths import fast_widths, worth_having
+from morphnet_onnx.method.decision import _ranked_blocks
+from morphnet_onnx.method.family import PhasedController, phase_ends
+from morphnet_onnx.method.landing import _next_target, check_floor
+from morphnet_onnx.recipes.family import member_path, parse_budgets
+from morphnet_onnx.method.regularizers import group_regularizers
+from morphnet_onnx.recipes.shrink import Budget, ShrinkOptions, shrink
+from morphnet_onnx.surgery.latency import Attribution
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.training.trainer import TrainOptions
+
+TINY = REPO / "models" / "tiny_resnet.onnx"
+
+
+def tiny(width: int = 16) -> onnx.ModelProto:
+    net = Net(input_shape=(1, 3, 8, 8), batch="N")
+    x = net.relu(net.bn(net.conv("input", 3, width, name="stem"), width, name="stem_bn"))
+    y = net.relu(net.bn(net.conv(x, width, width, name="mid"), width, name="mid_bn"))
+    y = net.op("Add", [x, y], name="join")
+    pooled = net.op("Flatten", [net.op("GlobalAveragePool", [y], name="pool")], name="flat")
+    return net.model(net.gemm(pooled, width, 4, name="fc"))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "morphnet-onnx" / "latency"
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory):
+    """One small table for the tests that read one (3 random copies)."""
+    folder = tmp_path_factory.mktemp("table")
+    model = folder / "tiny.onnx"
+    onnx.save(tiny(), str(model))
+    table = latency_table(model, LatencySettings(threads=1), table_path=folder / "t.json", cache=False, copies=3)
+    return model, folder / "t.json", table
+
+
+def test_settings_are_checked_with_one_line_errors():
+    assert LatencySettings(threads=1).clock == "cpu" and LatencySettings().clock == "wall"
+    for bad in (dict(threads=-1), dict(batch=0), dict(provider=""), dict(threads=True)):
+        with pytest.raises(MorphNetError):
+            LatencySettings(**bad)
+    with pytest.raises(MorphNetError, match="measured on the model"):
+        parse_hardware("measure")
+    with pytest.raises(MorphNetError, match="round-to auto"):
+        ShrinkOptions(budget=Budget("latency", "0.5x"), round_to="auto")
+    ShrinkOptions(budget=Budget("latency", "0.5x"), round_to="auto", hardware="measure")
+
+
+def test_median_noise_is_the_relative_half_width_of_the_median_interval():
+    median, noise = median_noise([1.0] * 50)
+    assert median == 1.0 and noise == 0.0
+    values = np.random.default_rng(0).normal(1.0, 0.1, 400)
+    median, noise = median_noise(values)
+    assert abs(median - 1.0) < 0.02 and 0.003 < noise < 0.03
+    assert median_noise([1.0, 2.0])[1] == 1.0  # too few runs: no estimate
+
+
+def test_nnls_matches_a_search_over_the_active_sets():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a, b = rng.normal(size=(12, 4)), rng.normal(size=12)
+        x = nnls(a, b)
+        assert (x >= 0).all()
+        best = min(np.linalg.norm(a @ y - b) for y in _active_set_solutions(a, b))
+        assert np.linalg.norm(a @ x - b) <= best + 1e-9
+
+
+def _active_set_solutions(a, b):
+    for subset in itertools.product([0, 1], repeat=a.shape[1]):
+        use = np.array(subset, dtype=bool)
+        y = np.zeros(a.shape[1])
+        if use.any():
+            y[use] = np.linalg.lstsq(a[:, use], b, rcond=None)[0]
+        if (y >= 0).all():
+            yield y
+
+
+def test_a_unit_fit_recovers_a_staircase_and_its_fast_widths():
+    truth = UnitFit("conv", 64, 64, coef=[1e-5, 2e-8, 0, 0, 1e-8, 0, 0, 0])  # levels (4, 16): 4 off costs more
+    samples = [[i, o, float(unit_seconds(truth, i, o, 16, (4, 16))[0]), 1.0, k]
+               for k, (i, o) in enumerate(itertools.product([7, 16, 20, 31, 32, 45, 48, 64], [16, 33, 64]))]
+    fitted = UnitFit("conv", 64, 64, samples=samples)
+    fit_unit(fitted, 16, (4, 16))
+    widths = np.arange(65)
+    curve = unit_seconds(fitted, widths, np.full(65, 64), 16, (4, 16))
+    assert np.allclose(curve, unit_seconds(truth, widths, np.full(65, 64), 16, (4, 16)), rtol=1e-6)
+    assert worth_having(curve) == [16, 32, 48, 64]
+    assert unit_seconds(fitted, 0, 64, 16, (4, 16))[0] == 0.0  # a unit with no channel costs nothing
+
+
+def test_kernels_are_attributed_to_the_ops_of_the_original_graph():
+    loaded, analysis = prepare(tiny())
+    attribution = Attribution(loaded.model, analysis)
+    names = {n.name: n for n in loaded.model.graph.node}
+    bn_out = names["stem_bn"].output[0]
+    relu_out = next(n.output[0] for n in loaded.model.graph.node if n.input and n.input[0] == bn_out)
+    kernels = [("ReorderInput", "ReorderInput", 1.0), (relu_out + "_nchwc", "Conv", 2.0),
+               ("ReorderOutput_token_3", "ReorderOutput", 0.5), ("mid", "FusedConv", 3.0),
+               ("pool", "GlobalAveragePool", 0.25), ("mystery", "Custom", 0.125)]
+    claimed = attribution.attribute(kernels)
+    assert claimed["stem"] == [3.5, 3]  # its kernel, the reorders before and after it
+    assert claimed["mid"] == [3.0, 1]
+    assert claimed[None] == [0.125, 1]
+    assert claimed["join"] == [0.25, 1]  # pooling passes its time to the op writing its channels
+
+
+def test_a_table_is_measured_cached_and_read_back(table_file, cache):
+    model, path, table = table_file
+    assert table.full.median_s > 0 and 0 < table.floor.median_s <= table.full.median_s * 1.5
+    assert {"stem", "mid", "fc"} <= set(table.units) and len(table.structures) == 5
+    assert json.loads(path.read_text())["key"] == table.key
+    again = latency_table(model, LatencySettings(threads=1), table_path=path)
+    assert again.origin == "file" and again.key == table.key
+    with pytest.raises(MorphNetError, match="another model or other settings"):
+        latency_table(model, LatencySettings(threads=2), table_path=path)
+    report = inspect(model, hardware=again)
+    costs = report.costs
+    assert costs.latency_s == pytest.approx(again.offset_s + sum(o.latency_s for o in costs.ops))
+    stem = next(g for g in report.analysis.groups if "stem" in g.sources)
+    assert report.fast_widths[stem.id][-1] == 16 and report.removable_latency[stem.id] > 0
+    assert costs.groups[stem.id].marginal_latency_s >= 0
+
+
+def test_the_cache_is_keyed_by_the_graph_not_its_weights(cache, tmp_path):
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(tiny(), str(first))
+    retrained = tiny()
+    for tensor in retrained.graph.initializer:
+        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 2, tensor.name))
+    onnx.save(retrained, str(second))
+    measured = latency_table(first, LatencySettings(threads=1), copies=2)
+    assert measured.origin == "measured" and (cache / f"{measured.key}.json").exists()
+    assert latency_table(second, LatencySettings(threads=1), copies=2).origin == "cache"
+
+
+def test_measure_latency_compares_models_in_alternated_rounds(tmp_path):
+    small, big = tmp_path / "small.onnx", tmp_path / "big.onnx"
+    onnx.save(tiny(8), str(small))
+    onnx.save(tiny(64), str(big))
+    before, after = measure_latency([big, small], LatencySettings(threads=1))
+    assert before.runs >= 9 and after.runs >= 9 and before.clock == "cpu"
+    assert after.median_s < before.median_s
+
+
+def test_allowed_widths_make_the_blocks_decide_ranks():
+    vector = np.linspace(1, 0.1, 40)
+    blocks = _ranked_blocks({3: vector}, {3: [16, 32, 40]})
+    assert [len(b[3]) for b in blocks] == [16, 16, 8]
+    assert [len(b[3]) for b in _ranked_blocks({3: vector}, 16)] == [16, 16, 8]
+
+
+def test_a_budget_below_the_measured_floor_is_refused_before_training(table_file):
+    _, _, table = table_file
+    full = table.full.median_s
+    floor_share = table.floor.median_s / full
+    with pytest.raises(MorphNetError, match="below what the runtime allows"):
+        check_floor(table, full, full * floor_share * 0.5, 0.0, "0.01x")
+    check_floor(table, full, full * 0.99, 0.0, "0.99x")
+
+
+def test_family_budgets_and_phases():
+    assert [b.text for b in parse_budgets("latency", "0.75x, 0.5x,0.25x")] == ["0.75x", "0.5x", "0.25x"]
+    for bad in ("0.5x", "0.5x,1ms", "0.5x,0.5x", "0.5x,,0.2x"):
+        with pytest.raises(MorphNetError):
+            parse_budgets("latency", bad)
+    assert str(member_path("out/small.onnx", "0.5x")) == "out/small_0.5x.onnx"
+    assert phase_ends(1000, 3) == [600, 800, 1000]
+    assert phase_ends(100, 2) == [75, 100]
+
+
+def test_the_phased_controller_steps_its_target_down(table_file):
+    model, _, table = table_file
+    loaded, analysis = prepare(model)
+    regs = group_regularizers(analysis, loaded, "auto", "max")
+    controller = PhasedController(analysis, loaded, regs, "latency", 3.0, None, 0.01, table, total_steps=100,
+                                  targets=[3.0, 2.0, 1.0], ends=[50, 75, 100])
+    params = {m.param: onnx.numpy_helper.to_array(t) for r in regs for m in r.members
+              for t in loaded.model.graph.initializer if t.name == m.param}
+    seen = []
+    for step in (0, 25, 50, 75):
+        controller(step, lambda: params)
+        seen.append(controller.target)
+    assert seen == [3.0, 3.0, 2.0, 1.0]
+
+
+def test_cli_inspect_shows_the_table(table_file, capsys):
+    model, path, _ = table_file
+    assert main(["inspect", str(model), "--hardware", "measure", "--latency-threads", "1",
+                 "--latency-table", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "fast widths" in out.out and "measured: full model" in out.out
+    assert "latency table from the file" in out.err
+    assert main(["inspect", str(model), "--latency-table", str(path)]) == 2  # measured at other threads
+    assert "another model or other settings" in capsys.readouterr().err
+    assert main(["shrink", str(model), "--data", "x.npz", "--budget-latency", "0.5x", "--round-to", "auto",
+                 "-o", str(path.parent / "s.onnx")]) == 2
+    assert "add --hardware measure" in capsys.readouterr().err
+    assert main(["inspect", str(model), "--hardware", "measure", "--provider", "NoSuchProvider"]) == 2
+    assert "not in this onnxruntime build" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet_table(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_resnet")
+    path = folder / "table.json"
+    latency_table(TINY, LatencySettings(threads=1), table_path=path, cache=False, copies=3)
+    return folder, path
+
+
+@pytest.mark.slow
+def test_shrink_lands_on_a_measured_budget_with_fast_widths(tiny_resnet_table):
+    folder, table_path = tiny_resnet_table
+    data = random_dataset(folder, 64, 32, val_key="x")
+    out = folder / "small.onnx"
+    result = shrink(TINY, data / "train.npz", out, val=data / "val.npz", budget=Budget("latency", "0.6x"),
+                    hardware="measure", latency_threads=1, latency_table=str(table_path), round_to="auto",
+                    force=True, options=TrainOptions(steps=6, batch_size=16, progress=False))
+    onnx.checker.check_model(str(out), full_check=True)
+    measured = result.latency
+    assert measured["landing"] and measured["goal"] == pytest.approx(0.6, rel=1e-6)
+    assert measured["written_s"] > 0 and measured["clock"] == "cpu"
+    assert {"ratio", "noise", "predicted_ratio", "disagreement"} <= set(measured)
+    table = load_table(table_path)
+    loaded, analysis = prepare(TINY)
+    allowed = fast_widths(table, analysis)
+    for group in analysis.prunable_groups:
+        width = int(result.structure.alive[group.id].sum())
+        assert width in allowed[group.id] + [0], (group.id, width, allowed[group.id])
+
+
+@pytest.mark.slow
+def test_a_family_writes_one_model_per_budget_from_one_run(tiny_resnet_table):
+    folder, _ = tiny_resnet_table
+    data = random_dataset(folder, 64, 32, val_key="x")
+    result = shrink_family(TINY, data / "train.npz", folder / "fam.onnx", val=data / "val.npz",
+                           budgets=parse_budgets("flops", "0.5x,0.8x"),
+                           method=ShrinkOptions(budget=Budget("flops", "0.5x"), force=True),
+                           options=TrainOptions(steps=100, batch_size=16, progress=False))
+    assert [m["budget"] for m in result.members] == ["0.8x", "0.5x"]  # largest first
+    assert [m["decided_at_step"] for m in result.members] == phase_ends(100, 2) == [75, 100]
+    assert result.total_steps == 100 + 2 * result.finetune_steps and result.finetune_steps == 20
+    for member in result.members:
+        assert member["cost_ratio"] <= float(member["budget"].rstrip("x")) + 1e-9
+        onnx.checker.check_model(member["output"], full_check=True)
+
+
+def test_the_landing_brackets_the_budget_once_tries_fall_on_both_sides():
+    first = {"table_target_s": 1.0, "achieved": 0.6}
+    assert _next_target([first], 0.5) == pytest.approx(1.0 * 0.5 / 0.6)  # scaled by how far it landed
+    second = {"table_target_s": 0.5, "achieved": 0.3}
+    between = _next_target([first, second], 0.45)
+    assert 0.5 < between < 1.0
+    assert between == pytest.approx(0.5 * 2 ** (np.log(0.45 / 0.3) / np.log(0.6 / 0.3)))
