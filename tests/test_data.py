@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -18,7 +19,7 @@ from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
 from morphnet_onnx.loading.model import load
 from morphnet_onnx.recipes.shrink import evaluate, train
-from morphnet_onnx.training import images
+from morphnet_onnx.training import arrays as array_reading, images
 from morphnet_onnx.training.arrays import ArrayDataset, read_arrays
 from morphnet_onnx.training.data import load_data, open_data
 from morphnet_onnx.training.distributed import World
@@ -193,7 +194,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_model(tmp_path, net, folder,
     assert other.steps == 9 and (tmp_path / "d.onnx").read_bytes() != (tmp_path / "c.onnx").read_bytes()
 
 
-def test_arrays_are_mapped_not_read(tmp_path, net):
+def test_arrays_are_mapped_not_read(tmp_path, net, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 4, 10)
@@ -211,13 +212,18 @@ def test_arrays_are_mapped_not_read(tmp_path, net):
         np.testing.assert_array_equal(batch["input"], x[[7, 2]])
         np.testing.assert_array_equal(data.labels, labels)
     np.savez_compressed(tmp_path / "c.npz", input=x, labels=labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # small compressed data: read, without a warning
+        load_data(tmp_path / "c.npz", None, net, "ce")
+    monkeypatch.setattr(array_reading, "COMPRESSED_WARNING_BYTES", x.nbytes)
     with pytest.warns(UserWarning, match="c.npz: input, labels compressed .* read into memory"):
         data = load_data(tmp_path / "c.npz", None, net, "ce")
     assert data.workers == 0 and not isinstance(data.arrays["input"], np.memmap)
     np.testing.assert_array_equal(data.arrays["input"], x)
 
 
-def test_the_cli_prints_the_compressed_warning_on_one_line(tmp_path, net, capsys):
+def test_the_cli_prints_the_compressed_warning_on_one_line(tmp_path, net, capsys, monkeypatch):
+    monkeypatch.setattr(array_reading, "COMPRESSED_WARNING_BYTES", 0)
     rng = np.random.default_rng(0)
     np.savez_compressed(tmp_path / "c.npz", input=rng.standard_normal((8, 3, 8, 8)).astype(np.float32),
                         labels=rng.integers(0, 4, 8))

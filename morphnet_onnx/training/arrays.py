@@ -5,7 +5,7 @@ single-input model) and `labels` (class indices for cross-entropy, targets for m
 holds the same arrays as DIR/<key>.npy. Both are mapped from disk, not read: a batch reads its rows
 when it is gathered, so a data set larger than memory trains. A member of an .npz written with
 `np.savez_compressed` cannot be mapped (its bytes are deflated): it is read into memory, with a
-warning. `--data-module pkg.mod:fn` names a function returning an iterable of batches, each a dict
+warning when it is large (COMPRESSED_WARNING_BYTES). `--data-module pkg.mod:fn` names a function returning an iterable of batches, each a dict
 of arrays with the same keys, for users with their own pipelines (gathered into memory).
 """
 
@@ -29,6 +29,8 @@ MAPPED_WORKERS = 1
 MAPPED_PREFETCH = 2
 # The NaN/Inf scan reads a mapped array this many bytes at a time (memory stays bounded).
 SCAN_BYTES = 64 << 20
+# Compressed members read into memory are worth a warning from this size (the bundled example's are not).
+COMPRESSED_WARNING_BYTES = 256 << 20
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # a zip member's local file header (APPNOTE 4.3.7)
 
 
@@ -79,9 +81,9 @@ def _map_npy(path: Path) -> np.ndarray:
 
 def _map_npz(path: Path) -> dict[str, np.ndarray]:
     """Each stored (uncompressed) member mapped where its .npy data start inside the archive; the
-    other members read into memory, with a warning."""
+    other members read into memory, with a warning when they are large."""
     arrays: dict[str, np.ndarray] = {}
-    compressed = []
+    compressed, compressed_bytes = [], 0
     with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
         for info in archive.infolist():
             key = info.filename.removesuffix(".npy")
@@ -91,8 +93,9 @@ def _map_npz(path: Path) -> dict[str, np.ndarray]:
                     mapped = np.lib.format.read_array(member, allow_pickle=False)
                 if info.compress_type != zipfile.ZIP_STORED:
                     compressed.append(key)
+                    compressed_bytes += info.file_size
             arrays[key] = mapped
-    if compressed:
+    if compressed and compressed_bytes >= COMPRESSED_WARNING_BYTES:
         warnings.warn(f"{path}: {', '.join(compressed)} compressed (np.savez_compressed): read into memory "
                       f"rather than mapped; save with np.savez to train on data larger than memory", stacklevel=2)
     return arrays
