@@ -7,6 +7,16 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit]
 
 
+def native_reason(exc: BaseException, limit: int = 300) -> str:
+    """What a native onnxruntime error says went wrong: its text leads with the source file and a C++
+    signature, and the reason follows the failed check ("... was false. The gradient builder ...")."""
+    text = str(exc).strip()
+    text = text.splitlines()[-1] if text else type(exc).__name__
+    if " was false. " in text:
+        text = text.split(" was false. ", 1)[1]
+    return text[:limit]
+
+
 class MorphNetError(Exception):
     """A problem with the user's input that they can act on (bad file, bad option, unmet budget)."""
 

@@ -212,7 +212,8 @@ def test_data_module(tmp_path, monkeypatch):
                data_module="nope.missing:fn")
 
 
-@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid", "InstanceNormalization", "LayerNormalization", "Resize"])
+@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid", "InstanceNormalization", "LayerNormalization", "Resize",
+                                "CastLike"])
 def test_ops_without_gradients_are_rewritten_and_train(tmp_path, op):
     from builders import Net
 
@@ -225,6 +226,8 @@ def test_ops_without_gradients_are_rewritten_and_train(tmp_path, op):
         x = net.op(op, [x, net.const(np.ones(8, np.float32)), net.const(np.zeros(8, np.float32))], axis=-1)
     elif op == "Resize":
         x = net.op(op, [x, "", net.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    elif op == "CastLike":  # the dynamo exporter's optimize=False graphs: a constant cast like an activation
+        x = net.op("Mul", [x, net.op(op, [net.const(np.array(1.5, np.float64)), x])])
     else:
         x = net.op(op, [x])
     x = net.op("Flatten", [net.op("GlobalAveragePool", [net.conv(x, 6, 4, name="c2")])], axis=1)

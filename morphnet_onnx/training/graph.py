@@ -135,7 +135,7 @@ def _rewrite_verified(model: onnx.ModelProto, loaded: LoadedModel, batch: int) -
     """Apply the differentiable rewrites in place and check the forward pass is unchanged."""
     before = onnx.ModelProto()
     before.CopyFrom(model)
-    rewritten = rewrite_for_training(model, loaded.shapes)
+    rewritten = rewrite_for_training(model, loaded.shapes, loaded.dtypes)
     if rewritten:
         error = verify_rewrites(before, model, loaded.shapes, batch=batch)
         if error > 1e-4:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import MorphNetError
+from ..errors import MorphNetError, native_reason
 from ..loading.model import LoadedModel
 from ..method.figs import GatePlacement, insert_gates
 from ..method.regularizers import GroupRegularizer, add_regularizer
@@ -131,8 +131,7 @@ def build_artifacts(tg: TrainingGraph, directory: Path, options, regs: list[Grou
                                          optimizer=optimizer, artifact_directory=str(directory),
                                          additional_output_names=extra)
     except Exception as exc:
-        raise MorphNetError(f"onnxruntime-training cannot build the training graph: "
-                            f"{str(exc).strip().splitlines()[-1][:300]}") from exc
+        raise MorphNetError(f"onnxruntime-training cannot build the training graph: {native_reason(exc)}") from exc
     finally:
         os.chdir(cwd)
     # The eval graph normalises with the running statistics, which onnxruntime-training never updates

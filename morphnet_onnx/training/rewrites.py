@@ -5,7 +5,9 @@ to the op it replaces (checked on random inputs by `verify_rewrites`):
 - InstanceNormalization -> ReduceMean/Sub/Mul/Sqrt/Div with the per-channel scale and shift: no gradient;
 - LayerNormalization with one output -> the same op with its Mean and InvStdDev outputs, which the
   gradient builder reads;
-- nearest Resize/Upsample with integer scales -> Unsqueeze/Expand/Reshape: no CPU kernel for ResizeGrad.
+- nearest Resize/Upsample with integer scales -> Unsqueeze/Expand/Reshape: no CPU kernel for ResizeGrad;
+- CastLike(x, like) -> Cast(x, to=like's type): no gradient (the dynamo exporter's unoptimized graphs,
+  `optimize=False`, build each conv's zero bias with one).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from ..loading.runtime import make_session, random_feeds
 
 
 class _Emitter:
-    def __init__(self, graph: onnx.GraphProto, base: str, opset: int) -> None:
-        self.graph, self.base, self.n, self.opset = graph, base, 0, opset
+    def __init__(self, graph: onnx.GraphProto, base: str, opset: int, dtypes: dict[str, int]) -> None:
+        self.graph, self.base, self.n, self.opset, self.dtypes = graph, base, 0, opset, dtypes
         self.nodes: list[onnx.NodeProto] = []
 
     def name(self, kind: str) -> str:
@@ -87,18 +89,26 @@ def _resize_nearest(e: _Emitter, node, shapes) -> None:
     e.op("Reshape", [y, e.const(np.array([0] + list(out_shape[1:]), dtype=np.int64))], out)
 
 
+def _cast_like(e: _Emitter, node, shapes) -> None:
+    e.op("Cast", [node.input[0]], node.output[0], to=e.dtypes[node.input[1]])
+
+
 def _is_nearest(node) -> bool:
     mode = attr(node, "mode", b"nearest")
     return (mode.decode() if isinstance(mode, bytes) else mode) == "nearest"
 
 
-REWRITES = {"HardSwish": _hardswish, "HardSigmoid": _hardsigmoid, "InstanceNormalization": _instance_norm}
+REWRITES = {"HardSwish": _hardswish, "HardSigmoid": _hardsigmoid, "InstanceNormalization": _instance_norm,
+            "CastLike": _cast_like}
 
 
-def rewrite_for_training(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """Rewrite in place; returns what was rewritten (op types and counts) for the report."""
+def rewrite_for_training(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                         dtypes: dict[str, int] | None = None) -> list[str]:
+    """Rewrite in place; returns what was rewritten (op types and counts) for the report. `dtypes`:
+    element types by tensor name (the graph's own declarations fill the gaps)."""
     graph = model.graph
     opset = onnx_opset(model)
+    dtypes = {**_declared_types(graph), **(dtypes or {})}
     new_nodes, done = [], {}
     for index, node in enumerate(graph.node):
         rewrite = REWRITES.get(node.op_type)
@@ -111,16 +121,24 @@ def rewrite_for_training(model: onnx.ModelProto, shapes: dict[str, tuple[int, ..
             new_nodes.append(copy)
             done[node.op_type] = done.get(node.op_type, 0) + 1
             continue
-        if rewrite is None:
+        if rewrite is None or (node.op_type == "CastLike" and node.input[1] not in dtypes):
             new_nodes.append(node)
             continue
-        emitter = _Emitter(graph, f"{node.name or node.op_type}__train{index}", opset)
+        emitter = _Emitter(graph, f"{node.name or node.op_type}__train{index}", opset, dtypes)
         rewrite(emitter, node, shapes)
         new_nodes.extend(emitter.nodes)
         done[node.op_type] = done.get(node.op_type, 0) + 1
     del graph.node[:]
     graph.node.extend(new_nodes)
     return [f"{op} x{count}" for op, count in sorted(done.items())]
+
+
+def _declared_types(graph: onnx.GraphProto) -> dict[str, int]:
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
 
 
 def verify_rewrites(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes: dict, batch: int,
