@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from ..errors import MorphNetError
+from ..loading.writing import write_atomic_bytes
 from .timing import LatencySettings, Measurement
 
 FORMAT = 1  # bump when the table's meaning changes: older cached tables are measured again
@@ -203,9 +204,7 @@ class LatencyTable:
         """Written atomically (a reader never sees half a table)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(partial, path)
+        write_atomic_bytes(path, json.dumps(self.to_dict(), indent=1) + "\n")
         self.path = path
         return path
 
