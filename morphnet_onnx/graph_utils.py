@@ -115,3 +115,20 @@ def graph_input_names(model: onnx.ModelProto) -> list[str]:
     """Real model inputs: graph inputs that are not initializers (old IR versions list both)."""
     inits = {t.name for t in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def shape_sources(producer: dict[str, onnx.NodeProto], name: str) -> list[str]:
+    """The tensors whose runtime shapes a computed tensor is derived from (through Shape and Size ops);
+    `producer` maps each tensor to the node that writes it."""
+    sources, seen, stack = [], set(), [name]
+    while stack:
+        tensor = stack.pop()
+        node = producer.get(tensor)
+        if node is None or tensor in seen:
+            continue
+        seen.add(tensor)
+        if node.op_type in ("Shape", "Size"):
+            sources.append(node.input[0])
+        else:
+            stack.extend(i for i in node.input if i)
+    return sources

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 import morphnet_onnx
+from morphnet_onnx.cost.latency import machine_name
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where tools/export_torchvision.py writes the full torchvision exports (outside the repository):
@@ -25,14 +26,7 @@ ZOO = Path(os.environ.get("MORPHNET_ZOO", Path.home() / ".cache" / "morphnet-onn
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = machine_name().rsplit(", ", 1)[0]  # the CPU's model name, as the latency cache keys it
     try:
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:

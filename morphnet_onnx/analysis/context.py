@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph_utils import attr, compress, node_reads
+from ..graph_utils import attr, compress, node_reads, shape_sources
 from ..loading.folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node
 from ..loading.model import LoadedModel
 from ..ops import Unsupported
@@ -54,18 +54,7 @@ class Context:
 
     def shape_sources(self, name: str) -> list[str]:
         """Tensors whose runtime shape a computed tensor is derived from (via Shape/Size ops)."""
-        sources, seen, stack = [], set(), [name]
-        while stack:
-            tensor = stack.pop()
-            node = self.view.producer.get(tensor)
-            if node is None or tensor in seen:
-                continue
-            seen.add(tensor)
-            if node.op_type in ("Shape", "Size"):
-                sources.append(node.input[0])
-            else:
-                stack.extend(i for i in node.input if i)
-        return sources
+        return shape_sources(self.view.producer, name)
 
     def is_constant(self, name: str) -> bool:
         return self._meta(name) is not None

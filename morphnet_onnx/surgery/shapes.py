@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..graph_utils import shape_sources
 from ..loading.folding import MAX_FOLD_ELEMENTS, NOT_FOLDED, evaluate_node, fold_shape_values
 from ..loading.shapes import infer_static_shapes
 
@@ -84,18 +85,7 @@ class ShapeArithmetic:
 
     def shape_sources(self, name: str) -> list[str]:
         """The tensors whose shapes a computed constant reads (through Shape and Size ops)."""
-        sources, seen, stack = [], set(), [name]
-        while stack:
-            tensor = stack.pop()
-            node = self.view.producer.get(tensor)
-            if node is None or tensor in seen:
-                continue
-            seen.add(tensor)
-            if node.op_type in ("Shape", "Size"):
-                sources.append(node.input[0])
-            else:
-                stack.extend(i for i in node.input if i)
-        return sources
+        return shape_sources(self.view.producer, name)
 
     def depends_on_shapes(self, name: str) -> bool:
         """Whether a computed constant reads the shape of a tensor (and so, perhaps, the batch)."""
