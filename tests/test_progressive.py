@@ -3,6 +3,7 @@ met (progressive.py, controller.py's hold window, learning.shrink's `cut="budget
 
 import numpy as np
 import onnx
+import pytest
 
 from builders import random_dataset
 from conftest import REPO
@@ -104,3 +105,36 @@ def test_before_recipe_cuts_at_the_end(tmp_path):
                     finetune_share=0.25, options=quick(steps=20), force=True)
     assert (result.decision["learn_steps"], result.decision["finetune_steps"], result.steps) == (15, 5, 20)
     assert result.decision["held_channels"] == 0 and result.decision["decided_at"] is None
+
+
+def test_the_cut_model_continues_the_runs_schedule(tmp_path, monkeypatch):
+    """`finetune_schedule="continue"` at `finetune_lr=1.0`: the steps after the cut take the rates the
+    one-cycle schedule of the whole run gives them; "cosine" at 0.1 starts a tenth as high and decays."""
+    from morphnet_onnx.recipes import shrink as shrink_module
+    from morphnet_onnx.training.trainer import Trainer, learning_rate
+
+    data = random_dataset(tmp_path, 96, 40, val_key="x")
+    rates: dict[str, list[float]] = {}
+    run = Trainer.run
+
+    def recording(self, dataset, on_step=None, *args, **kwargs):
+        seen = rates.setdefault("tune" if self.regs == [] else "learn", [])
+
+        def step(info):
+            seen.append(info.lr)
+            if on_step:
+                on_step(info)
+        return run(self, dataset, step, *args, **kwargs)
+
+    monkeypatch.setattr(shrink_module.Trainer, "run", recording)
+    options = quick(steps=60, schedule="onecycle")
+    result = shrink(TINY, data / "train.npz", None, budget=Budget("flops", "0.5x"), cut="budget", hold=True,
+                    hold_from=0.05, hold_until=0.25, finetune_schedule="continue", finetune_lr=1.0,
+                    options=options, force=True)
+    cut = result.decision["learn_steps"]
+    expected = [learning_rate(options, cut + k, 60) for k in range(60 - cut)]
+    np.testing.assert_allclose(rates["tune"], expected, rtol=1e-6)
+    rates.clear()
+    shrink(TINY, data / "train.npz", None, budget=Budget("flops", "0.5x"), cut="budget", hold=True,
+           hold_from=0.05, hold_until=0.25, finetune_schedule="cosine", finetune_lr=0.1, options=options, force=True)
+    assert rates["tune"][0] == pytest.approx(0.1 * options.lr) and rates["tune"][-1] < rates["tune"][0] / 10
