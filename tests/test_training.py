@@ -15,6 +15,7 @@ from morphnet_onnx.cli import main
 from morphnet_onnx.recipes.shrink import Budget, evaluate, shrink, train
 from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.method.regularizers import add_regularizer, group_regularizers, group_vectors
+from morphnet_onnx.loading.model import load
 from morphnet_onnx.loading.runtime import make_session
 from morphnet_onnx.training.trainer import TrainOptions
 
@@ -370,3 +371,31 @@ def test_the_same_seed_writes_the_same_bytes_at_any_thread_count(tmp_path):
                structure_path=tmp_path / f"{out.name}.json")
         written.append((out.read_bytes(), (tmp_path / f"{out.name}.json").read_bytes()))
     assert written[0] == written[1]
+
+
+def test_a_linear_layers_bias_written_as_matmul_add_trains(tmp_path):
+    """torch's exporters write a Linear on a rank-3 input as MatMul + Add: the Add's vector is the
+    layer's bias and trains (it was frozen: no transformer bias learned); a table added elsewhere
+    (a position table here) stays frozen, as any initializer outside a parameter slot."""
+    from builders import Net
+    from onnx import numpy_helper
+
+    from morphnet_onnx.training.graph import trainable_slots, training_graph
+
+    rng = np.random.default_rng(0)
+    net = Net(input_shape=(1, 4, 8), batch="N", seed=0)
+    x = net.op("MatMul", ["input", net.const(rng.standard_normal((8, 6)).astype(np.float32), name="fc.weight")])
+    x = net.op("Add", [net.const(rng.standard_normal(6).astype(np.float32), name="fc.bias"), x])
+    x = net.op("Add", [x, net.const(rng.standard_normal((1, 4, 6)).astype(np.float32), name="pos")])
+    x = net.op("ReduceMean", [x], axes=[1], keepdims=0)
+    loaded = load(net.model(net.gemm(x, 6, 3, name="head")))
+    graph = training_graph(loaded, batch=2)
+    assert "fc.bias" in graph.trainable and "fc.weight" in graph.trainable and "pos" in graph.frozen
+    assert [n.input[i] for n, i in trainable_slots(loaded.model.graph) if n.op_type == "Add"] == ["fc.bias"]
+    onnx.save(loaded.model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", input=rng.standard_normal((16, 4, 8)).astype(np.float32), labels=rng.integers(0, 3, 16))
+    train(tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "t.onnx", options=quick(steps=3, batch_size=4))
+    before, after = ({t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
+                     for p in (tmp_path / "m.onnx", tmp_path / "t.onnx"))
+    assert not np.allclose(before["fc.bias"], after["fc.bias"])
+    np.testing.assert_array_equal(before["pos"], after["pos"])

@@ -14,9 +14,9 @@ The network is exported with torch's TorchScript exporter (dynamic batch, opset 
 uses one recipe (AdamW, one-cycle, lr 3e-3, batch 64), N steps per run, 2.1 N steps per method:
 - uniform:        expand(original, multiplier=M, init fresh): heads, MLP and embedding width scaled
                   together, trained from scratch 2.1 N steps;
-- shrink:         shrink(original, budget Bx): N steps with the regularizer, its 0.1 N fine-tune
-                  (the model as written: "shrink 1.1N"), then trained on, weights kept, N more steps
-                  ("shrink 2.1N");
+- shrink:         shrink(original, budget Bx) with its default recipe and 2.1 N steps in all (its
+                  regularized steps and the training after its cut: `--steps` is the whole run), the
+                  model as written ("shrink 2.1N");
 - torch-pruning:  the same torch network: N steps of sparse training (GroupNormPruner, group-norm
                   importance, global pruning, whole heads: num_heads, prune_num_heads, head dims kept),
                   one-shot pruning at the ratio (found by bisection) whose FLOPs land at the target,
@@ -125,14 +125,9 @@ def run_shrink(task, files, folder, seed, threads, steps, budget, original, regu
     start = time.time()
     shrunk = folder / f"shrunk_{regularizer}_{budget}_s{seed}.onnx"
     learned = mn.shrink(original, files["train"], shrunk, val=files["val"], budget=mn.Budget("flops", f"{budget}x"),
-                        regularizer=regularizer, options=options(steps, seed, threads))
-    rows = [measure(shrunk, files, f"shrink-{regularizer} 1.1N", budget, seed, time.time() - start,
-                    learned_ratio=learned.flops_after / learned.flops_before
-                    if getattr(learned, "flops_before", None) else None)]
-    tuned = folder / f"shrunk_{regularizer}_{budget}_s{seed}_tuned.onnx"
-    mn.train(shrunk, files["train"], tuned, options=options(steps, seed, threads), init="keep")
-    rows.append(measure(tuned, files, f"shrink-{regularizer} 2.1N", budget, seed, time.time() - start))
-    return rows
+                        regularizer=regularizer, options=options(round(2.1 * steps), seed, threads))
+    return [measure(shrunk, files, f"shrink-{regularizer} 2.1N", budget, seed, time.time() - start,
+                    learned_ratio=learned.flops_after / learned.flops_before, steps=learned.steps)]
 
 
 class TorchTrainer:
@@ -305,7 +300,7 @@ def main() -> None:
                     for budget in args.budgets:
                         rows += run_shrink(task, files, folder, seed, args.threads, args.steps, budget, original,
                                            regularizer)
-                        print(json.dumps(rows[-2]), json.dumps(rows[-1]), flush=True)
+                        print(json.dumps(rows[-1]), flush=True)
             if "torch-pruning" in args.methods:
                 rows += run_torch_pruning(task, files, folder, seed, args.threads, args.steps, args.budgets)
                 for row in rows[-len(args.budgets):]:

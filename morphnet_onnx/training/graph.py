@@ -3,8 +3,10 @@
 - every input static at the training batch size (a symbolic batch crashes AveragePool's gradient),
   and an export's fixed batch made the training batch wherever a shape carries it (rebatch.py);
 - BatchNormalization in training mode (batch statistics, 3 outputs), running stats frozen;
-- only real parameters trainable: weights and biases of Conv/ConvTranspose/Gemm/MatMul, norm scales
-  and shifts, PRelu slopes; every other initializer frozen;
+- only real parameters trainable: weights and biases of Conv/ConvTranspose/Gemm/MatMul (a MatMul's
+  bias is the vector an Add puts on its output: torch's exporters write a Linear on inputs of rank 3
+  or more so, every Linear of a transformer), norm scales and shifts, PRelu slopes, embedding
+  tables; every other initializer frozen;
 - an initializer shared by several trained ops copied apart (onnxruntime fails with "Duplicate
   definition of ..._grad" otherwise); the first copy's trained value is written back.
 """
@@ -105,24 +107,23 @@ def training_graph(loaded: LoadedModel, batch: int) -> TrainingGraph:
     trainable: list[str] = []
     copies: dict[str, str] = {}
     used: set[str] = set()
-    for node in graph.node:
-        for index in TRAINABLE_INPUTS.get(node.op_type, ()):
-            if index >= len(node.input) or node.input[index] not in inits:
-                continue
-            name = node.input[index]
-            if name in used:
-                copy = f"{name}__untied{len(copies) + 1}"
-                source = next(t for t in graph.initializer if t.name == name)
-                tensor = onnx.TensorProto()
-                tensor.CopyFrom(source)
-                tensor.name = copy
-                graph.initializer.append(tensor)
-                node.input[index] = copy
-                copies[copy] = name
-                name = copy
-            used.add(name)
-            if name not in trainable:
-                trainable.append(name)
+    for node, index in trainable_slots(graph):
+        name = node.input[index]
+        if name not in inits:
+            continue
+        if name in used:
+            copy = f"{name}__untied{len(copies) + 1}"
+            source = next(t for t in graph.initializer if t.name == name)
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(source)
+            tensor.name = copy
+            graph.initializer.append(tensor)
+            node.input[index] = copy
+            copies[copy] = name
+            name = copy
+        used.add(name)
+        if name not in trainable:
+            trainable.append(name)
     # Rewrites come last: the trainable set is decided on the user's ops (an InstanceNormalization
     # scale stays trainable when the op becomes ReduceMean/Div/Mul).
     rewritten = _rewrite_verified(model, loaded, batch)
@@ -142,6 +143,38 @@ def _rewrite_verified(model: onnx.ModelProto, loaded: LoadedModel, batch: int) -
             raise MorphNetError(f"{loaded.name}: internal: the differentiable rewrite of {', '.join(rewritten)} "
                                 f"changes the outputs (relative difference {error:.2g})")
     return rewritten
+
+
+def trainable_slots(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int]]:
+    """(node, input index) of every parameter slot, in node order: the slots of ops.TRAINABLE_INPUTS
+    and the bias of each MatMul + Add (linear_bias_slot)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    slots = []
+    for node in graph.node:
+        slots += [(node, i) for i in TRAINABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)]
+        bias = linear_bias_slot(node, producer, dims)
+        if bias is not None:
+            slots.append((node, bias))
+    return slots
+
+
+def linear_bias_slot(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                     dims: dict[str, tuple[int, ...]]) -> int | None:
+    """The input of an Add that is a Linear layer's bias: an initializer of shape (C,) (or ones before
+    it) added to a MatMul by an initializer weight with C output columns. Anything else an Add reads
+    (a position table, a mask, a constant of a formula) is not a bias."""
+    if node.op_type != "Add" or len(node.input) != 2:
+        return None
+    for index in (0, 1):
+        matmul = producer.get(node.input[1 - index])
+        bias = dims.get(node.input[index])
+        if matmul is None or matmul.op_type != "MatMul" or bias is None or len(matmul.input) < 2:
+            continue
+        weight = dims.get(matmul.input[1])
+        if weight and len(weight) == 2 and bias and all(d == 1 for d in bias[:-1]) and bias[-1] == weight[-1]:
+            return index
+    return None
 
 
 def constants_to_initializers(graph: onnx.GraphProto, *slot_tables: dict[str, tuple[int, ...]]) -> None:

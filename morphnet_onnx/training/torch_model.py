@@ -24,7 +24,7 @@ from ..method.figs import GatePlacement, insert_gates
 from ..method.regularizers import GroupRegularizer
 from ..ops import BUFFER_INPUTS, TRAINABLE_INPUTS
 from .backend import logits_of
-from .graph import constants_to_initializers
+from .graph import constants_to_initializers, trainable_slots
 from .rebatch import at_batch
 
 CONVERTER = "onnx2torch==1.5.15"  # what `pip install morphnet-onnx[torch]` installs, and was tested
@@ -98,10 +98,9 @@ def torch_graph(loaded: LoadedModel, batch: int, task: str, regs: list[GroupRegu
         output.type.tensor_type.ClearField("shape")
     inits = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}  # (training/graph.py)
     trainable: list[str] = []
-    for node in graph.node:
-        for index in TRAINABLE_INPUTS.get(node.op_type, ()):
-            if index < len(node.input) and node.input[index] in inits and node.input[index] not in trainable:
-                trainable.append(node.input[index])
+    for node, index in trainable_slots(graph):  # the same parameters as onnxruntime-training's
+        if node.input[index] in inits and node.input[index] not in trainable:
+            trainable.append(node.input[index])
     if gates:
         trainable.extend(insert_gates(model, regs, gates))
     return model, trainable
