@@ -160,6 +160,11 @@ def test_learning_signal_rules():
     assert learning_signal([0.05] * 40, [], classes=10).learned  # a trained model: far below chance already
     assert learning_signal([2.3] * 10, [], classes=10).learned  # too short to judge
     assert not learning_signal([0.5] * 40, [], classes=None).learned  # mse: only a fall counts
+    chance = np.log(16)
+    pruned = learning_signal([0.14] * 20 + [1.61] * 20, [], classes=16)  # a trained model pruned hard
+    assert pruned.last_loss > pruned.first_loss and pruned.learned
+    collapsed = learning_signal([0.14] * 20 + [0.95 * chance] * 20, [], classes=16)  # back at chance
+    assert not collapsed.learned
 
 
 def test_learning_warnings_name_the_written_model_gap_and_chance():
