@@ -373,29 +373,32 @@ def test_the_same_seed_writes_the_same_bytes_at_any_thread_count(tmp_path):
     assert written[0] == written[1]
 
 
-def test_a_linear_layers_bias_written_as_matmul_add_trains(tmp_path):
+def test_transformer_biases_and_token_tables_train(tmp_path):
     """torch's exporters write a Linear on a rank-3 input as MatMul + Add: the Add's vector is the
-    layer's bias and trains (it was frozen: no transformer bias learned); a table added elsewhere
-    (a position table here) stays frozen, as any initializer outside a parameter slot."""
+    layer's bias and trains, and so do a position table added to the tokens and a class token
+    concatenated to them (all were frozen: no bias or position table of a transformer learned); an
+    additive mask (values like -1e9) and a table read only by constants stay frozen."""
     from builders import Net
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
-    from morphnet_onnx.training.graph import trainable_slots, training_graph
+    from morphnet_onnx.training.graph import token_table_slots, trainable_slots, training_graph
 
     rng = np.random.default_rng(0)
     net = Net(input_shape=(1, 4, 8), batch="N", seed=0)
     x = net.op("MatMul", ["input", net.const(rng.standard_normal((8, 6)).astype(np.float32), name="fc.weight")])
     x = net.op("Add", [net.const(rng.standard_normal(6).astype(np.float32), name="fc.bias"), x])
-    x = net.op("Add", [x, net.const(rng.standard_normal((1, 4, 6)).astype(np.float32), name="pos")])
+    x = net.op("Add", [x, net.const(0.02 * rng.standard_normal((1, 4, 6)).astype(np.float32), name="pos")])
     x = net.op("ReduceMean", [x], axes=[1], keepdims=0)
     loaded = load(net.model(net.gemm(x, 6, 3, name="head")))
     graph = training_graph(loaded, batch=2)
-    assert "fc.bias" in graph.trainable and "fc.weight" in graph.trainable and "pos" in graph.frozen
-    assert [n.input[i] for n, i in trainable_slots(loaded.model.graph) if n.op_type == "Add"] == ["fc.bias"]
+    assert {"fc.bias", "fc.weight", "pos"} <= set(graph.trainable)
+    assert [n.input[i] for n, i in trainable_slots(loaded.model.graph) if n.op_type == "Add"] == ["fc.bias", "pos"]
+    mask = numpy_helper.from_array(np.full((1, 4, 4), -1e9, np.float32), "mask")
+    add_mask = helper.make_node("Add", ["scores", "mask"], ["masked"])
+    assert token_table_slots(add_mask, {"mask": (1, 4, 4)}, {"mask": mask}) == []
     onnx.save(loaded.model, tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", input=rng.standard_normal((16, 4, 8)).astype(np.float32), labels=rng.integers(0, 3, 16))
     train(tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "t.onnx", options=quick(steps=3, batch_size=4))
     before, after = ({t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
                      for p in (tmp_path / "m.onnx", tmp_path / "t.onnx"))
-    assert not np.allclose(before["fc.bias"], after["fc.bias"])
-    np.testing.assert_array_equal(before["pos"], after["pos"])
+    assert not np.allclose(before["fc.bias"], after["fc.bias"]) and not np.allclose(before["pos"], after["pos"])

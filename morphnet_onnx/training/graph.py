@@ -6,7 +6,7 @@
 - only real parameters trainable: weights and biases of Conv/ConvTranspose/Gemm/MatMul (a MatMul's
   bias is the vector an Add puts on its output: torch's exporters write a Linear on inputs of rank 3
   or more so, every Linear of a transformer), norm scales and shifts, PRelu slopes, embedding
-  tables; every other initializer frozen;
+  tables, a transformer's position table and class token; every other initializer frozen;
 - an initializer shared by several trained ops copied apart (onnxruntime fails with "Duplicate
   definition of ..._grad" otherwise); the first copy's trained value is written back.
 """
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
-from onnx import inliner, version_converter
+from onnx import inliner, numpy_helper, version_converter
 
 from ..cost.resources import FLOAT_TYPES
 from ..errors import MorphNetError, first_line
@@ -146,16 +147,19 @@ def _rewrite_verified(model: onnx.ModelProto, loaded: LoadedModel, batch: int) -
 
 
 def trainable_slots(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int]]:
-    """(node, input index) of every parameter slot, in node order: the slots of ops.TRAINABLE_INPUTS
-    and the bias of each MatMul + Add (linear_bias_slot)."""
+    """(node, input index) of every parameter slot, in node order: the slots of ops.TRAINABLE_INPUTS,
+    the bias of each MatMul + Add (linear_bias_slot) and a transformer's token tables
+    (token_table_slots)."""
     producer = {out: node for node in graph.node for out in node.output}
     dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    values = {t.name: t for t in graph.initializer}
     slots = []
     for node in graph.node:
         slots += [(node, i) for i in TRAINABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)]
         bias = linear_bias_slot(node, producer, dims)
         if bias is not None:
             slots.append((node, bias))
+        slots += [(node, i) for i in token_table_slots(node, dims, values)]
     return slots
 
 
@@ -175,6 +179,32 @@ def linear_bias_slot(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
         if weight and len(weight) == 2 and bias and all(d == 1 for d in bias[:-1]) and bias[-1] == weight[-1]:
             return index
     return None
+
+
+# A token table's values are small: an additive mask (-inf, -1e4, -1e9) is no parameter.
+TABLE_MAX_ABS = 100.0
+
+
+def token_table_slots(node: onnx.NodeProto, dims: dict[str, tuple[int, ...]],
+                      values: dict[str, onnx.TensorProto]) -> list[int]:
+    """The inputs of an Add or Concat that are a transformer's learned token tables: a position table
+    added to the tokens or a class token concatenated to them, a float initializer of shape (1, T, C)
+    beside a computed tensor of rank 3 (timm's and torch's `pos_embed`, `cls_token`), with finite
+    values below TABLE_MAX_ABS. A fixed table a user wrote as a constant trains too."""
+    if node.op_type not in ("Add", "Concat") or len(node.input) < 2:
+        return []
+    computed = [name for name in node.input if name and name not in dims]
+    if not computed:
+        return []
+    slots = []
+    for index, name in enumerate(node.input):
+        shape = dims.get(name)
+        if shape is None or len(shape) != 3 or shape[0] != 1 or shape[-1] < 2:
+            continue
+        table = numpy_helper.to_array(values[name]) if values[name].data_type in FLOAT_TYPES else None
+        if table is not None and np.all(np.isfinite(table)) and np.max(np.abs(table)) < TABLE_MAX_ABS:
+            slots.append(index)
+    return slots
 
 
 def constants_to_initializers(graph: onnx.GraphProto, *slot_tables: dict[str, tuple[int, ...]]) -> None:
