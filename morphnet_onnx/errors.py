@@ -12,6 +12,8 @@ def native_reason(exc: BaseException, limit: int = 300) -> str:
     signature, and the reason follows the failed check ("... was false. The gradient builder ...")."""
     text = str(exc).strip()
     text = text.splitlines()[-1] if text else type(exc).__name__
+    if text.startswith("/onnxruntime_src/") and ") " in text:  # after the function's signature
+        text = text.rsplit(") ", 1)[1]
     if " was false. " in text:
         text = text.split(" was false. ", 1)[1]
     return text[:limit]

@@ -386,7 +386,9 @@ def test_transformer_biases_and_token_tables_train(tmp_path):
     rng = np.random.default_rng(0)
     net = Net(input_shape=(1, 4, 8), batch="N", seed=0)
     x = net.op("MatMul", ["input", net.const(rng.standard_normal((8, 6)).astype(np.float32), name="fc.weight")])
-    x = net.op("Add", [net.const(rng.standard_normal(6).astype(np.float32), name="fc.bias"), x])
+    # a (1, 1, C) bias, as surgery writes a removed unit's constant after a MatMul: a bias and a
+    # token table at once, listed once (twice, it was untied from itself and onnxruntime failed)
+    x = net.op("Add", [net.const(rng.standard_normal((1, 1, 6)).astype(np.float32), name="fc.bias"), x])
     x = net.op("Add", [x, net.const(0.02 * rng.standard_normal((1, 4, 6)).astype(np.float32), name="pos")])
     x = net.op("ReduceMean", [x], axes=[1], keepdims=0)
     loaded = load(net.model(net.gemm(x, 6, 3, name="head")))
@@ -402,3 +404,16 @@ def test_transformer_biases_and_token_tables_train(tmp_path):
     before, after = ({t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
                      for p in (tmp_path / "m.onnx", tmp_path / "t.onnx"))
     assert not np.allclose(before["fc.bias"], after["fc.bias"]) and not np.allclose(before["pos"], after["pos"])
+
+
+def test_native_errors_give_their_reason_not_a_signature():
+    from morphnet_onnx.errors import native_reason
+
+    signature = "/onnxruntime_src/x/builder.cc:141 onnxruntime::training::Builder::Builder(onnxruntime::Graph*, " \
+                "const std::unordered_set<std::string>&, const onnxruntime::logging::Logger&) "
+    assert native_reason(RuntimeError(signature + "w couldn't find the consumer node.")) == \
+        "w couldn't find the consumer node."
+    assert native_reason(RuntimeError(signature + "gradient_builder != nullptr was false. The gradient builder has "
+                                      "not been registered: CastLike for node c")) == \
+        "The gradient builder has not been registered: CastLike for node c"
+    assert native_reason(RuntimeError("plain\nlast line")) == "last line"

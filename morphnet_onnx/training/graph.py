@@ -155,11 +155,12 @@ def trainable_slots(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int]]:
     values = {t.name: t for t in graph.initializer}
     slots = []
     for node in graph.node:
-        slots += [(node, i) for i in TRAINABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)]
+        own = [i for i in TRAINABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)]
         bias = linear_bias_slot(node, producer, dims)
-        if bias is not None:
-            slots.append((node, bias))
-        slots += [(node, i) for i in token_table_slots(node, dims, values)]
+        own += [bias] if bias is not None else []
+        # a slot listed twice would be untied from itself (a (1, 1, C) bias is also a token table)
+        own += [i for i in token_table_slots(node, dims, values) if i not in own]
+        slots += [(node, i) for i in own]
     return slots
 
 
