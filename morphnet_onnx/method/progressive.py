@@ -27,7 +27,8 @@ FIGS_OFF = -20.0
 
 def held_values(regs: list[GroupRegularizer], params: dict[str, np.ndarray],
                 held: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
-    """The members' parameters with every held channel's gate zeroed (a FiGS logit set far below 0)."""
+    """The members' parameters with every held channel's gate zeroed (a FiGS logit set far below 0),
+    and its shift (a norm's shift, a conv's bias) where `params` has it."""
     out: dict[str, np.ndarray] = {}
     for reg in regs:
         dead = held.get(reg.group_id)
@@ -50,6 +51,12 @@ def held_values(regs: list[GroupRegularizer], params: dict[str, np.ndarray],
                 rows[positions] = 0.0
                 value = weight_from_rows(member.layout, rows, value.shape).astype(value.dtype)
             out[member.param] = value
+            if member.shift is not None and member.shift in params:  # the held channel's constant goes too
+                shift = out.get(member.shift)
+                if shift is None:
+                    shift = np.array(params[member.shift], copy=True)
+                shift.reshape(-1)[positions] = 0.0
+                out[member.shift] = shift
     return out
 
 
@@ -61,8 +68,8 @@ def held_params(regs: list[GroupRegularizer], held: dict[int, np.ndarray]) -> li
         if dead is None or not dead.any():
             continue
         for member in reg.members:
-            if (dead & (member.mask > 0)).any() and member.param not in names:
-                names.append(member.param)
+            if (dead & (member.mask > 0)).any():
+                names += [n for n in (member.param, member.shift) if n is not None and n not in names]
     return names
 
 
@@ -122,6 +129,12 @@ def proximal_values(regs: list[GroupRegularizer], params: dict[str, np.ndarray],
                 rows[positions] *= (new / np.maximum(old, 1e-30))[:, None]
                 value = weight_from_rows(member.layout, rows, value.shape).astype(value.dtype)
             out[member.param] = value
+            if member.shift is not None and member.shift in params:  # the held channel's constant goes too
+                shift = out.get(member.shift)
+                if shift is None:
+                    shift = np.array(params[member.shift], copy=True)
+                shift.reshape(-1)[positions] = 0.0
+                out[member.shift] = shift
     return out
 
 
@@ -155,6 +168,7 @@ class HoldHooks:
             return
         if self._version != controller.held_version:
             self._version = controller.held_version
-            self._names = held_params(self.regs, held)
+            trained = set(session.trainable())
+            self._names = [n for n in held_params(self.regs, held) if n in trained]
         if self._names:
             session.set_params(held_values(self.regs, session.params(self._names), held))

@@ -43,6 +43,9 @@ class Member:
     layout: WeightLayout | None  # where a "rows" member's output channels are in its weight
     picks: list[np.ndarray]  # each: position in the member vector for every group channel
     mask: np.ndarray  # 1 where the member covers the channel
+    # What adds a constant to the gated channels (the norm's shift, the conv's or Gemm's bias): held
+    # at zero with the gate (progressive.py), so a held channel outputs exactly zero and its cut is exact.
+    shift: str | None = None
 
 
 @dataclass
@@ -78,7 +81,8 @@ def group_regularizers(analysis: Analysis, loaded: LoadedModel, kind: str = "aut
                      for k in range(repeats)]
             mask = np.array([1.0 if p else 0.0 for p in per_channel], dtype=np.float32)
             layout = weight_layout(node, inits) if member_kind == "rows" else None
-            member = Member(param, member_kind, layout, picks, mask)
+            shift = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+            member = Member(param, member_kind, layout, picks, mask, shift)
             by_group.setdefault(group_id, {}).setdefault(member_kind, []).append(member)
     result = []
     for group in analysis.prunable_groups:
