@@ -44,14 +44,20 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def make_session(model: onnx.ModelProto | Path, threads: int = 0):
+def make_session(model: onnx.ModelProto | Path, threads: int = 0, optimize: bool = True):
     """An onnxruntime session on a model in memory, or on a file. A model that keeps its weights on
     disk (or is too big to serialize) is opened from a file, where onnxruntime maps its weights
-    rather than copying them, and without prepacking (a second copy of the Gemm weights)."""
+    rather than copying them, and without prepacking (a second copy of the Gemm weights).
+    `optimize=False` turns onnxruntime's graph optimizations off: a BatchNormalization in training
+    mode whose running-statistics outputs nothing reads is computed wrongly with them on
+    (onnxruntime 1.19: scale 0 and shift 0 gave outputs up to 0.54; scale 1 a standard deviation of
+    1.85 instead of 1), which batch-statistics passes must avoid."""
     ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
     if isinstance(model, onnx.ModelProto) and needs_a_file(model):
