@@ -52,7 +52,7 @@ def test_held_channels_read_zero_and_nothing_else_moves():
 def test_a_held_channel_is_cut_exactly():
     """Held channels (gate and shift at zero) output exactly zero, so cutting them changes nothing,
     even at the borders of padded convs (the constant a removed channel left was folded into the
-    next layer, exact only inside: the digits ResNet lost 38-42 points at the cut from scratch)."""
+    next layer, exact only inside the maps)."""
     from morphnet_onnx.analysis.walk import analyze
     from morphnet_onnx.graph_utils import with_params
     from morphnet_onnx.loading.runtime import make_session
