@@ -172,3 +172,11 @@ def test_the_cut_model_continues_the_runs_schedule(tmp_path, monkeypatch):
     shrink(TINY, data / "train.npz", None, budget=Budget("flops", "0.5x"), cut="budget", hold=True,
            hold_from=0.05, hold_until=0.25, finetune_schedule="cosine", finetune_lr=0.1, options=options, force=True)
     assert rates["tune"][0] == pytest.approx(0.1 * options.lr) and rates["tune"][-1] < rates["tune"][0] / 10
+
+
+def test_the_proximal_step_leaves_the_shifts_alone():
+    regs, params = _regs()
+    weights = np.ones(sum(r.width for r in regs), dtype=np.float32)
+    values = proximal_values(regs, params, weights, 0.1)
+    shifts = {m.shift for r in regs for m in r.members if m.shift}
+    assert shifts and not shifts & set(values)

@@ -129,12 +129,6 @@ def proximal_values(regs: list[GroupRegularizer], params: dict[str, np.ndarray],
                 rows[positions] *= (new / np.maximum(old, 1e-30))[:, None]
                 value = weight_from_rows(member.layout, rows, value.shape).astype(value.dtype)
             out[member.param] = value
-            if member.shift is not None and member.shift in params:  # the held channel's constant goes too
-                shift = out.get(member.shift)
-                if shift is None:
-                    shift = np.array(params[member.shift], copy=True)
-                shift.reshape(-1)[positions] = 0.0
-                out[member.shift] = shift
     return out
 
 
