@@ -7,9 +7,9 @@ set to zero after every optimizer step, so the network trains without them from 
 will run after the cut; a held channel never comes back during training. Once the learned structure
 meets the budget, the structure to write is decided, every channel it removes is held for one more
 controller period (the network settles without them), and the run stops: the model is cut then and
-the rest of the steps train the smaller model. So the cut removes channels that have been exactly
-zero for a while (what they still hold is the constant their shift gives, which surgery folds into
-the next layer), and most steps train the final structure.
+the rest of the steps train the smaller model. A held channel's shift (its norm's shift, or its
+conv's bias) is held at zero with its gate, so the cut removes channels that have output exactly
+zero for a while, and most steps train the final structure.
 
 measured in docs/benchmarks.md ("shrink's recipe, lever by lever").
 """
@@ -38,9 +38,7 @@ def held_values(regs: list[GroupRegularizer], params: dict[str, np.ndarray],
             covered = dead & (member.mask > 0)
             if not covered.any():
                 continue
-            value = out.get(member.param)
-            if value is None:
-                value = np.array(params[member.param], copy=True)
+            value = _editable(out, params, member.param)
             positions = np.unique(np.concatenate([pick[covered] for pick in member.picks]))
             if member.kind == "gamma":
                 value.reshape(-1)[positions] = 0.0
@@ -52,12 +50,15 @@ def held_values(regs: list[GroupRegularizer], params: dict[str, np.ndarray],
                 value = weight_from_rows(member.layout, rows, value.shape).astype(value.dtype)
             out[member.param] = value
             if member.shift is not None and member.shift in params:  # the held channel's constant goes too
-                shift = out.get(member.shift)
-                if shift is None:
-                    shift = np.array(params[member.shift], copy=True)
-                shift.reshape(-1)[positions] = 0.0
-                out[member.shift] = shift
+                out[member.shift] = _editable(out, params, member.shift)
+                out[member.shift].reshape(-1)[positions] = 0.0
     return out
+
+
+def _editable(out: dict[str, np.ndarray], params: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The parameter as edited so far in `out`, else a copy of its value in `params`."""
+    value = out.get(name)
+    return np.array(params[name], copy=True) if value is None else value
 
 
 def held_params(regs: list[GroupRegularizer], held: dict[int, np.ndarray]) -> list[str]:
@@ -117,9 +118,7 @@ def proximal_values(regs: list[GroupRegularizer], params: dict[str, np.ndarray],
             lowered = np.minimum(magnitudes, _water_level(magnitudes, budget)[None, :])
         for (member, pick, before), after in zip(entries, lowered):
             covered = member.mask > 0
-            value = out.get(member.param)
-            if value is None:
-                value = np.array(params[member.param], copy=True)
+            value = _editable(out, params, member.param)
             positions, old, new = pick[covered], before[covered], after[covered]
             if member.kind == "gamma":
                 flat = value.reshape(-1)

@@ -44,10 +44,6 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
         del node.output[1:]
         node.output.extend([f"{node.output[0]}__rm{index}", f"{node.output[0]}__rv{index}"])
         outputs.append((node, node.input[0]))
-    # Matched to the user's norms by their statistics' names, not by position: the rebatched graph
-    # may have lost a norm whose input is constant (a branch held at zero by shrink), which shifted
-    # every later norm's statistics onto its neighbour (a 98.7% network measured 18.1%).
-    targets = [(node.input[3], node.input[4]) for node, _ in outputs]
     del graph.output[:]
     del graph.value_info[:]
     # Every input is viewed as (N, C, rest) and reduced over axes 0 and 2: no rank is needed, so a
@@ -85,8 +81,8 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data: Dataset, batch: int, max
     # Each norm has its own statistics tensors (loading unties exporter-shared ones), held as an
     # initializer or, for placeholder weights, a Constant node: with_params writes either.
     measured = {}
-    for index, (mean_name, var_name) in enumerate(targets):
+    for index, (node, _) in enumerate(outputs):  # the measured graph's norms, by their statistics' names
         mean = sums[2 * index] / count
-        measured[mean_name] = mean
-        measured[var_name] = np.maximum(sums[2 * index + 1] / count - mean ** 2, 0)
+        measured[node.input[3]] = mean
+        measured[node.input[4]] = np.maximum(sums[2 * index + 1] / count - mean ** 2, 0)
     return with_params(model, measured)

@@ -151,21 +151,20 @@ def trainable_slots(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int]]:
     the bias of each MatMul + Add (linear_bias_slot) and a transformer's token tables
     (token_table_slots)."""
     producer = {out: node for node in graph.node for out in node.output}
-    dims = {t.name: tuple(t.dims) for t in graph.initializer}
-    values = {t.name: t for t in graph.initializer}
+    inits = {t.name: t for t in graph.initializer}
     slots = []
     for node in graph.node:
         own = [i for i in TRAINABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)]
-        bias = linear_bias_slot(node, producer, dims)
+        bias = linear_bias_slot(node, producer, inits)
         own += [bias] if bias is not None else []
         # a slot listed twice would be untied from itself (a (1, 1, C) bias is also a token table)
-        own += [i for i in token_table_slots(node, dims, values) if i not in own]
+        own += [i for i in token_table_slots(node, inits) if i not in own]
         slots += [(node, i) for i in own]
     return slots
 
 
 def linear_bias_slot(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
-                     dims: dict[str, tuple[int, ...]]) -> int | None:
+                     inits: dict[str, onnx.TensorProto]) -> int | None:
     """The input of an Add that is a Linear layer's bias: an initializer of shape (C,) (or ones before
     it) added to a MatMul by an initializer weight with C output columns. Anything else an Add reads
     (a position table, a mask, a constant of a formula) is not a bias."""
@@ -173,10 +172,10 @@ def linear_bias_slot(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
         return None
     for index in (0, 1):
         matmul = producer.get(node.input[1 - index])
-        bias = dims.get(node.input[index])
-        if matmul is None or matmul.op_type != "MatMul" or bias is None or len(matmul.input) < 2:
+        if matmul is None or matmul.op_type != "MatMul" or node.input[index] not in inits or len(matmul.input) < 2:
             continue
-        weight = dims.get(matmul.input[1])
+        bias = tuple(inits[node.input[index]].dims)
+        weight = tuple(inits[matmul.input[1]].dims) if matmul.input[1] in inits else None
         if weight and len(weight) == 2 and bias and all(d == 1 for d in bias[:-1]) and bias[-1] == weight[-1]:
             return index
     return None
@@ -186,23 +185,21 @@ def linear_bias_slot(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
 TABLE_MAX_ABS = 100.0
 
 
-def token_table_slots(node: onnx.NodeProto, dims: dict[str, tuple[int, ...]],
-                      values: dict[str, onnx.TensorProto]) -> list[int]:
+def token_table_slots(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int]:
     """The inputs of an Add or Concat that are a transformer's learned token tables: a position table
     added to the tokens or a class token concatenated to them, a float initializer of shape (1, T, C)
     beside a computed tensor of rank 3 (timm's and torch's `pos_embed`, `cls_token`), with finite
     values below TABLE_MAX_ABS. A fixed table a user wrote as a constant trains too."""
     if node.op_type not in ("Add", "Concat") or len(node.input) < 2:
         return []
-    computed = [name for name in node.input if name and name not in dims]
-    if not computed:
+    if all(not name or name in inits for name in node.input):  # nothing computed beside the tables
         return []
     slots = []
     for index, name in enumerate(node.input):
-        shape = dims.get(name)
+        shape = tuple(inits[name].dims) if name in inits else None
         if shape is None or len(shape) != 3 or shape[0] != 1 or shape[-1] < 2:
             continue
-        table = numpy_helper.to_array(values[name]) if values[name].data_type in FLOAT_TYPES else None
+        table = numpy_helper.to_array(inits[name]) if inits[name].data_type in FLOAT_TYPES else None
         if table is not None and np.all(np.isfinite(table)) and np.max(np.abs(table)) < TABLE_MAX_ABS:
             slots.append(index)
     return slots
