@@ -352,3 +352,36 @@ def test_a_mean_over_space_keeps_its_channels_when_some_go():
     means = [n for n in result.model.graph.node if n.name == "node_mean"]
     assert [n.op_type for n in means] == ["ReduceMean"]
     assert 0.2 < result.flops_after / result.flops_before < 0.35
+
+
+# ---- onnxruntime's optimizer ----------------------------------------------------------------------
+
+def _matmul_reshape_batchnorm() -> onnx.ModelProto:
+    """A Linear on tokens followed by a BatchNorm1d over its features (timm's LeViT): onnxruntime
+    1.19's MatMulBnFusion turns it into a Gemm on a rank-3 input and fails to load it."""
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([3, 8], np.int64), "flat"),
+             numpy_helper.from_array(np.array([1, 3, 8], np.int64), "tokens"),
+             numpy_helper.from_array(np.ones(8, np.float32), "var")]
+    inits += [numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), n) for n in ("scale", "bias", "mean")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Reshape", ["m", "flat"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "scale", "bias", "mean", "var"], ["b"]),
+             helper.make_node("Reshape", ["b", "tokens"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 8])],
+                              [helper.make_tensor_value_info("y", 1, [1, 3, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_model_onnxruntimes_optimizations_break_runs_with_them_off():
+    model = _matmul_reshape_batchnorm()
+    params = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = np.random.default_rng(1).standard_normal((1, 3, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match="MatMulBnFusion.*run with them off"):
+        session = make_session(model)
+    m = (x @ params["W"]).reshape(3, 8)
+    expected = (m - params["mean"]) / np.sqrt(params["var"] + 1e-5) * params["scale"] + params["bias"]
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected.reshape(1, 3, 8), rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,8 @@ def make_session(model: onnx.ModelProto | Path, threads: int = 0, optimize: bool
     `optimize=False` turns onnxruntime's graph optimizations off: a BatchNormalization in training
     mode whose running-statistics outputs nothing reads is computed wrongly with them on
     (onnxruntime 1.19: scale 0 and shift 0 gave outputs up to 0.54; scale 1 a standard deviation of
-    1.85 instead of 1), which batch-statistics passes must avoid."""
+    1.85 instead of 1), which batch-statistics passes must avoid. A model that onnxruntime's
+    optimizations break is loaded with them off, with a warning."""
     ort = import_onnxruntime()
 
     options = ort.SessionOptions()
@@ -64,11 +66,23 @@ def make_session(model: onnx.ModelProto | Path, threads: int = 0, optimize: bool
         model = on_disk(model)
     if isinstance(model, Path):
         options.add_session_config_entry("session.disable_prepacking", "1")
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
     try:
-        source = str(model) if isinstance(model, Path) else model.SerializeToString()
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise MorphNetError(f"onnxruntime cannot load the model: {first_line(exc, 300)}") from exc
+        if not optimize:
+            raise MorphNetError(f"onnxruntime cannot load the model: {first_line(exc, 300)}") from exc
+        failure = exc
+    # A fusion of onnxruntime's can break a valid model (1.19: MatMulBnFusion writes a Gemm on a rank-3
+    # input for timm's LeViT exported by dynamo); the model itself runs with the optimizations off.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception:
+        raise MorphNetError(f"onnxruntime cannot load the model: {first_line(failure, 300)}") from failure
+    warnings.warn(f"onnxruntime's graph optimizations fail on this model ({first_line(failure, 200)}); "
+                  "it is run with them off", stacklevel=2)
+    return session
 
 
 def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
