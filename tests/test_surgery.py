@@ -359,19 +359,19 @@ def test_a_mean_over_space_keeps_its_channels_when_some_go():
 def _matmul_reshape_batchnorm() -> onnx.ModelProto:
     """A Linear on tokens followed by a BatchNorm1d over its features (timm's LeViT): onnxruntime
     1.19's MatMulBnFusion turns it into a Gemm on a rank-3 input and fails to load it."""
-    from onnx import helper, numpy_helper
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
-             numpy_helper.from_array(np.array([3, 8], np.int64), "flat"),
-             numpy_helper.from_array(np.array([1, 3, 8], np.int64), "tokens"),
-             numpy_helper.from_array(np.ones(8, np.float32), "var")]
-    inits += [numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), n) for n in ("scale", "bias", "mean")]
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Reshape", ["m", "flat"], ["r"]),
-             helper.make_node("BatchNormalization", ["r", "scale", "bias", "mean", "var"], ["b"]),
-             helper.make_node("Reshape", ["b", "tokens"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 8])],
-                              [helper.make_tensor_value_info("y", 1, [1, 3, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
+             onnx.numpy_helper.from_array(np.array([3, 8], np.int64), "flat"),
+             onnx.numpy_helper.from_array(np.array([1, 3, 8], np.int64), "tokens"),
+             onnx.numpy_helper.from_array(np.ones(8, np.float32), "var")]
+    inits += [onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), name)
+              for name in ("scale", "bias", "mean")]
+    nodes = [onnx.helper.make_node("MatMul", ["x", "W"], ["m"]), onnx.helper.make_node("Reshape", ["m", "flat"], ["r"]),
+             onnx.helper.make_node("BatchNormalization", ["r", "scale", "bias", "mean", "var"], ["b"]),
+             onnx.helper.make_node("Reshape", ["b", "tokens"], ["y"])]
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("x", 1, [1, 3, 8])],
+                                   [onnx.helper.make_tensor_value_info("y", 1, [1, 3, 8])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
