@@ -10,14 +10,16 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from builders import Net
+from builders import Net, random_dataset
 from conftest import REPO
 from morphnet_onnx import MorphNetError, load
 from morphnet_onnx.cli import main
 from morphnet_onnx.recipes.shrink import train
 from morphnet_onnx.loading.runtime import make_session
 from morphnet_onnx.training.health import LearningSignal, learning_signal, learning_warnings
-from morphnet_onnx.training.trainer import TrainOptions
+from morphnet_onnx.surgery.pruning import prepare
+from morphnet_onnx.training.data import load_data
+from morphnet_onnx.training.trainer import Trainer, TrainOptions
 
 TORCH_DIR = REPO / "tests" / "data" / "torch"
 BN_UNTRAINED = TORCH_DIR / "resnet_digits_bn_untrained.onnx"
@@ -166,6 +168,17 @@ def test_learning_signal_rules():
     collapsed = learning_signal([0.14] * 20 + [0.95 * chance] * 20, [], classes=16)  # back at chance
     assert not collapsed.learned
 
+
+
+def test_a_run_can_be_judged_on_its_first_steps(tmp_path):
+    """A family judges learning on its first phase (later ones push the loss up towards small budgets)."""
+    loaded, _ = prepare(str(REPO / "models" / "tiny_resnet.onnx"))
+    data = load_data(random_dataset(tmp_path, 64, 8) / "train.npz", None, loaded, "ce")
+    options = TrainOptions(steps=24, batch_size=8, probe=False, progress=False)
+    whole = Trainer(loaded, options).run(data)
+    first = Trainer(loaded, options).run(data, judge_until=20)
+    assert (whole.signal.steps, first.signal.steps) == (24, 20)
+    assert first.signal.first_loss == pytest.approx(whole.signal.first_loss)
 
 def test_learning_warnings_name_the_written_model_gap_and_chance():
     ok = LearningSignal(100, 2.3, 0.3, 2.3, 0.95)

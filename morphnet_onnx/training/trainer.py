@@ -178,11 +178,13 @@ class Trainer:
                           self.distill, self._declared_classes())
 
     def run(self, data: Dataset, on_step: Callable[[StepInfo], None] | None = None, val: Dataset | None = None,
-            on_warning: Callable[[str], None] | None = None, snapshots: frozenset[int] = frozenset()) -> TrainResult:
+            on_warning: Callable[[str], None] | None = None, snapshots: frozenset[int] = frozenset(),
+            judge_until: int | None = None) -> TrainResult:
         """Train; `val` is also scored inside the session (batch statistics, as trained); `on_warning`
         hears the early learning check (after the first epoch or EARLY_CHECK_STEPS steps); the
         trained weights after each step in `snapshots` come back in `TrainResult.snapshots` (a family
-        of shrinks decides one member from each; not kept across a resume)."""
+        of shrinks decides one member from each; not kept across a resume); the learning signal
+        judges the first `judge_until` steps (all without)."""
         options = self.options
         world = current_world()
         shard = world if world.distributed else None  # each rank reads only its rows of a global batch
@@ -277,7 +279,8 @@ class Trainer:
             if val is not None and options.loss == "ce":
                 session_accuracy = self._session_accuracy(session, val, weights, shard)
             return TrainResult(params=trained, steps=step, seconds=seconds,
-                               signal=learning_signal(task_losses, correct, classes), history=history,
+                               signal=learning_signal(task_losses[:judge_until], correct[:judge_until], classes),
+                               history=history,
                                session_accuracy=session_accuracy, warnings=warnings, snapshots=taken)
         finally:
             session.close()
