@@ -127,8 +127,8 @@ def shrink_job(spec: dict, out: Path, budget: str, threads: int, seed: int = 0, 
         options = mn.TrainOptions(steps=None if epochs else spec["steps"], epochs=epochs or 15,
                                   batch_size=spec["batch"], seed=seed, progress=False)
         result = mn.shrink(spec["model"], spec["train"], out, val=spec.get("val"), method=method, options=options)
-        return _written(spec, out, threads, result.to_dict() | {"steps_total": result.steps + result.decision.get(
-            "finetune_steps", 0)})
+        # every optimizer step of the run: regularized, held and after the cut (shrink's `steps`)
+        return _written(spec, out, threads, result.to_dict() | {"steps_total": result.steps})
     return job
 
 

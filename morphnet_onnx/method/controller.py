@@ -51,6 +51,7 @@ class BudgetController:
         self.growth = max(growth, LAMBDA_SPAN ** (1 / updates)) if total_steps else growth
         self.hold, self.cut_at_budget, self.decide_at = hold, cut_at_budget, decide_at
         self.hold_window = hold_window
+        self.hold_start: float | None = None  # the cost the window's holding starts from (None: the full cost)
         self.held: dict[int, np.ndarray] = {}  # group id -> channels held at zero
         self.held_version = 0
         self.frozen_at: int | None = None  # the update at which the structure was decided
@@ -129,7 +130,8 @@ class BudgetController:
                 return np.zeros(sum(r.width for r in self.regs), dtype=np.float32)
             if window is not None and step >= window[0]:
                 elapsed = min((step - window[0]) / max(window[1] - window[0], 1), 1.0)
-                goal = self.full * (self.target / self.full) ** elapsed
+                start = self.hold_start if self.hold_start is not None else self.full
+                goal = start * (self.target / start) ** elapsed
                 if goal < self.cost:
                     decision = self.decide_at(params, goal)
                     self._hold({r.group_id: ~decision.structure.alive[r.group_id] for r in self.regs})

@@ -1,5 +1,9 @@
 """A family of structures from one regularized run: the budget controller's target steps down through
 the budgets (largest first), and the trained weights at the end of each phase decide one member.
+As in `shrink`'s recipe, the channels a budget removes are held at zero while the run goes on
+(progressive.py): within each phase's window (`phase_windows`) the held structure's cost steps
+down from the previous budget to this one, so the weights at the phase's end are already those of
+the member's structure, and cutting it changes nothing.
 
 Phase k of K ends at `phase_ends(total, K)[k]`: the last K - 1 phases take PHASE_SHARE of the run
 each (at most 80% of it together), the first one the rest, so the first member has trained most of
@@ -24,19 +28,36 @@ def phase_ends(total: int, count: int, every: int = 25) -> list[int]:
     return ends + [total]
 
 
-class PhasedController(BudgetController):
-    """`BudgetController` with a target per phase: `targets[k]` from the end of phase k - 1 on."""
+def phase_windows(ends: list[int], first: tuple[int, int]) -> list[tuple[int, int]]:
+    """The steps within which each phase holds channels: `first` for the first phase (shrink's hold
+    window), the first three quarters of each later phase (its last quarter trains the held
+    structure before its member is decided)."""
+    windows = [first]
+    for start, end in zip(ends, ends[1:]):
+        windows.append((start, start + 3 * (end - start) // 4))
+    return windows
 
-    def __init__(self, *args, targets: list[float], ends: list[int], **kwargs) -> None:
+
+class PhasedController(BudgetController):
+    """`BudgetController` with a target per phase: `targets[k]` from the end of phase k - 1 on; with
+    `hold`, phase k holds channels within `windows[k]`, from the cost of budget k - 1 down to budget k."""
+
+    def __init__(self, *args, targets: list[float], ends: list[int], windows: list[tuple[int, int]] | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.targets, self.ends = list(targets), list(ends)
+        self.windows = list(windows) if windows is not None else None
         self.target = self.targets[0]
+        if self.windows is not None:
+            self.hold_window = self.windows[0]
 
     def phase(self, step: int) -> int:
         return next((k for k, end in enumerate(self.ends) if step < end), len(self.ends) - 1)
 
     def __call__(self, step: int, get_params, force: bool = False):
-        target = self.targets[self.phase(step)]
-        if target != self.target:  # a new budget: the controller starts its approach again
-            self.target, self.met_at, self.previous_cost = target, None, None
+        k = self.phase(step)
+        if self.targets[k] != self.target:  # a new budget: the controller starts its approach again
+            self.target, self.met_at, self.previous_cost = self.targets[k], None, None
+            if self.windows is not None:
+                self.hold_window, self.hold_start = self.windows[k], self.targets[k - 1]
         return super().__call__(step, get_params, force)
