@@ -336,12 +336,21 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "transformer.json"
-        # one file for every run: a run replaces its own tasks' results and keeps the others'
+        # one file for every run: a run replaces its own rows (method, point, seed) and keeps the others
         earlier = json.loads(path.read_text()) if path.exists() else {"runs": {}}
         runs = earlier.get("runs", {task: {"settings": earlier.get("settings"), **rows}
                                     for task, rows in earlier.get("tasks", {}).items()})
+        def row_key(row):
+            return row["method"], str(row["point"]), row["seed"]
+
         for key, task_results in results["tasks"].items():
-            runs[key] = {"settings": results["settings"], **task_results}
+            before = runs.get(key, {})
+            new = {row_key(r) for r in task_results["rows"]}
+            rows = [r for r in before.get("rows", []) if row_key(r) not in new] + task_results["rows"]
+            settings = before.get("settings") or []  # one entry per run that wrote rows here
+            settings = [settings] if isinstance(settings, dict) else settings
+            runs[key] = {"settings": settings + [results["settings"]], "rows": rows,
+                         "table": summarize([r for r in rows if "error" not in r])}
         path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 
 
