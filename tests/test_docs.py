@@ -129,3 +129,34 @@ def test_the_page_shows_what_its_example_prints(tmp_path_factory, page, kind, ex
 def test_the_docs_examples_are_found():
     assert len(_examples()) >= 5
     shutil.which("bash") or pytest.fail("bash runs the examples")
+
+
+# ---- links between the pages ------------------------------------------------------------------------
+
+LINK = re.compile(r"\]\(([\w./-]*\.md)?#([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation but `-` and `_` dropped, spaces to `-`,
+    a repeated anchor numbered (-1, -2...). Code blocks hold no headings."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def test_every_link_to_a_section_finds_it():
+    missing, checked = [], 0
+    for page in [*PAGES, REPO / "README.md"]:
+        for target, anchor in LINK.findall(page.read_text()):
+            linked = (page.parent / target) if target else page
+            checked += linked.exists()
+            if linked.exists() and anchor not in _anchors(linked):
+                missing.append(f"{page.name}: {target}#{anchor}")
+    assert checked > 40 and not missing, (checked, missing)  # (53 section links on 2026-12-05)
