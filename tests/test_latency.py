@@ -21,7 +21,7 @@ from morphnet_onnx.cost.resources import parse_hardware
 from morphnet_onnx.cost.timing import median_noise
 from morphnet_onnx.cost.widths import fast_widths, worth_having
 from morphnet_onnx.method.decision import _ranked_blocks
-from morphnet_onnx.method.family import PhasedController, phase_ends
+from morphnet_onnx.method.family import PhasedController, phase_ends, phase_windows
 from morphnet_onnx.method.landing import _next_target, check_floor
 from morphnet_onnx.recipes.family import member_path, parse_budgets
 from morphnet_onnx.method.regularizers import group_regularizers
@@ -190,6 +190,7 @@ def test_family_budgets_and_phases():
     assert str(member_path("out/small.onnx", "0.5x")) == "out/small_0.5x.onnx"
     assert phase_ends(1000, 3) == [600, 800, 1000]
     assert phase_ends(100, 2) == [75, 100]
+    assert phase_windows([600, 800, 1000], (100, 400)) == [(100, 400), (600, 750), (800, 950)]
 
 
 def test_the_phased_controller_steps_its_target_down(table_file):
@@ -205,6 +206,15 @@ def test_the_phased_controller_steps_its_target_down(table_file):
         controller(step, lambda: params)
         seen.append(controller.target)
     assert seen == [3.0, 3.0, 2.0, 1.0]
+    # holding: each phase's window, from the previous budget's cost down to its own
+    windows = [(10, 40), (50, 68), (75, 93)]
+    held = PhasedController(analysis, loaded, regs, "latency", 3.0, None, 0.01, table, total_steps=100,
+                            targets=[3.0, 2.0, 1.0], ends=[50, 75, 100], hold=True, windows=windows)
+    seen = []
+    for step in (25, 50, 75):
+        held(step, lambda: params)
+        seen.append((held.hold_window, held.hold_start))
+    assert seen == [((10, 40), None), ((50, 68), 3.0), ((75, 93), 2.0)]
 
 
 def test_cli_inspect_shows_the_table(table_file, capsys):
