@@ -135,15 +135,16 @@ def test_shrink_resumes_mid_interval_to_the_same_result(data, kill_training_at):
     the run never killed; a checkpoint of another run is refused."""
     ckpt = data / "ck"
 
-    def run(out, **kw):
+    def run(out, **kw):  # (no steps after the cut: all 5 steps are the regularized run that is killed)
         return shrink(TINY, data / "train.npz", data / out, budget=Budget("flops", "0.6x"), regularizer="figs",
-                      options=quick(steps=5, **kw), force=True, structure_path=data / f"{out}.json")
+                      options=quick(steps=5, **kw), force=True, structure_path=data / f"{out}.json",
+                      finetune_steps=0)
 
     with kill_training_at(4, "shrink"), pytest.raises(KeyboardInterrupt, match="step 4 of 5; the checkpoint of step 3"):
         run("a.onnx", checkpoint_dir=ckpt, checkpoint_every=3)
     with pytest.raises(MorphNetError, match="another run .*total_steps"):
         shrink(TINY, data / "train.npz", data / "x.onnx", budget=Budget("flops", "0.6x"), regularizer="figs",
-               options=quick(steps=6, checkpoint_dir=ckpt, resume=True), force=True)
+               options=quick(steps=6, checkpoint_dir=ckpt, resume=True), force=True, finetune_steps=0)
     resumed = run("b.onnx", checkpoint_dir=ckpt, resume=True)
     whole = run("c.onnx")
     assert resumed.steps == whole.steps == 5
