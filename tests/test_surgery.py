@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builders import Net, concat_of_two_branches
-from morphnet_onnx import MorphNetError
+from morphnet_onnx import LatencySettings, MorphNetError, measure_latency
 from morphnet_onnx.surgery.checking import check, zero_gates
 from morphnet_onnx.surgery.pruning import prepare, prune, prune_loaded
 from morphnet_onnx.loading.runtime import make_session, random_feeds
@@ -374,6 +374,11 @@ def _matmul_reshape_batchnorm() -> onnx.ModelProto:
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def test_a_model_onnxruntimes_optimizations_break_is_not_timed_and_says_why():
+    with pytest.raises(MorphNetError, match="optimizations fail on this model, so it cannot be timed"):
+        measure_latency([_matmul_reshape_batchnorm()], LatencySettings(threads=1))
 
 
 def test_a_model_onnxruntimes_optimizations_break_runs_with_them_off():

@@ -111,11 +111,19 @@ def timing_session(model: onnx.ModelProto | Path, settings: LatencySettings, pro
     providers = [settings.provider] + ([CPU] if settings.provider != CPU else [])
     if isinstance(model, onnx.ModelProto) and needs_a_file(model):
         model = on_disk(model)
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
     try:
-        source = str(model) if isinstance(model, Path) else model.SerializeToString()
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:
-        raise MorphNetError(f"onnxruntime cannot load the model for timing: {first_line(exc, 300)}") from exc
+        failure = exc
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:  # only to say why: a model is timed as deployed, with the optimizations on
+        ort.InferenceSession(source, options, providers=providers)
+    except Exception:
+        raise MorphNetError(f"onnxruntime cannot load the model for timing: {first_line(failure, 300)}") from failure
+    raise MorphNetError(f"onnxruntime's graph optimizations fail on this model, so it cannot be timed as it would "
+                        f"be deployed ({first_line(failure, 200)}); check, prune and training run it with them "
+                        f"off") from failure
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
