@@ -29,6 +29,7 @@ import onnx
 
 from ..errors import MorphNetError, first_line
 from ..loading.external import needs_a_file, on_disk
+from ..loading.runtime import unoptimized_session
 
 CPU = "CPUExecutionProvider"
 # A run takes at least this long to count as measured; shorter runs are repeated within a round.
@@ -115,15 +116,12 @@ def timing_session(model: onnx.ModelProto | Path, settings: LatencySettings, pro
     try:
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:
-        failure = exc
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:  # only to say why: a model is timed as deployed, with the optimizations on
-        ort.InferenceSession(source, options, providers=providers)
-    except Exception:
-        raise MorphNetError(f"onnxruntime cannot load the model for timing: {first_line(failure, 300)}") from failure
-    raise MorphNetError(f"onnxruntime's graph optimizations fail on this model, so it cannot be timed as it would "
-                        f"be deployed ({first_line(failure, 200)}); check, prune and training run it with them "
-                        f"off") from failure
+        # only to say why: a model is timed as deployed, with the optimizations on
+        if unoptimized_session(ort, source, options, providers) is None:
+            raise MorphNetError(f"onnxruntime cannot load the model for timing: {first_line(exc, 300)}") from exc
+        raise MorphNetError(f"onnxruntime's graph optimizations fail on this model, so it cannot be timed as it "
+                            f"would be deployed ({first_line(exc, 200)}); check, prune and training run it with "
+                            f"them off") from exc
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

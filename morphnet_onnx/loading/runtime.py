@@ -67,22 +67,27 @@ def make_session(model: onnx.ModelProto | Path, threads: int = 0, optimize: bool
     if isinstance(model, Path):
         options.add_session_config_entry("session.disable_prepacking", "1")
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    providers = ["CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:
-        if not optimize:
+        session = unoptimized_session(ort, source, options, providers) if optimize else None
+        if session is None:
             raise MorphNetError(f"onnxruntime cannot load the model: {first_line(exc, 300)}") from exc
-        failure = exc
-    # A fusion of onnxruntime's can break a valid model (1.19: MatMulBnFusion writes a Gemm on a rank-3
-    # input for timm's LeViT exported by dynamo); the model itself runs with the optimizations off.
+        warnings.warn(f"onnxruntime's graph optimizations fail on this model ({first_line(exc, 200)}); "
+                      "it is run with them off", stacklevel=2)
+        return session
+
+
+def unoptimized_session(ort, source, options, providers: list[str]):
+    """The session with onnxruntime's graph optimizations off, or None where it fails too. A fusion
+    of onnxruntime's can break a valid model (1.19: MatMulBnFusion writes a Gemm on a rank-3 input
+    for timm's LeViT exported by dynamo) that runs with them off."""
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=providers)
     except Exception:
-        raise MorphNetError(f"onnxruntime cannot load the model: {first_line(failure, 300)}") from failure
-    warnings.warn(f"onnxruntime's graph optimizations fail on this model ({first_line(failure, 200)}); "
-                  "it is run with them off", stacklevel=2)
-    return session
+        return None
 
 
 def run_node(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
