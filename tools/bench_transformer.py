@@ -335,23 +335,24 @@ def main() -> None:
             print(key, line, flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "transformer.json"
-        # one file for every run: a run replaces its own rows (method, point, seed) and keeps the others
-        earlier = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-        runs = earlier.get("runs", {task: {"settings": earlier.get("settings"), **rows}
-                                    for task, rows in earlier.get("tasks", {}).items()})
-        def row_key(row):
-            return row["method"], str(row["point"]), row["seed"]
+        merge_results(args.out / "transformer.json", results)
 
-        for key, task_results in results["tasks"].items():
-            before = runs.get(key, {})
-            new = {row_key(r) for r in task_results["rows"]}
-            rows = [r for r in before.get("rows", []) if row_key(r) not in new] + task_results["rows"]
-            settings = before.get("settings") or []  # one entry per run that wrote rows here
-            settings = [settings] if isinstance(settings, dict) else settings
-            runs[key] = {"settings": settings + [results["settings"]], "rows": rows,
-                         "table": summarize([r for r in rows if "error" not in r])}
-        path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+
+def _row_key(row: dict) -> tuple:
+    return row["method"], str(row["point"]), row["seed"]
+
+
+def merge_results(path: Path, results: dict) -> None:
+    """One file for every run: per task and start, a run replaces its own rows (method, point, seed),
+    keeps the others and adds its settings to the list of the runs that wrote there."""
+    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
+    for key, task_results in results["tasks"].items():
+        before = runs.get(key, {"settings": [], "rows": []})
+        new = {_row_key(r) for r in task_results["rows"]}
+        rows = [r for r in before["rows"] if _row_key(r) not in new] + task_results["rows"]
+        runs[key] = {"settings": before["settings"] + [results["settings"]], "rows": rows,
+                     "table": summarize([r for r in rows if "error" not in r])}
+    path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
