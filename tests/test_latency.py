@@ -17,10 +17,11 @@ from morphnet_onnx import (LatencySettings, MorphNetError, inspect, latency_tabl
                            shrink_family)
 from morphnet_onnx.cli import main
 from morphnet_onnx.cost.latency import UnitFit, fit_unit, nnls, unit_seconds
-from morphnet_onnx.cost.resources import parse_hardware
+from morphnet_onnx.cost.resources import compute_costs, parse_hardware
 from morphnet_onnx.cost.timing import median_noise
 from morphnet_onnx.cost.widths import fast_widths, worth_having
-from morphnet_onnx.method.decision import _ranked_blocks
+from morphnet_onnx.method.controller import BudgetController
+from morphnet_onnx.method.decision import _ranked_blocks, decide
 from morphnet_onnx.method.family import PhasedController, phase_ends, phase_windows
 from morphnet_onnx.method.landing import _next_target, check_floor
 from morphnet_onnx.recipes.family import member_path, parse_budgets
@@ -215,6 +216,39 @@ def test_the_phased_controller_steps_its_target_down(table_file):
         held(step, lambda: params)
         seen.append((held.hold_window, held.hold_start))
     assert seen == [((10, 40), None), ((50, 68), 3.0), ((75, 93), 2.0)]
+
+
+def test_a_latency_budgets_hold_comes_down_geometrically_in_flops(table_file):
+    """Halfway through the hold window, a latency budget's held structure keeps about the geometric
+    mean of the full model's FLOPs and those of the structure at the budget (decided on FLOPs):
+    geometric in latency, most of the cut would wait for the window's end."""
+    model, _, table = table_file
+    loaded, analysis = prepare(model)
+    regs = group_regularizers(analysis, loaded, "auto", "max")
+    rng = np.random.default_rng(0)
+    params = {t.name: onnx.numpy_helper.to_array(t).copy() for t in loaded.model.graph.initializer}
+    for reg in regs:  # gates spread over two decades, so that every goal has its own prefix
+        for member in reg.members:
+            params[member.param] = (10 ** rng.uniform(-1, 1, params[member.param].shape)).astype(np.float32)
+    resources = []
+
+    def decide_at(p, goal, in_resource="latency"):
+        resources.append(in_resource)
+        return decide(analysis, loaded, regs, p, 0.01, in_resource, goal, table)
+
+    def flops(decision):
+        return compute_costs(analysis, loaded, table, alive=decision.structure.element_alive(analysis)).flops
+
+    full = compute_costs(analysis, loaded, table)
+    target = 0.5 * full.latency_s
+    controller = BudgetController(analysis, loaded, regs, "latency", target, None, 0.01, table, hold=True,
+                                  decide_at=decide_at, hold_window=(0, 100))
+    controller(50, lambda: params)
+    goal = np.sqrt(full.flops * flops(decide_at(params, target)))
+    assert "flops" in resources and controller.log[-1]["held_unit"] == "flops"
+    held = controller.log[-1]["held_to"]
+    assert held <= goal and held >= 0.6 * goal, (held, goal, full.flops)
+    assert controller.held_count() > 0
 
 
 def test_cli_inspect_shows_the_table(table_file, capsys):

@@ -35,7 +35,8 @@ class BudgetController:
         """`total_steps` and `reach`: lambda may grow LAMBDA_SPAN-fold within `reach` of the run's
         updates. `hold`: the channels whose gate is at or below the threshold at an update are held
         at zero from then on (progressive.py applies it). `cut_at_budget`: once the learned structure
-        meets the budget, `decide_at(params)` (a Decision) fixes the structure to write, its removed
+        meets the budget, `decide_at(params, goal)` (a Decision; `decide_at(params, goal, "flops")`
+        decides on FLOPs instead of the budget's resource) fixes the structure to write, its removed
         channels are held (with `hold`) for one more period, and the cut is due (`cut_due_at`).
         `proximal_step`: the regularizer acts as a proximal step on the gates after every optimizer
         step (progressive.py), of the step's learning rate times `proximal_step`, instead of through
@@ -60,11 +61,12 @@ class BudgetController:
         self.cut_structure: dict[int, list[int]] | None = None  # its alive channels, for a resumed run
         self.proximal_step = proximal_step
         self.proximal_weights: np.ndarray | None = None
-        self.full = resource_cost(compute_costs(analysis, loaded, hardware), resource)
+        full_costs = compute_costs(analysis, loaded, hardware)
+        self.full, self.full_flops = resource_cost(full_costs, resource), full_costs.flops
         self.strength = strength if strength is not None else initial
         self.manual = strength is not None
         self.met_at: int | None = None
-        self.cost = self.full
+        self.cost, self.flops = self.full, self.full_flops
         self.previous_cost: float | None = None
         self.lookahead = lookahead
         self.alive_share = 1.0
@@ -93,7 +95,7 @@ class BudgetController:
         structure = self.alive_structure(params)
         alive = structure.element_alive(self.analysis)
         costs = compute_costs(self.analysis, self.loaded, self.hardware, alive=alive)
-        self.cost = resource_cost(costs, self.resource)
+        self.cost, self.flops = resource_cost(costs, self.resource), costs.flops
         total = sum(r.width for r in self.regs)
         self.alive_share = sum(int(structure.alive[r.group_id].sum()) for r in self.regs) / max(total, 1)
         if not self.manual and self.target is not None and step > 0:
@@ -130,12 +132,10 @@ class BudgetController:
                 return np.zeros(sum(r.width for r in self.regs), dtype=np.float32)
             if window is not None and step >= window[0]:
                 elapsed = min((step - window[0]) / max(window[1] - window[0], 1), 1.0)
-                start = self.hold_start if self.hold_start is not None else self.full
-                goal = start * (self.target / start) ** elapsed
-                if goal < self.cost:
-                    decision = self.decide_at(params, goal)
+                decision, unit = self._held_goal(params, elapsed)
+                if decision is not None:
                     self._hold({r.group_id: ~decision.structure.alive[r.group_id] for r in self.regs})
-                    self.log[-1]["held_to"] = decision.cost
+                    self.log[-1].update(held_to=decision.cost, held_unit=unit)
         marginal = costs.channel_marginal[self.resource]
         weights = (self.strength * channel_weights(self.regs, marginal) / max(self.full, 1e-30)).astype(np.float32)
         if self.proximal_step is not None:
@@ -146,6 +146,31 @@ class BudgetController:
             self.proximal_weights = (self.strength * flat / mean).astype(np.float32)
             return np.zeros_like(weights)
         return weights
+
+    def _held_goal(self, params: dict[str, np.ndarray], elapsed: float):
+        """The Decision the held structure comes down to after `elapsed` (0 to 1) of the hold window
+        (None while the alive structure is below it) and the resource it was decided in: geometric
+        from the window's start to the budget.
+
+        In the budget's resource, except latency: there the schedule is geometric in the FLOPs, from
+        those of the structure at the window's start to those of the structure at the budget. Where
+        per-node overhead dominates, latency falls slowly with channels, and a schedule geometric in
+        latency leaves most of the channels' cut for the window's end (the bundled 1-D ResNet: latency
+        0.3x -> 0.25x is FLOPs 0.06x -> 0.02x; measured in docs/benchmarks.md, "Accuracy at equal
+        measured latency")."""
+        start = self.hold_start if self.hold_start is not None else self.full
+        if self.resource != "latency":
+            goal = start * (self.target / start) ** elapsed
+            return (self.decide_at(params, goal) if goal < self.cost else None), self.resource
+        flops_end = self._flops_of(self.decide_at(params, self.target))
+        flops_start = self.full_flops if self.hold_start is None else \
+            self._flops_of(self.decide_at(params, self.hold_start))
+        goal = flops_start * (flops_end / max(flops_start, 1e-30)) ** elapsed
+        return (self.decide_at(params, goal, "flops") if goal < self.flops else None), "flops"
+
+    def _flops_of(self, decision) -> float:
+        alive = decision.structure.element_alive(self.analysis)
+        return compute_costs(self.analysis, self.loaded, self.hardware, alive=alive).flops
 
     def _hold(self, dead: dict[int, np.ndarray]) -> None:
         changed = False

@@ -129,8 +129,8 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     ends = phase_ends(total, len(budgets))
     hold = method.hold
 
-    def decide_now(params, goal):
-        return decide(analysis, loaded, regs, params, threshold, resource, goal, hw, round_to)
+    def decide_now(params, goal, in_resource=resource):
+        return decide(analysis, loaded, regs, params, threshold, in_resource, goal, hw, round_to)
 
     # Lambda's growth is sized on the first phase: its member is decided at its end, not the run's.
     # The first phase holds within shrink's window, the others within their own (phase_windows).

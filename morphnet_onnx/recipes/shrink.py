@@ -251,8 +251,8 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     teacher, distill, teacher_check = _teacher(method, loaded, dataset, options)
     train_set = with_teacher(dataset, teacher) if distill is not None else dataset
 
-    def decide_now(params, goal=target) -> Decision:
-        return decide(analysis, loaded, regs, params, threshold, resource, goal, hw, round_to)
+    def decide_now(params, goal=target, in_resource=resource) -> Decision:
+        return decide(analysis, loaded, regs, params, threshold, in_resource, goal, hw, round_to)
 
     cut_early = method.cut == "budget" and plan["finetune_min"] > 0 and target is not None
     hold = method.hold and target is not None and plan["finetune_min"] > 0
