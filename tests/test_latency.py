@@ -191,7 +191,7 @@ def test_family_budgets_and_phases():
     assert str(member_path("out/small.onnx", "0.5x")) == "out/small_0.5x.onnx"
     assert phase_ends(1000, 3) == [600, 800, 1000]
     assert phase_ends(100, 2) == [75, 100]
-    assert phase_windows([600, 800, 1000], (100, 400)) == [(100, 400), (600, 750), (800, 950)]
+    assert phase_windows([600, 800, 1000], (100, 400)) == [(100, 400), (600, 700), (800, 900)]
 
 
 def test_the_phased_controller_steps_its_target_down(table_file):

