@@ -169,7 +169,6 @@ def test_learning_signal_rules():
     assert not collapsed.learned
 
 
-
 def test_a_run_can_be_judged_on_its_first_steps(tmp_path):
     """A family judges learning on its first phase (later ones push the loss up towards small budgets)."""
     loaded, _ = prepare(str(REPO / "models" / "tiny_resnet.onnx"))
@@ -179,6 +178,7 @@ def test_a_run_can_be_judged_on_its_first_steps(tmp_path):
     first = Trainer(loaded, options).run(data, judge_until=20)
     assert (whole.signal.steps, first.signal.steps) == (24, 20)
     assert first.signal.first_loss == pytest.approx(whole.signal.first_loss)
+
 
 def test_learning_warnings_name_the_written_model_gap_and_chance():
     ok = LearningSignal(100, 2.3, 0.3, 2.3, 0.95)

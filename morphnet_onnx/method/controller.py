@@ -158,8 +158,8 @@ class BudgetController:
         latency leaves most of the channels' cut for the window's end (the bundled 1-D ResNet: latency
         0.3x -> 0.25x is FLOPs 0.06x -> 0.02x; measured in docs/benchmarks.md, "Accuracy at equal
         measured latency")."""
-        start = self.hold_start if self.hold_start is not None else self.full
         if self.resource != "latency":
+            start = self.hold_start if self.hold_start is not None else self.full
             goal = start * (self.target / start) ** elapsed
             return (self.decide_at(params, goal) if goal < self.cost else None), self.resource
         flops_end = self._flops_of(self.decide_at(params, self.target))
