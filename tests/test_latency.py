@@ -80,6 +80,21 @@ def test_median_noise_is_the_relative_half_width_of_the_median_interval():
     assert median_noise([1.0, 2.0])[1] == 1.0  # too few runs: no estimate
 
 
+def test_a_models_noise_covers_how_far_its_sessions_land_apart(monkeypatch):
+    """Sessions of one model at 1.00, 1.01 and 1.08 ms, each known to 0.5%: the model's time is their
+    median and its noise half their range (4%), not the pooled interval nor the closest pair's."""
+    import morphnet_onnx.cost.timing as timing
+
+    sessions = [timing.Measurement(t, 0.005, 50, "cpu") for t in (1.08e-3, 1.00e-3, 1.01e-3)]
+    monkeypatch.setattr(timing, "timing_session", lambda model, settings: object())
+    monkeypatch.setattr(timing, "timing_feeds", lambda session, shapes, batch: {})
+    monkeypatch.setattr(timing, "measure_sessions", lambda opened, feeds, clock, tolerance, max_seconds: sessions)
+    [measured] = timing.measure_models([tiny()], LatencySettings(threads=1), {}, sessions=3)
+    assert measured.median_s == pytest.approx(1.01e-3)
+    assert measured.noise == pytest.approx(0.04 / 1.01)
+    assert measured.runs == 150
+
+
 def test_nnls_matches_a_search_over_the_active_sets():
     rng = np.random.default_rng(1)
     for _ in range(20):

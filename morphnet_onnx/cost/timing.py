@@ -223,8 +223,11 @@ def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettin
     """End-to-end latency of each model (alternated rounds), at the settings. Each model runs in
     `sessions` sessions of its own, alternated with the rest: one session can run a small model
     slower throughout (where its buffers fall, what shares its core), so a model's time is the
-    median of its sessions' medians; its noise the larger of the pooled runs' and half the spread
-    between its two closest sessions (how far a second session of the same model lands)."""
+    median of its sessions' medians; its noise the larger of the pooled runs' and half the range of
+    its sessions' medians: about how far a second measurement lands. (Measured on this machine, 1
+    thread, 10 measurements of three models of 25-50 us against the original: their ratios to it
+    spread by 3.0, 1.7 and 1.7% (standard deviation); the noise reported for the ratio was 3.5, 2.1
+    and 0.7% this way, 0.7, 0.8 and 0.6% with half the spread between the two closest sessions.)"""
     opened = [timing_session(model, settings) for model in models for _ in range(sessions)]
     feeds = [timing_feeds(session, shapes, settings.batch) for session in opened]
     per_session = measure_sessions(opened, feeds, settings.clock, tolerance, max_seconds=max_seconds)
@@ -233,7 +236,7 @@ def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettin
         own = per_session[index * sessions:(index + 1) * sessions]
         medians = sorted(m.median_s for m in own)
         median = float(np.median(medians))
-        spread = min((b - a for a, b in zip(medians, medians[1:])), default=0.0) / 2 / median if median else 0.0
+        spread = (medians[-1] - medians[0]) / 2 / median if median else 0.0
         noise = max(max(m.noise for m in own), spread)
         measured.append(Measurement(median, float(noise), sum(m.runs for m in own), settings.clock))
     return measured
