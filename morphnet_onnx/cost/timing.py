@@ -239,8 +239,8 @@ def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettin
     2.4% (standard deviation), with 9 by 1.5, 1.1 and 1.4% (11 s per measurement instead of 3);
     timed alone, one session in a fresh process each as a deployment runs them (12 processes per
     model), the ratios were 0.222, 0.229 and 0.472: 9 sessions measured 0.216, 0.223 and 0.465,
-    3 sessions 0.241, 0.233 and 0.469 (the medians of three sessions of the smallest models sat
-    4-10% high in 3 of 3 series). The noise reported for the ratio: 5.0, 1.2 and 1.6% with 9
+    3 sessions 0.241, 0.233 and 0.469 (the two smallest models sat 2-11% high in each of
+    three such series). The noise reported for the ratio: 5.0, 1.2 and 1.6% with 9
     sessions, 7.5, 9.9 and 4.3% with 3; before it counted the sessions' spread as half the gap
     between the two closest of them, 0.7, 0.8 and 0.6%."""
     counts = []
