@@ -8,8 +8,8 @@ what an idle one would); every other run (several threads, other providers) on t
 measurement runs until its median is known to `tolerance`: the half-width of the distribution-free
 95% confidence interval of the median, relative to it, is the noise reported with it. Several
 models are measured in alternated rounds so that drift hits them alike, each in three sessions of
-its own, nine when its run takes under a millisecond (a session can run a small model slower
-throughout: measured on this machine, one of five sessions of a 0.06 ms model ran at 0.13 ms).
+its own (a session can run a small model slower throughout: measured on this machine, one of five
+sessions of a 0.06 ms model ran at 0.13 ms).
 
 Per-node times come from onnxruntime's profiler: the median duration of every kernel over a few
 runs, in execution order (surgery/latency.py attributes them to the ops of the original graph).
@@ -35,13 +35,6 @@ CPU = "CPUExecutionProvider"
 # A run takes at least this long to count as measured; shorter runs are repeated within a round.
 ROUND_SECONDS = 0.02
 SESSIONS = 3  # sessions per model in an end-to-end measurement
-# A model whose run is shorter than this gets SHORT_SESSIONS instead: where its buffers fall moves a
-# short run most (measured on the 1-D ResNet's 25-110 us models: see measure_models).
-SHORT_RUN_S = 1e-3
-SHORT_SESSIONS = 9
-# For n sessions scattered normally, the median of their medians lies within this share of their
-# range of the truth 95 times in 100 (simulated, 400,000 draws of each n): a model's noise.
-MEDIAN_WITHIN_RANGE = {2: 6.37, 3: 1.34, 4: 0.74, 5: 0.56, 6: 0.43, 7: 0.38, 8: 0.32, 9: 0.30, 10: 0.26}
 
 
 @dataclass(frozen=True)
@@ -226,68 +219,30 @@ def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: f
 
 
 def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettings, shapes: dict,
-                   tolerance: float = 0.01, max_seconds: float = 10.0, sessions: int | None = None) -> list[Measurement]:
+                   tolerance: float = 0.01, max_seconds: float = 10.0, sessions: int = SESSIONS) -> list[Measurement]:
     """End-to-end latency of each model (alternated rounds), at the settings. Each model runs in
-    sessions of its own (`sessions`, or by default SESSIONS, SHORT_SESSIONS for a model whose run
-    takes under SHORT_RUN_S), alternated with the rest: one session can run a small model slower
-    throughout (where its buffers fall, what shares its core), so a model's time is the median of
-    its sessions' medians; its noise the larger of the pooled runs' and the 95% interval the
-    sessions' spread gives that median (`session_noise`).
-
-    Measured on this machine, 1 thread, three models of 25-50 us against the original (110 us),
-    10 measurements each way: with 3 sessions per model their ratios to it spread by 2.3, 3.7 and
-    2.4% (standard deviation), with 9 by 1.5, 1.1 and 1.4% (11 s per measurement instead of 3);
-    timed alone, one session in a fresh process each as a deployment runs them (12 processes per
-    model), the ratios were 0.222, 0.229 and 0.472: 9 sessions measured 0.216, 0.223 and 0.465,
-    3 sessions 0.241, 0.233 and 0.469 (the two smallest models sat 2-11% high in each of
-    three such series). The noise reported for the ratio: 5.0, 1.2 and 1.6% with 9
-    sessions, 7.5, 9.9 and 4.3% with 3; before it counted the sessions' spread as half the gap
-    between the two closest of them, 0.7, 0.8 and 0.6%."""
-    counts = []
-    opened, feeds = [], []
-    for model in models:
-        first = timing_session(model, settings)
-        feed = timing_feeds(first, shapes, settings.batch)
-        count = sessions or (SHORT_SESSIONS if _run_seconds(first, feed) < SHORT_RUN_S else SESSIONS)
-        counts.append(count)
-        opened.append(first)
-        feeds.append(feed)
-        for _ in range(count - 1):
-            session = timing_session(model, settings)
-            opened.append(session)
-            feeds.append(timing_feeds(session, shapes, settings.batch))
+    `sessions` sessions of its own, alternated with the rest: one session can run a small model
+    slower throughout (where its buffers fall, what shares its core), so a model's time is the
+    median of its sessions' medians; its noise the larger of the pooled runs' and half the range of
+    its sessions' medians: about how far a second measurement lands. (Measured on this machine, 1
+    thread, 10 measurements of three models of 25-50 us against the original: their ratios to it
+    spread by 3.0, 1.7 and 1.7% (standard deviation); the noise reported for the ratio was 3.5, 2.1
+    and 0.7% this way, 0.7, 0.8 and 0.6% with half the spread between the two closest sessions.
+    Nine sessions for a run under 1 ms were tried and not kept: the spread in a loop halved, but
+    landings on the 1-D ResNet at 0.25x and 0.5x, 5 seeds each, ended within -10%/+5% of the
+    budget 7 times in 10 against 10 in 10 with three: docs/benchmarks.md.)"""
+    opened = [timing_session(model, settings) for model in models for _ in range(sessions)]
+    feeds = [timing_feeds(session, shapes, settings.batch) for session in opened]
     per_session = measure_sessions(opened, feeds, settings.clock, tolerance, max_seconds=max_seconds)
-    measured, start = [], 0
-    for count in counts:
-        own = per_session[start:start + count]
-        start += count
-        median = float(np.median([m.median_s for m in own]))
-        noise = max(max(m.noise for m in own), session_noise([m.median_s for m in own]) / median if median else 0.0)
+    measured = []
+    for index in range(len(models)):
+        own = per_session[index * sessions:(index + 1) * sessions]
+        medians = sorted(m.median_s for m in own)
+        median = float(np.median(medians))
+        spread = (medians[-1] - medians[0]) / 2 / median if median else 0.0
+        noise = max(max(m.noise for m in own), spread)
         measured.append(Measurement(median, float(noise), sum(m.runs for m in own), settings.clock))
     return measured
-
-
-def session_noise(medians: list[float]) -> float:
-    """Half-width of the 95% confidence interval of the median of `medians` (one per session), in
-    seconds, from their range (MEDIAN_WITHIN_RANGE; beyond ten sessions it narrows as 1/sqrt(n)).
-    0 for one session."""
-    n = len(medians)
-    if n < 2:
-        return 0.0
-    largest = max(MEDIAN_WITHIN_RANGE)
-    share = MEDIAN_WITHIN_RANGE[n] if n <= largest else MEDIAN_WITHIN_RANGE[largest] * np.sqrt(largest / n)
-    return share * (max(medians) - min(medians))
-
-
-def _run_seconds(session, feeds, runs: int = 3) -> float:
-    """The fastest of a few runs after a first one (wall clock): how short a run is."""
-    _run(session, feeds)
-    fastest = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        _run(session, feeds)
-        fastest = min(fastest, time.perf_counter() - start)
-    return fastest
 
 
 def profile_nodes(model: onnx.ModelProto | Path, settings: LatencySettings, shapes: dict, runs: int = 6,
