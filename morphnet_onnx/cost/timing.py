@@ -229,8 +229,8 @@ def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettin
     spread by 3.0, 1.7 and 1.7% (standard deviation); the noise reported for the ratio was 3.5, 2.1
     and 0.7% this way, 0.7, 0.8 and 0.6% with half the spread between the two closest sessions.
     Nine sessions for a run under 1 ms were tried and not kept: the spread in a loop halved, but
-    landings on the 1-D ResNet at 0.25x and 0.5x, 5 seeds each, ended within -10%/+5% of the
-    budget 7 times in 10 against 10 in 10 with three: docs/benchmarks.md.)"""
+    landings of the 1-D ResNet at 0.25x and 0.5x, 5 seeds each, ended within -10%/+5% of the
+    budget 7 times in 10, against 9 in 10 with this rule: docs/benchmarks.md.)"""
     opened = [timing_session(model, settings) for model in models for _ in range(sessions)]
     feeds = [timing_feeds(session, shapes, settings.batch) for session in opened]
     per_session = measure_sessions(opened, feeds, settings.clock, tolerance, max_seconds=max_seconds)
