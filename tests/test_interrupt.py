@@ -8,12 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 
 from builders import small_bn_net
 from conftest import REPO
+from morphnet_onnx import Interrupted
+from morphnet_onnx.recipes import shrink as learning
+from morphnet_onnx.stopping import stopping_on_signals
+from morphnet_onnx.training.trainer import TrainOptions
 
 STEPS = 60
 EVERY = 5
@@ -135,6 +141,34 @@ def test_cycle_killed_mid_round_resumes_to_the_same_table(small, sig):
     whole_rows = json.loads((whole_dir / "cycle.json").read_text())["table"]["rows"]
     strip = lambda rows: [{k: v for k, v in row.items() if k not in ("model", "structure")} for row in rows]  # noqa: E731
     assert strip(rows) == strip(whole_rows)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_whose_raise_a_finalizer_swallowed_still_stops_training(small, tmp_path, monkeypatch):
+    """A signal that arrives while Python runs a weakref callback: its handler's KeyboardInterrupt is
+    printed as "Exception ignored" and dropped, and the run used to go on to its end. Here the
+    handler runs inside a finalizer at step 3; training stops at the next step all the same."""
+    class Owner:
+        pass
+
+    def progress(options, controller, label):
+        def on_step(info):
+            if info.step == 3:
+                owner = Owner()
+                weakref.finalize(owner, signal.getsignal(signal.SIGTERM), signal.SIGTERM, None)
+                del owner  # the finalizer runs the handler now; CPython drops what it raises
+        return nullcontext(), on_step, lambda text: None
+
+    monkeypatch.setattr(learning, "_progress", progress)
+    out = tmp_path / "out.onnx"
+    options = TrainOptions(steps=STEPS, batch_size=8, progress=False, probe=False,
+                           checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
+    before = signal.getsignal(signal.SIGTERM)
+    with stopping_on_signals(), pytest.raises(Interrupted) as caught:
+        learning.train(small / "net.onnx", small / "train.npz", out, options=options)
+    assert str(caught.value).startswith(f"interrupted at step 3 of {STEPS}"), caught.value
+    assert "--resume" in str(caught.value) and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handlers are given back
 
 
 def test_a_closed_stdout_ends_quietly_with_141(tmp_path):

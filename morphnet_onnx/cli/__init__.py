@@ -7,20 +7,14 @@ The CLI is a thin layer over the Python API: parse arguments (parser.py), call i
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 import warnings
 
 from ..errors import MorphNetError
+from ..stopping import stopping_on_signals
 from ..training.distributed import is_main
 from .parser import build_parser
-
-
-def _terminate(signum, frame) -> None:
-    """SIGTERM (`kill PID`, a job scheduler's stop) ends a run as Ctrl-C does: temporary files are
-    removed, and training says where its checkpoint is."""
-    raise KeyboardInterrupt
 
 
 def _stdout_closed() -> int:
@@ -42,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # called from a thread other than the main one: signals stay as they are
-        previous = None
+        with stopping_on_signals():
+            return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args) -> int:
     try:
         if not is_main():  # under torchrun every rank runs the command: rank 0 prints, all report errors
             sys.stdout = open(os.devnull, "w")
@@ -68,7 +66,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"morphnet-onnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
-    finally:
-        warnings.showwarning = shown
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -30,6 +30,7 @@ import onnx
 from ..errors import MorphNetError, first_line
 from ..loading.external import needs_a_file, on_disk
 from ..loading.runtime import unoptimized_session
+from ..stopping import raise_if_stop_requested
 
 CPU = "CPUExecutionProvider"
 # A run takes at least this long to count as measured; shorter runs are repeated within a round.
@@ -211,6 +212,7 @@ def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: f
                 _run(session, feed)
                 times[index].append(timer() - begin)
         rounds += 1
+        raise_if_stop_requested()  # a signal whose own raise a finalizer swallowed
         stats = [median_noise(t) for t in times]
         enough = all(len(t) >= min_runs for t in times) and rounds >= 3
         if enough and (all(noise <= tolerance for _, noise in stats) or time.perf_counter() - started > max_seconds):

@@ -18,6 +18,7 @@ from ..loading.model import LoadedModel
 from ..loading.writing import write_atomic_bytes
 from ..method.figs import NOISE, GatePlacement
 from ..method.regularizers import GroupRegularizer
+from ..stopping import raise_if_stop_requested
 from .backend import BACKENDS, COST_WEIGHTS, STATE_FILE, TEACHER, Distill, Session, logits_of, torch_session_class
 from .dataset import Dataset
 from .distributed import World, current_world
@@ -224,6 +225,7 @@ class Trainer:
                                               shard=shard):
                         if step >= total:
                             break
+                        raise_if_stop_requested()  # a signal whose own raise a finalizer swallowed
                         if self.hooks is not None and self.hooks.stop():
                             stopped = True
                             break
