@@ -4,8 +4,8 @@ models from one regularized run.
 The run is `shrink`'s (the same regularizer, data, schedule and steps), but its budget controller
 steps down through the budgets, largest first (method/family.py: the phases), holding the channels
 each budget removes at zero. The trained weights at the end of each phase decide one member, which
-is cut, fine-tuned on its own (the members' fine-tunes take FAMILY_FINETUNE_SHARE of the run's
-steps together, so a family costs 1.5x one shrink), measured and written next to `-o`: `small.onnx` becomes
+is cut, fine-tuned on its own (the run and the members' fine-tunes together take FAMILY_COST, 1.5x,
+the steps of one shrink), measured and written next to `-o`: `small.onnx` becomes
 `small_0.75x.onnx`, `small_0.5x.onnx`, `small_0.25x.onnx` (the budget as given). The result holds
 one row per member (cost, accuracy before and after its fine-tune, measured latency with
 `--hardware measure`) and the steps it took.
@@ -44,7 +44,12 @@ from ..training.health import LIKELY_CAUSES
 from ..training.trainer import Trainer, TrainOptions
 from .shrink import ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _write, check_shrinkable
 
-FAMILY_FINETUNE_SHARE = 0.5  # of the regularized steps, all members' fine-tunes together
+# A family costs FAMILY_COST times one shrink's steps N: its regularized run takes FAMILY_RUN_SHARE N,
+# the members' fine-tunes the rest, in equal parts. (Bundled task, latency 0.75x,0.5x,0.25x, 5 seeds,
+# each member against its separate run at equal measured latency: a run of N and fine-tunes of N/6
+# -1.55/-1.62/-8.16 points, of 0.6 N and 0.3 N -1.28/-1.65/-4.58, of 0.8 N and 0.23 N -1.06/-1.63/-2.00.)
+FAMILY_COST = 1.5
+FAMILY_RUN_SHARE = 0.8
 
 
 @dataclass
@@ -125,7 +130,8 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     if not regs:
         raise MorphNetError(f"{loaded.name}: no prunable group has a gate for the {method.regularizer} regularizer")
     dataset, val_set = open_data(data, val, data_module, loaded, options.loss, options.images)
-    total = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
+    one_shrink = options.steps or options.epochs * dataset.batches_per_epoch(options.batch_size)
+    total = max(len(budgets), round(FAMILY_RUN_SHARE * one_shrink))
     ends = phase_ends(total, len(budgets))
     hold = method.hold
 
@@ -139,7 +145,7 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
                                   total_steps=ends[0], targets=targets, ends=ends, hold=hold,
                                   decide_at=decide_now if hold else None, windows=windows if hold else None)
     # Each phase runs the schedule again: a budget's gates move under a high rate, not a decayed one.
-    phased = replace(options, restarts=tuple(ends[:-1]))
+    phased = replace(options, steps=total, restarts=tuple(ends[:-1]))
     trainer = Trainer(loaded, phased, regs, controller, target_shape=_target_shape(loaded, options), gates=gates,
                       hooks=HoldHooks(controller, regs) if hold else None)
     progress, on_step, on_warning = _progress(options, controller, "shrink (family)")
@@ -154,7 +160,7 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
         raise MorphNetError(f"{loaded.name}: not deciding a structure: {result.signal.describe()}, so the gates "
                             f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
     finetune = method.finetune_steps if method.finetune_steps is not None else \
-        max(1, round(FAMILY_FINETUNE_SHARE * result.steps / len(budgets)))
+        max(1, round((FAMILY_COST - FAMILY_RUN_SHARE) * one_shrink / len(budgets)))
     family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings))
     # A member's fine-tune: cosine from --lr, no teacher. (Measured on the bundled task, families of
     # latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored 85.7/85.8/54.4% on average,
