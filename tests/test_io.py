@@ -232,7 +232,7 @@ def test_no_writer_bypasses_the_atomic_functions():
                ("training/ort_backend.py", "build_artifacts"),
                ("training/ort_backend.py", "_quiet_native_output"), ("training/probe.py", "run_probe"),
                ("report/pictures.py", "_plot"), ("report/family.py", "write_family_plot"),
-               ("cli/__init__.py", "main")}
+               ("cli/__init__.py", "_run")}
     found = set()
     for path in sorted((REPO / "morphnet_onnx").rglob("*.py")):
         function = ""
