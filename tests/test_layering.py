@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "morphnet_onnx"
 # The order of the flow, written once here and once in docs/architecture.md. A module of the package
 # root other than these belongs to the basis every stage may use (errors, graph_utils, builders).
 STAGES = ["ops", "loading", "analysis", "cost", "surgery", "expansion", "method", "training", "recipes", "report"]
-BASIS = ["errors", "graph_utils", "builders"]
+BASIS = ["errors", "graph_utils", "builders", "stopping"]
 TOP = ["__init__", "__main__", "cli"]  # the public API and the CLI (a package) sit above every stage
 MAX_LINES = 450
 
