@@ -206,6 +206,8 @@ def test_family_budgets_and_phases():
     assert str(member_path("out/small.onnx", "0.5x")) == "out/small_0.5x.onnx"
     assert phase_ends(1000, 3) == [600, 800, 1000]
     assert phase_ends(100, 2) == [75, 100]
+    assert phase_ends(80, 2) == [50, 80] and phase_ends(30, 2) == [25, 30]  # a later phase keeps an update
+    assert phase_ends(150, 3) == [100, 125, 150]
     assert phase_windows([600, 800, 1000], (100, 400)) == [(100, 400), (600, 700), (800, 900)]
 
 
@@ -321,7 +323,7 @@ def test_a_family_writes_one_model_per_budget_from_one_run(tiny_resnet_table):
                            options=TrainOptions(steps=100, batch_size=16, progress=False))
     assert [m["budget"] for m in result.members] == ["0.8x", "0.5x"]  # largest first
     # the run takes 0.8 of one shrink's 100 steps, the two fine-tunes 35 each: 1.5x in all
-    assert [m["decided_at_step"] for m in result.members] == phase_ends(80, 2) == [75, 80]
+    assert [m["decided_at_step"] for m in result.members] == phase_ends(80, 2) == [50, 80]
     assert result.steps == 80 and result.finetune_steps == 35 and result.total_steps == 150
     for member in result.members:
         assert member["cost_ratio"] <= float(member["budget"].rstrip("x")) + 1e-9

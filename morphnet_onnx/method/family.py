@@ -24,6 +24,9 @@ def phase_ends(total: int, count: int, every: int = 25) -> list[int]:
     ends = []
     for k in range(1, count):
         step = round(total * (1 - (count - k) * share) / every) * every
+        # each later phase keeps a controller update of its own where the run is long enough for it
+        # (rounded, a run of 80 steps would give its second phase 5)
+        step = min(step, (total - (count - k) * every) // every * every)
         ends.append(min(max(step, every * k), total))
     return ends + [total]
 
