@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from builders import random_dataset
 from conftest import REPO
-from morphnet_onnx import MorphNetError
+from morphnet_onnx import LatencySettings, MorphNetError, latency_table
 from morphnet_onnx.builders import Net
 from morphnet_onnx.cli import main
 from morphnet_onnx.loading.view import tensor_value
@@ -224,3 +224,31 @@ def test_two_gloo_processes_learn_what_one_process_learns(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_measured_latency_under_torchrun_is_measured_on_rank_zero(tmp_path):
+    """torchrun, 2 gloo processes, `--hardware measure` with a table file: rank 0 calibrates the hold
+    and lands, the other rank takes its table targets (recipes/measured.py): both cut the same
+    structure, or the fine-tune's DistributedDataParallel would refuse to start."""
+    model = plain_net(tmp_path / "plain.onnx")
+    data = learnable_data(tmp_path)
+    table = tmp_path / "table.json"
+    latency_table(model, LatencySettings(threads=1), table_path=table, cache=False, copies=3)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "morphnet_onnx", "shrink", str(model), "--data", str(data), "--budget-latency",
+                          "0.8x", "--hardware", "measure", "--latency-threads", "1", "--latency-table", str(table),
+                          "--steps", "80", "--batch-size", "16", "--lr", "0.01", "--backend", "torch", "--force",
+                          "--no-progress", "--json", "-o", str(tmp_path / "two.onnx")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    lines = [line for line in two.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert doc["latency"]["landing"] and doc["decision"]["finetune_steps"] > 0
+    assert doc["decision"]["hold_calibrations"]  # rank 0 measured while training, and rank 1 followed it
+    onnx.checker.check_model(str(tmp_path / "two.onnx"), full_check=True)

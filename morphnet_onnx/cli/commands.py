@@ -98,6 +98,9 @@ def _print_learned(result, args) -> None:
         budget = f", budget {m['goal']:.3f}x" if m.get("goal") is not None and m["relative"] else \
             (f", budget {m['goal'] * 1e3:.4g} ms" if m.get("goal") is not None else "")
         tries = len(m["landing"])
+        for c in (result.decision or {}).get("hold_calibrations", []):
+            print(f"latency measured while training (step {c['step']}): the hold's table target "
+                  f"{c['table_from']:.3f}x -> {c['table_to']:.3f}x")
         print(f"latency measured ({m['settings']}): {m['original_s'] * 1e3:.4g} ms -> {m['written_s'] * 1e3:.4g} ms "
               f"({m['ratio']:.3f}x ± {m['noise']:.1%}{budget}); the table predicted {m['predicted_ratio']:.3f}x"
               + (f"; landed in {tries} tr{'y' if tries == 1 else 'ies'}" if tries else ""))

@@ -31,7 +31,8 @@ class BudgetController:
                  initial: float = 0.05, growth: float = 1.15, band: float = 0.9, gain: float = 1.0,
                  lookahead: float = 2.0, total_steps: int | None = None, reach: float = LAMBDA_REACH,
                  hold: bool = False, cut_at_budget: bool = False, decide_at=None,
-                 proximal_step: float | None = None, hold_window: tuple[int, int] | None = None) -> None:
+                 proximal_step: float | None = None, hold_window: tuple[int, int] | None = None,
+                 calibrate=None) -> None:
         """`total_steps` and `reach`: lambda may grow LAMBDA_SPAN-fold within `reach` of the run's
         updates. `hold`: the channels whose gate is at or below the threshold at an update are held
         at zero from then on (progressive.py applies it). `cut_at_budget`: once the learned structure
@@ -41,7 +42,10 @@ class BudgetController:
         `proximal_step`: the regularizer acts as a proximal step on the gates after every optimizer
         step (progressive.py), of the step's learning rate times `proximal_step`, instead of through
         the loss's gradient: the graph is fed zeros and `proximal_weights` holds the cost weights,
-        lambda x marginal cost / the mean marginal cost."""
+        lambda x marginal cost / the mean marginal cost. `calibrate(params, target)` (with `hold`): the
+        target on the hardware's scale that the runtime's measurement shows meets `target`, asked once
+        at the start of each hold window (landing.py's `calibrator`); the controller works towards it
+        from then on."""
         self.analysis, self.loaded, self.regs = analysis, loaded, regs
         self.resource, self.target, self.threshold, self.hardware = resource, target, threshold, hardware
         self.every, self.band, self.gain = every, band, gain
@@ -52,6 +56,8 @@ class BudgetController:
         self.growth = max(growth, LAMBDA_SPAN ** (1 / updates)) if total_steps else growth
         self.hold, self.cut_at_budget, self.decide_at = hold, cut_at_budget, decide_at
         self.hold_window = hold_window
+        self.calibrate = calibrate
+        self.calibrated: list[list[int]] = []  # the hold windows whose target was calibrated
         self.hold_start: float | None = None  # the cost the window's holding starts from (None: the full cost)
         self.held: dict[int, np.ndarray] = {}  # group id -> channels held at zero
         self.held_version = 0
@@ -98,6 +104,13 @@ class BudgetController:
         self.cost, self.flops = resource_cost(costs, self.resource), costs.flops
         total = sum(r.width for r in self.regs)
         self.alive_share = sum(int(structure.alive[r.group_id].sum()) for r in self.regs) / max(total, 1)
+        window = self.hold_window if self.hold else None
+        calibrated_from = None
+        if (self.calibrate is not None and window is not None and self.target is not None and step >= window[0]
+                and list(window) not in self.calibrated):
+            self.calibrated.append(list(window))
+            calibrated_from = self.target
+            self._retarget(self.calibrate(params, self.target))
         if not self.manual and self.target is not None and step > 0:
             # Proportional in log space, bounded: far over the budget lambda grows by `growth` per
             # update, near it by little (the thresholded cost lags the gates: a fixed step
@@ -119,8 +132,9 @@ class BudgetController:
                 self.met_at = step
         self.previous_cost = self.cost
         self.log.append({"step": step, "lambda": self.strength, "cost": self.cost, "alive_share": self.alive_share})
+        if calibrated_from is not None:
+            self.log[-1].update(calibrated_from=calibrated_from, calibrated_to=self.target)
         if self.target is not None and step > 0 and self.decide_at is not None:
-            window = self.hold_window if self.hold else None
             ended = window is not None and step >= window[1]
             if self.cut_at_budget and (self.cost <= self.target or ended):
                 self.decision = self.decide_at(params, self.target)
@@ -146,6 +160,10 @@ class BudgetController:
             self.proximal_weights = (self.strength * flat / mean).astype(np.float32)
             return np.zeros_like(weights)
         return weights
+
+    def _retarget(self, target: float) -> None:
+        """The budget's target on the hardware's scale, as calibrated."""
+        self.target = target
 
     def _held_goal(self, params: dict[str, np.ndarray], elapsed: float):
         """The Decision the held structure comes down to after `elapsed` (0 to 1) of the hold window
@@ -183,6 +201,12 @@ class BudgetController:
         if changed:
             self.held_version += 1
 
+    def calibrations(self) -> list[dict]:
+        """Each calibration of the hold's target: its step and the table targets before and after, as
+        shares of the full model's cost."""
+        return [{"step": e["step"], "table_from": e["calibrated_from"] / self.full,
+                 "table_to": e["calibrated_to"] / self.full} for e in self.log if "calibrated_to" in e]
+
     def held_count(self) -> int:
         return int(sum(int(v.sum()) for v in self.held.values()))
 
@@ -194,6 +218,7 @@ class BudgetController:
                 "frozen_at": self.frozen_at, "cut_structure": None if self.cut_structure is None else
                 {str(g): c for g, c in self.cut_structure.items()},
                 "proximal_weights": None if self.proximal_weights is None else self.proximal_weights.tolist(),
+                "target": self.target, "calibrated": self.calibrated,
                 "decision": None if self.decision is None else self.decision.to_dict()}
 
     def load_state(self, state: dict) -> None:
@@ -211,6 +236,8 @@ class BudgetController:
             self.held[int(g)] = mask
         self.held_version += 1
         self.frozen_at = state.get("frozen_at")
+        self.target = state.get("target", self.target)
+        self.calibrated = [list(w) for w in state.get("calibrated", [])]
         cut = state.get("cut_structure")
         self.cut_structure = None if cut is None else {int(g): c for g, c in cut.items()}
         self.decision_record = state.get("decision")

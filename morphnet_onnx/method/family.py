@@ -51,17 +51,27 @@ class PhasedController(BudgetController):
         super().__init__(*args, **kwargs)
         self.targets, self.ends = list(targets), list(ends)
         self.windows = list(windows) if windows is not None else None
-        self.target = self.targets[0]
+        self.target, self._phase = self.targets[0], 0
         if self.windows is not None:
             self.hold_window = self.windows[0]
+
+    def _retarget(self, target: float) -> None:
+        self.targets[self._phase] = self.target = target
 
     def phase(self, step: int) -> int:
         return next((k for k, end in enumerate(self.ends) if step < end), len(self.ends) - 1)
 
     def __call__(self, step: int, get_params, force: bool = False):
-        k = self.phase(step)
+        k = self._phase = self.phase(step)
         if self.targets[k] != self.target:  # a new budget: the controller starts its approach again
             self.target, self.met_at, self.previous_cost = self.targets[k], None, None
             if self.windows is not None:
                 self.hold_window, self.hold_start = self.windows[k], self.targets[k - 1]
         return super().__call__(step, get_params, force)
+
+    def state(self) -> dict:
+        return super().state() | {"targets": self.targets}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.targets = list(state.get("targets", self.targets))

@@ -29,11 +29,10 @@ from ..loading.writing import refuse_overwriting
 from ..method.decision import decide
 from ..method.family import PhasedController, phase_ends, phase_windows
 from ..method.figs import FIGS_THRESHOLD, figs_regularizers
-from ..method.landing import land, measured_report
+from ..method.landing import measured_report
 from ..method.progressive import HoldHooks
 from ..method.regularizers import group_regularizers
 from ..surgery.apply import apply_structure
-from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import prepare, verify_model
 from ..training.batchnorm import recalibrate_batchnorm
 from ..training.data import open_data
@@ -42,6 +41,7 @@ from ..training.evaluation import evaluate_model
 from ..training.graph import check_trainable
 from ..training.health import LIKELY_CAUSES
 from ..training.trainer import Trainer, TrainOptions
+from .measured import hold_calibrator, land_on_rank_zero, recipe_hardware
 from .shrink import ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _write, check_shrinkable
 
 # A family costs FAMILY_COST times one shrink's steps N: its regularized run takes FAMILY_RUN_SHARE N,
@@ -111,8 +111,7 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
                        | {f"--save-structure ({b.text})": s for b, s in zip(budgets, structures)}, [model, data, val])
     loaded, analysis = prepare(model, input_shapes, list(method.keep) if method.keep else None, seed=options.seed)
     check_trainable(loaded)
-    hw = resolve_hardware(method.hardware, method.cost_batch_size, loaded, method.provider, method.latency_threads,
-                          method.latency_table, progress=options.progress and is_main())
+    hw = recipe_hardware(method, loaded, progress=options.progress and is_main())
     round_to = fast_widths(hw, analysis) if method.round_to == "auto" else method.round_to
     resource = budgets[0].resource
     full_costs = compute_costs(analysis, loaded, hw)
@@ -141,9 +140,13 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     # Lambda's growth is sized on the first phase: its member is decided at its end, not the run's.
     # The first phase holds within shrink's window, the others within their own (phase_windows).
     windows = phase_windows(ends, (round(method.hold_from * total), round(method.hold_until * total)))
+    measured = isinstance(hw, LatencyTable) and resource == "latency"
+    calibrate = hold_calibrator(analysis, loaded, regs, threshold, full, budgets[0].relative, hw, round_to) \
+        if measured and hold else None
     controller = PhasedController(analysis, loaded, regs, resource, targets[0], None, threshold, hw,
                                   total_steps=ends[0], targets=targets, ends=ends, hold=hold,
-                                  decide_at=decide_now if hold else None, windows=windows if hold else None)
+                                  decide_at=decide_now if hold else None, windows=windows if hold else None,
+                                  calibrate=calibrate)
     # Each phase runs the schedule again: a budget's gates move under a high rate, not a decayed one.
     phased = replace(options, steps=total, restarts=tuple(ends[:-1]))
     trainer = Trainer(loaded, phased, regs, controller, target_shape=_target_shape(loaded, options), gates=gates,
@@ -166,17 +169,21 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     # latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored 85.7/85.8/54.4% on average,
     # from a tenth of it 86.0/84.5/40.4%.)
     tune_method = replace(method, finetune_lr=1.0, finetune_schedule="cosine")
+    calibrations = controller.calibrations()
     for k, (budget, target) in enumerate(zip(budgets, targets)):
         params = result.snapshots.get(ends[k], result.params) if k < len(budgets) - 1 else result.params
-        family.members.append(_member(loaded, analysis, regs, params, threshold, budget, target, full, full_costs,
-                                      hw, round_to, dataset, val_set, options, finetune, input_shapes,
-                                      outputs[k], structures[k], ends[k], tune_method))
+        member = _member(loaded, analysis, regs, params, threshold, budget, target, full, full_costs, hw, round_to,
+                         dataset, val_set, options, finetune, input_shapes, outputs[k], structures[k], ends[k],
+                         tune_method, controller.targets[k])
+        member["decision"]["hold_calibrations"] = [c for c in calibrations if controller.phase(c["step"]) == k]
+        family.members.append(member)
     family.seconds = time.perf_counter() - started
     return family
 
 
 def _member(loaded, analysis, regs, params, threshold, budget, target, full, full_costs, hw, round_to, dataset,
-            val_set, options, finetune, input_shapes, output, structure_path, step, tune_method) -> dict:
+            val_set, options, finetune, input_shapes, output, structure_path, step, tune_method,
+            held_target: float) -> dict:
     """Decide, cut, fine-tune, measure and write one member of the family."""
     resource = budget.resource
     trained = recalibrate_batchnorm(with_params(loaded.model, params), dataset, options.batch_size)
@@ -184,8 +191,8 @@ def _member(loaded, analysis, regs, params, threshold, budget, target, full, ful
                                  upgraded_from=loaded.upgraded_from)
     landing = None
     if isinstance(hw, LatencyTable) and resource == "latency":
-        landing = land(analysis, trained_loaded, regs, params, threshold, target, full, budget.relative, hw,
-                       round_to, loaded.model, loaded.shapes)
+        landing = land_on_rank_zero(analysis, trained_loaded, regs, params, threshold, target, full, budget.relative,
+                                    hw, round_to, loaded.model, loaded.shapes, first_target=held_target)
         decision, surgery = landing.decision, landing.surgery
     else:
         decision = decide(analysis, trained_loaded, regs, params, threshold, resource, target, hw, round_to)

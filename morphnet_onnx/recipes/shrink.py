@@ -30,12 +30,11 @@ from ..loading.writing import refuse_overwriting, save_model
 from ..method.controller import BudgetController
 from ..method.decision import Decision, decide
 from ..method.figs import FIGS_THRESHOLD, figs_regularizers
-from ..method.landing import check_floor, land, measured_report
+from ..method.landing import check_floor, measured_report
 from ..method.progressive import HoldHooks
 from ..method.regularizers import group_regularizers
 from ..surgery.apply import apply_structure
 from ..surgery.feasibility import floor_structure
-from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import prepare, verify_model
 from ..surgery.structure import Structure
 from ..training.backend import Distill
@@ -49,6 +48,7 @@ from ..training.graph import check_trainable
 from ..training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, learning_warnings
 from ..training.images import write_classes
 from ..training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
+from .measured import hold_calibrator, land_on_rank_zero, recipe_hardware
 from .options import SHRINK_FIELDS, ShrinkOptions
 
 # Re-exported: the learning layer's public names in one place.
@@ -227,8 +227,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     refuse_overwriting({"-o": output, "--save-structure": structure_path}, [model, data, val])
     loaded, analysis = prepare(model, input_shapes, list(method.keep) if method.keep else None, seed=options.seed)
     check_trainable(loaded)
-    hw = resolve_hardware(method.hardware, method.cost_batch_size, loaded, method.provider, method.latency_threads,
-                          method.latency_table, progress=options.progress and is_main())
+    hw = recipe_hardware(method, loaded, progress=options.progress and is_main())
     round_to = fast_widths(hw, analysis) if method.round_to == "auto" else method.round_to
     budget, threshold = method.budget, method.threshold
     resource = budget.resource if budget else "flops"
@@ -257,13 +256,16 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     cut_early = method.cut == "budget" and plan["finetune_min"] > 0 and target is not None
     hold = method.hold and target is not None and plan["finetune_min"] > 0
     proximal = method.proximal and method.regularizer != "figs"
+    measured = isinstance(hw, LatencyTable) and resource == "latency"
     controller = BudgetController(analysis, loaded, regs, resource, target, method.strength, threshold, hw,
                                   total_steps=total_steps, reach=method.reach, hold=hold, cut_at_budget=cut_early,
                                   decide_at=decide_now, proximal_step=1.0 if proximal else None,
                                   hold_window=(int(round(method.hold_from * total_steps)),
                                                int(round(method.hold_until * total_steps))),
                                   # a proximal step acts at once: the budget is watched every step
-                                  every=1 if proximal else 25)
+                                  every=1 if proximal else 25,
+                                  calibrate=hold_calibrator(analysis, loaded, regs, threshold, full, budget.relative,
+                                                            hw, round_to) if measured and hold else None)
     hooks = HoldHooks(controller, regs) if (hold or cut_early or proximal) else None
     learn_options = replace(options, steps=plan["learn_max"])
     # The learning rate follows one schedule over the whole run (cut early or not): the steps after
@@ -280,10 +282,12 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     trained_loaded = LoadedModel(model=trained, path=loaded.path, shapes=loaded.shapes, dtypes=loaded.dtypes,
                                  upgraded_from=loaded.upgraded_from)
     landing = None
-    if isinstance(hw, LatencyTable) and resource == "latency":  # the runtime has the last word
-        # (held channels read zero, so the landing's ranking keeps them out as the cut would)
-        landing = land(analysis, trained_loaded, regs, result.params, threshold, target, full, budget.relative, hw,
-                       round_to, loaded.model, loaded.shapes)
+    if measured:  # the runtime has the last word
+        # (held channels read zero, so the landing's ranking keeps them out as the cut would; its first
+        # try is the hold's calibrated target)
+        landing = land_on_rank_zero(analysis, trained_loaded, regs, result.params, threshold, target, full,
+                                    budget.relative, hw, round_to, loaded.model, loaded.shapes,
+                                    first_target=controller.target)
         decision, surgery = landing.decision, landing.surgery
     else:
         if controller.cut_structure is not None:  # decided when the learned structure met the budget
@@ -320,7 +324,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
     record = dict(decision.to_dict(), written_cost=written_cost, finetune_steps=tuned_steps,
                   learn_steps=result.steps, cut_step=result.steps, total_steps=total_steps,
                   held_channels=controller.held_count(), cut=method.cut if cut_early else "end",
-                  decided_at=controller.frozen_at,
+                  decided_at=controller.frozen_at, hold_calibrations=controller.calibrations(),
                   cut_cost=(result.session_accuracy - cut_accuracy) if result.session_accuracy is not None
                   and cut_accuracy is not None else None,
                   teacher=teacher_check.to_dict() if teacher_check is not None else None)

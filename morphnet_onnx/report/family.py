@@ -29,7 +29,7 @@ def print_family(result, console: Console | None = None) -> None:
                   title_justify="left")
     columns = ["budget", f"{result.resource}", "FLOPs", "params", "top-1", "before fine-tune", "decided at step"]
     if measured:
-        columns[2:2] = ["latency measured", "table predicted"]
+        columns[2:2] = ["latency measured", "table predicted", "held to (table)"]
     for column in columns + ["model"]:
         table.add_column(column, justify="left" if column in ("budget", "model") else "right")
     for m in result.members:
@@ -38,8 +38,10 @@ def print_family(result, console: Console | None = None) -> None:
                  f"{m['cut_accuracy']:.2%}" if m["cut_accuracy"] is not None else "", str(m["decided_at_step"])]
         if measured:
             lat = m["latency"]
+            held = m["decision"].get("hold_calibrations") or []  # the hold's target, as the measurement corrected it
             cells[2:2] = [f"{lat['ratio']:.3f}x ± {lat['noise']:.1%}", f"{lat['predicted_ratio']:.3f}x"] if lat else \
                 ["", ""]
+            cells.insert(4, f"{held[-1]['table_to']:.3f}x" if held else "")
         table.add_row(*cells, m["output"] or "")
     console.print(table)
     for m in result.members:

@@ -59,3 +59,17 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shared(value):
+    """Rank 0's `value` on every rank (what rank 0 measured: timings differ between processes, and the
+    decisions taken from them must not); `value` itself in one process. Every rank calls it."""
+    if not current_world().distributed:
+        return value
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
