@@ -314,6 +314,20 @@ def test_shrink_lands_on_a_measured_budget_with_fast_widths(tiny_resnet_table):
 
 
 @pytest.mark.slow
+def test_the_cli_says_what_was_measured_and_what_the_table_said(tiny_resnet_table, capsys):
+    folder, table_path = tiny_resnet_table
+    data = random_dataset(folder, 64, 32, val_key="x")
+    assert main(["shrink", str(TINY), "--data", str(data / "train.npz"), "--val", str(data / "val.npz"),
+                 "--budget-latency", "0.6x", "--hardware", "measure", "--latency-threads", "1", "--latency-table",
+                 str(table_path), "--round-to", "auto", "--steps", "60", "--batch-size", "16", "--force",
+                 "--no-progress", "-o", str(folder / "cli_small.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "latency (table): learned structure" in out  # the table's view, labelled as such
+    assert "latency measured while training (step 25): the hold's table target 0.600x -> " in out
+    assert "latency measured (CPUExecutionProvider, 1 thread, batch 1)" in out and "budget 0.600x" in out
+
+
+@pytest.mark.slow
 def test_a_family_writes_one_model_per_budget_from_one_run(tiny_resnet_table):
     folder, _ = tiny_resnet_table
     data = random_dataset(folder, 64, 32, val_key="x")
