@@ -9,6 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from rich.console import Console
 
 from builders import Net, random_dataset
 from morphnet_onnx import LatencySettings, MorphNetError, latency_table
@@ -21,7 +22,9 @@ from morphnet_onnx.method.family import PhasedController
 from morphnet_onnx.method.landing import calibrator, land
 from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.recipes.cycle import cycle
+from morphnet_onnx.recipes.family import FamilyResult
 from morphnet_onnx.recipes.shrink import Budget, shrink
+from morphnet_onnx.report.family import print_family
 from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.training.trainer import TrainOptions
 
@@ -152,3 +155,16 @@ def test_measured_latency_under_torchrun_needs_a_table_file(setup, monkeypatch, 
     with pytest.raises(MorphNetError, match="run the cycle in one process"):
         cycle(model, data / "train.npz", data / "val.npz", budget=Budget("latency", "0.5x"), out_dir=tmp_path / "r",
               hardware="measure", options=options)
+
+
+def test_a_familys_table_shows_what_each_phase_held_to():
+    member = {"budget": "0.5x", "cost_ratio": 0.55, "flops_after": 1e6, "params_after": 1e4, "accuracy": 0.8,
+              "cut_accuracy": 0.7, "decided_at_step": 100, "output": "x.onnx", "warnings": [],
+              "latency": {"ratio": 0.49, "noise": 0.01, "predicted_ratio": 0.55},
+              "decision": {"hold_calibrations": [{"step": 25, "table_from": 0.5, "table_to": 0.5512}]}}
+    console = Console(record=True, width=240)
+    print_family(FamilyResult("latency", [member], 100, 50, 1.0), console=console)
+    text = console.export_text()
+    assert "latency (table)" in text and "held to (table)" in text
+    row = next(line for line in text.splitlines() if "x.onnx" in line)
+    assert "0.490x ± 1.0%" in row and "0.551x" in row

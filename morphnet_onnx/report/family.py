@@ -29,6 +29,7 @@ def print_family(result, console: Console | None = None) -> None:
                   title_justify="left")
     columns = ["budget", f"{result.resource}", "FLOPs", "params", "top-1", "before fine-tune", "decided at step"]
     if measured:
+        columns[1] += " (table)" if result.resource == "latency" else ""
         columns[2:2] = ["latency measured", "table predicted", "held to (table)"]
     for column in columns + ["model"]:
         table.add_column(column, justify="left" if column in ("budget", "model") else "right")
