@@ -8,7 +8,8 @@ import onnx
 
 from morphnet_onnx.builders import Net
 
-__all__ = ["Net", "concat_of_two_branches", "independent_flops", "random_dataset", "small_bn_net"]
+__all__ = ["Net", "concat_of_two_branches", "independent_flops", "random_dataset", "small_bn_net", "spread_gates",
+           "tiny_residual_net"]
 
 
 def independent_flops(model: onnx.ModelProto, input_shapes: dict | None = None) -> float:
@@ -75,3 +76,24 @@ def small_bn_net(folder, examples: int = 64):
     np.savez(folder / "train.npz", input=inputs, labels=labels)
     np.savez(folder / "val.npz", input=inputs[:examples // 2], labels=labels[:examples // 2])
     return folder
+
+
+def tiny_residual_net(width: int = 16) -> onnx.ModelProto:
+    """A stem, one residual block and a classifier, 3x8x8 inputs: small enough to time in seconds."""
+    net = Net(input_shape=(1, 3, 8, 8), batch="N")
+    x = net.relu(net.bn(net.conv("input", 3, width, name="stem"), width, name="stem_bn"))
+    y = net.relu(net.bn(net.conv(x, width, width, name="mid"), width, name="mid_bn"))
+    y = net.op("Add", [x, y], name="join")
+    pooled = net.op("Flatten", [net.op("GlobalAveragePool", [y], name="pool")], name="flat")
+    return net.model(net.gemm(pooled, width, 4, name="fc"))
+
+
+def spread_gates(loaded, regs, seed: int = 0) -> dict:
+    """The model's parameters with every gate drawn over two decades, so that every goal a decision
+    is asked for has its own prefix of the ranking."""
+    rng = np.random.default_rng(seed)
+    params = {t.name: onnx.numpy_helper.to_array(t).copy() for t in loaded.model.graph.initializer}
+    for reg in regs:
+        for member in reg.members:
+            params[member.param] = (10 ** rng.uniform(-1, 1, params[member.param].shape)).astype(np.float32)
+    return params

@@ -7,6 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from builders import tiny_residual_net  # noqa: E402  (tests/ on the path first)
+from morphnet_onnx import LatencySettings, latency_table  # noqa: E402
+
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 TORCHVISION_DIR = Path(__file__).parent / "data" / "torchvision"
 REPO = Path(__file__).resolve().parent.parent
@@ -41,3 +44,14 @@ def light_dir() -> Path:
 
 def light_models() -> list[Path]:
     return sorted(LIGHT_DIR.glob("light_*.onnx"))
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory):
+    """The tiny residual net (builders.py) and one small latency table of it (3 random copies), for the
+    tests that read one: (model path, table path, table)."""
+    folder = tmp_path_factory.mktemp("table")
+    model = folder / "tiny.onnx"
+    onnx.save(tiny_residual_net(), str(model))
+    table = latency_table(model, LatencySettings(threads=1), table_path=folder / "t.json", cache=False, copies=3)
+    return model, folder / "t.json", table

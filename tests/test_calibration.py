@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 from rich.console import Console
 
-from builders import Net, random_dataset
-from morphnet_onnx import LatencySettings, MorphNetError, latency_table
+from builders import random_dataset, spread_gates
+from morphnet_onnx import MorphNetError
 from morphnet_onnx.cost.resources import compute_costs
 from morphnet_onnx.cost.timing import Measurement
 from morphnet_onnx.method import landing as landing_module
@@ -29,29 +28,14 @@ from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.training.trainer import TrainOptions
 
 
-def tiny(width: int = 16) -> onnx.ModelProto:
-    net = Net(input_shape=(1, 3, 8, 8), batch="N")
-    x = net.relu(net.bn(net.conv("input", 3, width, name="stem"), width, name="stem_bn"))
-    y = net.relu(net.bn(net.conv(x, width, width, name="mid"), width, name="mid_bn"))
-    y = net.op("Add", [x, y], name="join")
-    pooled = net.op("Flatten", [net.op("GlobalAveragePool", [y], name="pool")], name="flat")
-    return net.model(net.gemm(pooled, width, 4, name="fc"))
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """The tiny model, its table (3 random copies), regularizers and gates spread over two decades."""
-    folder = tmp_path_factory.mktemp("calibration")
-    model = folder / "tiny.onnx"
-    onnx.save(tiny(), str(model))
-    table = latency_table(model, LatencySettings(threads=1), table_path=folder / "t.json", cache=False, copies=3)
+def setup(table_file):
+    """The tiny model and its table (conftest.py), regularizers and gates spread over two decades."""
+    model, path, table = table_file
+    folder = path.parent
     loaded, analysis = prepare(model)
     regs = group_regularizers(analysis, loaded, "auto", "max")
-    rng = np.random.default_rng(0)
-    params = {t.name: onnx.numpy_helper.to_array(t).copy() for t in loaded.model.graph.initializer}
-    for reg in regs:
-        for member in reg.members:
-            params[member.param] = (10 ** rng.uniform(-1, 1, params[member.param].shape)).astype(np.float32)
+    params = spread_gates(loaded, regs)
     full = compute_costs(analysis, loaded, table).latency_s
     return model, folder, table, loaded, analysis, regs, params, full
 
