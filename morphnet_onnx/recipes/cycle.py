@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..analysis.walk import analyze
 from ..cost.budget import Budget
-from ..cost.resources import compute_costs, is_measure, resource_cost
+from ..cost.resources import compute_costs, resource_cost
 from ..errors import Interrupted, MorphNetError
 from ..expansion.expand import expand
 from ..loading.model import load
@@ -26,9 +26,10 @@ from ..loading.writing import check_output_path, write_atomic_bytes
 from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import prepare
 from ..training.data import open_data
-from ..training.distributed import barrier, current_world, is_main
+from ..training.distributed import barrier, is_main
 from ..training.graph import check_trainable
 from ..training.trainer import TrainOptions
+from .measured import measured_under_torchrun
 from .shrink import ShrinkOptions, check_shrinkable, evaluate, shrink, train
 
 STATE_FILE = "cycle.json"
@@ -99,7 +100,7 @@ def cycle(model: str | os.PathLike, data=None, val=None, *, budget: Budget, out_
     check_output_path(out / STATE_FILE if out.is_dir() else out, "--out-dir")
     original, analysis = prepare(model, input_shapes, keep)
     check_trainable(original)
-    if current_world().distributed and (is_measure(hardware) or latency_table is not None):
+    if measured_under_torchrun(hardware, latency_table):
         # each round's shrink measures its own model's table (check_table_source would refuse round 1)
         raise MorphNetError("cycle --hardware measure under torchrun: each round times its own model, and ranks "
                             "timing at once would disagree; run the cycle in one process")

@@ -26,10 +26,15 @@ from ..training.distributed import current_world, is_main, shared
 from .options import ShrinkOptions
 
 
+def measured_under_torchrun(hardware: str | None, latency_table) -> bool:
+    """A measured latency table (`--hardware measure` or `--latency-table`) in a torchrun process."""
+    return current_world().distributed and (is_measure(hardware) or latency_table is not None)
+
+
 def check_table_source(hardware: str | None, latency_table) -> None:
     """Under torchrun a measured table must come from a file every rank reads: ranks timing the model
     at once would each get a table of their own."""
-    if current_world().distributed and (is_measure(hardware) or latency_table is not None) and not (
+    if measured_under_torchrun(hardware, latency_table) and not (
             latency_table is not None and Path(latency_table).is_file()):
         raise MorphNetError("--hardware measure under torchrun: every rank would time the model at once and get a "
                             "latency table of its own; measure it once first (morphnet-onnx inspect MODEL --hardware "
