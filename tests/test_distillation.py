@@ -109,3 +109,4 @@ def test_shrink_distils_from_a_trained_input_and_not_from_an_untrained_one(tmp_p
         ShrinkOptions(budget=budget, distill_weight=1.5)
     with pytest.raises(MorphNetError, match="--distill nope"):
         ShrinkOptions(budget=budget, distill="nope")
+

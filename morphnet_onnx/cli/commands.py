@@ -161,11 +161,12 @@ def _shrink_family(args: argparse.Namespace, budget) -> int:
         raise MorphNetError("--html shows one model's diff; a family (several budgets) takes --plot only")
     check_picture_paths(args.plot)
     budgets = parse_budgets(budget.resource, budget.text)
+    recipe = {name: getattr(args, name) for name in RECIPE_OPTIONS}  # the API refuses those a family sets itself
     method = ShrinkOptions(budget=budgets[0], regularizer=args.regularizer, threshold=args.threshold,
                            grouping=args.grouping, hardware=args.hardware, cost_batch_size=args.cost_batch_size,
                            round_to=args.round_to, keep=args.keep, finetune_steps=args.finetune_steps,
                            force=args.force, provider=args.provider, latency_threads=args.latency_threads,
-                           latency_table=args.latency_table)
+                           latency_table=args.latency_table, **recipe)
     result = shrink_family(args.model, args.data, args.output, val=args.val, budgets=budgets, method=method,
                            options=_train_options(args), data_module=args.data_module,
                            input_shapes=parse_input_shapes(args.input_shape), structure_path=args.save_structure)

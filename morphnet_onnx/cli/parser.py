@@ -109,11 +109,15 @@ def _output_options(p: argparse.ArgumentParser, model: bool = True, structure: s
                             "every op")
 
 
-def _budget_options(p: argparse.ArgumentParser, strength: bool = False, multiplier: bool = False) -> None:
-    g = p.add_argument_group("budget (one of)").add_mutually_exclusive_group(required=True)
+def _budget_options(p: argparse.ArgumentParser, strength: bool = False, multiplier: bool = False,
+                    family: bool = False) -> None:
+    title = "budget (one of; several of one resource, 0.75x,0.5x,0.25x: a family of models from one run)" \
+        if family else "budget (one of)"
+    g = p.add_argument_group(title).add_mutually_exclusive_group(required=True)
     g.add_argument("--budget-flops", metavar="0.5x|2.1G", help="target FLOPs, relative (0.5x) or absolute")
     g.add_argument("--budget-size", metavar="0.5x|1.2M", help="target weight count, relative or absolute")
-    g.add_argument("--budget-latency", metavar="0.5x|1.2ms", help="target roofline latency (see --hardware)")
+    g.add_argument("--budget-latency", metavar="0.5x|1.2ms",
+                   help="target latency: the roofline of --hardware, or measured with --hardware measure")
     if strength:
         g.add_argument("--strength", type=float, metavar="LAMBDA", help="manual mode: fixed regularization strength")
     if multiplier:
@@ -254,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "shrink", "MorphNet: train with the resource regularizer, write the smaller model")
     _model_options(p)
     _training_options(p)
-    _budget_options(p, strength=True)
+    _budget_options(p, strength=True, family=True)
     g = _method_options(p, "how the gates of a channel written by several ops (a residual stream) combine: max "
                            "(MorphNet's default) or l2 (every member pushed; streams shrink too)")
     g.add_argument("--threshold", type=float, default=1e-2, help="a channel is alive while its gate is above this")

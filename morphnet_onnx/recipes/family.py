@@ -14,7 +14,7 @@ one row per member (cost, accuracy before and after its fine-tune, measured late
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..analysis.walk import analyze
@@ -42,7 +42,9 @@ from ..training.graph import check_trainable
 from ..training.health import LIKELY_CAUSES
 from ..training.trainer import Trainer, TrainOptions
 from .measured import hold_calibrator, land_on_rank_zero, recipe_hardware
-from .shrink import ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _write, check_shrinkable
+from ..training.distillation import with_teacher
+from .shrink import (ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _teacher, _write,
+                     check_shrinkable)
 
 # A family costs FAMILY_COST times one shrink's steps N: its regularized run takes FAMILY_RUN_SHARE N,
 # the members' fine-tunes the rest, in equal parts. (Bundled task, latency 0.75x,0.5x,0.25x, 5 seeds,
@@ -60,6 +62,7 @@ class FamilyResult:
     finetune_steps: int  # per member
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    teacher: dict | None = None  # what was measured of the input model as a teacher (distillation.py)
 
     @property
     def total_steps(self) -> int:
@@ -68,7 +71,7 @@ class FamilyResult:
     def to_dict(self) -> dict:
         return {"resource": self.resource, "members": self.members, "steps": self.steps,
                 "finetune_steps": self.finetune_steps, "total_steps": self.total_steps, "seconds": self.seconds,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "teacher": self.teacher}
 
 
 def member_path(output, text: str) -> Path:
@@ -95,7 +98,9 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
                   data_module: str | None = None, input_shapes=None, structure_path=None) -> FamilyResult:
     """One regularized run through `budgets` (largest first), one model per budget written next to
     `output` (see the module docstring); `method` holds the other method options (its `budget` is
-    ignored), `structure_path` names the structure files the same way when given.
+    ignored; a family sets when each member is cut and how long it is fine-tuned itself: `cut` and
+    `finetune_share` other than their defaults are refused, each fine-tune is a cosine from
+    `finetune_lr`), `structure_path` names the structure files the same way when given.
 
     >>> shrink_family("resnet.onnx", "train.npz", "small.onnx", val="val.npz",
     ...               budgets=parse_budgets("latency", "0.75x,0.5x,0.25x"),
@@ -104,6 +109,7 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     if not budgets or len(budgets) < 2 or len({b.resource for b in budgets}) > 1:
         raise MorphNetError("a family takes two or more budgets of one resource")
     method = replace(method or ShrinkOptions(budget=budgets[0]), budget=budgets[0], strength=None)
+    check_family_recipe(method)
     options = options or TrainOptions()
     outputs = [member_path(output, b.text) if output is not None else None for b in budgets]
     structures = [member_path(structure_path, b.text) if structure_path is not None else None for b in budgets]
@@ -133,6 +139,10 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     total = max(len(budgets), round(FAMILY_RUN_SHARE * one_shrink))
     ends = phase_ends(total, len(budgets))
     hold = method.hold
+    proximal = method.proximal and method.regularizer != "figs"
+    # As in shrink: a trained input model teaches the run and every member's fine-tune.
+    teacher, distill, teacher_check = _teacher(method, loaded, dataset, options)
+    train_set = with_teacher(dataset, teacher) if distill is not None else dataset
 
     def decide_now(params, goal, in_resource=resource):
         return decide(analysis, loaded, regs, params, threshold, in_resource, goal, hw, round_to)
@@ -144,45 +154,60 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     calibrate = hold_calibrator(analysis, loaded, regs, threshold, full, budgets[0].relative, hw, round_to) \
         if measured and hold else None
     controller = PhasedController(analysis, loaded, regs, resource, targets[0], None, threshold, hw,
-                                  total_steps=ends[0], targets=targets, ends=ends, hold=hold,
+                                  total_steps=ends[0], reach=method.reach, targets=targets, ends=ends, hold=hold,
                                   decide_at=decide_now if hold else None, windows=windows if hold else None,
-                                  calibrate=calibrate)
+                                  calibrate=calibrate, proximal_step=1.0 if proximal else None,
+                                  # a proximal step acts at once: the budget is watched every step
+                                  every=1 if proximal else 25)
     # Each phase runs the schedule again: a budget's gates move under a high rate, not a decayed one.
     phased = replace(options, steps=total, restarts=tuple(ends[:-1]))
     trainer = Trainer(loaded, phased, regs, controller, target_shape=_target_shape(loaded, options), gates=gates,
-                      hooks=HoldHooks(controller, regs) if hold else None)
+                      distill=distill, hooks=HoldHooks(controller, regs) if hold or proximal else None)
     progress, on_step, on_warning = _progress(options, controller, "shrink (family)")
     started = time.perf_counter()
     with progress:
         # Learning is judged on the first phase: the later ones push towards smaller budgets, and a loss
         # rising there is the budgets' price (each member's accuracy says what it cost), not a failure
         # to learn (measured: 1.95 -> 2.04 over a whole run towards 0.25x latency on the bundled task).
-        result = trainer.run(dataset, on_step, val=val_set, on_warning=on_warning, snapshots=frozenset(ends[:-1]),
+        result = trainer.run(train_set, on_step, val=val_set, on_warning=on_warning, snapshots=frozenset(ends[:-1]),
                              judge_until=ends[0])
     if not result.signal.learned and not method.force:
         raise MorphNetError(f"{loaded.name}: not deciding a structure: {result.signal.describe()}, so the gates "
                             f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
     finetune = method.finetune_steps if method.finetune_steps is not None else \
         max(1, round((FAMILY_COST - FAMILY_RUN_SHARE) * one_shrink / len(budgets)))
-    family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings))
-    # A member's fine-tune: cosine from --lr, no teacher. (Measured on the bundled task, families of
-    # latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored 85.7/85.8/54.4% on average,
-    # from a tenth of it 86.0/84.5/40.4%.)
-    tune_method = replace(method, finetune_lr=1.0, finetune_schedule="cosine")
+    family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings),
+                          teacher_check.to_dict() if teacher_check is not None else None)
+    # A member's fine-tune: cosine from --finetune-lr (1: --lr), taught as the run was. (Measured on the
+    # bundled task, families of latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored
+    # 85.7/85.8/54.4% on average, from a tenth of it 86.0/84.5/40.4%.)
+    tune_method = replace(method, finetune_schedule="cosine")
     calibrations = controller.calibrations()
     for k, (budget, target) in enumerate(zip(budgets, targets)):
         params = result.snapshots.get(ends[k], result.params) if k < len(budgets) - 1 else result.params
         member = _member(loaded, analysis, regs, params, threshold, budget, target, full, full_costs, hw, round_to,
-                         dataset, val_set, options, finetune, input_shapes, outputs[k], structures[k], ends[k],
-                         tune_method, controller.targets[k])
+                         dataset, train_set, val_set, options, finetune, input_shapes, outputs[k], structures[k],
+                         ends[k], tune_method, distill, controller.targets[k])
         member["decision"]["hold_calibrations"] = [c for c in calibrations if controller.phase(c["step"]) == k]
         family.members.append(member)
     family.seconds = time.perf_counter() - started
     return family
 
 
+def check_family_recipe(method: ShrinkOptions) -> None:
+    """Refuse the recipe options a family decides itself (its members are cut at the phases' ends and
+    fine-tuned for a share of FAMILY_COST), rather than ignore them."""
+    defaults = {f.name: f.default for f in fields(ShrinkOptions)}
+    for name, rule in (("cut", "each member is cut at the end of its phase"),
+                       ("finetune_share", f"the run and the members' fine-tunes take {FAMILY_COST}x one shrink's "
+                                          f"steps; --finetune-steps sets each fine-tune's")):
+        if getattr(method, name) != defaults[name]:
+            raise MorphNetError(f"--{name.replace('_', '-')} {getattr(method, name)}: not for a family of budgets "
+                                f"({rule})")
+
+
 def _member(loaded, analysis, regs, params, threshold, budget, target, full, full_costs, hw, round_to, dataset,
-            val_set, options, finetune, input_shapes, output, structure_path, step, tune_method,
+            train_set, val_set, options, finetune, input_shapes, output, structure_path, step, tune_method, distill,
             held_target: float) -> dict:
     """Decide, cut, fine-tune, measure and write one member of the family."""
     resource = budget.resource
@@ -201,7 +226,7 @@ def _member(loaded, analysis, regs, params, threshold, budget, target, full, ful
     after_loaded = load(surgery.model, input_shapes)
     cut = evaluate_model(surgery.model, val_set, options.loss) if val_set and finetune else None
     if finetune:
-        tuned, _ = _finetune(after_loaded, dataset, val_set, options, finetune, tune_method, None,
+        tuned, _ = _finetune(after_loaded, train_set, val_set, options, finetune, tune_method, distill,
                              offset=0, total=finetune)
         verify_model(tuned, f"the fine-tuned shrunk model {output or ''}".strip())
         after_loaded = load(tuned, input_shapes)

@@ -1,0 +1,92 @@
+"""A family of budgets from one run (recipes/family.py) takes shrink's recipe options where they apply
+(the teacher, the hold, the proximal step, the reach) and refuses those it sets itself."""
+
+import numpy as np
+import pytest
+
+from builders import small_bn_net
+from morphnet_onnx import MorphNetError
+from morphnet_onnx.cli import main
+from morphnet_onnx.recipes import family
+from morphnet_onnx.recipes.family import parse_budgets, shrink_family
+from morphnet_onnx.recipes.shrink import ShrinkOptions, train
+from morphnet_onnx.training.backend import TEACHER, Distill
+from morphnet_onnx.training.trainer import TrainOptions
+
+
+def quick(**kw):
+    kw.setdefault("batch_size", 16)
+    return TrainOptions(progress=False, probe=False, **kw)
+
+
+def test_a_family_distils_from_a_trained_input_in_its_run_and_every_fine_tune(tmp_path, monkeypatch):
+    folder = small_bn_net(tmp_path, examples=64)
+    net, data = folder / "net.onnx", folder / "train.npz"
+    with np.load(data) as arrays:
+        inputs = arrays["input"]
+    means = inputs.mean(axis=(2, 3))
+    np.savez(data, input=inputs, labels=(2 * (means[:, 0] > 0) + (means[:, 1] > 0)).astype(np.int64))
+    train(net, data, folder / "trained.onnx", options=quick(steps=120, lr=1e-2))
+    taught = []  # (what trained, its distillation and whether its data carried the teacher's probabilities)
+    real_trainer, real_finetune = family.Trainer, family._finetune
+
+    class SpyTrainer(real_trainer):
+        def run(self, dataset, *args, **kwargs):
+            taught.append(("run", self.distill, TEACHER in next(iter(dataset.batches(4, False, 0)))))
+            return super().run(dataset, *args, **kwargs)
+
+    def spy_finetune(loaded, dataset, val_set, options, steps, method, distill, **kwargs):
+        taught.append(("fine-tune", distill, TEACHER in next(iter(dataset.batches(4, False, 0)))))
+        return real_finetune(loaded, dataset, val_set, options, steps, method, distill, **kwargs)
+
+    monkeypatch.setattr(family, "Trainer", SpyTrainer)
+    monkeypatch.setattr(family, "_finetune", spy_finetune)
+    budgets = parse_budgets("flops", "0.8x,0.6x")
+    result = shrink_family(folder / "trained.onnx", data, None, budgets=budgets,
+                                  method=ShrinkOptions(budget=budgets[0], distill="auto", distill_weight=0.3,
+                                                       force=True), options=quick(steps=40))
+    assert result.teacher["used"] is True and result.to_dict()["teacher"] == result.teacher
+    assert [kind for kind, _, _ in taught] == ["run", "fine-tune", "fine-tune"]
+    assert all(d == Distill(0.3, 4.0) and carried for _, d, carried in taught)
+    taught.clear()
+    result = shrink_family(folder / "trained.onnx", data, None, budgets=budgets,
+                                  method=ShrinkOptions(budget=budgets[0], distill="off", force=True),
+                                  options=quick(steps=40))
+    assert result.teacher is None and all(d is None and not carried for _, d, carried in taught)
+
+
+def test_a_family_refuses_the_recipe_options_it_sets_itself(tmp_path, capsys):
+    folder = small_bn_net(tmp_path, examples=16)
+    budgets = parse_budgets("flops", "0.8x,0.6x")
+    for field, value, message in (("cut", "end", "--cut end: not for a family"),
+                                  ("finetune_share", 0.2, "--finetune-share 0.2: not for a family")):
+        with pytest.raises(MorphNetError, match=message):
+            shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
+                          method=ShrinkOptions(budget=budgets[0], **{field: value}), options=quick(steps=40))
+    assert main(["shrink", str(folder / "net.onnx"), "--data", str(folder / "train.npz"), "--budget-flops",
+                 "0.8x,0.6x", "--cut", "end", "-o", str(tmp_path / "f.onnx")]) == 2
+    assert "--cut end: not for a family of budgets" in capsys.readouterr().err
+
+
+def test_a_family_takes_the_proximal_step_and_the_hold_as_shrink_does(tmp_path, monkeypatch):
+    folder = small_bn_net(tmp_path, examples=64)
+    budgets = parse_budgets("flops", "0.8x,0.6x")
+    made = []
+    real = family.PhasedController
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(family, "PhasedController", spy)
+    result = shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
+                           method=ShrinkOptions(budget=budgets[0], proximal=True, reach=0.2, hold_until=0.3,
+                                                force=True), options=quick(steps=100))
+    kwargs = made[-1]
+    # the budget watched every step, the proximal step on, lambda's reach and the first hold window as asked
+    assert kwargs["every"] == 1 and kwargs["proximal_step"] == 1.0 and kwargs["reach"] == 0.2
+    assert kwargs["windows"][0] == (8, 24)  # 10% and 30% of the run's 80 steps
+    assert all(m["cost_ratio"] <= float(m["budget"].rstrip("x")) + 1e-9 for m in result.members)
+    shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
+                  method=ShrinkOptions(budget=budgets[0], hold=False, force=True), options=quick(steps=100))
+    assert made[-1]["windows"] is None and made[-1]["every"] == 25 and made[-1]["proximal_step"] is None
