@@ -19,7 +19,8 @@ def quick(**kw):
     return TrainOptions(progress=False, probe=False, **kw)
 
 
-def test_a_family_distils_from_a_trained_input_in_its_run_and_every_fine_tune(tmp_path, monkeypatch):
+def trained_net(tmp_path):
+    """small_bn_net trained on labels it can learn (the signs of two channels' means): a teacher."""
     folder = small_bn_net(tmp_path, examples=64)
     net, data = folder / "net.onnx", folder / "train.npz"
     with np.load(data) as arrays:
@@ -27,6 +28,11 @@ def test_a_family_distils_from_a_trained_input_in_its_run_and_every_fine_tune(tm
     means = inputs.mean(axis=(2, 3))
     np.savez(data, input=inputs, labels=(2 * (means[:, 0] > 0) + (means[:, 1] > 0)).astype(np.int64))
     train(net, data, folder / "trained.onnx", options=quick(steps=120, lr=1e-2))
+    return folder, data
+
+
+def test_a_family_distils_from_a_trained_input_in_its_run_and_every_fine_tune(tmp_path, monkeypatch):
+    folder, data = trained_net(tmp_path)
     taught = []  # (what trained, its distillation and whether its data carried the teacher's probabilities)
     real_trainer, real_finetune = family.Trainer, family._finetune
 
@@ -90,3 +96,16 @@ def test_a_family_takes_the_proximal_step_and_the_hold_as_shrink_does(tmp_path, 
     shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
                   method=ShrinkOptions(budget=budgets[0], hold=False, force=True), options=quick(steps=100))
     assert made[-1]["windows"] is None and made[-1]["every"] == 25 and made[-1]["proximal_step"] is None
+
+
+def test_shrink_and_a_family_say_whether_the_input_taught(tmp_path, capsys):
+    folder, data = trained_net(tmp_path)
+    common = [str(folder / "trained.onnx"), "--data", str(data), "--batch-size", "16", "--steps", "40", "--force",
+              "--no-progress"]
+    assert main(["shrink", *common, "--budget-flops", "0.6x", "-o", str(tmp_path / "one.onnx")]) == 0
+    assert "distillation on: the input model scores" in capsys.readouterr().out
+    assert main(["shrink", *common, "--budget-flops", "0.8x,0.6x", "-o", str(tmp_path / "fam.onnx")]) == 0
+    assert "distillation on: the input model scores" in capsys.readouterr().out
+    assert main(["shrink", *common, "--budget-flops", "0.8x,0.6x", "--distill", "off",
+                 "-o", str(tmp_path / "off.onnx")]) == 0
+    assert "distillation" not in capsys.readouterr().out

@@ -95,6 +95,8 @@ def _print_learned(result, args) -> None:
     if getattr(result, "cut_validation", None) is not None and result.cut_validation.accuracy is not None:
         print(f"before the fine-tune ({result.decision.get('finetune_steps')} steps): top-1 "
               f"{result.cut_validation.accuracy:.2%}")
+    if (result.decision or {}).get("teacher"):
+        print(teacher_line(result.decision["teacher"]))
     if getattr(result, "latency", None):
         m = result.latency
         budget = f", budget {m['goal']:.3f}x" if m.get("goal") is not None and m["relative"] else \
@@ -110,6 +112,11 @@ def _print_learned(result, args) -> None:
         print(_classes_line(result.classes, args.output))
     for note in result.notes:
         print(f"[W] {note}")
+
+
+def teacher_line(teacher: dict) -> str:
+    """Whether the input model taught the run (distillation.py's check), and why."""
+    return f"distillation {'on' if teacher['used'] else 'off'}: {teacher['reason']}"
 
 
 def _classes_line(classes: list[str], output) -> str:
@@ -178,6 +185,8 @@ def _shrink_family(args: argparse.Namespace, budget) -> int:
         _print_json(result)
     else:
         print_family(result)
+        if result.teacher:
+            print(teacher_line(result.teacher))
     if args.plot:
         path = write_family_plot(result, args.plot)
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
