@@ -1,5 +1,5 @@
 """A family of budgets from one run (recipes/family.py) takes shrink's recipe options where they apply
-(the teacher, the hold, the proximal step, the reach) and refuses those it sets itself."""
+(the teacher, the hold, the proximal step, the fine-tunes' rate) and refuses those it sets itself."""
 
 import numpy as np
 import pytest
@@ -65,7 +65,8 @@ def test_a_family_refuses_the_recipe_options_it_sets_itself(tmp_path, capsys):
     folder = small_bn_net(tmp_path, examples=16)
     budgets = parse_budgets("flops", "0.8x,0.6x")
     for field, value, message in (("cut", "end", "--cut end: not for a family"),
-                                  ("finetune_share", 0.2, "--finetune-share 0.2: not for a family")):
+                                  ("finetune_share", 0.2, "--finetune-share 0.2: not for a family"),
+                                  ("reach", 0.2, "--reach 0.2: not for a family")):
         with pytest.raises(MorphNetError, match=message):
             shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
                           method=ShrinkOptions(budget=budgets[0], **{field: value}), options=quick(steps=40))
@@ -86,11 +87,11 @@ def test_a_family_takes_the_proximal_step_and_the_hold_as_shrink_does(tmp_path, 
 
     monkeypatch.setattr(family, "PhasedController", spy)
     result = shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
-                           method=ShrinkOptions(budget=budgets[0], proximal=True, reach=0.2, hold_until=0.3,
+                           method=ShrinkOptions(budget=budgets[0], proximal=True, hold_until=0.3,
                                                 force=True), options=quick(steps=100))
     kwargs = made[-1]
-    # the budget watched every step, the proximal step on, lambda's reach and the first hold window as asked
-    assert kwargs["every"] == 1 and kwargs["proximal_step"] == 1.0 and kwargs["reach"] == 0.2
+    # the budget watched every step, the proximal step on and the first hold window as asked
+    assert kwargs["every"] == 1 and kwargs["proximal_step"] == 1.0
     assert kwargs["windows"][0] == (8, 24)  # 10% and 30% of the run's 80 steps
     assert all(m["cost_ratio"] <= float(m["budget"].rstrip("x")) + 1e-9 for m in result.members)
     shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,

@@ -98,9 +98,9 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
                   data_module: str | None = None, input_shapes=None, structure_path=None) -> FamilyResult:
     """One regularized run through `budgets` (largest first), one model per budget written next to
     `output` (see the module docstring); `method` holds the other method options (its `budget` is
-    ignored; a family sets when each member is cut and how long it is fine-tuned itself: `cut` and
-    `finetune_share` other than their defaults are refused, each fine-tune is a cosine from
-    `finetune_lr`), `structure_path` names the structure files the same way when given.
+    ignored; a family sets when each member is cut, how long it is fine-tuned and how fast lambda
+    grows itself: `cut`, `finetune_share` and `reach` other than their defaults are refused, each
+    fine-tune is a cosine from `finetune_lr`), `structure_path` names the structure files the same way when given.
 
     >>> shrink_family("resnet.onnx", "train.npz", "small.onnx", val="val.npz",
     ...               budgets=parse_budgets("latency", "0.75x,0.5x,0.25x"),
@@ -154,7 +154,7 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     calibrate = hold_calibrator(analysis, loaded, regs, threshold, full, budgets[0].relative, hw, round_to) \
         if measured and hold else None
     controller = PhasedController(analysis, loaded, regs, resource, targets[0], None, threshold, hw,
-                                  total_steps=ends[0], reach=method.reach, targets=targets, ends=ends, hold=hold,
+                                  total_steps=ends[0], targets=targets, ends=ends, hold=hold,
                                   decide_at=decide_now if hold else None, windows=windows if hold else None,
                                   calibrate=calibrate, proximal_step=1.0 if proximal else None,
                                   # a proximal step acts at once: the budget is watched every step
@@ -196,11 +196,13 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
 
 def check_family_recipe(method: ShrinkOptions) -> None:
     """Refuse the recipe options a family decides itself (its members are cut at the phases' ends and
-    fine-tuned for a share of FAMILY_COST), rather than ignore them."""
+    fine-tuned for a share of FAMILY_COST; lambda's reach is the controller's own over the first
+    phase), rather than ignore them."""
     defaults = {f.name: f.default for f in fields(ShrinkOptions)}
     for name, rule in (("cut", "each member is cut at the end of its phase"),
                        ("finetune_share", f"the run and the members' fine-tunes take {FAMILY_COST}x one shrink's "
-                                          f"steps; --finetune-steps sets each fine-tune's")):
+                                          f"steps; --finetune-steps sets each fine-tune's"),
+                       ("reach", "lambda's growth is sized on the first phase, as measured")):
         if getattr(method, name) != defaults[name]:
             raise MorphNetError(f"--{name.replace('_', '-')} {getattr(method, name)}: not for a family of budgets "
                                 f"({rule})")
