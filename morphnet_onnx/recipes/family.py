@@ -36,13 +36,13 @@ from ..surgery.apply import apply_structure
 from ..surgery.pruning import prepare, verify_model
 from ..training.batchnorm import recalibrate_batchnorm
 from ..training.data import open_data
+from ..training.distillation import with_teacher
 from ..training.distributed import is_main
 from ..training.evaluation import evaluate_model
 from ..training.graph import check_trainable
 from ..training.health import LIKELY_CAUSES
 from ..training.trainer import Trainer, TrainOptions
 from .measured import hold_calibrator, land_on_rank_zero, recipe_hardware
-from ..training.distillation import with_teacher
 from .shrink import (ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _teacher, _write,
                      check_shrinkable)
 
@@ -100,7 +100,8 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     `output` (see the module docstring); `method` holds the other method options (its `budget` is
     ignored; a family sets when each member is cut, how long it is fine-tuned and how fast lambda
     grows itself: `cut`, `finetune_share` and `reach` other than their defaults are refused, each
-    fine-tune is a cosine from `finetune_lr`), `structure_path` names the structure files the same way when given.
+    fine-tune is a cosine from `finetune_lr`); `structure_path` names the structure files the same
+    way when given.
 
     >>> shrink_family("resnet.onnx", "train.npz", "small.onnx", val="val.npz",
     ...               budgets=parse_budgets("latency", "0.75x,0.5x,0.25x"),
