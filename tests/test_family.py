@@ -1,10 +1,9 @@
 """A family of budgets from one run (recipes/family.py) takes shrink's recipe options where they apply
 (the teacher, the hold, the proximal step, the fine-tunes' rate) and refuses those it sets itself."""
 
-import numpy as np
 import pytest
 
-from builders import small_bn_net
+from builders import learnable_bn_net, small_bn_net
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
 from morphnet_onnx.recipes import family
@@ -20,14 +19,10 @@ def quick(**kw):
 
 
 def trained_net(tmp_path):
-    """small_bn_net trained on labels it can learn (the signs of two channels' means): a teacher."""
-    folder = small_bn_net(tmp_path, examples=64)
-    net, data = folder / "net.onnx", folder / "train.npz"
-    with np.load(data) as arrays:
-        inputs = arrays["input"]
-    means = inputs.mean(axis=(2, 3))
-    np.savez(data, input=inputs, labels=(2 * (means[:, 0] > 0) + (means[:, 1] > 0)).astype(np.int64))
-    train(net, data, folder / "trained.onnx", options=quick(steps=120, lr=1e-2))
+    """learnable_bn_net trained: trained.onnx, a teacher."""
+    folder = learnable_bn_net(tmp_path)
+    data = folder / "train.npz"
+    train(folder / "net.onnx", data, folder / "trained.onnx", options=quick(steps=120, lr=1e-2))
     return folder, data
 
 
@@ -49,15 +44,14 @@ def test_a_family_distils_from_a_trained_input_in_its_run_and_every_fine_tune(tm
     monkeypatch.setattr(family, "_finetune", spy_finetune)
     budgets = parse_budgets("flops", "0.8x,0.6x")
     result = shrink_family(folder / "trained.onnx", data, None, budgets=budgets,
-                                  method=ShrinkOptions(budget=budgets[0], distill="auto", distill_weight=0.3,
-                                                       force=True), options=quick(steps=40))
+                           method=ShrinkOptions(budget=budgets[0], distill="auto", distill_weight=0.3, force=True),
+                           options=quick(steps=40))
     assert result.teacher["used"] is True and result.to_dict()["teacher"] == result.teacher
     assert [kind for kind, _, _ in taught] == ["run", "fine-tune", "fine-tune"]
     assert all(d == Distill(0.3, 4.0) and carried for _, d, carried in taught)
     taught.clear()
     result = shrink_family(folder / "trained.onnx", data, None, budgets=budgets,
-                                  method=ShrinkOptions(budget=budgets[0], distill="off", force=True),
-                                  options=quick(steps=40))
+                           method=ShrinkOptions(budget=budgets[0], distill="off", force=True), options=quick(steps=40))
     assert result.teacher is None and all(d is None and not carried for _, d, carried in taught)
 
 

@@ -140,7 +140,7 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     total = max(len(budgets), round(FAMILY_RUN_SHARE * one_shrink))
     ends = phase_ends(total, len(budgets))
     hold = method.hold
-    proximal = method.proximal and method.regularizer != "figs"
+    pace = method.controller_pace()
     # As in shrink: a trained input model teaches the run and every member's fine-tune.
     teacher, distill, teacher_check = _teacher(method, loaded, dataset, options)
     train_set = with_teacher(dataset, teacher) if distill is not None else dataset
@@ -157,13 +157,11 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     controller = PhasedController(analysis, loaded, regs, resource, targets[0], None, threshold, hw,
                                   total_steps=ends[0], targets=targets, ends=ends, hold=hold,
                                   decide_at=decide_now if hold else None, windows=windows if hold else None,
-                                  calibrate=calibrate, proximal_step=1.0 if proximal else None,
-                                  # a proximal step acts at once: the budget is watched every step
-                                  every=1 if proximal else 25)
+                                  calibrate=calibrate, **pace)
     # Each phase runs the schedule again: a budget's gates move under a high rate, not a decayed one.
     phased = replace(options, steps=total, restarts=tuple(ends[:-1]))
     trainer = Trainer(loaded, phased, regs, controller, target_shape=_target_shape(loaded, options), gates=gates,
-                      distill=distill, hooks=HoldHooks(controller, regs) if hold or proximal else None)
+                      distill=distill, hooks=HoldHooks(controller, regs) if hold or pace["proximal_step"] else None)
     progress, on_step, on_warning = _progress(options, controller, "shrink (family)")
     started = time.perf_counter()
     with progress:

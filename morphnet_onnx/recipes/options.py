@@ -101,6 +101,12 @@ class ShrinkOptions:
     def measured(self) -> bool:
         return is_measure(self.hardware) or self.latency_table is not None
 
+    def controller_pace(self) -> dict:
+        """The budget controller's `proximal_step` and `every` for this recipe: a proximal step (never
+        on FiGS's gates, which are probabilities) acts at once, so the budget is watched every step."""
+        proximal = self.proximal and self.regularizer != "figs"
+        return {"proximal_step": 1.0 if proximal else None, "every": 1 if proximal else 25}
+
     def __post_init__(self) -> None:
         if (self.budget is None) == (self.strength is None):
             raise MorphNetError("give either a budget (--budget-flops/--budget-size/--budget-latency) or --strength")

@@ -255,18 +255,17 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
 
     cut_early = method.cut == "budget" and plan["finetune_min"] > 0 and target is not None
     hold = method.hold and target is not None and plan["finetune_min"] > 0
-    proximal = method.proximal and method.regularizer != "figs"
+    pace = method.controller_pace()
     measured = isinstance(hw, LatencyTable) and resource == "latency"
     controller = BudgetController(analysis, loaded, regs, resource, target, method.strength, threshold, hw,
                                   total_steps=total_steps, reach=method.reach, hold=hold, cut_at_budget=cut_early,
-                                  decide_at=decide_now, proximal_step=1.0 if proximal else None,
+                                  decide_at=decide_now,
                                   hold_window=(int(round(method.hold_from * total_steps)),
                                                int(round(method.hold_until * total_steps))),
-                                  # a proximal step acts at once: the budget is watched every step
-                                  every=1 if proximal else 25,
                                   calibrate=hold_calibrator(analysis, loaded, regs, threshold, full, budget.relative,
-                                                            hw, round_to) if measured and hold else None)
-    hooks = HoldHooks(controller, regs) if (hold or cut_early or proximal) else None
+                                                            hw, round_to) if measured and hold else None,
+                                  **pace)
+    hooks = HoldHooks(controller, regs) if (hold or cut_early or pace["proximal_step"]) else None
     learn_options = replace(options, steps=plan["learn_max"])
     # The learning rate follows one schedule over the whole run (cut early or not): the steps after
     # the cut continue it or start their own (finetune_schedule).
