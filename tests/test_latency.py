@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import numpy as np
 import onnx
@@ -74,6 +75,38 @@ def test_a_models_noise_covers_how_far_its_sessions_land_apart(monkeypatch):
     assert measured.median_s == pytest.approx(1.01e-3)
     assert measured.noise == pytest.approx(0.04 / 1.01)
     assert measured.runs == 150
+
+
+class _SpinningSession:
+    """A session whose runs take 1 ms, or 4 ms within 0.2 s of another session's run: the threads of
+    a session of several threads keep spinning after its run and take the next session's cores."""
+
+    last: dict = {}
+
+    def __init__(self, name):
+        self.name, self.calls = name, 0
+
+    def run(self, outputs, feeds):
+        self.calls += 1
+        other = [t for name, t in self.last.items() if name != self.name]
+        now = time.perf_counter()
+        time.sleep(0.004 if other and now - max(other) < 0.2 else 0.001)
+        self.last[self.name] = time.perf_counter()
+
+
+def test_the_wall_clock_times_a_session_after_the_last_ones_threads_stopped_spinning(monkeypatch):
+    import morphnet_onnx.cost.timing as timing
+
+    _SpinningSession.last = {}
+    monkeypatch.setattr(timing, "SETTLE_SECONDS", 0.25)
+    sessions = [_SpinningSession(name) for name in "ab"]
+    measured = timing.measure_sessions(sessions, [{}, {}], "wall", tolerance=0.2, max_seconds=1.0)
+    assert all(m.median_s < 0.0025 for m in measured), [m.median_s for m in measured]
+    # one session alone has nothing to wait for: it is not run untimed between its rounds
+    monkeypatch.setattr(timing, "SETTLE_SECONDS", 10.0)
+    alone = _SpinningSession("c")
+    timing.measure_sessions([alone], [{}], "wall", tolerance=0.2, max_seconds=1.0)
+    assert alone.calls < 1000
 
 
 def test_nnls_matches_a_search_over_the_active_sets():
@@ -156,6 +189,19 @@ def test_the_cache_is_keyed_by_the_graph_not_its_weights(cache, tmp_path):
     measured = latency_table(first, LatencySettings(threads=1), copies=2)
     assert measured.origin == "measured" and (cache / f"{measured.key}.json").exists()
     assert latency_table(second, LatencySettings(threads=1), copies=2).origin == "cache"
+
+
+def test_a_wall_clock_table_of_the_earlier_format_is_measured_again(table_file, tmp_path):
+    """Format 2 settles each session on the wall clock; a 1-thread table (CPU clock) is measured as
+    before and stays readable, a wall-clock one of format 1 is refused with the reason."""
+    model, path, table = table_file
+    doc = json.loads(path.read_text())
+    assert doc["format"] == 1 and doc["settings"]["threads"] == 1
+    assert load_table(path).key == table.key
+    wall = dict(doc, settings=dict(doc["settings"], threads=0, clock="wall"))
+    (tmp_path / "wall.json").write_text(json.dumps(wall))
+    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 1, this one reads 2"):
+        load_table(tmp_path / "wall.json")
 
 
 def test_measure_latency_compares_models_in_alternated_rounds(tmp_path):

@@ -37,7 +37,14 @@ from ..errors import MorphNetError
 from ..loading.writing import write_atomic_bytes
 from .timing import LatencySettings, Measurement
 
-FORMAT = 1  # bump when the table's meaning changes: older cached tables are measured again
+FORMAT = 2  # bump when the table's meaning changes: older cached tables are measured again
+# Format 2 changed how the wall clock measures (a session settles before its runs are timed:
+# cost/timing.py); a table on the thread's CPU clock is measured as in format 1 and stays valid.
+
+
+def table_format(settings: LatencySettings) -> int:
+    """The format a table measured at `settings` has: what its cache key and a given file must match."""
+    return 1 if settings.clock == "cpu" else FORMAT
 
 
 @dataclass
@@ -166,7 +173,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {
-            "format": FORMAT, "key": self.key, "model": self.model, "settings": self.settings.to_dict(),
+            "format": table_format(self.settings), "key": self.key, "model": self.model, "settings": self.settings.to_dict(),
             "onnxruntime": self.onnxruntime, "machine": self.machine, "block": self.block, "levels": list(self.levels),
             "offset_s": self.offset_s, "scale": self.scale,
             "full": self.full.to_dict() if self.full else None, "floor": self.floor.to_dict() if self.floor else None,
@@ -179,10 +186,15 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: dict, path: Path | None = None) -> LatencyTable:
-        if data.get("format") != FORMAT:
+        s = data.get("settings") or {}
+        try:
+            expected = table_format(LatencySettings(s["provider"], int(s["threads"]), int(s["batch"])))
+        except (KeyError, TypeError, ValueError, MorphNetError):
+            expected = FORMAT
+        if data.get("format") != expected:
             raise MorphNetError(f"{path or 'latency table'}: made by another version of morphnet-onnx "
-                                f"(format {data.get('format')}, this one reads {FORMAT}); measure it again")
-        s = data["settings"]
+                                f"(format {data.get('format')}, this one reads {expected} at its settings); "
+                                f"measure it again")
         units = [UnitFit.from_dict(u) for u in data["units"]]
         return cls(key=data["key"], model=data["model"],
                    settings=LatencySettings(s["provider"], int(s["threads"]), int(s["batch"])),
@@ -269,7 +281,7 @@ def graph_digest(model: onnx.ModelProto) -> str:
 
 
 def table_key(model: onnx.ModelProto, settings: LatencySettings, ort_version: str) -> str:
-    text = json.dumps({"format": FORMAT, "graph": graph_digest(model), "settings": settings.to_dict(),
+    text = json.dumps({"format": table_format(settings), "graph": graph_digest(model), "settings": settings.to_dict(),
                        "onnxruntime": ort_version, "machine": machine_name()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
