@@ -19,11 +19,12 @@ from morphnet_onnx import (LatencySettings, MorphNetError, inspect, latency_tabl
 from morphnet_onnx.cli import main
 from morphnet_onnx.cost.latency import UnitFit, fit_unit, nnls, unit_seconds
 from morphnet_onnx.cost.resources import compute_costs, parse_hardware
-from morphnet_onnx.cost.timing import median_noise
+from morphnet_onnx.cost.timing import Measurement, median_noise
 from morphnet_onnx.cost.widths import fast_widths, worth_having
 from morphnet_onnx.method.controller import BudgetController
 from morphnet_onnx.method.decision import _ranked_blocks, decide
 from morphnet_onnx.method.family import PhasedController, phase_ends, phase_windows
+from morphnet_onnx.method import landing
 from morphnet_onnx.method.landing import _next_target, check_floor
 from morphnet_onnx.recipes.family import member_path, parse_budgets
 from morphnet_onnx.method.regularizers import group_regularizers
@@ -378,3 +379,18 @@ def test_the_landing_brackets_the_budget_once_tries_fall_on_both_sides():
     between = _next_target([first, second], 0.45)
     assert 0.5 < between < 1.0
     assert between == pytest.approx(0.5 * 2 ** (np.log(0.45 / 0.3) / np.log(0.6 / 0.3)))
+
+
+def test_a_noisy_landing_measurement_is_taken_again_and_the_least_noisy_kept(monkeypatch):
+    def pair(ratio, noise):
+        return [Measurement(1e-3, noise, 50, "wall"), Measurement(ratio * 1e-3, noise, 50, "wall")]
+
+    table = type("Table", (), {"settings": LatencySettings()})()
+    for takes, expected, calls in (([pair(0.49, 0.08), pair(0.53, 0.01)], 0.53, 2),
+                                   ([pair(0.49, 0.08), pair(0.52, 0.06), pair(0.50, 0.07)], 0.52, 3),
+                                   ([pair(0.51, 0.02), pair(0.40, 0.01)], 0.51, 1)):
+        queue = list(takes)
+        monkeypatch.setattr(landing, "measure_models", lambda *args, **kwargs: queue.pop(0))
+        before, after = landing.compare(None, None, table, {})
+        assert after.median_s / before.median_s == pytest.approx(expected)
+        assert len(takes) - len(queue) == calls

@@ -40,6 +40,12 @@ from .regularizers import GroupRegularizer
 TRIES = 4
 AIM = 0.97  # a correction aims at this share of the budget
 LOW = 0.95  # a landing below this share of the budget is tried again (the budget buys more)
+# A measurement noisier than this is taken again, at most RETAKES times: within its noise a try 5%
+# over the budget passes as under it. On this 2-core machine at the default threads a measurement
+# spanning a change in what the host gives the VM read ±9-15% (ResNet-50: tries at 0.534 ±9% and
+# 0.246 ±14% whose written models then measured 0.534 ±3% and 0.294 ±1%).
+NOISY = 0.05
+RETAKES = 2
 
 
 @dataclass
@@ -52,9 +58,17 @@ class Landing:
 
 def compare(original: onnx.ModelProto, model: onnx.ModelProto, table: LatencyTable,
             shapes: dict) -> tuple[Measurement, Measurement]:
-    """(original, model) timed in alternated rounds at the table's settings."""
-    measured = measure_models([original, model], table.settings, shapes, tolerance=0.01, max_seconds=15.0)
-    return measured[0], measured[1]
+    """(original, model) timed in alternated rounds at the table's settings; taken again (at most
+    RETAKES times) while the ratio's noise is above NOISY, the least noisy kept."""
+    best = None
+    for _ in range(1 + RETAKES):
+        before, after = measure_models([original, model], table.settings, shapes, tolerance=0.01, max_seconds=15.0)
+        noise = math.hypot(before.noise, after.noise)
+        if best is None or noise < best[0]:
+            best = (noise, before, after)
+        if noise <= NOISY:
+            break
+    return best[1], best[2]
 
 
 def achieved(original: Measurement, model: Measurement, relative: bool) -> tuple[float, float]:
