@@ -25,7 +25,7 @@ from morphnet_onnx.method.controller import BudgetController
 from morphnet_onnx.method.decision import _ranked_blocks, decide
 from morphnet_onnx.method.family import PhasedController, phase_ends, phase_windows
 from morphnet_onnx.method import landing
-from morphnet_onnx.method.landing import _next_target, check_floor
+from morphnet_onnx.method.landing import _next_target, check_floor, machine_drift
 from morphnet_onnx.recipes.family import member_path, parse_budgets
 from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.recipes.shrink import Budget, ShrinkOptions, shrink
@@ -394,3 +394,20 @@ def test_a_noisy_landing_measurement_is_taken_again_and_the_least_noisy_kept(mon
         before, after = landing.compare(None, None, table, {})
         assert after.median_s / before.median_s == pytest.approx(expected)
         assert len(takes) - len(queue) == calls
+
+
+def test_the_report_warns_when_the_original_ran_at_another_speed_than_earlier_in_the_run():
+    wall = type("Table", (), {"settings": LatencySettings(), "full": Measurement(1.5e-4, 0.01, 50, "wall")})()
+    tries = [{"original_s": 1.41e-4}, {"original_s": 1.42e-4}]
+    drift = machine_drift({"landing": tries, "original_s": 3.38e-4, "noise": 0.017}, wall)
+    assert drift["change"] == pytest.approx(3.38 / 1.415 - 1)
+    assert "0.1415 ms in the landing's tries and 0.338 ms now (+139%)" in drift["warning"]
+    assert "--latency-threads 1" in drift["warning"]
+    assert machine_drift({"landing": tries, "original_s": 1.50e-4, "noise": 0.01}, wall) is None
+    assert machine_drift({"landing": tries, "original_s": 1.70e-4, "noise": 0.08}, wall) is None  # within 3x noise
+    drift = machine_drift({"landing": [], "original_s": 2.0e-4, "noise": 0.01}, wall)
+    assert "when the latency table was measured" in drift["warning"]
+    cpu = type("Table", (), {"settings": LatencySettings(threads=1), "full": None})()
+    assert machine_drift({"landing": [], "original_s": 2.0e-4, "noise": 0.01}, cpu) is None
+    assert "--latency-threads" not in machine_drift({"landing": tries, "original_s": 2.0e-4, "noise": 0.01},
+                                                    cpu)["warning"]
