@@ -173,7 +173,8 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {
-            "format": table_format(self.settings), "key": self.key, "model": self.model, "settings": self.settings.to_dict(),
+            "format": table_format(self.settings), "key": self.key, "model": self.model,
+            "settings": self.settings.to_dict(),
             "onnxruntime": self.onnxruntime, "machine": self.machine, "block": self.block, "levels": list(self.levels),
             "offset_s": self.offset_s, "scale": self.scale,
             "full": self.full.to_dict() if self.full else None, "floor": self.floor.to_dict() if self.floor else None,
