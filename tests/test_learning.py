@@ -206,8 +206,10 @@ def test_written_model_agrees_with_the_session_on_the_bundled_example():
                    val=models / "mnist1d_val.npz", options=quick(steps=300))
     assert result.learning["learned"] and result.validation.accuracy > 0.7
     # The session scores with batch statistics (batches of 64), the written model with re-measured
-    # running statistics: measured 84.88% written, 84.17% in the session.
-    assert abs(result.validation.accuracy - result.session_accuracy) < 0.01
+    # running statistics: measured 84.88% written, 84.17% in the session; on another machine's CPU
+    # (another trained model) 84.50% and 83.29%. A written model computing something else would
+    # be off by far more.
+    assert abs(result.validation.accuracy - result.session_accuracy) < 0.02
 
 
 def test_input_shape_override_is_declared_in_the_model(digits, tmp_path):

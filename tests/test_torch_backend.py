@@ -234,14 +234,17 @@ def test_measured_latency_under_torchrun_is_measured_on_rank_zero(tmp_path):
     model = plain_net(tmp_path / "plain.onnx")
     data = learnable_data(tmp_path)
     table = tmp_path / "table.json"
-    latency_table(model, LatencySettings(threads=1), table_path=table, cache=False, copies=3)
+    measured = latency_table(model, LatencySettings(threads=1), table_path=table, cache=False, copies=3)
+    # halfway between the floor and the full model: this 10 us model's floor was under 0.8x where the
+    # test was written and 0.85x on another machine
+    budget = f"{(1 + measured.floor.median_s / measured.full.median_s) / 2:.3f}x"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "morphnet_onnx", "shrink", str(model), "--data", str(data), "--budget-latency",
-                          "0.8x", "--hardware", "measure", "--latency-threads", "1", "--latency-table", str(table),
+                          budget, "--hardware", "measure", "--latency-threads", "1", "--latency-table", str(table),
                           "--steps", "80", "--batch-size", "16", "--lr", "0.01", "--backend", "torch", "--force",
                           "--no-progress", "--json", "-o", str(tmp_path / "two.onnx")],
                          capture_output=True, text=True, env=env, timeout=300)
