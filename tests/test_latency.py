@@ -228,6 +228,11 @@ def test_a_budget_below_the_measured_floor_is_refused_before_training(table_file
     with pytest.raises(MorphNetError, match="below what the runtime allows"):
         check_floor(table, full, full * floor_share * 0.5, 0.0, "0.01x")
     check_floor(table, full, full * 0.99, 0.0, "0.99x")
+    # a table whose fit puts the floor above the measured one binds, and the message says why
+    above = (floor_share + 1) / 2  # between the measured floor and the full model
+    with pytest.raises(MorphNetError, match=rf"the latency table puts that structure at {above:.3f}x .its fit is "
+                                            r"off by \d+% on copies it did not see.: measure it again on a quiet"):
+        check_floor(table, full, full * (floor_share + above) / 2, full * above, "between")
 
 
 def test_family_budgets_and_phases():

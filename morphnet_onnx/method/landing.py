@@ -226,9 +226,15 @@ def check_floor(table: LatencyTable, full: float, target: float, floor: float, t
     measured_floor = table.floor.median_s / table.full.median_s * full
     lowest = max(floor, measured_floor)
     if target < lowest:
+        # `decide` works on the table, so a table that puts the floor above the measured one binds
+        # (seen at the default threads on a VM that changed speed while the copies were timed).
+        fit = (f"; the latency table puts that structure at {floor / full:.3f}x (its fit is off by "
+               f"{table.cross_validated:.0%} on copies it did not see): measure it again on a quiet machine"
+               + (f" (remove {table.path})" if table.path is not None else "")
+               + f", or raise the budget above {floor / full:.3f}x"
+               if floor > measured_floor else f"; raise the budget above {lowest / full:.3f}x")
         raise MorphNetError(f"budget {text} ({target / full:.3f}x) is below what the runtime allows: with every "
                             f"prunable group at its minimum the model still measures {table.floor.median_s * 1e3:.4g} "
                             f"ms, {table.floor.median_s / table.full.median_s:.3f}x of its "
                             f"{table.full.median_s * 1e3:.4g} ms ({table.settings.describe()}: onnxruntime's cost "
-                            f"per run and per node, and what cannot be pruned); raise the budget above "
-                            f"{lowest / full:.3f}x")
+                            f"per run and per node, and what cannot be pruned){fit}")
