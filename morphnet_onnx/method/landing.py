@@ -64,7 +64,7 @@ def compare(original: onnx.ModelProto, model: onnx.ModelProto, table: LatencyTab
     best = None
     for _ in range(1 + RETAKES):
         before, after = measure_models([original, model], table.settings, shapes, tolerance=0.01, max_seconds=15.0)
-        noise = math.hypot(before.noise, after.noise)
+        noise = achieved(before, after, relative=True)[1]
         if best is None or noise < best[0]:
             best = (noise, before, after)
         if noise <= NOISY:
@@ -228,11 +228,13 @@ def check_floor(table: LatencyTable, full: float, target: float, floor: float, t
     if target < lowest:
         # `decide` works on the table, so a table that puts the floor above the measured one binds
         # (seen at the default threads on a VM that changed speed while the copies were timed).
-        fit = (f"; the latency table puts that structure at {floor / full:.3f}x (its fit is off by "
-               f"{table.cross_validated:.0%} on copies it did not see): measure it again on a quiet machine"
-               + (f" (remove {table.path})" if table.path is not None else "")
-               + f", or raise the budget above {floor / full:.3f}x"
-               if floor > measured_floor else f"; raise the budget above {lowest / full:.3f}x")
+        if floor > measured_floor:
+            where = f" (remove {table.path})" if table.path is not None else ""
+            fit = (f"; the latency table puts that structure at {floor / full:.3f}x (its fit is off by "
+                   f"{table.cross_validated:.0%} on copies it did not see): measure it again on a quiet "
+                   f"machine{where}, or raise the budget above {floor / full:.3f}x")
+        else:
+            fit = f"; raise the budget above {lowest / full:.3f}x"
         raise MorphNetError(f"budget {text} ({target / full:.3f}x) is below what the runtime allows: with every "
                             f"prunable group at its minimum the model still measures {table.floor.median_s * 1e3:.4g} "
                             f"ms, {table.floor.median_s / table.full.median_s:.3f}x of its "
