@@ -71,11 +71,79 @@ def test_a_models_noise_covers_how_far_its_sessions_land_apart(monkeypatch):
     sessions = [timing.Measurement(t, 0.005, 50, "cpu") for t in (1.08e-3, 1.00e-3, 1.01e-3)]
     monkeypatch.setattr(timing, "timing_session", lambda model, settings: object())
     monkeypatch.setattr(timing, "timing_feeds", lambda session, shapes, batch: {})
-    monkeypatch.setattr(timing, "measure_sessions", lambda opened, feeds, clock, tolerance, max_seconds: sessions)
+    monkeypatch.setattr(timing, "measure_sessions", lambda opened, feeds, clock, tolerance, max_seconds: (sessions, []))
     [measured] = timing.measure_models([tiny_residual_net()], LatencySettings(threads=1), {}, sessions=3)
     assert measured.median_s == pytest.approx(1.01e-3)
     assert measured.noise == pytest.approx(0.04 / 1.01)
     assert measured.runs == 150
+
+
+def _spell_turns() -> list[tuple[int, float]]:
+    """Sessions 0 (the reference, 2 ms) and 1 (1 ms: half of it) in alternated turns; the machine
+    runs at half speed for the first 21 turns: the reference sees 11 slow turns of 20, the other 10."""
+    turns = []
+    for position in range(40):
+        slow = 2.0 if position <= 20 else 1.0
+        session = position % 2
+        turns.append((session, (2e-3 if session == 0 else 1e-3) * slow))
+    return turns
+
+
+def test_on_the_wall_clock_a_share_comes_from_paired_turns_not_the_medians(monkeypatch):
+    """A speed change inside a measurement puts each model's median on either speed: here the
+    reference's median on the slow one and the other's between, a ratio of 0.375 for a true 0.5;
+    the turns paired with their neighbours give 0.5. On the CPU clock: the ratio of the medians."""
+    import morphnet_onnx.cost.timing as timing
+
+    turns = _spell_turns()
+    medians = [float(np.median([t for s, t in turns if s == session])) for session in (0, 1)]
+    assert medians[1] / medians[0] == pytest.approx(0.375)
+    assert np.median(timing.paired_shares(turns, [0, 1])[1]) == pytest.approx(0.5)
+
+    per_session = [timing.Measurement(m, 0.01, 20, "wall") for m in medians]
+    monkeypatch.setattr(timing, "timing_session", lambda model, settings: object())
+    monkeypatch.setattr(timing, "timing_feeds", lambda session, shapes, batch: {})
+    monkeypatch.setattr(timing, "measure_sessions",
+                        lambda opened, feeds, clock, tolerance, max_seconds: (per_session, turns))
+    before, after = timing.measure_models([tiny_residual_net(), tiny_residual_net()], LatencySettings(threads=2),
+                                          {}, sessions=1)
+    assert before.ratio is None and after.share_of(before)[0] == pytest.approx(0.5)
+    assert Measurement.from_dict(after.to_dict()) == after
+    before, after = timing.measure_models([tiny_residual_net(), tiny_residual_net()], LatencySettings(threads=1),
+                                          {}, sessions=1)
+    assert after.ratio is None and after.share_of(before)[0] == pytest.approx(0.375)
+
+
+def test_sessions_alternate_model_by_model_so_every_turn_has_a_reference_beside_it(monkeypatch):
+    import morphnet_onnx.cost.timing as timing
+
+    opened = []
+    monkeypatch.setattr(timing, "timing_session", lambda model, settings: opened.append(model) or model)
+    monkeypatch.setattr(timing, "timing_feeds", lambda session, shapes, batch: {})
+    monkeypatch.setattr(timing, "measure_sessions", lambda sessions, feeds, clock, tolerance, max_seconds: (
+        [timing.Measurement(1.0, 0.0, 1, clock) for _ in sessions], []))
+    timing.measure_models(["a", "b", "c"], LatencySettings(threads=2), {}, sessions=2)
+    assert opened == ["a", "b", "c"] * 2
+
+
+def test_a_wall_clock_table_times_each_copy_against_the_full_model(monkeypatch, cache):
+    """Each copy measured beside the full model: its time is its paired share times the full
+    model's measured time, so a speed change between copies moves no copy."""
+    import morphnet_onnx.surgery.latency as surgery_latency
+
+    calls = []
+
+    def fake(models, settings, shapes, tolerance, max_seconds, sessions):
+        calls.append(len(models))
+        if len(models) == 1:
+            return [Measurement(4e-3, 0.01, 9, "wall")]
+        return [Measurement(9e-3, 0.01, 9, "wall"), Measurement(3e-3, 0.02, 9, "wall", 0.25, 0.02)]
+
+    monkeypatch.setattr(surgery_latency, "measure_models", fake)
+    table = latency_table(tiny_residual_net(), LatencySettings(threads=2), cache=False, copies=2)
+    assert calls == [1, 2, 2, 2]
+    assert table.floor.median_s == pytest.approx(1e-3) and table.floor.ratio == 0.25
+    assert [s["measured_s"] for s in table.structures] == pytest.approx([4e-3, 1e-3, 1e-3, 1e-3])
 
 
 class _SpinningSession:
@@ -101,7 +169,7 @@ def test_the_wall_clock_times_a_session_after_the_last_ones_threads_stopped_spin
     _SpinningSession.last = {}
     monkeypatch.setattr(timing, "SETTLE_SECONDS", 0.25)
     sessions = [_SpinningSession(name) for name in "ab"]
-    measured = timing.measure_sessions(sessions, [{}, {}], "wall", tolerance=0.2, max_seconds=1.0)
+    measured, _ = timing.measure_sessions(sessions, [{}, {}], "wall", tolerance=0.2, max_seconds=1.0)
     assert all(m.median_s < 0.0025 for m in measured), [m.median_s for m in measured]
     # one session alone has nothing to wait for: it is not run untimed between its rounds
     monkeypatch.setattr(timing, "SETTLE_SECONDS", 10.0)
@@ -193,15 +261,16 @@ def test_the_cache_is_keyed_by_the_graph_not_its_weights(cache, tmp_path):
 
 
 def test_a_wall_clock_table_of_the_earlier_format_is_measured_again(table_file, tmp_path):
-    """Format 2 settles each session on the wall clock; a 1-thread table (CPU clock) is measured as
-    before and stays readable, a wall-clock one of format 1 is refused with the reason."""
+    """Format 3 times a wall-clock table's copies against the full model; a 1-thread table (CPU
+    clock) is measured as before and stays readable, a wall-clock one of format 1 is refused with
+    the reason."""
     model, path, table = table_file
     doc = json.loads(path.read_text())
     assert doc["format"] == 1 and doc["settings"]["threads"] == 1
     assert load_table(path).key == table.key
     wall = dict(doc, settings=dict(doc["settings"], threads=0, clock="wall"))
     (tmp_path / "wall.json").write_text(json.dumps(wall))
-    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 1, this one reads 2"):
+    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 1, this one reads 3"):
         load_table(tmp_path / "wall.json")
 
 

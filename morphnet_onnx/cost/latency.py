@@ -37,9 +37,10 @@ from ..errors import MorphNetError
 from ..loading.writing import write_atomic_bytes
 from .timing import LatencySettings, Measurement
 
-FORMAT = 2  # bump when the table's meaning changes: older cached tables are measured again
+FORMAT = 3  # bump when the table's meaning changes: older cached tables are measured again
 # Format 2 changed how the wall clock measures (a session settles before its runs are timed:
-# cost/timing.py); a table on the thread's CPU clock is measured as in format 1 and stays valid.
+# cost/timing.py), format 3 how a wall-clock table times its copies (each against the full model,
+# paired: surgery/latency.py); a table on the thread's CPU clock is measured as in format 1 and stays valid.
 
 
 def table_format(settings: LatencySettings) -> int:

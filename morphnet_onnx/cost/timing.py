@@ -18,6 +18,16 @@ models are measured in alternated rounds so that drift hits them alike, each in 
 its own (a session can run a small model slower throughout: measured on this machine, one of five
 sessions of a 0.06 ms model ran at 0.13 ms).
 
+On the wall clock a model's time against the first model's (`Measurement.share_of`) is paired: each
+turn of the model against the first model's turns just before and after it (about 0.1 s apart),
+not the ratio of the two medians. What the wall clock sees changes while it measures: on this 2-core
+VM two threads sometimes run no faster than one for seconds at a time (MobileNet v2 4.0 or 6.9 ms),
+and when such spells cover part of a measurement each model's median falls on either speed. With a
+process taking one core for 0.3-3 s spells, MobileNet v2 against a copy at 0.41x: ratios of the
+medians 0.21-0.45 over ten measurements (standard deviation 0.07-0.08), paired ratios 0.38-0.46
+(0.015-0.024). On the thread's CPU clock other processes do not reach the measurement: the ratio of
+the medians.
+
 Per-node times come from onnxruntime's profiler: the median duration of every kernel over a few
 runs, in execution order (surgery/latency.py attributes them to the ops of the original graph).
 """
@@ -25,6 +35,7 @@ runs, in execution order (surgery/latency.py attributes them to the ops of the o
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -88,13 +99,30 @@ class Measurement:
     noise: float
     runs: int
     clock: str
+    # On the wall clock, the time as a share of the first model measured with it, from paired turns
+    # (module docstring), and that share's relative noise; None on the CPU clock and for the first model.
+    ratio: float | None = None
+    ratio_noise: float | None = None
+
+    def share_of(self, reference: Measurement) -> tuple[float, float]:
+        """(this model's time as a share of `reference`'s, its relative noise); `reference` is the
+        first model of the same measurement."""
+        if self.ratio is not None:
+            return self.ratio, float(self.ratio_noise)
+        return self.median_s / reference.median_s, math.hypot(reference.noise, self.noise)
 
     def to_dict(self) -> dict:
-        return {"median_s": self.median_s, "noise": self.noise, "runs": self.runs, "clock": self.clock}
+        data = {"median_s": self.median_s, "noise": self.noise, "runs": self.runs, "clock": self.clock}
+        if self.ratio is not None:
+            data.update(ratio=self.ratio, ratio_noise=self.ratio_noise)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Measurement:
-        return cls(float(data["median_s"]), float(data["noise"]), int(data["runs"]), str(data["clock"]))
+        ratio = data.get("ratio")
+        return cls(float(data["median_s"]), float(data["noise"]), int(data["runs"]), str(data["clock"]),
+                   None if ratio is None else float(ratio),
+                   None if ratio is None else float(data["ratio_noise"]))
 
 
 def check_provider(settings: LatencySettings) -> None:
@@ -196,12 +224,14 @@ def _run(session, feeds) -> None:
 
 
 def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: float = 0.01, min_runs: int = 9,
-                     max_seconds: float = 10.0, warmup: int = 2) -> list[Measurement]:
+                     max_seconds: float = 10.0, warmup: int = 2) -> tuple[list[Measurement], list[tuple[int, float]]]:
     """Median time per run of each session, measured in alternated rounds until every median is
     known to `tolerance` (or `max_seconds` have passed); on the wall clock each session settles
-    (runs untimed) when its turn comes, so that no other session's spinning threads share its cores."""
+    (runs untimed) when its turn comes, so that no other session's spinning threads share its cores.
+    Also the turns in the order they ran: (session, median time of its runs in that turn)."""
     timer = _timer(clock)
     times: list[list[float]] = [[] for _ in sessions]
+    turns: list[tuple[int, float]] = []
     repeats = []
     for session, feed in zip(sessions, feeds):
         count, start = 0, time.perf_counter()
@@ -223,17 +253,43 @@ def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: f
                 start = time.perf_counter()
                 while time.perf_counter() - start < SETTLE_SECONDS:
                     _run(session, feed)
+            turn = []
             for _ in range(repeats[index]):
                 begin = timer()
                 _run(session, feed)
-                times[index].append(timer() - begin)
+                turn.append(timer() - begin)
+            times[index].extend(turn)
+            turns.append((index, float(np.median(turn))))
         rounds += 1
         raise_if_stop_requested()  # a signal whose own raise a finalizer swallowed
         stats = [median_noise(t) for t in times]
         enough = all(len(t) >= min_runs for t in times) and rounds >= 3
         if enough and (all(noise <= tolerance for _, noise in stats) or time.perf_counter() - started > max_seconds):
             break
-    return [Measurement(median, noise, len(t), clock) for (median, noise), t in zip(stats, times)]
+    return [Measurement(median, noise, len(t), clock) for (median, noise), t in zip(stats, times)], turns
+
+
+def paired_shares(turns: list[tuple[int, float]], model_of: list[int]) -> dict[int, list[float]]:
+    """Per session of a model other than model 0: each of its turns' time over the geometric mean of
+    model 0's nearest turns before and after it (one where there is only one)."""
+    shares: dict[int, list[float]] = {}
+    reference = [position for position, (session, _) in enumerate(turns) if model_of[session] == 0]
+    for position, (session, seconds) in enumerate(turns):
+        if model_of[session] == 0 or not reference:
+            continue
+        after = int(np.searchsorted(reference, position))
+        around = [turns[reference[i]][1] for i in (after - 1, after) if 0 <= i < len(reference)]
+        shares.setdefault(session, []).append(seconds / float(np.exp(np.mean(np.log(around)))))
+    return shares
+
+
+def _pooled(medians: list[float], noises: list[float]) -> tuple[float, float]:
+    """A model's value from its sessions' (median of their medians) and its noise: the larger of the
+    sessions' own noise and half the range of their medians."""
+    medians = sorted(medians)
+    median = float(np.median(medians))
+    spread = (medians[-1] - medians[0]) / 2 / median if median else 0.0
+    return median, float(max(max(noises), spread))
 
 
 def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettings, shapes: dict,
@@ -248,18 +304,24 @@ def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettin
     and 0.7% this way, 0.7, 0.8 and 0.6% with half the spread between the two closest sessions.
     Nine sessions for a run under 1 ms were tried and not kept: the spread in a loop halved, but
     landings of the 1-D ResNet at 0.25x and 0.5x, 5 seeds each, ended within -10%/+5% of the
-    budget 7 times in 10, against 9 in 10 with this rule: docs/benchmarks.md.)"""
-    opened = [timing_session(model, settings) for model in models for _ in range(sessions)]
+    budget 7 times in 10, against 9 in 10 with this rule: docs/benchmarks.md.) On the wall clock
+    every model after the first also gets its share of the first's time from paired turns, pooled
+    over its sessions the same way (module docstring). The sessions alternate model by model, so
+    that each turn has a turn of the first model beside it."""
+    opened = [timing_session(model, settings) for _ in range(sessions) for model in models]
+    model_of = [index % len(models) for index in range(len(opened))]
     feeds = [timing_feeds(session, shapes, settings.batch) for session in opened]
-    per_session = measure_sessions(opened, feeds, settings.clock, tolerance, max_seconds=max_seconds)
+    per_session, turns = measure_sessions(opened, feeds, settings.clock, tolerance, max_seconds=max_seconds)
+    shares = paired_shares(turns, model_of) if settings.clock == "wall" else {}
     measured = []
     for index in range(len(models)):
-        own = per_session[index * sessions:(index + 1) * sessions]
-        medians = sorted(m.median_s for m in own)
-        median = float(np.median(medians))
-        spread = (medians[-1] - medians[0]) / 2 / median if median else 0.0
-        noise = max(max(m.noise for m in own), spread)
-        measured.append(Measurement(median, float(noise), sum(m.runs for m in own), settings.clock))
+        own = per_session[index::len(models)]
+        median, noise = _pooled([m.median_s for m in own], [m.noise for m in own])
+        measurement = Measurement(median, noise, sum(m.runs for m in own), settings.clock)
+        paired = [median_noise(shares[s]) for s in range(index, len(opened), len(models)) if s in shares]
+        if index > 0 and paired:
+            measurement.ratio, measurement.ratio_noise = _pooled([r for r, _ in paired], [n for _, n in paired])
+        measured.append(measurement)
     return measured
 
 

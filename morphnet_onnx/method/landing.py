@@ -75,7 +75,7 @@ def compare(original: onnx.ModelProto, model: onnx.ModelProto, table: LatencyTab
 def achieved(original: Measurement, model: Measurement, relative: bool) -> tuple[float, float]:
     """(what the budget is compared with: the ratio or the seconds, its relative noise)."""
     if relative:
-        return model.median_s / original.median_s, math.hypot(original.noise, model.noise)
+        return model.share_of(original)
     return model.median_s, model.noise
 
 
@@ -147,7 +147,7 @@ def measure_written(original: onnx.ModelProto, written: onnx.ModelProto, table: 
     before, after = compare(original, written, table, shapes)
     value, noise = achieved(before, after, relative)
     predicted = predicted_s / full_predicted_s if relative else predicted_s
-    return {"original_s": before.median_s, "written_s": after.median_s, "ratio": after.median_s / before.median_s,
+    return {"original_s": before.median_s, "written_s": after.median_s, "ratio": after.share_of(before)[0],
             "noise": noise, "predicted_s": predicted_s, "predicted_ratio": predicted_s / full_predicted_s,
             "achieved": value, "predicted": predicted, "goal": goal, "relative": relative,
             "disagreement": predicted / value - 1, "settings": table.settings.describe(),
