@@ -71,7 +71,8 @@ def test_a_models_noise_covers_how_far_its_sessions_land_apart(monkeypatch):
     sessions = [timing.Measurement(t, 0.005, 50, "cpu") for t in (1.08e-3, 1.00e-3, 1.01e-3)]
     monkeypatch.setattr(timing, "timing_session", lambda model, settings: object())
     monkeypatch.setattr(timing, "timing_feeds", lambda session, shapes, batch: {})
-    monkeypatch.setattr(timing, "measure_sessions", lambda opened, feeds, clock, tolerance, max_seconds: (sessions, []))
+    monkeypatch.setattr(timing, "measure_sessions",
+                        lambda opened, feeds, clock, tolerance, max_seconds, model_of: (sessions, []))
     [measured] = timing.measure_models([tiny_residual_net()], LatencySettings(threads=1), {}, sessions=3)
     assert measured.median_s == pytest.approx(1.01e-3)
     assert measured.noise == pytest.approx(0.04 / 1.01)
@@ -104,7 +105,7 @@ def test_on_the_wall_clock_a_share_comes_from_paired_turns_not_the_medians(monke
     monkeypatch.setattr(timing, "timing_session", lambda model, settings: object())
     monkeypatch.setattr(timing, "timing_feeds", lambda session, shapes, batch: {})
     monkeypatch.setattr(timing, "measure_sessions",
-                        lambda opened, feeds, clock, tolerance, max_seconds: (per_session, turns))
+                        lambda opened, feeds, clock, tolerance, max_seconds, model_of: (per_session, turns))
     before, after = timing.measure_models([tiny_residual_net(), tiny_residual_net()], LatencySettings(threads=2),
                                           {}, sessions=1)
     assert before.ratio is None and after.share_of(before)[0] == pytest.approx(0.5)
@@ -114,34 +115,63 @@ def test_on_the_wall_clock_a_share_comes_from_paired_turns_not_the_medians(monke
     assert after.ratio is None and after.share_of(before)[0] == pytest.approx(0.375)
 
 
+class _SpellSession:
+    """A run of `seconds`, twice as long in every other 0.3 s spell of the clock."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def run(self, outputs, feeds):
+        time.sleep(self.seconds * (2 if int(time.perf_counter() / 0.3) % 2 else 1))
+
+
+def test_a_paired_measurement_ends_once_the_shares_are_known(monkeypatch):
+    """Spells of half speed leave each session's median unknown (half its runs on either speed),
+    but the share of the reference's time is known in a few rounds: the measurement stops there."""
+    import morphnet_onnx.cost.timing as timing
+
+    monkeypatch.setattr(timing, "SETTLE_SECONDS", 0.01)
+    sessions = [_SpellSession(0.002), _SpellSession(0.001)]
+    start = time.perf_counter()
+    measured, turns = timing.measure_sessions(sessions, [{}, {}], "wall", tolerance=0.1, max_seconds=30.0,
+                                              model_of=[0, 1])
+    assert time.perf_counter() - start < 15.0
+    assert np.median(timing.paired_shares(turns, [0, 1])[1]) == pytest.approx(0.5, rel=0.2)
+
+
 def test_sessions_alternate_model_by_model_so_every_turn_has_a_reference_beside_it(monkeypatch):
     import morphnet_onnx.cost.timing as timing
 
     opened = []
     monkeypatch.setattr(timing, "timing_session", lambda model, settings: opened.append(model) or model)
     monkeypatch.setattr(timing, "timing_feeds", lambda session, shapes, batch: {})
-    monkeypatch.setattr(timing, "measure_sessions", lambda sessions, feeds, clock, tolerance, max_seconds: (
+    monkeypatch.setattr(timing, "measure_sessions", lambda sessions, feeds, clock, tolerance, max_seconds, model_of: (
         [timing.Measurement(1.0, 0.0, 1, clock) for _ in sessions], []))
     timing.measure_models(["a", "b", "c"], LatencySettings(threads=2), {}, sessions=2)
     assert opened == ["a", "b", "c"] * 2
 
 
 def test_a_wall_clock_table_times_each_copy_against_the_full_model(monkeypatch, cache):
-    """Each copy measured beside the full model: its time is its paired share times the full
-    model's measured time, so a speed change between copies moves no copy."""
+    """Each copy measured beside the full model (one session of it kept for every copy): its time is
+    its paired share times the full model's measured time, so a speed change between copies moves
+    no copy."""
     import morphnet_onnx.surgery.latency as surgery_latency
 
-    calls = []
+    alone, beside = [], []
 
-    def fake(models, settings, shapes, tolerance, max_seconds, sessions):
-        calls.append(len(models))
-        if len(models) == 1:
-            return [Measurement(4e-3, 0.01, 9, "wall")]
-        return [Measurement(9e-3, 0.01, 9, "wall"), Measurement(3e-3, 0.02, 9, "wall", 0.25, 0.02)]
+    def measure_alone(models, settings, shapes, tolerance, max_seconds, sessions):
+        alone.append(len(models))
+        return [Measurement(4e-3, 0.01, 9, "wall")]
 
-    monkeypatch.setattr(surgery_latency, "measure_models", fake)
+    def measure_beside(opened, feeds, models, clock, tolerance, max_seconds):
+        beside.append((len(opened), id(opened[0])))
+        return [Measurement(9e-3, 0.01, 9, clock), Measurement(3e-3, 0.02, 9, clock, 0.25, 0.02)]
+
+    monkeypatch.setattr(surgery_latency, "measure_models", measure_alone)
+    monkeypatch.setattr(surgery_latency, "measure_opened", measure_beside)
     table = latency_table(tiny_residual_net(), LatencySettings(threads=2), cache=False, copies=2)
-    assert calls == [1, 2, 2, 2]
+    assert alone == [1]  # the full model alone; the floor (3 sessions each) and the copies beside it
+    assert [count for count, _ in beside] == [6, 2, 2] and len({first for _, first in beside}) == 1
     assert table.floor.median_s == pytest.approx(1e-3) and table.floor.ratio == 0.25
     assert [s["measured_s"] for s in table.structures] == pytest.approx([4e-3, 1e-3, 1e-3, 1e-3])
 

@@ -224,14 +224,19 @@ def _run(session, feeds) -> None:
 
 
 def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: float = 0.01, min_runs: int = 9,
-                     max_seconds: float = 10.0, warmup: int = 2) -> tuple[list[Measurement], list[tuple[int, float]]]:
+                     max_seconds: float = 10.0, warmup: int = 2,
+                     model_of: list[int] | None = None) -> tuple[list[Measurement], list[tuple[int, float]]]:
     """Median time per run of each session, measured in alternated rounds until every median is
-    known to `tolerance` (or `max_seconds` have passed); on the wall clock each session settles
+    known to `tolerance`, or, given `model_of` (each session's model), every session's paired share
+    of model 0's time is (or `max_seconds` have passed); on the wall clock each session settles
     (runs untimed) when its turn comes, so that no other session's spinning threads share its cores.
     Also the turns in the order they ran: (session, median time of its runs in that turn)."""
     timer = _timer(clock)
     times: list[list[float]] = [[] for _ in sessions]
     turns: list[tuple[int, float]] = []
+    settle = clock == "wall" and len(sessions) > 1
+    # A turn that settles first times runs as long as its settle: settling costs at most half the time.
+    turn_seconds = max(ROUND_SECONDS, SETTLE_SECONDS) if settle else ROUND_SECONDS
     repeats = []
     for session, feed in zip(sessions, feeds):
         count, start = 0, time.perf_counter()
@@ -240,8 +245,7 @@ def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: f
             count += 1
         start = time.perf_counter()
         _run(session, feed)
-        repeats.append(max(1, min(50, int(ROUND_SECONDS / max(time.perf_counter() - start, 1e-6)))))
-    settle = clock == "wall" and len(sessions) > 1
+        repeats.append(max(1, min(50, int(turn_seconds / max(time.perf_counter() - start, 1e-6)))))
     started = time.perf_counter()
     rounds = 0
     while True:
@@ -264,9 +268,18 @@ def measure_sessions(sessions: list, feeds: list[dict], clock: str, tolerance: f
         raise_if_stop_requested()  # a signal whose own raise a finalizer swallowed
         stats = [median_noise(t) for t in times]
         enough = all(len(t) >= min_runs for t in times) and rounds >= 3
-        if enough and (all(noise <= tolerance for _, noise in stats) or time.perf_counter() - started > max_seconds):
+        if enough and (all(noise <= tolerance for _, noise in stats) or _shares_known(turns, model_of, tolerance)
+                       or time.perf_counter() - started > max_seconds):
             break
     return [Measurement(median, noise, len(t), clock) for (median, noise), t in zip(stats, times)], turns
+
+
+def _shares_known(turns: list[tuple[int, float]], model_of: list[int] | None, tolerance: float) -> bool:
+    if model_of is None:
+        return False
+    shares = paired_shares(turns, model_of)
+    return len(shares) == sum(1 for m in model_of if m) and all(median_noise(v)[1] <= tolerance
+                                                                    for v in shares.values())
 
 
 def paired_shares(turns: list[tuple[int, float]], model_of: list[int]) -> dict[int, list[float]]:
@@ -306,21 +319,31 @@ def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettin
     landings of the 1-D ResNet at 0.25x and 0.5x, 5 seeds each, ended within -10%/+5% of the
     budget 7 times in 10, against 9 in 10 with this rule: docs/benchmarks.md.) On the wall clock
     every model after the first also gets its share of the first's time from paired turns, pooled
-    over its sessions the same way (module docstring). The sessions alternate model by model, so
-    that each turn has a turn of the first model beside it."""
+    over its sessions the same way (module docstring), and the measurement ends once those shares
+    are known to `tolerance` (or every median is). The sessions alternate model by model, so that
+    each turn has a turn of the first model beside it."""
     opened = [timing_session(model, settings) for _ in range(sessions) for model in models]
-    model_of = [index % len(models) for index in range(len(opened))]
     feeds = [timing_feeds(session, shapes, settings.batch) for session in opened]
-    per_session, turns = measure_sessions(opened, feeds, settings.clock, tolerance, max_seconds=max_seconds)
-    shares = paired_shares(turns, model_of) if settings.clock == "wall" else {}
+    return measure_opened(opened, feeds, len(models), settings.clock, tolerance, max_seconds)
+
+
+def measure_opened(opened: list, feeds: list[dict], models: int, clock: str, tolerance: float = 0.01,
+                   max_seconds: float = 10.0) -> list[Measurement]:
+    """`measure_models` on sessions already open: session i runs model i % `models`."""
+    model_of = [index % models for index in range(len(opened))]
+    paired = clock == "wall" and models > 1
+    per_session, turns = measure_sessions(opened, feeds, clock, tolerance, max_seconds=max_seconds,
+                                          model_of=model_of if paired else None)
+    shares = paired_shares(turns, model_of) if paired else {}
     measured = []
-    for index in range(len(models)):
-        own = per_session[index::len(models)]
+    for index in range(models):
+        own = per_session[index::models]
         median, noise = _pooled([m.median_s for m in own], [m.noise for m in own])
-        measurement = Measurement(median, noise, sum(m.runs for m in own), settings.clock)
-        paired = [median_noise(shares[s]) for s in range(index, len(opened), len(models)) if s in shares]
-        if index > 0 and paired:
-            measurement.ratio, measurement.ratio_noise = _pooled([r for r, _ in paired], [n for _, n in paired])
+        measurement = Measurement(median, noise, sum(m.runs for m in own), clock)
+        session_shares = [median_noise(shares[s]) for s in range(index, len(opened), models) if s in shares]
+        if index > 0 and session_shares:
+            measurement.ratio, measurement.ratio_noise = _pooled([r for r, _ in session_shares],
+                                                                 [n for _, n in session_shares])
         measured.append(measurement)
     return measured
 
