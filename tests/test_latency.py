@@ -485,6 +485,30 @@ def test_the_landing_brackets_the_budget_once_tries_fall_on_both_sides():
     assert between == pytest.approx(0.5 * 2 ** (np.log(0.45 / 0.3) / np.log(0.6 / 0.3)))
 
 
+def test_a_target_that_repeats_a_tried_structure_moves_toward_the_other_side(monkeypatch):
+    """Structures by table target: A (0.17x) below 1.2, B (0.24x) in [1.2, 1.25), C (0.30x) above.
+    Tries at A then C; the interpolated target (1.12) gives A again: it moves halfway toward C's
+    target and finds B, within the budget, where the tries used to end on A (-32%)."""
+    ratios = {0: 0.17, 1: 0.24, 2: 0.30}
+
+    class Decision:
+        def __init__(self, target):
+            self.kind = 0 if target < 1.2 else 1 if target < 1.25 else 2
+            self.structure = type("Structure", (), {"alive": {0: np.array([self.kind])}})()
+            self.cost = target
+
+    monkeypatch.setattr(landing, "decide", lambda *args: Decision(args[6]))
+    monkeypatch.setattr(landing, "apply_structure", lambda loaded, analysis, structure, approximate_borders: (
+        type("Surgery", (), {"model": ratios[int(structure.alive[0][0])]})()))
+    monkeypatch.setattr(landing, "compare", lambda original, model, table, shapes: (
+        Measurement(1e-3, 0.005, 50, "cpu"), Measurement(model * 1e-3, 0.005, 50, "cpu")))
+    result = landing.land(None, None, [], {}, 0.0, 0.25, 1.0, True, None, 1, None, {}, first_target=0.9)
+    assert [round(t["achieved"], 2) for t in result.tries] == [0.17, 0.3, 0.24]
+    assert result.decision.kind == 1
+    # all tries on one side: a repeat ends them (nothing known to move toward)
+    assert landing._past_repeat([{"achieved": 0.17, "table_target_s": 0.9}], 0, 1.1, 0.2425) is None
+
+
 def test_a_noisy_landing_measurement_is_taken_again_and_the_least_noisy_kept(monkeypatch):
     def pair(ratio, noise):
         return [Measurement(1e-3, noise, 50, "wall"), Measurement(ratio * 1e-3, noise, 50, "wall")]

@@ -38,6 +38,7 @@ from .decision import Decision, decide
 from .regularizers import GroupRegularizer
 
 TRIES = 4
+DECIDES = 3 * TRIES  # `decide` calls in all: a target that repeats a tried structure is moved, not measured
 AIM = 0.97  # a correction aims at this share of the budget
 LOW = 0.95  # a landing below this share of the budget is tried again (the budget buys more)
 # A measurement noisier than this is taken again, at most RETAKES times: within its noise a try 5%
@@ -90,13 +91,18 @@ def land(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], 
     table_target = first_target if first_target is not None else target
     best: tuple[float, Landing] | None = None
     tries: list[dict] = []
-    seen: set[bytes] = set()
-    for _ in range(TRIES):
+    seen: dict[bytes, int] = {}  # structure -> its try
+    for _ in range(DECIDES):
+        if len(tries) == TRIES:
+            break
         decision = decide(analysis, loaded, regs, params, threshold, "latency", table_target, table, round_to)
         key = np.concatenate([decision.structure.alive[g] for g in sorted(decision.structure.alive)]).tobytes()
         if key in seen:
-            break
-        seen.add(key)
+            table_target = _past_repeat(tries, seen[key], table_target, goal * AIM)
+            if table_target is None:
+                break
+            continue
+        seen[key] = len(tries)
         surgery = apply_structure(loaded, analysis, decision.structure, approximate_borders=True)
         before, after = compare(original, surgery.model, table, shapes)
         value, noise = achieved(before, after, relative)
@@ -139,6 +145,19 @@ def _next_target(tries: list[dict], aim: float) -> float:
             return low["table_target_s"] * (high["table_target_s"] / low["table_target_s"]) ** share
     last = tries[-1]
     return last["table_target_s"] * aim / last["achieved"]
+
+
+def _past_repeat(tries: list[dict], repeated: int, target: float, aim: float) -> float | None:
+    """The table target after `target` gave the structure of try `repeated` again: halfway (in log
+    space) toward the target of the closest try on the other side of `aim`, where there is one
+    (between two tried structures the table may hold others that the interpolation stepped over);
+    else None, and the tries end."""
+    below = tries[repeated]["achieved"] < aim
+    other_side = [t for t in tries if (t["achieved"] < aim) != below]
+    if not other_side:
+        return None
+    nearest = min(other_side, key=lambda t: abs(math.log(t["achieved"] / aim)))
+    return math.sqrt(target * nearest["table_target_s"])
 
 
 def measure_written(original: onnx.ModelProto, written: onnx.ModelProto, table: LatencyTable, shapes: dict,
