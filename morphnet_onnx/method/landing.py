@@ -4,9 +4,10 @@
 (the surgery `shrink` writes with) and timed against the original model in alternated runs (the
 settings of the table: provider, threads, batch). When the measurement misses the budget (above
 it by more than the measurement's noise, or below LOW of it), the table's target is corrected by
-what the measurement showed and `decide` runs again, at most TRIES times; the try that lands best
-is kept. A relative budget (`0.5x`) is a ratio of the two measurements; an absolute one (`20ms`)
-the cut model's measured time.
+what the measurement showed and `decide` runs again, at most TRIES times (a target that gives a
+structure already tried is moved, not measured: `_past_repeat`); the try that lands best is kept.
+A relative budget (`0.5x`) is the model's share of the original's time (`Measurement.share_of`:
+paired turns on the wall clock); an absolute one (`20ms`) the cut model's measured time.
 
 `calibrator` does the same while `shrink` trains: at the start of each hold window the structure
 the table decides for the budget from the current gates is cut and measured, and the hold's table
