@@ -504,6 +504,7 @@ def test_a_target_that_repeats_a_tried_structure_moves_toward_the_other_side(mon
         Measurement(1e-3, 0.005, 50, "cpu"), Measurement(model * 1e-3, 0.005, 50, "cpu")))
     result = landing.land(None, None, [], {}, 0.0, 0.25, 1.0, True, None, 1, None, {}, first_target=0.9)
     assert [round(t["achieved"], 2) for t in result.tries] == [0.17, 0.3, 0.24]
+    assert [len(t["repeated_targets_s"]) for t in result.tries] == [0, 0, 1]  # the target that gave A again
     assert result.decision.kind == 1
     # all tries on one side: a repeat ends them (nothing known to move toward)
     assert landing._past_repeat([{"achieved": 0.17, "table_target_s": 0.9}], 0, 1.1, 0.2425) is None

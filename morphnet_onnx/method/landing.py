@@ -55,7 +55,7 @@ DRIFT = 0.10  # the original measured this much faster or slower than earlier in
 class Landing:
     decision: Decision
     surgery: SurgeryResult
-    tries: list[dict] = field(default_factory=list)  # per try: table target, predicted, measured
+    tries: list[dict] = field(default_factory=list)  # per try: table target, predicted, measured, repeats
     table_target: float = 0.0  # the table target of the try kept
 
 
@@ -93,12 +93,14 @@ def land(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], 
     best: tuple[float, Landing] | None = None
     tries: list[dict] = []
     seen: dict[bytes, int] = {}  # structure -> its try
+    repeated: list[float] = []  # targets that gave a tried structure since the last try
     for _ in range(DECIDES):
         if len(tries) == TRIES:
             break
         decision = decide(analysis, loaded, regs, params, threshold, "latency", table_target, table, round_to)
         key = np.concatenate([decision.structure.alive[g] for g in sorted(decision.structure.alive)]).tobytes()
         if key in seen:
+            repeated.append(table_target)
             table_target = _past_repeat(tries, seen[key], table_target, goal * AIM)
             if table_target is None:
                 break
@@ -108,7 +110,9 @@ def land(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], 
         before, after = compare(original, surgery.model, table, shapes)
         value, noise = achieved(before, after, relative)
         tries.append({"table_target_s": table_target, "predicted_s": decision.cost, "measured_s": after.median_s,
-                      "original_s": before.median_s, "achieved": value, "goal": goal, "noise": noise})
+                      "original_s": before.median_s, "achieved": value, "goal": goal, "noise": noise,
+                      "repeated_targets_s": repeated})
+        repeated = []
         over = value > goal * (1 + noise)
         # Under the budget beats over it; then the closer to the budget the better.
         score = (1.0 if over else 0.0, abs(value / goal - 1))
