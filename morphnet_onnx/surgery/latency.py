@@ -339,12 +339,13 @@ def latency_table(model, settings: LatencySettings | None = None, input_shapes: 
 def measure_latency(models: list, settings: LatencySettings | None = None, input_shapes: InputShapes | None = None,
                     tolerance: float = 0.01, max_seconds: float = 30.0) -> list[Measurement]:
     """End-to-end latency of each model (paths or ModelProtos) at `settings`, measured in alternated
-    rounds in this process until every median is known to `tolerance` (cost/timing.py): compare
-    models with the ratios of these medians.
+    rounds in this process until every median (on the wall clock, or every share of the first
+    model's time) is known to `tolerance` (cost/timing.py): compare a model with the first by
+    `share_of` (the ratio of the medians on the CPU clock, paired turns on the wall clock).
 
     >>> before, after = measure_latency(["resnet50.onnx", "small.onnx"], LatencySettings(threads=1))  # doctest: +SKIP
-    >>> after.median_s / before.median_s                                                              # doctest: +SKIP
-    0.49
+    >>> after.share_of(before)                                                                        # doctest: +SKIP
+    (0.49, 0.008)
     """
     settings = settings or LatencySettings()
     check_provider(settings)
