@@ -227,7 +227,7 @@ def remeasure(results: dict, written: dict[str, Path], passes: int, batch: int =
             names = order[start:start + batch]
             measured = mn.measure_latency([BUNDLED["model"]] + [outputs[n] for n in names], settings(1))
             for name, m in zip(names, measured[1:]):
-                ratios[name].append(m.median_s / measured[0].median_s)
+                ratios[name].append(m.share_of(measured[0])[0])
         print(f"re-measured: pass {index + 1} of {passes}", flush=True)
     return ratios
 
