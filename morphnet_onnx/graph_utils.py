@@ -117,6 +117,17 @@ def graph_input_names(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits]
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch the model's inputs declare statically, or None when it is symbolic (any batch runs)."""
+    real = set(graph_input_names(model))
+    for value in model.graph.input:
+        if value.name in real:
+            dims = value.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+                return dims[0].dim_value
+    return None
+
+
 def shape_sources(producer: dict[str, onnx.NodeProto], name: str) -> list[str]:
     """The tensors whose runtime shapes a computed tensor is derived from (through Shape and Size ops);
     `producer` maps each tensor to the node that writes it."""

@@ -89,9 +89,9 @@ def learnable_bn_net(folder, examples: int = 64):
     return folder
 
 
-def tiny_residual_net(width: int = 16) -> onnx.ModelProto:
+def tiny_residual_net(width: int = 16, batch: str | int = "N") -> onnx.ModelProto:
     """A stem, one residual block and a classifier, 3x8x8 inputs: small enough to time in seconds."""
-    net = Net(input_shape=(1, 3, 8, 8), batch="N")
+    net = Net(input_shape=(1, 3, 8, 8), batch=batch)
     x = net.relu(net.bn(net.conv("input", 3, width, name="stem"), width, name="stem_bn"))
     y = net.relu(net.bn(net.conv(x, width, width, name="mid"), width, name="mid_bn"))
     y = net.op("Add", [x, y], name="join")

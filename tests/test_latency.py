@@ -313,6 +313,22 @@ def test_measure_latency_compares_models_in_alternated_rounds(tmp_path):
     assert after.median_s < before.median_s
 
 
+def test_a_model_with_a_fixed_batch_is_timed_and_reported_at_that_batch(cache, tmp_path):
+    """A static export (torch's dynamo exporter without dynamic_shapes) runs at its batch only: the
+    default batch 1 becomes it, in the table's settings, key and description; another is refused."""
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(tiny_residual_net(batch=4), str(fixed))
+    table = latency_table(fixed, LatencySettings(threads=1), copies=2)
+    assert table.settings.batch == 4 and table.name == "measured: CPUExecutionProvider, 1 thread, batch 4"
+    assert latency_table(fixed, LatencySettings(threads=1, batch=4), copies=2).origin == "cache"
+    with pytest.raises(MorphNetError, match="fixed batch of 4, so it cannot be timed at batch 2"):
+        latency_table(fixed, LatencySettings(threads=1, batch=2), copies=2)
+    with pytest.raises(MorphNetError, match="fixed batch of 4"):
+        measure_latency([fixed], LatencySettings(threads=1, batch=3))
+    symbolic = tiny_residual_net()
+    assert LatencySettings(batch=2).for_model(symbolic, "x").batch == 2
+
+
 def test_allowed_widths_make_the_blocks_decide_ranks():
     vector = np.linspace(1, 0.1, 40)
     blocks = _ranked_blocks({3: vector}, {3: [16, 32, 40]})

@@ -11,7 +11,8 @@ import pytest
 import morphnet_onnx as mn
 from conftest import REPO
 from morphnet_onnx.builders import Net
-from morphnet_onnx.training.rebatch import check_rebatched, fixed_batch, rebatch
+from morphnet_onnx.graph_utils import fixed_batch
+from morphnet_onnx.training.rebatch import check_rebatched, rebatch
 from morphnet_onnx.training.trainer import TrainOptions
 
 EXPORTS = REPO / "tests" / "data" / "torch" / "first_contact"

@@ -131,7 +131,8 @@ def _roofline_options(g, purpose: str = "for --budget-latency") -> None:
                         f"PEAK_GFLOPS/BANDWIDTH_GBS), or measure: time the model in onnxruntime with --provider, "
                         f"--latency-threads and --cost-batch-size (a table, cached)")
     g.add_argument("--cost-batch-size", type=int, default=1, metavar="B",
-                   help="batch of the latency roofline or measurement (FLOPs and parameters stay per example)")
+                   help="batch of the latency roofline or measurement (FLOPs and parameters stay per example; a model "
+                        "exported with a fixed batch is measured at it)")
     g.add_argument("--provider", default="CPUExecutionProvider", metavar="NAME",
                    help="--hardware measure: the onnxruntime execution provider to time on")
     g.add_argument("--latency-threads", type=int, default=0, metavar="N",

@@ -39,13 +39,14 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import MorphNetError, first_line
+from ..graph_utils import fixed_batch
 from ..loading.external import needs_a_file, on_disk
 from ..loading.runtime import unoptimized_session
 from ..stopping import raise_if_stop_requested
@@ -75,6 +76,18 @@ class LatencySettings:
             raise MorphNetError(f"--latency-threads {self.threads}: must be 0 (onnxruntime's default) or more")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise MorphNetError(f"--cost-batch-size {self.batch}: must be 1 or more")
+
+    def for_model(self, model: onnx.ModelProto, name: str) -> LatencySettings:
+        """These settings at the batch `model` runs at: an export with a fixed batch (torch's dynamo
+        exporter writes one unless given `dynamic_shapes`) runs at that batch only, so the default
+        batch 1 becomes it, and it is what is timed and reported; another batch is refused."""
+        fixed = fixed_batch(model)
+        if fixed is None or fixed == self.batch:
+            return self
+        if self.batch != 1:
+            raise MorphNetError(f"{name}: its input has a fixed batch of {fixed}, so it cannot be timed at batch "
+                                f"{self.batch} (--cost-batch-size); re-export it with a symbolic batch")
+        return replace(self, batch=fixed)
 
     @property
     def clock(self) -> str:

@@ -306,6 +306,7 @@ def latency_table(model, settings: LatencySettings | None = None, input_shapes: 
     loaded = model if isinstance(model, LoadedModel) else load(model, input_shapes)
     if not isinstance(model, LoadedModel):
         loaded.model = materialize_weights(loaded.model, seed)
+    settings = settings.for_model(loaded.model, loaded.name)
     key = table_key(loaded.model, settings, ort.__version__)
     if table_path is not None and Path(table_path).is_file():
         table = load_table(table_path)
@@ -353,6 +354,7 @@ def measure_latency(models: list, settings: LatencySettings | None = None, input
     for item in loaded:
         item.model = materialize_weights(item.model, 0)
     shapes = {name: shape for item in loaded for name, shape in item.shapes.items()}
+    settings = settings.for_model(loaded[0].model, loaded[0].name)
     return measure_models([item.model for item in loaded], settings, shapes, tolerance, max_seconds)
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import onnx
 
 from ..errors import MorphNetError
-from ..graph_utils import graph_input_names
+from ..graph_utils import fixed_batch, graph_input_names
 from ..loading.model import load
 from ..loading.runtime import make_session
 from ..loading.shapes import InputShapes
 from .data import load_data
 from .dataset import Dataset
 from .images import ImageOptions, check_classes
-from .rebatch import check_rebatched, fixed_batch, rebatch
+from .rebatch import check_rebatched, rebatch
 
 
 @dataclass

@@ -29,7 +29,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from ..errors import MorphNetError
-from ..graph_utils import graph_input_names
+from ..graph_utils import fixed_batch, graph_input_names
 from ..loading.runtime import make_session, random_feeds
 from ..loading.shapes import skeleton
 
@@ -41,17 +41,6 @@ TRACE = 9973
 class Rebatched:
     model: onnx.ModelProto
     changes: list[str]  # what was rewritten, for messages ("Reshape node_view: [1, 512] -> [B, 512]")
-
-
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch the model's inputs declare statically, or None when it is symbolic (any batch runs)."""
-    real = set(graph_input_names(model))
-    for value in model.graph.input:
-        if value.name in real:
-            dims = value.type.tensor_type.shape.dim
-            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-                return dims[0].dim_value
-    return None
 
 
 def rebatch(model: onnx.ModelProto, batch: int) -> Rebatched:
