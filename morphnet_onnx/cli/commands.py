@@ -114,9 +114,11 @@ def _print_learned(result, args) -> None:
         print(f"[W] {note}")
 
 
-def teacher_line(teacher: dict) -> str:
-    """Whether the input model taught the run (distillation.py's check), and why."""
-    return f"distillation {'on' if teacher['used'] else 'off'}: {teacher['reason']}"
+def teacher_line(teacher: dict, taught: str = "") -> str:
+    """Whether the input model taught (distillation.py's check), what it taught when that is not the
+    whole run, and why."""
+    scope = f" ({taught})" if teacher["used"] and taught else ""
+    return f"distillation {'on' if teacher['used'] else 'off'}{scope}: {teacher['reason']}"
 
 
 def _classes_line(classes: list[str], output) -> str:
@@ -186,7 +188,7 @@ def _shrink_family(args: argparse.Namespace, budget) -> int:
     else:
         print_family(result)
         if result.teacher:
-            print(teacher_line(result.teacher))
+            print(teacher_line(result.teacher, "each member's fine-tune; the run learns from the labels"))
     if args.plot:
         path = write_family_plot(result, args.plot)
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
