@@ -6,7 +6,7 @@ import pytest
 from builders import learnable_bn_net, small_bn_net
 from morphnet_onnx import MorphNetError
 from morphnet_onnx.cli import main
-from morphnet_onnx.recipes import family
+from morphnet_onnx.recipes import family, shrink as shrink_recipe
 from morphnet_onnx.recipes.family import parse_budgets, shrink_family
 from morphnet_onnx.recipes.shrink import ShrinkOptions, train
 from morphnet_onnx.training.backend import TEACHER, Distill
@@ -54,6 +54,33 @@ def test_a_trained_input_teaches_every_members_fine_tune_and_not_the_run(tmp_pat
     result = shrink_family(folder / "trained.onnx", data, None, budgets=budgets,
                            method=ShrinkOptions(budget=budgets[0], distill="off", force=True), options=quick(steps=40))
     assert result.teacher is None and all(d is None and not carried for _, d, carried in taught)
+
+
+def test_a_members_fine_tune_starts_from_the_familys_own_rate_unless_finetune_lr_says(tmp_path, monkeypatch):
+    """A member's fine-tune is a cosine from FAMILY_FINETUNE_LR x --lr (one shrink's steps after the
+    cut run at SHRINK_FINETUNE_LR x --lr); --finetune-lr sets both."""
+    folder = small_bn_net(tmp_path, examples=16)
+    rates = []
+    real_trainer = shrink_recipe.Trainer
+
+    class SpyTrainer(real_trainer):
+        def __init__(self, loaded, options, *args, **kwargs):
+            if not args and kwargs.get("controller") is None:  # a fine-tune: no regularizers
+                rates.append((options.lr, options.schedule))
+            super().__init__(loaded, options, *args, **kwargs)
+
+    monkeypatch.setattr(shrink_recipe, "Trainer", SpyTrainer)
+    budgets = parse_budgets("flops", "0.8x,0.6x")
+    for given, expected in ((None, family.FAMILY_FINETUNE_LR), (0.5, 0.5)):
+        rates.clear()
+        shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
+                      method=ShrinkOptions(budget=budgets[0], finetune_lr=given, force=True),
+                      options=quick(steps=40, lr=1e-3))
+        assert rates == [(pytest.approx(expected * 1e-3), "cosine")] * 2, rates
+    rates.clear()
+    shrink_recipe.shrink(folder / "net.onnx", folder / "train.npz", None, method=ShrinkOptions(budget=budgets[1],
+                         force=True), options=quick(steps=40, lr=1e-3))
+    assert [lr for lr, _ in rates] == [pytest.approx(shrink_recipe.SHRINK_FINETUNE_LR * 1e-3)], rates
 
 
 def test_a_family_refuses_the_recipe_options_it_sets_itself(tmp_path, capsys):

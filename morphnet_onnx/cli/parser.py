@@ -78,8 +78,9 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
                         "them, at least; 0: write the model as cut)")
     g.add_argument("--finetune-share", type=float, default=0.3, metavar="F",
                    help="share of the steps kept for training the cut model, at least")
-    g.add_argument("--finetune-lr", type=float, default=1.0, metavar="F",
-                   help="the learning rate after the cut, as a share of --lr")
+    g.add_argument("--finetune-lr", type=float, metavar="F",
+                   help="the learning rate after the cut, as a share of --lr (default 1.0; a family's members' "
+                        "fine-tunes have their own, docs/training.md)")
     g.add_argument("--finetune-schedule", choices=["cosine", "continue"], default="continue",
                    help="after the cut: cosine from that rate, or the run's schedule continued where the cut "
                         "interrupted it")

@@ -23,6 +23,9 @@ from ..training.distillation import DISTILL_MODES
 # The steps after the cut: at least this share of the run, at this share of the learning rate.
 FINETUNE_SHARE = 1 / 11
 FINETUNE_LR_SHARE = 0.1
+# A shrink's steps after the cut run at this share of --lr unless --finetune-lr says otherwise (a
+# family's members have their own: recipes/family.py).
+SHRINK_FINETUNE_LR = 1.0
 CUTS = ("end", "budget")
 FINETUNE_SCHEDULES = ("cosine", "continue")
 
@@ -62,7 +65,7 @@ class ShrinkOptions:
       controller can reach the budget).
     - `finetune_steps`: the steps after the cut (at least that many with `cut="budget"`); None:
       `finetune_share` of the steps; 0: none, the model is written as cut. `finetune_lr`: their
-      learning rate as a share of `--lr`; `finetune_schedule`: "cosine" (from that rate down to 0)
+      learning rate as a share of `--lr` (None: the recipe's, SHRINK_FINETUNE_LR for shrink); `finetune_schedule`: "cosine" (from that rate down to 0)
       or "continue" (the training schedule goes on where the cut interrupted it, scaled).
     - `distill`: "auto" (the input model teaches when it scores well on the training data:
       distillation.py), "on" or "off"; `distill_weight` (w) and `distill_temperature` (T): the loss
@@ -87,7 +90,7 @@ class ShrinkOptions:
     reach: float = 0.5 / 1.1
     finetune_steps: int | None = None
     finetune_share: float = 0.3
-    finetune_lr: float = 1.0
+    finetune_lr: float | None = None
     finetune_schedule: str = "continue"
     distill: str = "auto"
     distill_weight: float = 0.5
@@ -149,6 +152,8 @@ class ShrinkOptions:
                                       ("finetune_lr", 0.0, math.inf, "above 0"),
                                       ("distill_temperature", 0.0, math.inf, "above 0")):
             value = getattr(self, name)
+            if name == "finetune_lr" and value is None:
+                continue
             inside = (low < value < high or (name in ("reach", "distill_weight") and value == high)) \
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else False
             if not inside:

@@ -49,7 +49,7 @@ from ..training.health import LIKELY_CAUSES, MAX_WRITTEN_GAP, chance_accuracy, l
 from ..training.images import write_classes
 from ..training.trainer import StepInfo, Trainer, TrainOptions, TrainResult
 from .measured import hold_calibrator, land_on_rank_zero, recipe_hardware
-from .options import SHRINK_FIELDS, ShrinkOptions
+from .options import SHRINK_FIELDS, SHRINK_FINETUNE_LR, ShrinkOptions
 
 # Re-exported: the learning layer's public names in one place.
 __all__ = ["Budget", "BudgetController", "Evaluation", "LearnResult", "ShrinkOptions", "evaluate", "load_data",
@@ -402,7 +402,7 @@ def _finetune(loaded: LoadedModel, dataset: Dataset, val_set: Dataset | None, op
               steps: int, method: ShrinkOptions, distill: Distill | None, offset: int,
               total: int) -> tuple[onnx.ModelProto, int]:
     """Training of the pruned model for the rest of the steps; its batch-norm statistics re-measured."""
-    lr = options.lr * method.finetune_lr
+    lr = options.lr * (SHRINK_FINETUNE_LR if method.finetune_lr is None else method.finetune_lr)
     if method.finetune_schedule == "continue":
         tune = replace(options, steps=steps, lr=lr, checkpoint_dir=None, resume=False)
         schedule = (offset, total)
