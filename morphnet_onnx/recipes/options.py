@@ -65,8 +65,9 @@ class ShrinkOptions:
       controller can reach the budget).
     - `finetune_steps`: the steps after the cut (at least that many with `cut="budget"`); None:
       `finetune_share` of the steps; 0: none, the model is written as cut. `finetune_lr`: their
-      learning rate as a share of `--lr` (None: the recipe's, SHRINK_FINETUNE_LR for shrink); `finetune_schedule`: "cosine" (from that rate down to 0)
-      or "continue" (the training schedule goes on where the cut interrupted it, scaled).
+      learning rate as a share of `--lr` (None: the recipe's own, SHRINK_FINETUNE_LR for shrink,
+      FAMILY_FINETUNE_LR for a family's members); `finetune_schedule`: "cosine" (from that rate
+      down to 0) or "continue" (the training schedule goes on where the cut interrupted it, scaled).
     - `distill`: "auto" (the input model teaches when it scores well on the training data:
       distillation.py), "on" or "off"; `distill_weight` (w) and `distill_temperature` (T): the loss
       is (1 - w) x cross-entropy + w x T^2 x the cross-entropy against the teacher's probabilities at T.
