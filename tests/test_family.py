@@ -57,9 +57,12 @@ def test_a_trained_input_teaches_every_members_fine_tune_and_not_the_run(tmp_pat
 
 
 def test_a_members_fine_tune_starts_from_the_familys_own_rate_unless_finetune_lr_says(tmp_path, monkeypatch):
-    """A member's fine-tune is a cosine from FAMILY_FINETUNE_LR x --lr (one shrink's steps after the
-    cut run at SHRINK_FINETUNE_LR x --lr); --finetune-lr sets both."""
+    """A member's fine-tune is a cosine from FAMILY_FINETUNE_LR x --lr, FAMILY_TAUGHT_FINETUNE_LR x
+    --lr where a trained input teaches it (one shrink's steps after the cut run at SHRINK_FINETUNE_LR
+    x --lr); --finetune-lr sets them all."""
     folder = small_bn_net(tmp_path, examples=16)
+    (tmp_path / "taught").mkdir()
+    taught, data = trained_net(tmp_path / "taught")
     rates = []
     real_trainer = shrink_recipe.Trainer
 
@@ -77,6 +80,10 @@ def test_a_members_fine_tune_starts_from_the_familys_own_rate_unless_finetune_lr
                       method=ShrinkOptions(budget=budgets[0], finetune_lr=given, force=True),
                       options=quick(steps=40, lr=1e-3))
         assert rates == [(pytest.approx(expected * 1e-3), "cosine")] * 2, rates
+    rates.clear()
+    shrink_family(taught / "trained.onnx", data, None, budgets=budgets,
+                  method=ShrinkOptions(budget=budgets[0], force=True), options=quick(steps=40, lr=1e-3))
+    assert rates == [(pytest.approx(family.FAMILY_TAUGHT_FINETUNE_LR * 1e-3), "cosine")] * 2, rates
     rates.clear()
     shrink_recipe.shrink(folder / "net.onnx", folder / "train.npz", None, method=ShrinkOptions(budget=budgets[1],
                          force=True), options=quick(steps=40, lr=1e-3))

@@ -52,11 +52,13 @@ from .shrink import (ShrinkOptions, _finetune, _forced_warning, _progress, _targ
 # -1.55/-1.62/-8.16 points, of 0.6 N and 0.3 N -1.28/-1.65/-4.58, of 0.8 N and 0.23 N -1.06/-1.63/-2.00.)
 FAMILY_COST = 1.5
 FAMILY_RUN_SHARE = 0.8
-# A member's fine-tune is a cosine from this share of --lr unless --finetune-lr says otherwise. (Bundled
-# task, latency 0.75x,0.5x,0.25x, 5 seeds, members against their separate runs: from a trained input
-# at 1.0 +0.08/-0.18/-1.98 points, at 2.0 +0.08/+0.00/-0.81, at 0.3 -0.42/-0.42/-6.91; from scratch
-# at 1.0 -1.26/-0.98/-0.13, at 2.0 -1.50/-0.84/+2.17.)
+# A member's fine-tune is a cosine from this share of --lr unless --finetune-lr says otherwise, the
+# second where a trained input teaches it. (Bundled task, latency 0.75x,0.5x,0.25x, 5 seeds, members
+# against their separate runs: from scratch at 1.0 -1.26/-0.98/-0.13 points, at 2.0 -1.50/-0.84/+2.17,
+# at 3.0 -2.10/-1.15/+1.12; from a trained input at 1.0 +0.08/-0.18/-1.98, at 2.0 +0.08/+0.00/-0.81,
+# at 3.0 +0.35/+0.04/-0.15, at 0.3 -0.42/-0.42/-6.91; docs/benchmarks.md.)
 FAMILY_FINETUNE_LR = 2.0
+FAMILY_TAUGHT_FINETUNE_LR = 3.0
 
 
 @dataclass
@@ -105,7 +107,8 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     `output` (see the module docstring); `method` holds the other method options (its `budget` is
     ignored; a family sets when each member is cut, how long it is fine-tuned and how fast lambda
     grows itself: `cut`, `finetune_share` and `reach` other than their defaults are refused, each
-    fine-tune is a cosine from `finetune_lr`, FAMILY_FINETUNE_LR when None); `structure_path` names
+    fine-tune is a cosine from `finetune_lr`, when None from FAMILY_FINETUNE_LR, or
+    FAMILY_TAUGHT_FINETUNE_LR where a trained input teaches); `structure_path` names
     the structure files the same way when given.
 
     >>> shrink_family("resnet.onnx", "train.npz", "small.onnx", val="val.npz",
@@ -186,11 +189,13 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
         max(1, round((FAMILY_COST - FAMILY_RUN_SHARE) * one_shrink / len(budgets)))
     family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings),
                           teacher_check.to_dict() if teacher_check is not None else None)
-    # A member's fine-tune: cosine from FAMILY_FINETUNE_LR (or --finetune-lr) times --lr, taught by a
-    # trained input. (Measured on the bundled task, families of latency 0.75x,0.5x,0.25x, 3 seeds: from
-    # --lr the members scored 85.7/85.8/54.4% on average, from a tenth of it 86.0/84.5/40.4%.)
-    tune_method = replace(method, finetune_schedule="cosine",
-                          finetune_lr=FAMILY_FINETUNE_LR if method.finetune_lr is None else method.finetune_lr)
+    # A member's fine-tune: cosine from FAMILY_FINETUNE_LR (taught: FAMILY_TAUGHT_FINETUNE_LR) or
+    # --finetune-lr times --lr, taught by a trained input. (Measured earlier on the bundled task, families
+    # of latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored 85.7/85.8/54.4% on average,
+    # from a tenth of it 86.0/84.5/40.4%.)
+    rate = method.finetune_lr if method.finetune_lr is not None else \
+        FAMILY_TAUGHT_FINETUNE_LR if distill is not None else FAMILY_FINETUNE_LR
+    tune_method = replace(method, finetune_schedule="cosine", finetune_lr=rate)
     calibrations = controller.calibrations()
     for k, (budget, target) in enumerate(zip(budgets, targets)):
         params = result.snapshots.get(ends[k], result.params) if k < len(budgets) - 1 else result.params
