@@ -76,10 +76,11 @@ def test_a_members_fine_tune_starts_from_the_familys_own_rate_unless_finetune_lr
     budgets = parse_budgets("flops", "0.8x,0.6x")
     for given, expected in ((None, family.FAMILY_FINETUNE_LR), (0.5, 0.5)):
         rates.clear()
-        shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
-                      method=ShrinkOptions(budget=budgets[0], finetune_lr=given, force=True),
-                      options=quick(steps=40, lr=1e-3))
+        result = shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
+                               method=ShrinkOptions(budget=budgets[0], finetune_lr=given, force=True),
+                               options=quick(steps=40, lr=1e-3))
         assert rates == [(pytest.approx(expected * 1e-3), "cosine")] * 2, rates
+        assert result.to_dict()["finetune_lr"] == expected
     rates.clear()
     shrink_family(taught / "trained.onnx", data, None, budgets=budgets,
                   method=ShrinkOptions(budget=budgets[0], force=True), options=quick(steps=40, lr=1e-3))

@@ -70,6 +70,7 @@ class FamilyResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     teacher: dict | None = None  # what was measured of the input model as a teacher (distillation.py)
+    finetune_lr: float = FAMILY_FINETUNE_LR  # each fine-tune's starting rate, as a share of --lr
 
     @property
     def total_steps(self) -> int:
@@ -77,7 +78,8 @@ class FamilyResult:
 
     def to_dict(self) -> dict:
         return {"resource": self.resource, "members": self.members, "steps": self.steps,
-                "finetune_steps": self.finetune_steps, "total_steps": self.total_steps, "seconds": self.seconds,
+                "finetune_steps": self.finetune_steps, "finetune_lr": self.finetune_lr, "total_steps": self.total_steps,
+                "seconds": self.seconds,
                 "warnings": self.warnings, "teacher": self.teacher}
 
 
@@ -187,8 +189,6 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
                             f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
     finetune = method.finetune_steps if method.finetune_steps is not None else \
         max(1, round((FAMILY_COST - FAMILY_RUN_SHARE) * one_shrink / len(budgets)))
-    family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings),
-                          teacher_check.to_dict() if teacher_check is not None else None)
     # A member's fine-tune: cosine from FAMILY_FINETUNE_LR (taught: FAMILY_TAUGHT_FINETUNE_LR) or
     # --finetune-lr times --lr, taught by a trained input. (Measured earlier on the bundled task, families
     # of latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored 85.7/85.8/54.4% on average,
@@ -196,6 +196,8 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     rate = method.finetune_lr if method.finetune_lr is not None else \
         FAMILY_TAUGHT_FINETUNE_LR if distill is not None else FAMILY_FINETUNE_LR
     tune_method = replace(method, finetune_schedule="cosine", finetune_lr=rate)
+    family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings),
+                          teacher_check.to_dict() if teacher_check is not None else None, rate)
     calibrations = controller.calibrations()
     for k, (budget, target) in enumerate(zip(budgets, targets)):
         params = result.snapshots.get(ends[k], result.params) if k < len(budgets) - 1 else result.params

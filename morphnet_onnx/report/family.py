@@ -25,7 +25,8 @@ def print_family(result, console: Console | None = None) -> None:
     console = console or make_console()
     measured = any(m.get("latency") for m in result.members)
     table = Table(title=f"shrink family: {len(result.members)} models from one run ({result.steps} regularized "
-                        f"steps + {result.finetune_steps} fine-tune steps each = {result.total_steps})",
+                        f"steps + {result.finetune_steps} fine-tune steps each from {result.finetune_lr:g} x --lr = "
+                        f"{result.total_steps} steps)",
                   title_justify="left")
     columns = ["budget", f"{result.resource}", "FLOPs", "params", "top-1", "before fine-tune", "decided at step"]
     if measured:
