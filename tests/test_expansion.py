@@ -210,4 +210,7 @@ def test_cli_expand_ends_with_the_short_diff_and_draws_it(tmp_path, capsys):
     assert main(["expand", str(TINY), "--multiplier", "1.5", "-o", str(out), "--plot", str(plot)]) == 0
     text = capsys.readouterr().out
     assert "diff: FLOPs 36.5M -> 81.5M" in text and "10 wider" in text
+    assert "latency (V100) " in text  # the roofline's hardware is named, as in `diff`'s table
     assert plot.read_text().lstrip().startswith("<?xml")
+    assert main(["expand", str(TINY), "--multiplier", "1.5", "-o", str(tmp_path / "t4.onnx"), "--hardware", "T4"]) == 0
+    assert "latency (T4) " in capsys.readouterr().out  # the hardware the command costed with

@@ -490,6 +490,8 @@ def test_the_cli_says_what_was_measured_and_what_the_table_said(tiny_resnet_tabl
     assert "latency (table): learned structure" in out  # the table's view, labelled as such
     assert "latency measured while training (step 25): the hold's table target 0.600x -> " in out
     assert "latency measured (CPUExecutionProvider, 1 thread, batch 1)" in out and "budget 0.600x" in out
+    diff_line = next(line for line in out.splitlines() if line.startswith("diff: FLOPs"))
+    assert "latency" not in diff_line  # no roofline beside the measurement
 
 
 @pytest.mark.slow

@@ -321,13 +321,18 @@ def _end_with_diff(before, after, args: argparse.Namespace) -> None:
     """The short diff after a command that wrote a model (stdout unless --json), then --plot/--html."""
     if not is_main():  # under torchrun rank 0 wrote the model, and reports on it
         return
+    from ..cost.resources import is_measure
     from ..report.diff import diff, short_summary
     from ..report.pictures import write_pictures
 
-    result = diff(before, after, input_shapes=parse_input_shapes(args.input_shape))
+    # The roofline the command costed with; after a measured one the line leaves latency to the measurement.
+    hardware = getattr(args, "hardware", None)  # prune costs nothing, so it names no hardware
+    measured = is_measure(hardware) or getattr(args, "latency_table", None) is not None
+    result = diff(before, after, input_shapes=parse_input_shapes(args.input_shape),
+                  hardware=None if measured else hardware, cost_batch_size=getattr(args, "cost_batch_size", 1))
     out = sys.stderr if getattr(args, "json", False) else sys.stdout
     if out is sys.stdout:
-        print("\n".join(short_summary(result)))
+        print("\n".join(short_summary(result, latency=not measured)))
     for path in write_pictures(result, args.plot, args.html):
         print(f"wrote {path}", file=out)
 

@@ -327,17 +327,20 @@ def diff(before, after, model=None, input_shapes: InputShapes | None = None, har
     return result
 
 
-def short_summary(d: ModelDiff, max_branches: int = 3) -> list[str]:
+def short_summary(d: ModelDiff, max_branches: int = 3, latency: bool = True) -> list[str]:
     """A few lines for the end of prune/shrink/expand/cycle: totals, layer changes, removed branches.
+    `latency=False` leaves out the roofline latency (a command that measured latency reports that instead).
 
     >>> for line in short_summary(diff("m.onnx", "small.onnx")): print(line)   # doctest: +SKIP
-    diff: FLOPs 36.5M -> 19.9M (-45.4%), params 76.3K -> 40.5K (-46.9%), latency 6.62 us -> 4.1 us (-38.1%)
+    diff: FLOPs 36.5M -> 19.9M (-45.4%), params 76.3K -> 40.5K (-46.9%), latency (V100) 6.62 us -> 4.1 us (-38.1%)
     diff: 9 of 13 layers narrower, 0 wider, 1 branch removed (5 ops), 0 ops added
     diff: removed conv2 .. bn3 (5 ops, from conv1.relu, into add4): residual branch: the block collapsed to its skip
     """
     t = d.totals
-    lines = [f"diff: FLOPs {change_text(*t['flops'], human)}, params {change_text(*t['params'], human)}, "
-             f"latency {change_text(*t['latency_s'], seconds_text)}"]
+    totals = f"diff: FLOPs {change_text(*t['flops'], human)}, params {change_text(*t['params'], human)}"
+    if latency:  # a roofline, so it names its hardware (like `diff`'s table)
+        totals += f", latency ({d.hardware}) {change_text(*t['latency_s'], seconds_text)}"
+    lines = [totals]
     rows = d.compute_layers
     status = Counter(layer.status for layer in rows)
     branches = [branch for branch in d.removed if branch.kind != "bypassed"]
