@@ -49,7 +49,9 @@ from .shrink import (ShrinkOptions, _finetune, _forced_warning, _progress, _targ
 # A family costs FAMILY_COST times one shrink's steps N: its regularized run takes FAMILY_RUN_SHARE N,
 # the members' fine-tunes the rest, in equal parts. (Bundled task, latency 0.75x,0.5x,0.25x, 5 seeds,
 # each member against its separate run at equal measured latency: a run of N and fine-tunes of N/6
-# -1.55/-1.62/-8.16 points, of 0.6 N and 0.3 N -1.28/-1.65/-4.58, of 0.8 N and 0.23 N -1.06/-1.63/-2.00.)
+# -1.55/-1.62/-8.16 points, of 0.6 N and 0.3 N -1.28/-1.65/-4.58, of 0.8 N and 0.23 N -1.06/-1.63/-2.00.
+# Unequal splits of the fine-tunes lost: towards the smallest member from a trained input, towards the
+# member decided first from scratch, whose gain cost the smallest more; docs/benchmarks.md.)
 FAMILY_COST = 1.5
 FAMILY_RUN_SHARE = 0.8
 # A member's fine-tune is a cosine from this share of --lr unless --finetune-lr says otherwise, the
