@@ -56,10 +56,20 @@ def test_a_trained_input_teaches_every_members_fine_tune_and_not_the_run(tmp_pat
     assert result.teacher is None and all(d is None and not carried for _, d, carried in taught)
 
 
+def test_a_short_fine_tune_starts_from_one_shrinks_rate_a_long_one_from_the_familys():
+    short, long = family.FINETUNE_LR_RAMP
+    high = family.FAMILY_TAUGHT_FINETUNE_LR
+    assert family.member_finetune_lr(1, high) == family.member_finetune_lr(short, high) == shrink_recipe.SHRINK_FINETUNE_LR
+    assert family.member_finetune_lr(long, high) == family.member_finetune_lr(10 * long, high) == high
+    middle = family.member_finetune_lr((short + long) // 2, high)
+    assert shrink_recipe.SHRINK_FINETUNE_LR < middle < high and middle == round(middle, 1)
+
+
 def test_a_members_fine_tune_starts_from_the_familys_own_rate_unless_finetune_lr_says(tmp_path, monkeypatch):
-    """A member's fine-tune is a cosine from FAMILY_FINETUNE_LR x --lr, FAMILY_TAUGHT_FINETUNE_LR x
-    --lr where a trained input teaches it (one shrink's steps after the cut run at SHRINK_FINETUNE_LR
-    x --lr); --finetune-lr sets them all."""
+    """A member's fine-tune (long enough, --finetune-steps) is a cosine from FAMILY_FINETUNE_LR x --lr,
+    FAMILY_TAUGHT_FINETUNE_LR x --lr where a trained input teaches it, from one shrink's rate when
+    short (one shrink's steps after the cut run at SHRINK_FINETUNE_LR x --lr); --finetune-lr sets them
+    all."""
     folder = small_bn_net(tmp_path, examples=16)
     (tmp_path / "taught").mkdir()
     taught, data = trained_net(tmp_path / "taught")
@@ -74,16 +84,19 @@ def test_a_members_fine_tune_starts_from_the_familys_own_rate_unless_finetune_lr
 
     monkeypatch.setattr(shrink_recipe, "Trainer", SpyTrainer)
     budgets = parse_budgets("flops", "0.8x,0.6x")
-    for given, expected in ((None, family.FAMILY_FINETUNE_LR), (0.5, 0.5)):
+    long = family.FINETUNE_LR_RAMP[1]
+    for given, steps, expected in ((None, long, family.FAMILY_FINETUNE_LR), (0.5, long, 0.5),
+                                   (None, None, shrink_recipe.SHRINK_FINETUNE_LR)):  # 40 steps: short fine-tunes
         rates.clear()
         result = shrink_family(folder / "net.onnx", folder / "train.npz", None, budgets=budgets,
-                               method=ShrinkOptions(budget=budgets[0], finetune_lr=given, force=True),
-                               options=quick(steps=40, lr=1e-3))
+                               method=ShrinkOptions(budget=budgets[0], finetune_lr=given, finetune_steps=steps,
+                                                    force=True), options=quick(steps=40, lr=1e-3))
         assert rates == [(pytest.approx(expected * 1e-3), "cosine")] * 2, rates
         assert result.to_dict()["finetune_lr"] == expected
     rates.clear()
     shrink_family(taught / "trained.onnx", data, None, budgets=budgets,
-                  method=ShrinkOptions(budget=budgets[0], force=True), options=quick(steps=40, lr=1e-3))
+                  method=ShrinkOptions(budget=budgets[0], finetune_steps=long, force=True),
+                  options=quick(steps=40, lr=1e-3))
     assert rates == [(pytest.approx(family.FAMILY_TAUGHT_FINETUNE_LR * 1e-3), "cosine")] * 2, rates
     rates.clear()
     shrink_recipe.shrink(folder / "net.onnx", folder / "train.npz", None, method=ShrinkOptions(budget=budgets[1],

@@ -43,6 +43,7 @@ from ..training.graph import check_trainable
 from ..training.health import LIKELY_CAUSES
 from ..training.trainer import Trainer, TrainOptions
 from .measured import hold_calibrator, land_on_rank_zero, recipe_hardware
+from .options import SHRINK_FINETUNE_LR
 from .shrink import (ShrinkOptions, _finetune, _forced_warning, _progress, _target_shape, _teacher, _write,
                      check_shrinkable)
 
@@ -61,6 +62,12 @@ FAMILY_RUN_SHARE = 0.8
 # at 3.0 +0.35/+0.04/-0.15, at 0.3 -0.42/-0.42/-6.91; docs/benchmarks.md.)
 FAMILY_FINETUNE_LR = 2.0
 FAMILY_TAUGHT_FINETUNE_LR = 3.0
+# ...but only a fine-tune long enough to anneal from it starts that high: one of FINETUNE_LR_RAMP[0]
+# steps or fewer starts from one shrink's rate, one of FINETUNE_LR_RAMP[1] or more from the rate
+# above, linear in between. (3 x - 1 x from a trained input, FLOPs 0.75x,0.5x,0.25x, 3 seeds: bundled
+# task, fine-tunes of 35 steps -1.28/-1.69/+0.13 points, of 70 -0.68/+0.03/+0.11, of 175 (5 seeds)
+# +0.78/+0.36/+0.39; torch's digit ResNet, 46 steps -0.51/-0.67/-0.34, 152 steps -0.08/-0.08/+0.08.)
+FINETUNE_LR_RAMP = (70, 150)
 
 
 @dataclass
@@ -112,7 +119,8 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     ignored; a family sets when each member is cut, how long it is fine-tuned and how fast lambda
     grows itself: `cut`, `finetune_share` and `reach` other than their defaults are refused, each
     fine-tune is a cosine from `finetune_lr`, when None from FAMILY_FINETUNE_LR, or
-    FAMILY_TAUGHT_FINETUNE_LR where a trained input teaches); `structure_path` names
+    FAMILY_TAUGHT_FINETUNE_LR where a trained input teaches, less for a short fine-tune:
+    `member_finetune_lr`); `structure_path` names
     the structure files the same way when given.
 
     >>> shrink_family("resnet.onnx", "train.npz", "small.onnx", val="val.npz",
@@ -191,12 +199,12 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
                             f"carry no information; {LIKELY_CAUSES} (--force decides anyway)")
     finetune = method.finetune_steps if method.finetune_steps is not None else \
         max(1, round((FAMILY_COST - FAMILY_RUN_SHARE) * one_shrink / len(budgets)))
-    # A member's fine-tune: cosine from FAMILY_FINETUNE_LR (taught: FAMILY_TAUGHT_FINETUNE_LR) or
-    # --finetune-lr times --lr, taught by a trained input. (Measured earlier on the bundled task, families
+    # A member's fine-tune: cosine from FAMILY_FINETUNE_LR (taught: FAMILY_TAUGHT_FINETUNE_LR; a short
+    # fine-tune less, member_finetune_lr) or --finetune-lr times --lr, taught by a trained input. (Measured earlier on the bundled task, families
     # of latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored 85.7/85.8/54.4% on average,
     # from a tenth of it 86.0/84.5/40.4%.)
     rate = method.finetune_lr if method.finetune_lr is not None else \
-        FAMILY_TAUGHT_FINETUNE_LR if distill is not None else FAMILY_FINETUNE_LR
+        member_finetune_lr(finetune, FAMILY_TAUGHT_FINETUNE_LR if distill is not None else FAMILY_FINETUNE_LR)
     tune_method = replace(method, finetune_schedule="cosine", finetune_lr=rate)
     family = FamilyResult(resource, [], result.steps, finetune, 0.0, list(result.warnings),
                           teacher_check.to_dict() if teacher_check is not None else None, rate)
@@ -210,6 +218,15 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
         family.members.append(member)
     family.seconds = time.perf_counter() - started
     return family
+
+
+def member_finetune_lr(steps: int, high: float) -> float:
+    """A member's fine-tune's starting rate as a share of --lr: `high` for a fine-tune of
+    FINETUNE_LR_RAMP[1] steps or more, one shrink's rate for one of FINETUNE_LR_RAMP[0] or fewer,
+    linear in between (rounded to 0.1, so that the table says what ran)."""
+    short, long = FINETUNE_LR_RAMP
+    reach = min(max((steps - short) / (long - short), 0.0), 1.0)
+    return round(SHRINK_FINETUNE_LR + reach * (high - SHRINK_FINETUNE_LR), 1)
 
 
 def check_family_recipe(method: ShrinkOptions) -> None:
