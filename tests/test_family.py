@@ -59,7 +59,8 @@ def test_a_trained_input_teaches_every_members_fine_tune_and_not_the_run(tmp_pat
 def test_a_short_fine_tune_starts_from_one_shrinks_rate_a_long_one_from_the_familys():
     short, long = family.FINETUNE_LR_RAMP
     high = family.FAMILY_TAUGHT_FINETUNE_LR
-    assert family.member_finetune_lr(1, high) == family.member_finetune_lr(short, high) == shrink_recipe.SHRINK_FINETUNE_LR
+    assert family.member_finetune_lr(1, high) == family.member_finetune_lr(short, high) == \
+        shrink_recipe.SHRINK_FINETUNE_LR
     assert family.member_finetune_lr(long, high) == family.member_finetune_lr(10 * long, high) == high
     middle = family.member_finetune_lr((short + long) // 2, high)
     assert shrink_recipe.SHRINK_FINETUNE_LR < middle < high and middle == round(middle, 1)

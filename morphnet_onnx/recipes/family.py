@@ -200,9 +200,9 @@ def shrink_family(model, data=None, output=None, val=None, budgets: list[Budget]
     finetune = method.finetune_steps if method.finetune_steps is not None else \
         max(1, round((FAMILY_COST - FAMILY_RUN_SHARE) * one_shrink / len(budgets)))
     # A member's fine-tune: cosine from FAMILY_FINETUNE_LR (taught: FAMILY_TAUGHT_FINETUNE_LR; a short
-    # fine-tune less, member_finetune_lr) or --finetune-lr times --lr, taught by a trained input. (Measured earlier on the bundled task, families
-    # of latency 0.75x,0.5x,0.25x, 3 seeds: from --lr the members scored 85.7/85.8/54.4% on average,
-    # from a tenth of it 86.0/84.5/40.4%.)
+    # fine-tune less, member_finetune_lr) or --finetune-lr times --lr, taught by a trained input.
+    # (Measured earlier on the bundled task, families of latency 0.75x,0.5x,0.25x, 3 seeds: from --lr
+    # the members scored 85.7/85.8/54.4% on average, from a tenth of it 86.0/84.5/40.4%.)
     rate = method.finetune_lr if method.finetune_lr is not None else \
         member_finetune_lr(finetune, FAMILY_TAUGHT_FINETUNE_LR if distill is not None else FAMILY_FINETUNE_LR)
     tune_method = replace(method, finetune_schedule="cosine", finetune_lr=rate)
