@@ -276,7 +276,7 @@ def test_kernels_are_attributed_to_the_ops_of_the_original_graph():
 
 def test_a_table_is_measured_cached_and_read_back(table_file, cache):
     model, path, table = table_file
-    # one assert per fact, with the values: this test has failed about once in 30 runs, message unseen
+    # one assert per fact, with the values (a measured fit on a tiny net varies from run to run)
     assert table.full.median_s > 0, table.full
     assert 0 < table.floor.median_s <= table.full.median_s * 1.5, (table.floor, table.full)
     assert {"stem", "mid", "fc"} <= set(table.units), sorted(table.units)
@@ -291,8 +291,14 @@ def test_a_table_is_measured_cached_and_read_back(table_file, cache):
     assert costs.latency_s == pytest.approx(again.offset_s + sum(o.latency_s for o in costs.ops))
     stem = next(g for g in report.analysis.groups if "stem" in g.sources)
     assert report.fast_widths[stem.id][-1] == 16, report.fast_widths[stem.id]
-    assert report.removable_latency[stem.id] > 0, (report.removable_latency, again.units["stem"])
+    # On this tiny net a measured fit may find no time in the stem's width (its ops cost their fixed
+    # overhead; 2 runs in 25 fitted no slope), so the measured value is only non-negative...
+    assert report.removable_latency[stem.id] >= 0, (report.removable_latency, again.units["stem"])
     assert costs.groups[stem.id].marginal_latency_s >= 0
+    # ...and a fit that does find time in the stem's width shows it as removable.
+    again.units["stem"].coef[1] += 1e-8  # seconds per input x output channel position
+    sloped = inspect(model, hardware=again)
+    assert sloped.removable_latency[stem.id] > report.removable_latency[stem.id], sloped.removable_latency
 
 
 def test_the_cache_is_keyed_by_the_graph_not_its_weights(cache, tmp_path):
