@@ -29,10 +29,10 @@ def _budget(args: argparse.Namespace):
 def _measured(args: argparse.Namespace):
     """The model's measured latency table when the command asks for one (--hardware measure or
     --latency-table), else None."""
-    from ..cost.resources import is_measure
+    from ..cost.resources import measures_latency
     from ..surgery.latency import resolve_hardware
 
-    if not is_measure(args.hardware) and args.latency_table is None:
+    if not measures_latency(args.hardware, args.latency_table):
         return None
     table = resolve_hardware(args.hardware, args.cost_batch_size, args.model, args.provider, args.latency_threads,
                              args.latency_table, parse_input_shapes(args.input_shape), progress=sys.stderr.isatty())
@@ -321,13 +321,13 @@ def _end_with_diff(before, after, args: argparse.Namespace) -> None:
     """The short diff after a command that wrote a model (stdout unless --json), then --plot/--html."""
     if not is_main():  # under torchrun rank 0 wrote the model, and reports on it
         return
-    from ..cost.resources import is_measure
+    from ..cost.resources import measures_latency
     from ..report.diff import diff, short_summary
     from ..report.pictures import write_pictures
 
     # The roofline the command costed with; after a measured one the line leaves latency to the measurement.
     hardware = getattr(args, "hardware", None)  # prune costs nothing, so it names no hardware
-    measured = is_measure(hardware) or getattr(args, "latency_table", None) is not None
+    measured = measures_latency(hardware, getattr(args, "latency_table", None))
     result = diff(before, after, input_shapes=parse_input_shapes(args.input_shape),
                   hardware=None if measured else hardware, cost_batch_size=getattr(args, "cost_batch_size", 1))
     out = sys.stderr if getattr(args, "json", False) else sys.stdout

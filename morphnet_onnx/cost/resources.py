@@ -40,6 +40,12 @@ def is_measure(spec: str | None) -> bool:
     return isinstance(spec, str) and spec.strip().lower() == MEASURE
 
 
+def measures_latency(hardware: str | None, latency_table) -> bool:
+    """Whether latency comes from a measured table: `--hardware measure`, or a `--latency-table`
+    (which implies it)."""
+    return is_measure(hardware) or latency_table is not None
+
+
 @dataclass(frozen=True)
 class Hardware:
     name: str

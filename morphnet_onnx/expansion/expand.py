@@ -29,7 +29,7 @@ from ..analysis.groups import Analysis
 from ..analysis.walk import analyze, node_names
 from ..cost.budget import Budget
 from ..cost.latency import check_covers, table_step
-from ..cost.resources import Hardware, compute_costs, is_measure, parse_hardware, resource_cost
+from ..cost.resources import Hardware, compute_costs, measures_latency, parse_hardware, resource_cost
 from ..errors import MorphNetError
 from ..graph_utils import attr, with_params
 from ..loading.model import LoadedModel, load
@@ -100,7 +100,7 @@ def expand(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike
     at `provider`, `latency_threads` and batch `cost_batch_size`; `round_to="auto"`: widths
     multiples of the table's step (its padding block and alignments).
     """
-    measured = is_measure(hardware) or latency_table is not None
+    measured = measures_latency(hardware, latency_table)
     _validate(budget, multiplier, reference, 1 if round_to == "auto" and measured else round_to, init, seed)
     refuse_overwriting({"-o": output}, [model, structure, reference])
     hw = parse_hardware(hardware, cost_batch_size) if not measured else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..analysis.groups import Analysis
 from ..cost.latency import LatencyTable
-from ..cost.resources import is_measure
+from ..cost.resources import measures_latency
 from ..errors import MorphNetError
 from ..loading.model import LoadedModel
 from ..method.decision import decide
@@ -28,7 +28,7 @@ from .options import ShrinkOptions
 
 def measured_under_torchrun(hardware: str | None, latency_table) -> bool:
     """A measured latency table (`--hardware measure` or `--latency-table`) in a torchrun process."""
-    return current_world().distributed and (is_measure(hardware) or latency_table is not None)
+    return current_world().distributed and measures_latency(hardware, latency_table)
 
 
 def check_table_source(hardware: str | None, latency_table) -> None:

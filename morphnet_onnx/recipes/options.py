@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, fields
 
 from ..cost.budget import Budget
-from ..cost.resources import is_measure, parse_hardware
+from ..cost.resources import measures_latency, parse_hardware
 from ..cost.timing import LatencySettings
 from ..errors import MorphNetError
 from ..method.regularizers import GROUPINGS, REGULARIZERS
@@ -103,7 +103,7 @@ class ShrinkOptions:
 
     @property
     def measured(self) -> bool:
-        return is_measure(self.hardware) or self.latency_table is not None
+        return measures_latency(self.hardware, self.latency_table)
 
     def controller_pace(self) -> dict:
         """The budget controller's `proximal_step` and `every` for this recipe: a proximal step (never
