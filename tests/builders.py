@@ -52,6 +52,20 @@ def concat_of_two_branches() -> onnx.ModelProto:
     return net.model(net.conv(x, 9, 2, k=1, name="head"))
 
 
+def fire_modules(count: int = 3) -> onnx.ModelProto:
+    """SqueezeNet's fire modules in a row: a 1x1 squeeze, then a 1x1 and a padded 3x3 expand (with
+    BatchNormalization, so both have gates), concatenated; the next module squeezes the Concat.
+    Either expand of a module may vanish, not both."""
+    net = Net(input_shape=(1, 3, 8, 8), seed=3)
+    x, width = net.relu(net.conv("input", 3, 8, name="stem")), 8
+    for i in range(count):
+        squeeze = net.relu(net.bn(net.conv(x, width, 4, k=1, name=f"squeeze{i}"), 4, name=f"squeeze{i}_bn"))
+        branches = [net.relu(net.bn(net.conv(squeeze, 4, 6, k=k, name=f"expand{k}x{k}_{i}"), 6,
+                                    name=f"expand{k}x{k}_{i}_bn")) for k in (1, 3)]
+        x, width = net.op("Concat", branches, axis=1, name=f"cat{i}"), 12
+    return net.model(net.conv(x, width, 2, k=1, name="head"))
+
+
 def random_dataset(folder, examples: int, val_examples: int, val_key: str = "input"):
     """train.npz and val.npz of random 3x32x32 inputs and 10-class labels (for models/tiny_resnet.onnx)."""
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import onnx
 import numpy as np
 import pytest
 
-from builders import Net
+from builders import Net, fire_modules
 from conftest import REPO
 from morphnet_onnx import analyze, compute_costs, load
 from morphnet_onnx.cost.resources import Hardware
@@ -16,7 +16,8 @@ from morphnet_onnx.method.figs import figs_regularizers
 from morphnet_onnx.recipes.shrink import Budget, shrink
 from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.method.regularizers import group_regularizers, group_vectors
-from morphnet_onnx.surgery.feasibility import vanishable_groups
+from morphnet_onnx.surgery.checking import check
+from morphnet_onnx.surgery.feasibility import floor_structure, vanishable_groups
 from morphnet_onnx.training.trainer import TrainOptions
 
 TINY = REPO / "models" / "tiny_resnet.onnx"
@@ -258,3 +259,39 @@ def test_l2_grouping_keeps_a_stream_channel_whose_members_are_each_below_the_thr
     by_l2 = group_vectors([regs["l2"]], params)[regs["l2"].group_id]
     assert np.allclose(by_max, 0.008) and (by_max < 1e-2).all()
     assert np.allclose(by_l2, 0.008 * np.sqrt(len(regs["l2"].members))) and (by_l2 > 1e-2).all()
+
+
+def test_the_floor_keeps_one_channel_of_one_expand_per_fire_module():
+    """Regression (SqueezeNet, GoogLeNet, Inception v3: their floor cost 0.41-0.74x of the FLOPs, so
+    `shrink --budget-flops 0.5x` was refused as below it): repair gave back whole groups, from the
+    last, when every branch of a Concat vanished. Giving one branch of the last module one channel
+    only moves the problem to the module before, so each vanished group gets a channel back first and
+    vanishes again where the model still cuts."""
+    loaded, analysis = prepare(fire_modules(3))
+    floor = floor_structure(loaded, analysis)
+    kept = {g.sources[0]: int(floor.alive[g.id].sum()) for g in analysis.prunable_groups}
+    for i in range(3):
+        assert sorted([kept[f"expand1x1_{i}"], kept[f"expand3x3_{i}"]]) == [0, 1], kept
+    assert compute_costs(analysis, loaded, alive=floor.element_alive(analysis)).flops < 0.05 * \
+        compute_costs(analysis, loaded).flops
+    result = check(fire_modules(3), fraction=1.0, seed=1)  # every channel removed, then repaired
+    assert result.passed and result.groups_removed == 3, result
+
+
+def test_decide_gives_a_vanished_fire_module_its_strongest_channel_back():
+    """The last module's expands rank last: at a budget that cannot keep them, repair gives back one
+    block (the strongest channel of one expand), not a whole group, so the decision lands just under
+    the budget and every other channel it keeps is stronger than what it cut."""
+    loaded, analysis = prepare(fire_modules(3))
+    regs = group_regularizers(analysis, loaded, "gamma")
+    last = {g.id for g in analysis.prunable_groups if g.sources[0].endswith("_2") and "expand" in g.sources[0]}
+    rng = np.random.default_rng(0)
+    params = {m.param: (rng.uniform(1e-3, 2e-3, len(m.mask)) if r.group_id in last
+                        else rng.uniform(0.5, 1.0, len(m.mask))).astype(np.float32)
+              for r in regs for m in r.members}
+    hardware = Hardware("V100", 125000.0, 900.0)
+    full = compute_costs(analysis, loaded).flops
+    for share in (0.4, 0.6):
+        decision = decide(analysis, loaded, regs, params, 1e-2, "flops", share * full, hardware)
+        assert 0.9 * share * full <= decision.cost <= share * full, (share, decision.cost / full)
+        assert sorted(int(decision.structure.alive[g].sum()) for g in last) == [0, 1]

@@ -313,17 +313,20 @@ def test_the_cache_is_keyed_by_the_graph_not_its_weights(cache, tmp_path):
     assert latency_table(second, LatencySettings(threads=1), copies=2).origin == "cache"
 
 
-def test_a_wall_clock_table_of_the_earlier_format_is_measured_again(table_file, tmp_path):
-    """Format 3 times a wall-clock table's copies against the full model; a 1-thread table (CPU
-    clock) is measured as before and stays readable, a wall-clock one of format 1 is refused with
-    the reason."""
+def test_a_table_of_an_earlier_format_is_refused_with_the_reason(table_file, tmp_path):
+    """A 1-thread table (CPU clock) is of CPU_FORMAT, a wall-clock one of FORMAT; a table of an earlier
+    format (a floor copy measured before the floor's repair, a wall-clock table timed its old way) is
+    refused with the reason."""
     model, path, table = table_file
     doc = json.loads(path.read_text())
-    assert doc["format"] == 1 and doc["settings"]["threads"] == 1
+    assert doc["format"] == 2 and doc["settings"]["threads"] == 1
     assert load_table(path).key == table.key
-    wall = dict(doc, settings=dict(doc["settings"], threads=0, clock="wall"))
+    (tmp_path / "old.json").write_text(json.dumps(dict(doc, format=1)))
+    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 1, this one reads 2"):
+        load_table(tmp_path / "old.json")
+    wall = dict(doc, format=3, settings=dict(doc["settings"], threads=0, clock="wall"))
     (tmp_path / "wall.json").write_text(json.dumps(wall))
-    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 1, this one reads 3"):
+    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 3, this one reads 4"):
         load_table(tmp_path / "wall.json")
 
 

@@ -11,8 +11,12 @@ import pytest
 
 from builders import independent_flops
 from conftest import LIGHT_DIR, TORCHVISION_DIR, light_models
-from morphnet_onnx import inspect
+from morphnet_onnx import compute_costs, inspect
 from morphnet_onnx.loading.model import load
+from morphnet_onnx.recipes.shrink import check_shrinkable
+from morphnet_onnx.surgery.apply import Surgeon
+from morphnet_onnx.surgery.feasibility import floor_structure
+from morphnet_onnx.surgery.pruning import prepare
 
 REFERENCE = json.loads((TORCHVISION_DIR / "reference.json").read_text())
 TORCHVISION = sorted(TORCHVISION_DIR.glob("*.onnx"))
@@ -74,3 +78,17 @@ def test_torchvision_params_close_to_torch():
             continue
         report = inspect(path)
         assert report.costs.params == pytest.approx(REFERENCE[model_name(path)]["params"], rel=0.01), path.stem
+
+
+@pytest.mark.parametrize("name", ["googlenet_bn", "inception_v3_bn", "squeezenet1_1_bn", "shufflenet_v2_x1_0_bn"])
+def test_the_floor_of_concat_and_shuffle_models_keeps_a_few_channels(name):
+    """Regression: their floor (every prunable group at its minimum) cost 0.41-0.77x of the FLOPs,
+    repair having given back whole groups (Concats whose branches all vanished; ShuffleNet's splits
+    that one kept channel left empty on one side), so `shrink --budget-flops 0.5x` was refused."""
+    loaded, analysis = prepare(TORCHVISION_DIR / f"{name}.onnx")
+    floor = floor_structure(loaded, analysis)
+    full = compute_costs(analysis, loaded).flops
+    assert compute_costs(analysis, loaded, alive=floor.element_alive(analysis)).flops < 0.02 * full
+    assert all(floor.alive[g.id].sum() <= g.width // 3 for g in analysis.prunable_groups)
+    assert not Surgeon(loaded, analysis, floor).structural_problems()
+    check_shrinkable(loaded, analysis, None, "flops", full, 0.25 * full, "0.25x")  # refused before

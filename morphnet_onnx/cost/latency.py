@@ -37,15 +37,18 @@ from ..errors import MorphNetError
 from ..loading.writing import write_atomic_bytes
 from .timing import LatencySettings, Measurement
 
-FORMAT = 3  # bump when the table's meaning changes: older cached tables are measured again
+FORMAT = 4  # bump when the table's meaning changes: older cached tables are measured again
+CPU_FORMAT = 2  # the same for a table on the thread's CPU clock (1-thread): it stayed at 1 through formats 2 and 3
 # Format 2 changed how the wall clock measures (a session settles before its runs are timed:
 # cost/timing.py), format 3 how a wall-clock table times its copies (each against the full model,
-# paired: surgery/latency.py); a table on the thread's CPU clock is measured as in format 1 and stays valid.
+# paired: surgery/latency.py), format 4 (CPU_FORMAT 2) the floor copy: the model with every group at
+# its minimum had whole groups given back where a Concat's branches all vanished or a ShuffleNet
+# split emptied (SqueezeNet's at 0.79x of the full model), so budgets above the true floor were refused.
 
 
 def table_format(settings: LatencySettings) -> int:
     """The format a table measured at `settings` has: what its cache key and a given file must match."""
-    return 1 if settings.clock == "cpu" else FORMAT
+    return CPU_FORMAT if settings.clock == "cpu" else FORMAT
 
 
 @dataclass

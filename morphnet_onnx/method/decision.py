@@ -70,11 +70,14 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
             structure.alive[group_id][:] = False
         for _, _, group_id, channels in blocks:
             structure.alive[group_id][channels] = True
-        return repair_structure(loaded, analysis, structure)
+        return repair_structure(loaded, analysis, structure, give_back)
 
     ranked = _ranked_blocks(vectors, round_to if isinstance(round_to, dict) else max(round_to, 1))
-    # A group that cannot vanish always keeps its strongest block: emptied, repair would give it
-    # back whole, and the cost would not grow with the prefix (the search below needs it to).
+    give_back: dict[int, list[np.ndarray]] = {}  # what repair gives back: each group's blocks, strongest first
+    for _, _, group_id, channels in ranked:
+        give_back.setdefault(group_id, []).append(channels)
+    # A group that cannot vanish always keeps its strongest block (what repair would give back), so
+    # the search starts at the floor and the cost grows with the prefix (the search below needs it to).
     vanish = vanishable_groups(loaded, analysis)
     firsts = {}
     for block in ranked:
