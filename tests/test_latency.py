@@ -13,9 +13,9 @@ import onnx
 import pytest
 
 from builders import random_dataset, spread_gates, tiny_residual_net
-from conftest import REPO
-from morphnet_onnx import (LatencySettings, MorphNetError, inspect, latency_table, load_table, measure_latency,
-                           shrink_family)
+from conftest import REPO, TORCHVISION_DIR
+from morphnet_onnx import (LatencySettings, MorphNetError, analyze, inspect, latency_table, load, load_table,
+                           measure_latency, shrink_family)
 from morphnet_onnx.cli import main
 from morphnet_onnx.cost.latency import UnitFit, fit_unit, nnls, unit_seconds
 from morphnet_onnx.cost.resources import compute_costs, parse_hardware
@@ -29,7 +29,10 @@ from morphnet_onnx.method.landing import _next_target, check_floor, machine_drif
 from morphnet_onnx.recipes.family import member_path, parse_budgets
 from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.recipes.shrink import Budget, ShrinkOptions, shrink
-from morphnet_onnx.surgery.latency import Attribution
+from morphnet_onnx.loading.placeholders import materialize_weights
+from morphnet_onnx.loading.runtime import make_session
+from morphnet_onnx.surgery.apply import Surgeon
+from morphnet_onnx.surgery.latency import Attribution, random_copy, timing_cut
 from morphnet_onnx.surgery.pruning import prepare
 from morphnet_onnx.training.trainer import TrainOptions
 
@@ -592,3 +595,17 @@ def test_the_report_warns_when_a_model_ran_at_another_speed_than_earlier_in_the_
     cpu = type("Table", (), {"settings": LatencySettings(threads=1), "full": None})()
     assert machine_drift({"landing": [], "original_s": 2.0e-4, "written_s": 1e-4, "noise": 0.01}, cpu) is None
     assert "--latency-threads" not in machine_drift(dict(record, original_s=2.0e-4), cpu, 1.0)["warning"]
+
+
+def test_random_copies_of_shufflenet_cut_into_models_onnxruntime_loads():
+    """Regression (`inspect --hardware measure` on torchvision's ShuffleNet v2: "onnxruntime cannot
+    load the model for timing"): a copy kept each group's first channels, which a channel shuffle
+    sends to one half of the next split, and the other half's branch read a removed Slice."""
+    loaded = load(TORCHVISION_DIR / "shufflenet_v2_x1_0_bn.onnx")
+    loaded.model = materialize_weights(loaded.model, 0)
+    analysis = analyze(loaded)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        structure = random_copy(loaded, analysis, rng)
+        assert not Surgeon(loaded, analysis, structure).structural_problems()
+        make_session(timing_cut(loaded, analysis, structure))

@@ -46,7 +46,7 @@ from ..loading.placeholders import materialize_weights
 from ..loading.shapes import InputShapes
 from ..ops import BROADCASTING, CHANNEL_NORMS, MEMORY_BOUND
 from .apply import Surgeon, apply_structure
-from .feasibility import floor_structure
+from .feasibility import floor_structure, repair_structure
 from .structure import Structure
 
 # Width classes of the random copies: widths that are multiples of `m` but not of 2m (32: of 32).
@@ -68,14 +68,15 @@ def _width(n: int, fraction: float, step: int, rng: np.random.Generator) -> int:
     return int(min(options, key=lambda w: (abs(w - target), rng.random())))
 
 
-def random_copy(analysis: Analysis, rng: np.random.Generator) -> Structure:
+def random_copy(loaded: LoadedModel, analysis: Analysis, rng: np.random.Generator) -> Structure:
     """Every prunable group at its own random width (10% to 100%) of a random alignment; the first
-    channels kept (which ones does not matter to the time)."""
+    channels kept (which ones does not matter to the time), then repaired: in ShuffleNet v2 a
+    group's first channels all land in one half of a split, and the other half's branch has no input."""
     structure = Structure.full(analysis)
     for group in analysis.prunable_groups:
         width = _width(group.width, rng.uniform(0.1, 1.0), int(rng.choice(CLASSES)), rng)
         structure.alive[group.id][width:] = False
-    return structure
+    return repair_structure(loaded, analysis, structure)
 
 
 class Attribution:
@@ -182,7 +183,7 @@ def measure_table(loaded: LoadedModel, analysis: Analysis, settings: LatencySett
     loaded = named_copy(loaded)
     rng = np.random.default_rng(seed)
     plan = [("full", Structure.full(analysis)), ("floor", floor_structure(loaded, analysis))]
-    plan += [(f"random {i + 1}", random_copy(analysis, rng)) for i in range(copies)]
+    plan += [(f"random {i + 1}", random_copy(loaded, analysis, rng)) for i in range(copies)]
     attribution = Attribution(loaded.model, analysis)
     units = {}
     for cost in analysis.costed:
