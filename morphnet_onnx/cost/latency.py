@@ -43,7 +43,8 @@ CPU_FORMAT = 2  # the same for a table on the thread's CPU clock (1-thread): it 
 # cost/timing.py), format 3 how a wall-clock table times its copies (each against the full model,
 # paired: surgery/latency.py), format 4 (CPU_FORMAT 2) the floor copy: the model with every group at
 # its minimum had whole groups given back where a Concat's branches all vanished or a ShuffleNet
-# split emptied (SqueezeNet's at 0.79x of the full model), so budgets above the true floor were refused.
+# split emptied (SqueezeNet's at 0.79x of the full model), so budgets above the true floor were refused,
+# and onnxruntime's renamed fused kernels (FusedGemm: "fused NODE") went unattributed.
 
 
 def table_format(settings: LatencySettings) -> int:
