@@ -276,7 +276,8 @@ def test_kernels_are_attributed_to_the_ops_of_the_original_graph():
     assert claimed[None] == [0.125, 1]
     assert claimed["join"] == [0.25, 1]  # pooling passes its time to the op writing its channels
     # onnxruntime's fusions rename the node they keep (AlexNet's classifier was unattributed)
-    assert [attribution.unit(k) for k in ("fused fc", "fused fc/MatMulAddFusion/", "fc/MatMulScaleFusion/")] == ["fc"] * 3
+    renamed = ("fused fc", "fused fc/MatMulAddFusion/", "fc/MatMulScaleFusion/")
+    assert [attribution.unit(kernel) for kernel in renamed] == ["fc"] * 3
 
 
 def test_a_table_is_measured_cached_and_read_back(table_file, cache):

@@ -81,8 +81,9 @@ def random_copy(loaded: LoadedModel, analysis: Analysis, rng: np.random.Generato
 
 
 # How onnxruntime's fusions rename a node: "fused NODE" (Gemm + activation: FusedGemm, AlexNet's and
-# VGG's classifiers: 37% of the kernel time of AlexNet's table unattributed before), "NODE/MatMulAddFusion/" (MatMul + Add
-# as a Gemm), "NODE/MatMulScaleFusion/" (FusedMatMul); group 1 is the node's name.
+# VGG's classifiers: 37% of the kernel time of AlexNet's table unattributed before),
+# "NODE/MatMulAddFusion/" (MatMul + Add as a Gemm), "NODE/MatMulScaleFusion/" (FusedMatMul); group 1
+# is the node's name.
 FUSED_NAME = re.compile(r"(?:fused )?(.*?)(?:/[A-Za-z]+Fusion/)?")
 
 
