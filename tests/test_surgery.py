@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import Net, concat_of_two_branches
+from builders import Net, concat_of_two_branches, fire_modules
+from conftest import TORCHVISION_DIR
 from morphnet_onnx import LatencySettings, MorphNetError, measure_latency
 from morphnet_onnx.surgery.checking import check, zero_gates
 from morphnet_onnx.surgery.pruning import prepare, prune, prune_loaded
@@ -233,6 +234,20 @@ def test_structure_that_empties_the_output_path_is_refused():
     group = next(g for g in analysis.groups if "a" in g.sources)
     with pytest.raises(MorphNetError, match="model output"):
         prune(model, {"groups": [{"id": group.id, "alive": []}]})
+
+
+def test_a_structure_that_cannot_be_cut_is_refused_naming_where():
+    """Both expands of a fire module removed: everything after it would be constant. The error names
+    where the removal begins (it said "internal: ... would read a removed branch" for ShuffleNet's
+    split, and named only the model output here)."""
+    model = fire_modules(2)
+    loaded, analysis = prepare(model)
+    expands = [g.id for g in analysis.groups if g.sources[0] in ("expand1x1_0", "expand3x3_0")]
+    with pytest.raises(MorphNetError, match="cannot be cut out: model output .* removed from expand1x1_0 on"):
+        prune(model, {"groups": [{"id": group_id, "alive": []} for group_id in expands]})
+    shufflenet = TORCHVISION_DIR / "shufflenet_v2_x1_0_bn.onnx"
+    with pytest.raises(MorphNetError, match="cannot be cut out: /stage2/stage2.1/Concat .* both sides of every split"):
+        prune(shufflenet, {"groups": [{"id": 1, "alive": [0, 1]}]})
 
 
 # ---- rounding, shared initializers, the written model ------------------------------------------------

@@ -169,7 +169,7 @@ class Surgeon(ShapeArithmetic, Probes):
     def structural_problems(self) -> list[str]:
         """Why the current alive set cannot be cut out (without computing any value): a model output
         that would become constant, or a removed branch feeding an op that cannot take a constant."""
-        gone: set[str] = set()  # empty, or every position known (constant)
+        gone: dict[str, str] = {}  # empty, or every position known (constant): the node where removal began
         problems = []
         for node, name in zip(self.graph.node, self.names):
             if node.op_type in ("Constant", "ConstantOfShape"):
@@ -177,7 +177,7 @@ class Surgeon(ShapeArithmetic, Probes):
             live = [i for i in node.input if i and not self.view.is_stored(i) and self.shape_value(i) is None]
             gone_inputs = [i for i in live if i in gone]
             if live and len(gone_inputs) == len(live) and node.op_type not in SHAPE_READERS:
-                gone.update(o for o in node.output if o)
+                gone.update((o, gone[gone_inputs[0]]) for o in node.output if o)
             else:
                 for tensor in gone_inputs:
                     if self.is_empty(tensor):
@@ -185,8 +185,9 @@ class Surgeon(ShapeArithmetic, Probes):
                             problems.append(f"{name} ({node.op_type}) reads the removed {tensor!r}")
                     elif node.op_type not in BROADCASTING:
                         problems.append(f"{name} ({node.op_type}) reads the constant left by a removed branch")
-                gone.update(o for o in node.output if self.is_empty(o))
-        problems += [f"model output {o!r} would be constant" for o in self.graph_outputs if o in gone]
+                gone.update((o, name) for o in node.output if self.is_empty(o))
+        problems += [f"model output {o!r} would be constant (what reaches it is removed from {gone[o]} on)"
+                     for o in self.graph_outputs if o in gone]
         return problems
 
     # ---- pass 1: values of removed channels ------------------------------------------------------
@@ -421,6 +422,11 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
     kept for exactness, unless `approximate_borders` folds their interior value into the bias.
     """
     surgeon = Surgeon(loaded, analysis, structure, approximate_borders)
+    problems = surgeon.structural_problems()
+    if problems:  # a structure given by hand; the method's own are repaired (feasibility.py)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MorphNetError(f"the structure cannot be cut out: {problems[0]}{more}; keep a channel in some "
+                            f"branch of every Concat, and channels on both sides of every split")
     for _ in range(8):
         surgeon.set_alive(surgeon.structure)
         surgeon.approximated = []
