@@ -278,6 +278,9 @@ def test_kernels_are_attributed_to_the_ops_of_the_original_graph():
     # onnxruntime's fusions rename the node they keep (AlexNet's classifier was unattributed)
     renamed = ("fused fc", "fused fc/MatMulAddFusion/", "fc/MatMulScaleFusion/")
     assert [attribution.unit(kernel) for kernel in renamed] == ["fc"] * 3
+    # a kernel onnxruntime made and named after its op type reads the one before it (ViT's BiasGelu)
+    made = attribution.attribute([("fused fc", "FusedGemm", 1.0), ("BiasGelu_token_7", "BiasGelu", 0.5)])
+    assert made["fc"] == [1.5, 2] and made[None] == [0.0, 0]
 
 
 def test_a_table_is_measured_cached_and_read_back(table_file, cache):

@@ -15,7 +15,8 @@ changes and fusions onnxruntime makes around it included):
 - a node that is not itself a costed op (a fused BatchNormalization or activation, a pooling op)
   passes its time up its first input to the op that produced its channels;
 - a layout change (ReorderInput, ReorderOutput) belongs to the kernel it converts for: the next one
-  for an input, the previous one for an output.
+  for an input, the previous one for an output; a kernel onnxruntime made and named after its op
+  type (a fused bias and activation, "BiasGelu_token_7") to the one before it, whose output it reads.
 
 What no rule claims stays unattributed (reported as a share); the end-to-end fit absorbs it. Every
 cut copy, the floor included, is measured the same way; the table is cached (cost/latency.py).
@@ -127,6 +128,11 @@ class Attribution:
             return len(live) == 1
         return node.op_type in FOLLOWERS and len(live) >= 1
 
+    def _made(self, kernel: str, op_type: str) -> bool:
+        """A kernel onnxruntime made and named after its op type ("BiasGelu_token_7": a fused bias and
+        activation, ViT's MLP; "Transpose_token_3"), no node of the graph."""
+        return kernel not in self.nodes and (kernel == op_type or kernel.startswith(op_type + "_token_"))
+
     def unit(self, kernel: str) -> str | None:
         origin = self._origin(kernel)
         name = origin
@@ -146,7 +152,7 @@ class Attribution:
         """[kernel seconds, kernels] per unit of one profiled copy (None: what no rule claims)."""
         owners = [self.unit(name) for name, _, _ in kernels]
         for index, (name, op_type, _) in enumerate(kernels):
-            if owners[index] is not None or not op_type.startswith("Reorder"):
+            if owners[index] is not None or not (op_type.startswith("Reorder") or self._made(name, op_type)):
                 continue
             step = 1 if op_type == "ReorderInput" else -1
             other = index + step
