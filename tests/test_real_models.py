@@ -7,12 +7,16 @@ the torchvision exports.
 
 import json
 
+import numpy as np
 import pytest
 
 from builders import independent_flops
 from conftest import LIGHT_DIR, TORCHVISION_DIR, light_models
 from morphnet_onnx import compute_costs, inspect
+from morphnet_onnx.cost.resources import Hardware
 from morphnet_onnx.loading.model import load
+from morphnet_onnx.method.decision import decide
+from morphnet_onnx.method.regularizers import group_regularizers
 from morphnet_onnx.recipes.shrink import check_shrinkable
 from morphnet_onnx.surgery.apply import Surgeon
 from morphnet_onnx.surgery.feasibility import floor_structure
@@ -92,3 +96,17 @@ def test_the_floor_of_concat_and_shuffle_models_keeps_a_few_channels(name):
     assert all(floor.alive[g.id].sum() <= g.width // 3 for g in analysis.prunable_groups)
     assert not Surgeon(loaded, analysis, floor).structural_problems()
     check_shrinkable(loaded, analysis, None, "flops", full, 0.25 * full, "0.25x")  # refused before
+
+
+def test_decide_lands_on_the_budget_when_shufflenet_groups_die():
+    """Regression: with half the groups' gates near zero (what training does to groups it removes),
+    ShuffleNet v2's decision at 0.25x of the FLOPs cost 0.771x: repair gave back whole groups."""
+    loaded, analysis = prepare(TORCHVISION_DIR / "shufflenet_v2_x1_0_bn.onnx")
+    regs = group_regularizers(analysis, loaded, "gamma")
+    rng = np.random.default_rng(0)
+    dead = {r.group_id for r in regs if rng.uniform() < 0.5}
+    params = {m.param: (rng.uniform(0, 1, loaded.view.value(m.param).shape) * (1e-3 if r.group_id in dead else 1))
+              .astype(np.float32) for r in regs for m in r.members}
+    full = compute_costs(analysis, loaded).flops
+    decision = decide(analysis, loaded, regs, params, 1e-2, "flops", 0.25 * full, Hardware("V100", 125000.0, 900.0))
+    assert 0.9 * 0.25 * full <= decision.cost <= 0.25 * full, decision.cost / full
