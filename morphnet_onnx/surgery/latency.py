@@ -101,7 +101,8 @@ class Attribution:
         self.costed = {c.op: c for c in analysis.costed}
 
     def _origin(self, kernel: str) -> str | None:
-        kernel = FUSED_NAME.fullmatch(kernel).group(1)
+        if kernel not in self.nodes:
+            kernel = FUSED_NAME.fullmatch(kernel).group(1)
         if kernel in self.nodes:
             return kernel
         for suffix in ("_nchwc", ""):
