@@ -49,3 +49,13 @@ def test_a_weight_standardized_nf_resnet_with_a_fixed_batch_trains_and_learns(tm
     assert zoo_train.run_one(NF_RESNET, 2, 300, tmp_path)["passed"]  # batch 2 on a batch-1 export
     row = zoo_train.learn_one(NF_RESNET, 60, 300, tmp_path, lr=1e-2)
     assert row["passed"] and row["learns"] and row["agrees"], row
+
+
+@pytest.mark.slow
+def test_land_mode_measures_the_written_model_against_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    row = zoo_train.land_one(REPO / "models" / "tiny_resnet.onnx", 6, 600, tmp_path)
+    assert row["trains"] and row["tries"] >= 1 and row["goal"] == pytest.approx(0.5), row
+    assert row["miss"] == pytest.approx(row["achieved"] / 0.5 - 1, abs=1e-3)
+    assert row["passed"] == (-0.10 <= row["miss"] <= 0.05)
+    assert f"| tiny_resnet | {'yes' if row['passed'] else 'no'} | {row['achieved']:.3f}x" in zoo_train.table([row], "land")

@@ -9,10 +9,15 @@
   reaches), within `--steps`; and the written model must reproduce the trained predictions (its
   top-1 on the batch equals the training session's, within one example). A model that runs but
   does not learn fails.
+- `--mode land` (does the measured path land): `shrink --hardware measure --latency-threads 1
+  --budget-latency B --round-to auto --steps N` on random data (a table measured per model, in the
+  cache of the caller's XDG_CACHE_HOME): the written model's measured latency against the budget
+  (issue 23's band, -10% to +5%), the table's prediction, the landing's tries.
 
     .venv/bin/python tools/zoo_train.py --dir ~/.cache/morphnet-onnx/torchvision --markdown /tmp/zoo_train.md
     .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
     .venv/bin/python tools/zoo_train.py --dir tests/data/torchvision --backend torch --markdown /tmp/zoo_torch.md
+    .venv/bin/python tools/zoo_train.py --mode land --dir tests/data/torchvision --only _bn --markdown /tmp/zoo_land.md
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from harness import markdown_table  # tools/harness.py
 
 LEARN_BATCH = 8
 LEARN_FALL = 0.5  # the last window's loss at most this share of the first window's
+LAND_BAND = (-0.10, 0.05)  # issue 23's goal: the written model's measured latency within -10% / +5% of the budget
 
 
 def input_shape(path: Path) -> tuple[str, list[int]]:
@@ -144,6 +150,32 @@ def learn_one(path: Path, steps: int, timeout: float, work: Path, lr: float = 1e
     return row
 
 
+def land_one(path: Path, steps: int, timeout: float, work: Path, budget: str = "0.5x",
+             size: int | None = None) -> dict:
+    """`shrink --hardware measure --budget-latency` for a few steps on random data: does the written
+    model measure within LAND_BAND of the budget? (A table is measured first unless cached.)"""
+    data = _random_batch(path, work, 4, size)
+    out = work / f"{path.stem}_landed.onnx"
+    code, stdout, stderr, seconds, peak = _run(
+        ["shrink", str(path), "--data", str(data), "--hardware", "measure", "--latency-threads", "1",
+         "--budget-latency", budget, "--round-to", "auto", "--steps", str(steps), "--batch-size", "2",
+         "-o", str(out), "--no-progress", "--json", *_shape_option(path, size)], timeout, work)
+    row = _row(path, code, stderr, seconds, peak)
+    row.update(lands=False, passed=False)
+    if code == 0:
+        measured = json.loads(stdout)["latency"]
+        miss = measured["achieved"] / measured["goal"] - 1
+        row.update(achieved=round(measured["achieved"], 4), noise=round(measured["noise"], 4),
+                   predicted=round(measured["predicted"], 4), goal=measured["goal"], miss=round(miss, 4),
+                   tries=len(measured["landing"]), flops_after=json.loads(stdout)["flops_after"])
+        row["lands"] = row["passed"] = LAND_BAND[0] <= miss <= LAND_BAND[1]
+        if not row["lands"]:
+            row["error"] = f"measured {miss:+.1%} off the budget (goal {LAND_BAND[0]:+.0%} to {LAND_BAND[1]:+.0%})"
+    for leftover in (data, out):
+        leftover.unlink(missing_ok=True)
+    return row
+
+
 def _label_entropy(data: Path) -> float:
     """Cross-entropy of the best input-independent prediction: the labels' own entropy (nats)."""
     with np.load(data) as arrays:
@@ -159,6 +191,15 @@ def table(rows: list[dict], mode: str) -> str:
             ["model", "trains", "s/step", "peak RSS MB (process)", "total s", "error"],
             [[r["model"], "yes" if r["trains"] else "no", r.get("seconds_per_step", ""), r["peak_rss_mb"] or "",
               r["seconds"], r["error"]] for r in rows])
+    if mode == "land":
+        return f"{passed} of {len(rows)} models land within {LAND_BAND[0]:+.0%} / {LAND_BAND[1]:+.0%}.\n\n" + \
+            markdown_table(
+                ["model", "lands", "measured (noise)", "table predicted", "off the budget", "tries", "total s",
+                 "error"],
+                [[r["model"], "yes" if r["passed"] else "no",
+                  f"{r['achieved']:.3f}x (±{r['noise']:.1%})" if "achieved" in r else "",
+                  f"{r['predicted']:.3f}x" if "predicted" in r else "", f"{r['miss']:+.1%}" if "miss" in r else "",
+                  r.get("tries", ""), r["seconds"], r["error"]] for r in rows])
     return f"{passed} of {len(rows)} models learn and write what they learned.\n\n" + markdown_table(
         ["model", "learns", "loss first -> last", "written = session top-1", "s/step", "total s", "error"],
         [[r["model"], "yes" if r["passed"] else "no",
@@ -170,8 +211,9 @@ def table(rows: list[dict], mode: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True, help="folder of .onnx models")
-    parser.add_argument("--mode", choices=["shrink", "learn"], default="shrink")
-    parser.add_argument("--steps", type=int, help="training steps (default: 2 for shrink, 60 for learn)")
+    parser.add_argument("--mode", choices=["shrink", "learn", "land"], default="shrink")
+    parser.add_argument("--steps", type=int, help="training steps (default: 2 for shrink, 60 for learn, 6 for land)")
+    parser.add_argument("--budget", default="0.5x", help="--budget-latency of --mode land (default 0.5x)")
     parser.add_argument("--input-size", type=int, help="spatial size of the random batch (e.g. 112)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--backend", choices=["ort", "torch"], default="ort", help="the training backend")
@@ -179,16 +221,19 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    steps = args.steps or (2 if args.mode == "shrink" else 60)
+    steps = args.steps or {"shrink": 2, "learn": 60, "land": 6}[args.mode]
     paths = sorted(Path(args.dir).glob("*.onnx"))
     if args.only:
         paths = [p for p in paths if any(s in p.stem for s in args.only)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
-            row = (run_one(path, steps, args.timeout, Path(tmp), backend=args.backend, size=args.input_size)
-                   if args.mode == "shrink"
-                   else learn_one(path, steps, args.timeout, Path(tmp), size=args.input_size, backend=args.backend))
+            if args.mode == "shrink":
+                row = run_one(path, steps, args.timeout, Path(tmp), backend=args.backend, size=args.input_size)
+            elif args.mode == "learn":
+                row = learn_one(path, steps, args.timeout, Path(tmp), size=args.input_size, backend=args.backend)
+            else:
+                row = land_one(path, steps, args.timeout, Path(tmp), args.budget, size=args.input_size)
             rows.append(row)
             print(f"{row['model']:32s} {'passes' if row['passed'] else 'FAILS '} {row['seconds']:6.1f}s "
                   f"{row.get('seconds_per_step', '')} {row['error']}", flush=True)
