@@ -9,6 +9,8 @@ import pytest
 
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "tools"))  # the tool imports its neighbours
+
 TOOL = REPO / "tools" / "zoo_latency.py"
 spec = importlib.util.spec_from_file_location("zoo_latency", TOOL)
 zoo_latency = importlib.util.module_from_spec(spec)

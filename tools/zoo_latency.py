@@ -25,35 +25,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness import markdown_table  # tools/harness.py
+from zoo_check import collect
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def light_models() -> list[Path]:
-    import onnx
-
-    return sorted((Path(onnx.__file__).parent / "backend" / "test" / "data" / "light").glob("light_*.onnx"))
-
-
 def models(args) -> list[Path]:
-    paths = [Path(p) for p in args.model]
-    if args.light:
-        paths += light_models()
-    if args.torchvision_light:
-        paths += sorted((REPO / "tests" / "data" / "torchvision").glob("*.onnx"))
+    """zoo_check's model discovery (--light, --torchvision-light, --dir, paths, --models), with
+    --transformers as one more folder."""
     if args.transformers:
-        paths += sorted((REPO / "tests" / "data" / "transformers").glob("*.onnx"))
-    for folder in args.dir or []:
-        paths += sorted(Path(folder).glob("*.onnx"))
-    if args.models:
-        paths = [p for p in paths if re.search(args.models, p.name)]
-    return list(dict.fromkeys(paths))
+        args.dir = [*(args.dir or []), str(REPO / "tests" / "data" / "transformers")]
+    return [model.path for model in collect(args)]
 
 
 def measure(path: Path, threads: int, timeout: float) -> dict:
@@ -82,19 +71,14 @@ def measure(path: Path, threads: int, timeout: float) -> dict:
 
 
 def markdown(rows: list[dict], threads: int) -> str:
-    lines = ["| model | full (ms) | floor | fit RMS (max) | left out | unattributed | table (s) |",
-             "|---|--:|--:|--:|--:|--:|--:|"]
-    for row in rows:
-        if row["status"] != "ok":
-            lines.append(f"| {row['model']} | {row['status']}: {row.get('error', '')} | | | | | |")
-            continue
-        lines.append(f"| {row['model']} | {row['full_ms']:.4g} | {row['floor_share']:.3f}x | "
-                     f"{row['fit_rms']:.1%} ({row['fit_max']:.1%}) | {row['held_out']:.1%} | "
-                     f"{row['unattributed']:.1%} | {row['table_seconds']:.0f} |")
-    measured = [r for r in rows if r["status"] == "ok"]
-    lines.append("")
-    lines.append(f"{len(measured)} of {len(rows)} models measured ({threads} thread{'s' if threads != 1 else ''})")
-    return "\n".join(lines) + "\n"
+    cells = [[row["model"], f"{row['full_ms']:.4g}", f"{row['floor_share']:.3f}x",
+              f"{row['fit_rms']:.1%} ({row['fit_max']:.1%})", f"{row['held_out']:.1%}", f"{row['unattributed']:.1%}",
+              f"{row['table_seconds']:.0f}"] if row["status"] == "ok"
+             else [row["model"], f"{row['status']}: {row.get('error', '')}", "", "", "", "", ""] for row in rows]
+    measured = sum(row["status"] == "ok" for row in rows)
+    return (markdown_table(["model", "full (ms)", "floor", "fit RMS (max)", "left out", "unattributed", "table (s)"],
+                           cells, ["---"] + ["--:"] * 6)
+            + f"\n\n{measured} of {len(rows)} models measured ({threads} thread{'s' if threads != 1 else ''})\n")
 
 
 def main() -> int:
