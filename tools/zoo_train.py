@@ -163,11 +163,12 @@ def land_one(path: Path, steps: int, timeout: float, work: Path, budget: str = "
     row = _row(path, code, stderr, seconds, peak)
     row.update(lands=False, passed=False)
     if code == 0:
-        measured = json.loads(stdout)["latency"]
+        doc = json.loads(stdout)
+        measured = doc["latency"]
         miss = measured["achieved"] / measured["goal"] - 1
         row.update(achieved=round(measured["achieved"], 4), noise=round(measured["noise"], 4),
                    predicted=round(measured["predicted"], 4), goal=measured["goal"], miss=round(miss, 4),
-                   tries=len(measured["landing"]), flops_after=json.loads(stdout)["flops_after"])
+                   tries=len(measured["landing"]), flops_after=doc["flops_after"])
         row["lands"] = row["passed"] = LAND_BAND[0] <= miss <= LAND_BAND[1]
         if not row["lands"]:
             row["error"] = f"measured {miss:+.1%} off the budget (goal {LAND_BAND[0]:+.0%} to {LAND_BAND[1]:+.0%})"

@@ -73,14 +73,13 @@ def decide(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer]
         return repair_structure(loaded, analysis, structure, give_back)
 
     ranked = _ranked_blocks(vectors, round_to if isinstance(round_to, dict) else max(round_to, 1))
-    give_back: dict[int, list[np.ndarray]] = {}  # what repair gives back: each group's blocks, strongest first
-    for _, _, group_id, channels in ranked:
-        give_back.setdefault(group_id, []).append(channels)
     # A group that cannot vanish always keeps its strongest block (what repair would give back), so
     # the search starts at the floor and the cost grows with the prefix (the search below needs it to).
     vanish = vanishable_groups(loaded, analysis)
+    give_back: dict[int, list[np.ndarray]] = {}  # what repair gives back: each group's blocks, strongest first
     firsts = {}
     for block in ranked:
+        give_back.setdefault(block[2], []).append(block[3])
         if block[2] not in vanish:
             firsts.setdefault(block[2], block)
     floor_blocks = list(firsts.values())
