@@ -12,8 +12,10 @@ from onnx import TensorProto, helper
 
 from builders import Net
 from morphnet_onnx import analyze, inspect, load
+from morphnet_onnx.loading.model import LoadedModel
 from morphnet_onnx.loading.runtime import make_session
-from morphnet_onnx.surgery.checking import check
+from morphnet_onnx.surgery.apply import cut_for_training
+from morphnet_onnx.surgery.checking import check, zero_gates
 from morphnet_onnx.surgery.pruning import prepare, prune_loaded, verify_model
 from morphnet_onnx.surgery.structure import Structure
 
@@ -140,6 +142,51 @@ def test_layer_norm_over_removed_constant_channels_is_rewritten_exactly():
     pruned = prune_loaded(loaded, analysis, structure).model
     assert not any(n.op_type == "LayerNormalization" for n in pruned.graph.node)  # written out
     assert any(n.op_type == "ReduceSum" for n in pruned.graph.node)
+
+
+@pytest.mark.parametrize("norm", [layer_norm, rms_norm], ids=["layernorm", "rmsnorm"])
+def test_where_training_follows_a_norm_stays_one_op_over_the_kept_channels(norm):
+    """`shrink`'s cut (cut_for_training) keeps each LayerNormalization, and RMSNorm's ReduceMean, as
+    one op computing over the kept channels alone: written out exactly it took 15 ops onnxruntime
+    does not fuse (the tiny ViT export at half width ran slower than the full model)."""
+    loaded, analysis = prepare(vit_block_model(heads=2, norm=norm))
+    stream = next(g for g in analysis.groups if "embed" in g.sources)
+    structure = Structure.full(analysis)
+    kept = np.setdiff1d(np.arange(16), [0, 5, 9])
+    structure.alive[stream.id][[0, 5, 9]] = False
+    model = zero_gates(loaded.model, loaded, analysis, structure)  # as a regularized run leaves them
+    for tensor in model.graph.initializer:  # and RMSNorm's weights (a Mul's constant)
+        value = onnx.numpy_helper.to_array(tensor)
+        if value.shape == (16,) and any(n.op_type == "Mul" and tensor.name in n.input for n in model.graph.node):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.where(np.isin(np.arange(16), kept), value, 0.0)
+                                                         .astype(np.float32), tensor.name))
+    loaded = LoadedModel(model=model, path=None, shapes=loaded.shapes, dtypes=loaded.dtypes)
+    exact = prune_loaded(loaded, analysis, structure).model
+    cut = cut_for_training(loaded, analysis, structure).model
+    verify_model(cut, "cut")
+    ops = [n.op_type for n in cut.graph.node]
+    originals = [n.op_type for n in model.graph.node]
+    assert "ReduceSum" in [n.op_type for n in exact.graph.node] and "ReduceSum" not in ops
+    for op_type in ("LayerNormalization", "ReduceMean"):
+        assert ops.count(op_type) == originals.count(op_type)
+    # Each norm computes over the kept channels of its input alone, with its scale (and shift) cut.
+    norm_op = "LayerNormalization" if norm is layer_norm else "ReduceMean"
+    first = next(n for n in cut.graph.node if n.op_type == norm_op)
+    original_first = next(n for n in model.graph.node if n.op_type == norm_op)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(cut)
+    probe.graph.output.extend([helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+                               for t in (first.input[0], first.output[0])])
+    feed = np.random.default_rng(0).normal(size=(1, 6, 8)).astype(np.float32)
+    x, y = make_session(probe).run([first.input[0], first.output[0]], {"input": feed})
+    assert x.shape[-1] == len(kept)
+    if norm is layer_norm:
+        weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        gamma, beta = weights[original_first.input[1]][kept], weights[original_first.input[2]][kept]
+        expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    else:  # the mean of the squares (its input) over the kept channels
+        expected = x.mean(-1, keepdims=True)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_token_embedding_is_a_source_of_the_embedding_width():

@@ -100,6 +100,21 @@ def test_check_and_prune_commands(tmp_path, capsys):
     assert json.loads((tmp_path / "applied.json").read_text())["alive_counts"]["conv2"] == 3
 
 
+def test_prune_approximate_norms_keeps_each_layer_norm_one_op(tmp_path, capsys):
+    from test_attention import vit_block_model
+    model = tmp_path / "block.onnx"
+    onnx.save(vit_block_model(heads=2), str(model))
+    structure = tmp_path / "s.json"
+    structure.write_text(json.dumps({"embed": 12}))  # the embedding width, 16 -> 12
+    counts = []
+    for flags in ([], ["--approximate-norms"]):
+        out_model = tmp_path / f"small{len(flags)}.onnx"
+        assert main(["prune", str(model), "--structure", str(structure), "-o", str(out_model), *flags]) == 0
+        onnx.checker.check_model(str(out_model), full_check=True)
+        counts.append(sum(n.op_type == "LayerNormalization" for n in onnx.load(str(out_model)).graph.node))
+    assert counts == [0, 3]  # written out exactly, or kept over the 12 channels
+
+
 @pytest.mark.parametrize("content,match", [
     ('{"conv2": 99}', "above its width"),
     ('{"groups": [{"id": 42, "alive": []}]}', "group 42 does not exist"),

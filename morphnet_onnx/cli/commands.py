@@ -305,7 +305,8 @@ def _prune(args: argparse.Namespace) -> int:
     check_picture_paths(args.plot, args.html)
     refuse_overwriting({"-o": args.output, "--save-structure": args.save_structure}, [args.model, args.structure])
     result = prune(args.model, args.structure, args.output, input_shapes=parse_input_shapes(args.input_shape),
-                   keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders)
+                   keep=args.keep, round_to=args.round_to, approximate_borders=args.approximate_borders,
+                   approximate_norms=args.approximate_norms)
     if args.save_structure:
         result.structure.save(args.save_structure, result.analysis, str(args.model))
     print(f"wrote {args.output}: FLOPs {human(result.flops_before)} -> {human(result.flops_after)} "

@@ -248,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approximate-borders", action="store_true",
                    help="remove channels whose constant value a padded conv spreads unevenly, folding the "
                         "interior value into the bias (exact except at the borders; fine-tune afterwards)")
+    p.add_argument("--approximate-norms", action="store_true",
+                   help="keep a LayerNormalization (or RMSNorm's ReduceMean) over a narrowed width as one op "
+                        "over the kept channels, as shrink writes it, instead of written out exactly in many "
+                        "ops that run slower (fine-tune afterwards)")
     _output_options(p, structure="also write the structure as applied", json_help=None)
 
     p = _command(sub, "check", "prove on random data that pruning this model is exact")

@@ -37,7 +37,7 @@ from ..loading.shapes import InputShapes
 from ..loading.view import ConstantView
 from ..loading.writing import refuse_overwriting, save_model
 from ..ops import NORM_FRESH, weight_layout
-from ..surgery.apply import Surgeon, apply_structure
+from ..surgery.apply import Surgeon, cut_for_training
 from ..surgery.latency import resolve_hardware
 from ..surgery.pruning import check_round_to, prepare, verify_model
 from ..surgery.structure import Structure, load_structure, structure_from_dict, top_channels
@@ -179,7 +179,7 @@ def _params(analysis: Analysis, loaded: LoadedModel, structure: Structure) -> in
     """Parameters of the input model with the structure applied (measured on the cut model)."""
     if all(mask.all() for mask in structure.alive.values()):
         return compute_costs(analysis, loaded).params
-    cut = load(apply_structure(loaded, analysis, structure, approximate_borders=True).model)
+    cut = load(cut_for_training(loaded, analysis, structure).model)
     return compute_costs(analyze(cut), cut).params
 
 
@@ -294,7 +294,7 @@ def build(loaded: LoadedModel, analysis: Analysis, structure: Structure, widths:
                           for g in analysis.groups})
     model = loaded.model
     if not all(mask.all() for mask in narrowed.alive.values()):
-        model = apply_structure(loaded, analysis, narrowed, approximate_borders=True).model
+        model = cut_for_training(loaded, analysis, narrowed).model
         loaded = load(model, input_shapes)
         analysis = analyze(loaded)
     copies = np.ones(len(analysis.element_group), dtype=np.int64)

@@ -34,7 +34,7 @@ from ..cost.resources import compute_costs
 from ..cost.timing import Measurement, measure_models
 from ..errors import MorphNetError
 from ..loading.model import LoadedModel
-from ..surgery.apply import SurgeryResult, apply_structure
+from ..surgery.apply import SurgeryResult, cut_for_training
 from .decision import Decision, decide
 from .regularizers import GroupRegularizer
 
@@ -106,7 +106,7 @@ def land(analysis: Analysis, loaded: LoadedModel, regs: list[GroupRegularizer], 
                 break
             continue
         seen[key] = len(tries)
-        surgery = apply_structure(loaded, analysis, decision.structure, approximate_borders=True)
+        surgery = cut_for_training(loaded, analysis, decision.structure)
         before, after = compare(original, surgery.model, table, shapes)
         value, noise = achieved(before, after, relative)
         tries.append({"table_target_s": table_target, "predicted_s": decision.cost, "measured_s": after.median_s,

@@ -32,7 +32,7 @@ from ..method.figs import FIGS_THRESHOLD, figs_regularizers
 from ..method.landing import measured_report
 from ..method.progressive import HoldHooks
 from ..method.regularizers import group_regularizers
-from ..surgery.apply import apply_structure
+from ..surgery.apply import cut_for_training
 from ..surgery.pruning import prepare, verify_model
 from ..training.batchnorm import recalibrate_batchnorm
 from ..training.data import open_data
@@ -258,7 +258,7 @@ def _member(loaded, analysis, regs, params, threshold, budget, target, full, ful
         decision, surgery = landing.decision, landing.surgery
     else:
         decision = decide(analysis, trained_loaded, regs, params, threshold, resource, target, hw, round_to)
-        surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
+        surgery = cut_for_training(trained_loaded, analysis, decision.structure)
     verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
     cut = evaluate_model(surgery.model, val_set, options.loss) if val_set and finetune else None

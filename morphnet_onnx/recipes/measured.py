@@ -20,7 +20,7 @@ from ..loading.model import LoadedModel
 from ..method.decision import decide
 from ..method.landing import Landing, calibrator, land
 from ..method.regularizers import GroupRegularizer
-from ..surgery.apply import apply_structure
+from ..surgery.apply import cut_for_training
 from ..surgery.latency import resolve_hardware
 from ..training.distributed import current_world, is_main, shared
 from .options import ShrinkOptions
@@ -69,6 +69,6 @@ def land_on_rank_zero(analysis: Analysis, loaded: LoadedModel, regs: list[GroupR
     if landing is None:
         decision = decide(analysis, loaded, regs, params, threshold, "latency", chosen, table, round_to)
         decision.target = target
-        landing = Landing(decision, apply_structure(loaded, analysis, decision.structure, approximate_borders=True),
+        landing = Landing(decision, cut_for_training(loaded, analysis, decision.structure),
                           table_target=chosen)
     return landing

@@ -33,7 +33,7 @@ from ..method.figs import FIGS_THRESHOLD, figs_regularizers
 from ..method.landing import check_floor, measured_report
 from ..method.progressive import HoldHooks
 from ..method.regularizers import group_regularizers
-from ..surgery.apply import apply_structure
+from ..surgery.apply import cut_for_training
 from ..surgery.feasibility import floor_structure
 from ..surgery.pruning import prepare, verify_model
 from ..surgery.structure import Structure
@@ -299,7 +299,7 @@ def shrink(model, data=None, output=None, val=None, method: ShrinkOptions | None
                         else Decision(structure=structure, **controller.decision_record))
         else:
             decision = decide_now(result.params)
-        surgery = apply_structure(trained_loaded, analysis, decision.structure, approximate_borders=True)
+        surgery = cut_for_training(trained_loaded, analysis, decision.structure)
     verify_model(surgery.model, f"the shrunk model {output or ''}".strip())
     after_loaded = load(surgery.model, input_shapes)
     remaining = total_steps - result.steps if plan["finetune_min"] > 0 else 0

@@ -30,7 +30,7 @@ from ..ops import (
     weight_input,
 )
 from ..ops import CHANNEL_NORMS as NORMS
-from ..ops.statistics import computes_over_channels
+from ..ops.statistics import computes_over_channels, over_kept_channels
 from .rewrite import Rewrite
 from .shapes import ShapeArithmetic
 from .structure import Structure
@@ -49,11 +49,14 @@ class Surgeon(ShapeArithmetic, Probes):
     """Surgery state for one model and one structure. With `copies` (how many times every analysis
     element appears in the result, 1 or more) it widens instead: every run of positions that one
     channel holds along a channel axis is repeated that many times, the copies right after it, so
-    the per-op cutters slice weights, split sizes and shapes to the wider layout unchanged."""
+    the per-op cutters slice weights, split sizes and shapes to the wider layout unchanged.
+    `approximate_borders` and `approximate_norms`: see `apply_structure`."""
 
     def __init__(self, loaded: LoadedModel, analysis: Analysis, structure: Structure,
-                 approximate_borders: bool = False, copies: np.ndarray | None = None) -> None:
+                 approximate_borders: bool = False, copies: np.ndarray | None = None,
+                 approximate_norms: bool = False) -> None:
         self.approximate_borders = approximate_borders
+        self.approximate_norms = approximate_norms
         self.approximated: list[str] = []
         self.loaded = loaded
         self.model = loaded.model
@@ -303,7 +306,8 @@ class Surgeon(ShapeArithmetic, Probes):
                 self.known[node.output[0]] = self._dead_positions(node.output[0])
             return revive
         info = op_info(node.op_type, node.domain)
-        if info is not None and info.reads_removed and computes_over_channels(self, node):
+        if info is not None and info.reads_removed and computes_over_channels(self, node) \
+                and not over_kept_channels(self, node):
             # Its cutter adds the removed channels' values back (ops/statistics.py): they must be known.
             for tensor in node.input[:1]:
                 revive |= self._revive_unknown(node, name, tensor, f"this {node.op_type} computes over")
@@ -415,13 +419,16 @@ def _without_bias(node: onnx.NodeProto) -> onnx.NodeProto:
 
 
 def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structure,
-                    approximate_borders: bool = False) -> SurgeryResult:
+                    approximate_borders: bool = False, approximate_norms: bool = False) -> SurgeryResult:
     """Write the smaller model for `structure` (the input model is not modified).
 
     Removed channels holding a nonzero constant that a padded conv turns into a border pattern are
     kept for exactness, unless `approximate_borders` folds their interior value into the bias.
+    Statistics over the channels (a LayerNormalization, a ReduceMean: decomposed LayerNorms and
+    RMSNorms) are written out with the removed channels' values added back, exact, unless
+    `approximate_norms` keeps each op as it is over the kept channels alone (ops/statistics.py).
     """
-    surgeon = Surgeon(loaded, analysis, structure, approximate_borders)
+    surgeon = Surgeon(loaded, analysis, structure, approximate_borders, approximate_norms=approximate_norms)
     problems = surgeon.structural_problems()
     if problems:  # a structure given by hand; the method's own are repaired (feasibility.py)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -445,3 +452,10 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
                      f"{', '.join(sorted(set(surgeon.approximated))[:5])}"
                      + (f" and {len(set(surgeon.approximated)) - 5} more" if len(set(surgeon.approximated)) > 5 else ""))
     return SurgeryResult(model=model, structure=surgeon.structure, notes=notes, removed_ops=removed)
+
+
+def cut_for_training(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> SurgeryResult:
+    """The cut a training run continues from (`shrink`, a family's members, `expand`) and what the
+    latency table and the landing time: the approximations training recovers from are taken, so that
+    what is trained and timed is the narrower network of the same architecture."""
+    return apply_structure(loaded, analysis, structure, approximate_borders=True, approximate_norms=True)

@@ -47,7 +47,7 @@ from ..loading.model import LoadedModel, load
 from ..loading.placeholders import materialize_weights
 from ..loading.shapes import InputShapes
 from ..ops import BROADCASTING, CHANNEL_NORMS, MEMORY_BOUND
-from .apply import Surgeon, apply_structure
+from .apply import Surgeon, cut_for_training
 from .feasibility import floor_structure, repair_structure
 from .structure import Structure
 
@@ -187,8 +187,8 @@ def timing_cut(loaded: LoadedModel, analysis: Analysis, structure: Structure) ->
     """The structure cut out for timing: `shrink`'s surgery, without computing what removed channels
     hold (their constants change biases, not the graph) unless a group vanishes (then branches go)."""
     if any(not structure.alive[g.id].any() for g in analysis.prunable_groups):
-        return apply_structure(loaded, analysis, structure, approximate_borders=True).model
-    return Surgeon(loaded, analysis, structure).rewrite()[0]
+        return cut_for_training(loaded, analysis, structure).model
+    return Surgeon(loaded, analysis, structure, approximate_norms=True).rewrite()[0]
 
 
 def measure_table(loaded: LoadedModel, analysis: Analysis, settings: LatencySettings, key: str, ort_version: str,

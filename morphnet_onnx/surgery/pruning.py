@@ -63,15 +63,15 @@ def prepare(model, input_shapes: InputShapes | None = None, keep: list[str] | No
 
 
 def prune_loaded(loaded: LoadedModel, analysis: Analysis, structure: Structure, round_to: int = 1,
-                 approximate_borders: bool = False) -> SurgeryResult:
+                 approximate_borders: bool = False, approximate_norms: bool = False) -> SurgeryResult:
     if round_to > 1:
         structure = round_structure(structure, analysis, gate_magnitudes(analysis, loaded), round_to)
-    return apply_structure(loaded, analysis, structure, approximate_borders)
+    return apply_structure(loaded, analysis, structure, approximate_borders, approximate_norms)
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | os.PathLike | None = None,
           input_shapes: InputShapes | None = None, keep: list[str] | None = None, round_to: int = 1,
-          approximate_borders: bool = False) -> PruneResult:
+          approximate_borders: bool = False, approximate_norms: bool = False) -> PruneResult:
     """Remove the channels a structure marks dead; write the result to `output` if given.
 
     >>> result = prune("resnet50.onnx", "structure.json", "resnet50_pruned.onnx")   # doctest: +SKIP
@@ -81,6 +81,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
     `structure` is a path to a structure JSON file, its parsed dict, or a `Structure`. The result
     computes exactly what the model computes with the removed channels' gates at zero (norm scales,
     or filters); channels for which that is impossible stay, unless `approximate_borders`.
+    `approximate_norms` keeps a LayerNormalization over a narrowed width as one op over the kept
+    channels (as `shrink` writes it) instead of writing it out exactly (apply_structure).
     """
     check_round_to(round_to)
     refuse_overwriting({"-o": output}, [model, structure])
@@ -91,7 +93,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | o
         chosen = structure_from_dict(structure, analysis, loaded)
     else:
         chosen = load_structure(structure, analysis, loaded)
-    result = prune_loaded(loaded, analysis, chosen, round_to, approximate_borders)
+    result = prune_loaded(loaded, analysis, chosen, round_to, approximate_borders, approximate_norms)
     name = f"the pruned model {output}" if output else "the pruned model"
     verify_model(result.model, name)
     before = compute_costs(analysis, loaded)
