@@ -12,6 +12,7 @@ import morphnet_onnx as mn
 from conftest import REPO
 from morphnet_onnx.builders import Net
 from morphnet_onnx.graph_utils import fixed_batch
+from morphnet_onnx.loading.placeholders import materialize_weights
 from morphnet_onnx.training.rebatch import check_rebatched, rebatch
 from morphnet_onnx.training.trainer import TrainOptions
 
@@ -60,6 +61,29 @@ def test_a_static_dynamo_export_trains_at_batch_8_and_keeps_its_shape(tmp_path, 
     onnx.checker.check_model(written, full_check=True)
     assert _input_dims(written) == [1, 3, 32, 32]
     assert mn.evaluate(out, data).examples == 16
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_hugging_face_vit_exported_at_batch_1_is_rebatched(tmp_path, exporter):
+    """Regression: transformers' ViT exported at batch 1 by either exporter was refused ("could not
+    be made batch-generic"): its patch reshape is computed from Shape ops, which onnx's shape
+    inference follows only with data propagation, so the class token's Concat was never reached;
+    and its attention reshapes [1, 17, -1, 16] put the batch into the -1 (heads), which read as
+    kept. Both are rewritten now, and `shrink` trains it at batch 4."""
+    path = REPO / "tests" / "data" / "transformers" / f"vit_{exporter}.onnx"
+    loaded = mn.load(path)
+    model = materialize_weights(loaded.model)
+    changes = rebatch(model, 8).changes
+    assert any(c.startswith("Concat") for c in changes) and sum(c.startswith("Reshape") for c in changes) >= 8
+    check_rebatched(model, loaded.shapes, loaded.name, batch=3)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, pixel_values=rng.standard_normal((8, 3, 32, 32)).astype(np.float32),
+             labels=rng.integers(0, 10, 8))
+    out = tmp_path / "small.onnx"
+    mn.shrink(path, data, out, method=mn.ShrinkOptions(budget=mn.Budget("flops", "0.5x")),
+              options=TrainOptions(steps=4, batch_size=4, progress=False, threads=1))
+    assert _input_dims(onnx.load(str(out))) == [1, 3, 32, 32]
 
 
 def test_a_graph_that_mixes_examples_is_refused_in_one_line(tmp_path):

@@ -113,7 +113,7 @@ def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    inferred = shape_inference.infer_shapes(skeleton(model), strict_mode=False)
+    inferred = shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
     shapes = {}
     for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         tt = value.type.tensor_type
@@ -143,7 +143,12 @@ def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> 
             source = shapes.get(node.input[0])
             axis = _carries(source)
             target = _constant(traced, node.input[1])
-            if axis is None or target is None or -1 in source or _carries(shapes.get(node.output[0])) is not None:
+            if axis is None or target is None or -1 in source:
+                continue
+            kept = _carries(shapes.get(node.output[0]))
+            # A batch that lands on the target's -1 is lost too: [1, 17, -1, 16] at batch B makes B x 4
+            # heads (transformers' attention reshapes, written at the export's batch).
+            if kept is not None and not (kept < len(target) and target.reshape(-1)[kept] == -1):
                 continue
             dims = _resolved(target, source, fixed)
             before = int(np.prod(source[:axis]))
