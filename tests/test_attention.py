@@ -14,9 +14,8 @@ from builders import Net
 from morphnet_onnx import analyze, inspect, load
 from morphnet_onnx.loading.model import LoadedModel
 from morphnet_onnx.loading.runtime import make_session
-from morphnet_onnx.surgery.apply import cut_for_training
 from morphnet_onnx.surgery.checking import check, zero_gates
-from morphnet_onnx.surgery.pruning import prepare, prune_loaded, verify_model
+from morphnet_onnx.surgery.pruning import cut_for_training, prepare, prune_loaded, verify_model
 from morphnet_onnx.surgery.structure import Structure
 
 TRANSFORMERS_DIR = Path(__file__).parent / "data" / "transformers"

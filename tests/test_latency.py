@@ -377,7 +377,8 @@ def test_a_budget_below_the_measured_floor_is_refused_before_training(table_file
     floor_share = table.floor.median_s / full
     with pytest.raises(MorphNetError, match="below what the runtime allows"):
         check_floor(table, full, full * floor_share * 0.5, 0.0, "0.01x")
-    check_floor(table, full, full * 0.99, 0.0, "0.99x")
+    # above the floor passes (the floor of this 15 us model once measured at 0.998x of it in one table)
+    check_floor(table, full, full * max(0.99, floor_share + 0.01), 0.0, "0.99x")
     # a table whose fit puts the floor above the measured one binds, and the message says why
     above = (floor_share + 1) / 2  # between the measured floor and the full model
     with pytest.raises(MorphNetError, match=rf"the latency table puts that structure at {above:.3f}x .its fit is "

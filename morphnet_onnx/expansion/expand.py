@@ -37,9 +37,9 @@ from ..loading.shapes import InputShapes
 from ..loading.view import ConstantView
 from ..loading.writing import refuse_overwriting, save_model
 from ..ops import NORM_FRESH, weight_layout
-from ..surgery.apply import Surgeon, cut_for_training
+from ..surgery.apply import Surgeon
 from ..surgery.latency import resolve_hardware
-from ..surgery.pruning import check_round_to, prepare, verify_model
+from ..surgery.pruning import check_round_to, cut_for_training, prepare, verify_model
 from ..surgery.structure import Structure, load_structure, structure_from_dict, top_channels
 from .initialization import INITS, draw, fans, initialize_weights, relu_follows
 

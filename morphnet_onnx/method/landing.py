@@ -34,7 +34,8 @@ from ..cost.resources import compute_costs
 from ..cost.timing import Measurement, measure_models
 from ..errors import MorphNetError
 from ..loading.model import LoadedModel
-from ..surgery.apply import SurgeryResult, cut_for_training
+from ..surgery.apply import SurgeryResult
+from ..surgery.pruning import cut_for_training
 from .decision import Decision, decide
 from .regularizers import GroupRegularizer
 

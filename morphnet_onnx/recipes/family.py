@@ -32,8 +32,7 @@ from ..method.figs import FIGS_THRESHOLD, figs_regularizers
 from ..method.landing import measured_report
 from ..method.progressive import HoldHooks
 from ..method.regularizers import group_regularizers
-from ..surgery.apply import cut_for_training
-from ..surgery.pruning import prepare, verify_model
+from ..surgery.pruning import cut_for_training, prepare, verify_model
 from ..training.batchnorm import recalibrate_batchnorm
 from ..training.data import open_data
 from ..training.distillation import with_teacher

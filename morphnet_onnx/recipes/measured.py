@@ -20,7 +20,7 @@ from ..loading.model import LoadedModel
 from ..method.decision import decide
 from ..method.landing import Landing, calibrator, land
 from ..method.regularizers import GroupRegularizer
-from ..surgery.apply import cut_for_training
+from ..surgery.pruning import cut_for_training
 from ..surgery.latency import resolve_hardware
 from ..training.distributed import current_world, is_main, shared
 from .options import ShrinkOptions

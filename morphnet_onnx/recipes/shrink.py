@@ -33,9 +33,8 @@ from ..method.figs import FIGS_THRESHOLD, figs_regularizers
 from ..method.landing import check_floor, measured_report
 from ..method.progressive import HoldHooks
 from ..method.regularizers import group_regularizers
-from ..surgery.apply import cut_for_training
 from ..surgery.feasibility import floor_structure
-from ..surgery.pruning import prepare, verify_model
+from ..surgery.pruning import cut_for_training, prepare, verify_model
 from ..surgery.structure import Structure
 from ..training.backend import Distill
 from ..training.batchnorm import recalibrate_batchnorm

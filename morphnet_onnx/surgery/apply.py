@@ -19,16 +19,8 @@ from ..analysis.walk import node_names
 from ..errors import MorphNetError
 from ..graph_utils import compress
 from ..loading.model import LoadedModel
-from ..ops import (
-    BROADCASTING,
-    SHAPE_READERS,
-    WEIGHTED,
-    bias_input,
-    cut_nothing,
-    op_info,
-    output_channel_axis,
-    weight_input,
-)
+from ..ops import (BROADCASTING, SHAPE_READERS, WEIGHTED, bias_input, cut_nothing, op_info, output_channel_axis,
+                   weight_input)
 from ..ops import CHANNEL_NORMS as NORMS
 from ..ops.statistics import computes_over_channels, over_kept_channels
 from .rewrite import Rewrite
@@ -49,8 +41,7 @@ class Surgeon(ShapeArithmetic, Probes):
     """Surgery state for one model and one structure. With `copies` (how many times every analysis
     element appears in the result, 1 or more) it widens instead: every run of positions that one
     channel holds along a channel axis is repeated that many times, the copies right after it, so
-    the per-op cutters slice weights, split sizes and shapes to the wider layout unchanged.
-    `approximate_borders` and `approximate_norms`: see `apply_structure`."""
+    the per-op cutters slice weights, split sizes and shapes to the wider layout unchanged."""
 
     def __init__(self, loaded: LoadedModel, analysis: Analysis, structure: Structure,
                  approximate_borders: bool = False, copies: np.ndarray | None = None,
@@ -424,9 +415,8 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
 
     Removed channels holding a nonzero constant that a padded conv turns into a border pattern are
     kept for exactness, unless `approximate_borders` folds their interior value into the bias.
-    Statistics over the channels (a LayerNormalization, a ReduceMean: decomposed LayerNorms and
-    RMSNorms) are written out with the removed channels' values added back, exact, unless
-    `approximate_norms` keeps each op as it is over the kept channels alone (ops/statistics.py).
+    LayerNorms and means over the channels are written out with the removed channels' values added
+    back, exact, unless `approximate_norms` keeps each op over the kept channels (ops/statistics.py).
     """
     surgeon = Surgeon(loaded, analysis, structure, approximate_borders, approximate_norms=approximate_norms)
     problems = surgeon.structural_problems()
@@ -447,15 +437,8 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
         raise MorphNetError("internal: channels kept for exactness did not settle")
     model, removed = surgeon.rewrite()
     notes = surgeon.notes
-    if surgeon.approximated:
-        notes.append(f"approximated at the borders (interior value folded into the bias): "
-                     f"{', '.join(sorted(set(surgeon.approximated))[:5])}"
-                     + (f" and {len(set(surgeon.approximated)) - 5} more" if len(set(surgeon.approximated)) > 5 else ""))
+    if approximated := sorted(set(surgeon.approximated)):
+        shown = ", ".join(approximated[:5]) + (f" and {len(approximated) - 5} more" if len(approximated) > 5 else "")
+        notes.append(f"approximated at the borders (interior value folded into the bias): {shown}")
     return SurgeryResult(model=model, structure=surgeon.structure, notes=notes, removed_ops=removed)
 
-
-def cut_for_training(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> SurgeryResult:
-    """The cut a training run continues from (`shrink`, a family's members, `expand`) and what the
-    latency table and the landing time: the approximations training recovers from are taken, so that
-    what is trained and timed is the narrower network of the same architecture."""
-    return apply_structure(loaded, analysis, structure, approximate_borders=True, approximate_norms=True)

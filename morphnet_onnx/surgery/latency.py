@@ -47,8 +47,9 @@ from ..loading.model import LoadedModel, load
 from ..loading.placeholders import materialize_weights
 from ..loading.shapes import InputShapes
 from ..ops import BROADCASTING, CHANNEL_NORMS, MEMORY_BOUND
-from .apply import Surgeon, cut_for_training
+from .apply import Surgeon
 from .feasibility import floor_structure, repair_structure
+from .pruning import cut_for_training
 from .structure import Structure
 
 # Width classes of the random copies: widths that are multiples of `m` but not of 2m (32: of 32).

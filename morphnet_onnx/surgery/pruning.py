@@ -69,6 +69,13 @@ def prune_loaded(loaded: LoadedModel, analysis: Analysis, structure: Structure, 
     return apply_structure(loaded, analysis, structure, approximate_borders, approximate_norms)
 
 
+def cut_for_training(loaded: LoadedModel, analysis: Analysis, structure: Structure) -> SurgeryResult:
+    """The cut a training run continues from (`shrink`, a family's members, `expand`) and what the
+    latency table and the landing time: the approximations training recovers from are taken, so that
+    what is trained and timed is the narrower network of the same architecture."""
+    return apply_structure(loaded, analysis, structure, approximate_borders=True, approximate_norms=True)
+
+
 def prune(model: str | os.PathLike | onnx.ModelProto, structure, output: str | os.PathLike | None = None,
           input_shapes: InputShapes | None = None, keep: list[str] | None = None, round_to: int = 1,
           approximate_borders: bool = False, approximate_norms: bool = False) -> PruneResult:
