@@ -3,6 +3,7 @@
 import importlib.util
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -59,3 +60,17 @@ def test_land_mode_measures_the_written_model_against_the_budget(tmp_path, monke
     assert row["miss"] == pytest.approx(row["achieved"] / 0.5 - 1, abs=1e-3)
     assert row["passed"] == (-0.10 <= row["miss"] <= 0.05)
     assert f"| tiny_resnet | {'yes' if row['passed'] else 'no'} | {row['achieved']:.3f}x" in zoo_train.table([row], "land")
+
+
+def test_random_data_fits_text_exports_every_input_and_their_per_token_logits(tmp_path):
+    """Token ids for integer inputs, ones for an attention mask, and for per-token logits random
+    targets of their shape trained with --loss mse (before: one float array for the first input,
+    which `shrink` refused: "'input_ids' is float32, the model input wants int64")."""
+    exports = REPO / "tests" / "data" / "transformers"
+    gpt2 = np.load(zoo_train._random_batch(exports / "gpt2_torchscript.onnx", tmp_path, 4))
+    assert gpt2["input_ids"].dtype == np.int64 and gpt2["input_ids"].max() < zoo_train.TOKENS
+    assert gpt2["labels"].shape == (4, 16, 128) and gpt2["labels"].dtype == np.float32
+    assert zoo_train._loss_option(exports / "gpt2_torchscript.onnx") == ["--loss", "mse"]
+    bert = np.load(zoo_train._random_batch(exports / "bert_torchscript.onnx", tmp_path, 4))
+    assert (bert["attention_mask"] == 1).all() and bert["labels"].shape == (4,)
+    assert zoo_train._loss_option(exports / "bert_torchscript.onnx") == []

@@ -14,6 +14,11 @@
   cache of the caller's XDG_CACHE_HOME): the written model's measured latency against the budget
   (issue 23's band, -10% to +5%), the table's prediction, the landing's tries.
 
+Random data for every input the model takes: floats for float inputs, token ids below TOKENS for
+integer ones, ones for an attention mask. A model whose first output is not [batch, classes] (a
+language model's per-token logits) is trained by `shrink` with `--loss mse` against random targets
+of that output's shape (`learn` needs classes: it reports such a model's error).
+
     .venv/bin/python tools/zoo_train.py --dir ~/.cache/morphnet-onnx/torchvision --markdown /tmp/zoo_train.md
     .venv/bin/python tools/zoo_train.py --mode learn --dir tests/data/torchvision --markdown /tmp/zoo_learn.md
     .venv/bin/python tools/zoo_train.py --dir tests/data/torchvision --backend torch --markdown /tmp/zoo_torch.md
@@ -36,6 +41,7 @@ import onnx
 from harness import markdown_table  # tools/harness.py
 
 LEARN_BATCH = 8
+TOKENS = 16  # token ids drawn below this: every vocabulary of the exports is at least as large
 LEARN_FALL = 0.5  # the last window's loss at most this share of the first window's
 LAND_BAND = (-0.10, 0.05)  # issue 23's goal: the written model's measured latency within -10% / +5% of the budget
 
@@ -49,14 +55,39 @@ def input_shape(path: Path) -> tuple[str, list[int]]:
 
 
 def _random_batch(path: Path, work: Path, examples: int, size: int | None = None) -> Path:
-    name, dims = input_shape(path)
-    if size:
-        dims = dims[:2] + [size] * (len(dims) - 2)
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
     rng = np.random.default_rng(0)
+    arrays = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            if size:
+                dims = dims[:2] + [size] * (len(dims) - 2)
+            arrays[value.name] = rng.standard_normal([examples] + dims[1:]).astype(dtype)
+        elif "mask" in value.name:
+            arrays[value.name] = np.ones([examples] + dims[1:], dtype=dtype)
+        else:
+            arrays[value.name] = rng.integers(0, TOKENS, [examples] + dims[1:]).astype(dtype)
+    out = _output_dims(path)
+    arrays["labels"] = rng.integers(0, min(10, _classes(path)), examples) if len(out) == 2 else \
+        rng.standard_normal([examples] + out[1:]).astype(np.float32)
     data = work / f"{path.stem}.npz"
-    x = rng.standard_normal([examples] + dims[1:]).astype(np.float32)
-    np.savez(data, **{name: x, "labels": rng.integers(0, min(10, _classes(path)), examples)})
+    np.savez(data, **arrays)
     return data
+
+
+def _output_dims(path: Path) -> list[int]:
+    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+
+
+def _loss_option(path: Path) -> list[str]:
+    """--loss mse for a model whose first output is not [batch, classes] (per-token logits)."""
+    return [] if len(_output_dims(path)) == 2 else ["--loss", "mse"]
 
 
 def _shape_option(path: Path, size: int | None) -> list[str]:
@@ -102,7 +133,8 @@ def run_one(path: Path, steps: int, timeout: float, work: Path, backend: str = "
     out = work / f"{path.stem}_shrunk.onnx"
     code, stdout, stderr, seconds, peak = _run(
         ["shrink", str(path), "--data", str(data), "--strength", "1e-12", "--steps", str(steps), "--batch-size", "2",
-         "-o", str(out), "--no-progress", "--json", "--backend", backend, *_shape_option(path, size)], timeout, work)
+         "-o", str(out), "--no-progress", "--json", "--backend", backend, *_shape_option(path, size),
+         *_loss_option(path)], timeout, work)
     row = _row(path, code, stderr, seconds, peak)
     row["passed"] = row["trains"]
     if code == 0:
@@ -159,7 +191,7 @@ def land_one(path: Path, steps: int, timeout: float, work: Path, budget: str = "
     code, stdout, stderr, seconds, peak = _run(
         ["shrink", str(path), "--data", str(data), "--hardware", "measure", "--latency-threads", "1",
          "--budget-latency", budget, "--round-to", "auto", "--steps", str(steps), "--batch-size", "2",
-         "-o", str(out), "--no-progress", "--json", *_shape_option(path, size)], timeout, work)
+         "-o", str(out), "--no-progress", "--json", *_shape_option(path, size), *_loss_option(path)], timeout, work)
     row = _row(path, code, stderr, seconds, peak)
     row.update(lands=False, passed=False)
     if code == 0:
