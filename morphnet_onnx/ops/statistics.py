@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # Reductions that stay exact when the removed channels' values are added back.
 SUMMING = ("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2")
+CAUTION = ("{op} ({op_type}) computes over the channels of group(s) that may be pruned: exact when the "
+           "removed channels hold constants (their gates zero; surgery adds their values back), otherwise "
+           "the statistics of the kept channels change (fine-tune after pruning)")
 # What surgery's `approximate_norms` keeps as one op over the kept channels: normalizations and the
 # mean a decomposed LayerNorm or an RMSNorm is written with (a sum stays exact: one Add more).
 KEPT_OVER_KEPT = ("LayerNormalization", "ReduceMean")
@@ -41,9 +44,6 @@ KEPT_OVER_KEPT = ("LayerNormalization", "ReduceMean")
 def over_kept_channels(surgeon, node: onnx.NodeProto) -> bool:
     """Whether surgery keeps this statistic over the kept channels alone (approximate_norms)."""
     return surgeon.approximate_norms and node.op_type in KEPT_OVER_KEPT
-CAUTION = ("{op} ({op_type}) computes over the channels of group(s) that may be pruned: exact when the "
-           "removed channels hold constants (their gates zero; surgery adds their values back), otherwise "
-           "the statistics of the kept channels change (fine-tune after pruning)")
 
 
 def caution(ctx: Context, node: onnx.NodeProto, op: str) -> None:

@@ -22,7 +22,7 @@ from ..loading.model import LoadedModel
 from ..ops import (BROADCASTING, SHAPE_READERS, WEIGHTED, bias_input, cut_nothing, op_info, output_channel_axis,
                    weight_input)
 from ..ops import CHANNEL_NORMS as NORMS
-from ..ops.statistics import computes_over_channels, over_kept_channels
+from ..ops.statistics import computes_over_channels
 from .rewrite import Rewrite
 from .shapes import ShapeArithmetic
 from .structure import Structure
@@ -297,8 +297,7 @@ class Surgeon(ShapeArithmetic, Probes):
                 self.known[node.output[0]] = self._dead_positions(node.output[0])
             return revive
         info = op_info(node.op_type, node.domain)
-        if info is not None and info.reads_removed and computes_over_channels(self, node) \
-                and not over_kept_channels(self, node):
+        if info is not None and info.reads_removed and computes_over_channels(self, node):
             # Its cutter adds the removed channels' values back (ops/statistics.py): they must be known.
             for tensor in node.input[:1]:
                 revive |= self._revive_unknown(node, name, tensor, f"this {node.op_type} computes over")
