@@ -46,23 +46,31 @@ LEARN_FALL = 0.5  # the last window's loss at most this share of the first windo
 LAND_BAND = (-0.10, 0.05)  # issue 23's goal: the written model's measured latency within -10% / +5% of the budget
 
 
-def input_shape(path: Path) -> tuple[str, list[int]]:
-    model = onnx.load(str(path), load_external_data=False)
+def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    """A graph input's or output's dims, None where symbolic."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {t.name for t in model.graph.initializer}
-    value = next(i for i in model.graph.input if i.name not in inits)
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
-    return value.name, dims
+    return [value for value in model.graph.input if value.name not in inits]
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=False)
+
+
+def input_shape(path: Path) -> tuple[str, list[int]]:
+    value = _inputs(_load(path))[0]
+    return value.name, [d or 1 for d in _dims(value)]
 
 
 def _random_batch(path: Path, work: Path, examples: int, size: int | None = None) -> Path:
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {t.name for t in model.graph.initializer}
+    model = _load(path)
     rng = np.random.default_rng(0)
     arrays = {}
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+    for value in _inputs(model):
+        dims = [d or 1 for d in _dims(value)]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             if size:
@@ -72,22 +80,17 @@ def _random_batch(path: Path, work: Path, examples: int, size: int | None = None
             arrays[value.name] = np.ones([examples] + dims[1:], dtype=dtype)
         else:
             arrays[value.name] = rng.integers(0, TOKENS, [examples] + dims[1:]).astype(dtype)
-    out = _output_dims(path)
-    arrays["labels"] = rng.integers(0, min(10, _classes(path)), examples) if len(out) == 2 else \
-        rng.standard_normal([examples] + out[1:]).astype(np.float32)
+    out = _dims(model.graph.output[0])
+    arrays["labels"] = rng.integers(0, min(10, out[-1] or 10), examples) if len(out) == 2 else \
+        rng.standard_normal([examples] + [d or 1 for d in out[1:]]).astype(np.float32)
     data = work / f"{path.stem}.npz"
     np.savez(data, **arrays)
     return data
 
 
-def _output_dims(path: Path) -> list[int]:
-    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-
-
 def _loss_option(path: Path) -> list[str]:
     """--loss mse for a model whose first output is not [batch, classes] (per-token logits)."""
-    return [] if len(_output_dims(path)) == 2 else ["--loss", "mse"]
+    return [] if len(_dims(_load(path).graph.output[0])) == 2 else ["--loss", "mse"]
 
 
 def _shape_option(path: Path, size: int | None) -> list[str]:
@@ -96,11 +99,6 @@ def _shape_option(path: Path, size: int | None) -> list[str]:
         return []
     name, dims = input_shape(path)
     return ["--input-shape", f"{name}:" + "x".join(str(d) for d in [1, dims[1]] + [size] * (len(dims) - 2))]
-
-
-def _classes(path: Path) -> int:
-    dims = onnx.load(str(path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
-    return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else 10
 
 
 def _run(arguments: list[str], timeout: float, work: Path) -> tuple[int, str, str, float, int | None]:

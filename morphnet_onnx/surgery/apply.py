@@ -440,4 +440,3 @@ def apply_structure(loaded: LoadedModel, analysis: Analysis, structure: Structur
         shown = ", ".join(approximated[:5]) + (f" and {len(approximated) - 5} more" if len(approximated) > 5 else "")
         notes.append(f"approximated at the borders (interior value folded into the bias): {shown}")
     return SurgeryResult(model=model, structure=surgeon.structure, notes=notes, removed_ops=removed)
-
