@@ -116,6 +116,9 @@ def test_on_the_wall_clock_a_share_comes_from_paired_turns_not_the_medians(monke
     before, after = timing.measure_models([tiny_residual_net(), tiny_residual_net()], LatencySettings(threads=1),
                                           {}, sessions=1)
     assert after.ratio is None and after.share_of(before)[0] == pytest.approx(0.375)
+    # ...unless asked for paired turns, as the latency table's copies are on both clocks
+    before, after = timing.measure_opened([object(), object()], [{}, {}], 2, "cpu", paired=True)
+    assert after.share_of(before)[0] == pytest.approx(0.5)
 
 
 class _VirtualClock:
@@ -171,27 +174,29 @@ def test_sessions_alternate_model_by_model_so_every_turn_has_a_reference_beside_
     assert opened == ["a", "b", "c"] * 2
 
 
-def test_a_wall_clock_table_times_each_copy_against_the_full_model(monkeypatch, cache):
-    """Each copy measured beside the full model (one session of it kept for every copy): its time is
-    its paired share times the full model's measured time, so a speed change between copies moves
-    no copy."""
+@pytest.mark.parametrize("threads", [2, 1])
+def test_a_table_times_each_copy_against_the_full_model(monkeypatch, cache, threads):
+    """Each copy measured beside the full model (one session of it kept for every copy), on the wall
+    clock and on the thread's CPU clock alike: its time is its paired share times the full model's
+    measured time, so a speed change between copies moves no copy."""
     import morphnet_onnx.surgery.latency as surgery_latency
 
     alone, beside = [], []
 
     def measure_alone(models, settings, shapes, tolerance, max_seconds, sessions):
         alone.append(len(models))
-        return [Measurement(4e-3, 0.01, 9, "wall")]
+        return [Measurement(4e-3, 0.01, 9, settings.clock)]
 
-    def measure_beside(opened, feeds, models, clock, tolerance, max_seconds):
-        beside.append((len(opened), id(opened[0])))
+    def measure_beside(opened, feeds, models, clock, tolerance, max_seconds, paired):
+        beside.append((len(opened), id(opened[0]), paired))
         return [Measurement(9e-3, 0.01, 9, clock), Measurement(3e-3, 0.02, 9, clock, 0.25, 0.02)]
 
     monkeypatch.setattr(surgery_latency, "measure_models", measure_alone)
     monkeypatch.setattr(surgery_latency, "measure_opened", measure_beside)
-    table = latency_table(tiny_residual_net(), LatencySettings(threads=2), cache=False, copies=2)
+    table = latency_table(tiny_residual_net(), LatencySettings(threads=threads), cache=False, copies=2)
     assert alone == [1]  # the full model alone; the floor (3 sessions each) and the copies beside it
-    assert [count for count, _ in beside] == [6, 2, 2] and len({first for _, first in beside}) == 1
+    assert [count for count, _, _ in beside] == [6, 2, 2] and len({first for _, first, _ in beside}) == 1
+    assert all(paired for _, _, paired in beside)
     assert table.floor.median_s == pytest.approx(1e-3) and table.floor.ratio == 0.25
     assert [s["measured_s"] for s in table.structures] == pytest.approx([4e-3, 1e-3, 1e-3, 1e-3])
 
@@ -328,10 +333,10 @@ def test_a_table_of_an_earlier_format_is_refused_with_the_reason(table_file, tmp
     refused with the reason."""
     model, path, table = table_file
     doc = json.loads(path.read_text())
-    assert doc["format"] == CPU_FORMAT == 3 and doc["settings"]["threads"] == 1
+    assert doc["format"] == CPU_FORMAT == 4 and doc["settings"]["threads"] == 1
     assert load_table(path).key == table.key
-    (tmp_path / "old.json").write_text(json.dumps(dict(doc, format=2)))
-    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 2, this one reads 3"):
+    (tmp_path / "old.json").write_text(json.dumps(dict(doc, format=3)))
+    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 3, this one reads 4"):
         load_table(tmp_path / "old.json")
     wall = dict(doc, format=4, settings=dict(doc["settings"], threads=0, clock="wall"))
     (tmp_path / "wall.json").write_text(json.dumps(wall))

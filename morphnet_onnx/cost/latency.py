@@ -38,7 +38,7 @@ from ..loading.writing import write_atomic_bytes
 from .timing import LatencySettings, Measurement
 
 FORMAT = 5  # bump when the table's meaning changes: older cached tables are measured again
-CPU_FORMAT = 3  # the same for a table on the thread's CPU clock (1-thread): it stayed at 1 through formats 2 and 3
+CPU_FORMAT = 4  # the same for a table on the thread's CPU clock (1-thread): it stayed at 1 through formats 2 and 3
 # Format 2 changed how the wall clock measures (a session settles before its runs are timed:
 # cost/timing.py), format 3 how a wall-clock table times its copies (each against the full model,
 # paired: surgery/latency.py), format 4 (CPU_FORMAT 2) the floor copy: the model with every group at
@@ -46,7 +46,8 @@ CPU_FORMAT = 3  # the same for a table on the thread's CPU clock (1-thread): it 
 # split emptied (SqueezeNet's at 0.79x of the full model), so budgets above the true floor were refused,
 # and onnxruntime's renamed fused kernels (FusedGemm: "fused NODE") went unattributed; format 5 (CPU_FORMAT
 # 3) the copies' norms: a LayerNormalization over a narrowed width is timed as `shrink` now writes it,
-# one op over the kept channels, not written out in 15 (ops/statistics.py).
+# one op over the kept channels, not written out in 15 (ops/statistics.py); CPU_FORMAT 4: on the CPU clock
+# too each copy is timed against the full model, paired (surgery/latency.py).
 
 
 def table_format(settings: LatencySettings) -> int:

@@ -341,10 +341,12 @@ def measure_models(models: list[onnx.ModelProto | Path], settings: LatencySettin
 
 
 def measure_opened(opened: list, feeds: list[dict], models: int, clock: str, tolerance: float = 0.01,
-                   max_seconds: float = 10.0) -> list[Measurement]:
-    """`measure_models` on sessions already open: session i runs model i % `models`."""
+                   max_seconds: float = 10.0, paired: bool = False) -> list[Measurement]:
+    """`measure_models` on sessions already open: session i runs model i % `models`. Every model
+    after the first gets its paired share of the first's time on the wall clock, and on the CPU clock
+    too when `paired`."""
     model_of = [index % models for index in range(len(opened))]
-    paired = clock == "wall" and models > 1
+    paired = (paired or clock == "wall") and models > 1
     per_session, turns = measure_sessions(opened, feeds, clock, tolerance, max_seconds=max_seconds,
                                           model_of=model_of if paired else None)
     shares = paired_shares(turns, model_of) if paired else {}
