@@ -17,7 +17,7 @@ from conftest import REPO, TORCHVISION_DIR
 from morphnet_onnx import (LatencySettings, MorphNetError, analyze, inspect, latency_table, load, load_table,
                            measure_latency, shrink_family)
 from morphnet_onnx.cli import main
-from morphnet_onnx.cost.latency import CPU_FORMAT, UnitFit, fit_unit, nnls, unit_seconds
+from morphnet_onnx.cost.latency import CPU_FORMAT, UnitFit, copy_weights, fit_unit, nnls, unit_seconds
 from morphnet_onnx.cost.resources import compute_costs, parse_hardware
 from morphnet_onnx.cost.timing import Measurement, median_noise
 from morphnet_onnx.cost.widths import fast_widths, worth_having
@@ -266,6 +266,27 @@ def test_a_unit_fit_recovers_a_staircase_and_its_fast_widths():
     assert unit_seconds(fitted, 0, 64, 16, (4, 16))[0] == 0.0  # a unit with no channel costs nothing
 
 
+def test_a_floor_copy_far_below_the_model_does_not_bend_the_fits():
+    """ConvNeXt-Tiny's depthwise convs: counts off a multiple of 4 take 3.5x the time per channel, and
+    the floor copy (0.001x of the model) measured nothing for them. Weighed relative to its own time
+    the floor outweighs every other copy and pins the fit near zero; floored at LEAST_WEIGHED_SHARE
+    of the full model's time, the fit follows the copies."""
+    truth = UnitFit("dw", 1, 96, coef=[0, 1e-5, 0, 0, 2.5e-5, 0])  # levels (4,)
+    widths = [96, 1, 68, 20, 46, 96, 64, 44, 48, 64, 96, 39, 10, 40, 62, 24, 64, 96]
+    seconds = [0.0 if c == 1 else float(unit_seconds(truth, 1, c, 1, (4,))[0]) for c in widths]
+    measured = [1e-6 if c == 1 else s + 1e-4 for c, s in zip(widths, seconds)]
+    grid = np.array([16, 30, 46, 64, 96])
+
+    def fitted_error(weights):
+        fitted = UnitFit("dw", 1, 96, samples=[[1, c, t, w, k] for k, (c, t, w) in enumerate(zip(widths, seconds,
+                                                                                                    weights))])
+        fit_unit(fitted, 1, (4,))
+        return unit_seconds(fitted, np.ones(5), grid, 1, (4,)) / unit_seconds(truth, np.ones(5), grid, 1, (4,)) - 1
+
+    assert np.abs(fitted_error(copy_weights(measured, measured[0]))).max() < 0.05
+    assert np.abs(fitted_error(1 / np.asarray(measured))).min() > 0.5  # the weights before
+
+
 def test_kernels_are_attributed_to_the_ops_of_the_original_graph():
     loaded, analysis = prepare(tiny_residual_net())
     attribution = Attribution(loaded.model, analysis)
@@ -338,9 +359,9 @@ def test_a_table_of_an_earlier_format_is_refused_with_the_reason(table_file, tmp
     (tmp_path / "old.json").write_text(json.dumps(dict(doc, format=3)))
     with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 3, this one reads 4"):
         load_table(tmp_path / "old.json")
-    wall = dict(doc, format=4, settings=dict(doc["settings"], threads=0, clock="wall"))
+    wall = dict(doc, format=5, settings=dict(doc["settings"], threads=0, clock="wall"))
     (tmp_path / "wall.json").write_text(json.dumps(wall))
-    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 4, this one reads 5"):
+    with pytest.raises(MorphNetError, match="another version of morphnet-onnx .format 5, this one reads 6"):
         load_table(tmp_path / "wall.json")
 
 

@@ -37,17 +37,12 @@ from ..errors import MorphNetError
 from ..loading.writing import write_atomic_bytes
 from .timing import LatencySettings, Measurement
 
-FORMAT = 5  # bump when the table's meaning changes: older cached tables are measured again
+FORMAT = 6  # bump when the table's meaning changes: older cached tables are measured again
 CPU_FORMAT = 4  # the same for a table on the thread's CPU clock (1-thread): it stayed at 1 through formats 2 and 3
-# Format 2 changed how the wall clock measures (a session settles before its runs are timed:
-# cost/timing.py), format 3 how a wall-clock table times its copies (each against the full model,
-# paired: surgery/latency.py), format 4 (CPU_FORMAT 2) the floor copy: the model with every group at
-# its minimum had whole groups given back where a Concat's branches all vanished or a ShuffleNet
-# split emptied (SqueezeNet's at 0.79x of the full model), so budgets above the true floor were refused,
-# and onnxruntime's renamed fused kernels (FusedGemm: "fused NODE") went unattributed; format 5 (CPU_FORMAT
-# 3) the copies' norms: a LayerNormalization over a narrowed width is timed as `shrink` now writes it,
-# one op over the kept channels, not written out in 15 (ops/statistics.py); CPU_FORMAT 4: on the CPU clock
-# too each copy is timed against the full model, paired (surgery/latency.py).
+# Formats (docs/usage.md): 2 the wall clock's settle (cost/timing.py); 3 wall-clock copies timed against
+# the full model, paired (surgery/latency.py); 4 (CPU 2) the floor copy repaired (whole groups had been
+# given back) and renamed fused kernels attributed; 5 (CPU 3) a narrowed LayerNormalization timed as one
+# op (ops/statistics.py); 6 (CPU 4) the fit's weights (LEAST_WEIGHED_SHARE) and 1-thread copies paired.
 
 
 def table_format(settings: LatencySettings) -> int:
@@ -411,13 +406,28 @@ def fit_units(units: dict[str, UnitFit], copies: list[tuple[dict, float]], offse
     return block, levels, score
 
 
-def calibrate(fitted_sums: list[float], measured: list[float]) -> tuple[float, float]:
+# A copy faster than this share of the full model weighs in the fits as one at that share. Errors
+# count relative to each copy's time, and ConvNeXt-Tiny's floor copy (0.001x of the model) otherwise
+# outweighed the 16 random copies together: it bent every depthwise conv's fit to its near-zero
+# kernels, and the fit was off by 12% on copies it did not see, 1.0% with this (0.02 chosen on 34
+# tables of 14 models, the only one it moved much; no budget asks for a model that fast).
+LEAST_WEIGHED_SHARE = 0.02
+
+
+def copy_weights(measured: list[float], full_s: float) -> np.ndarray:
+    """The weight of each timed copy's errors in the fits: relative to its time, floored at
+    LEAST_WEIGHED_SHARE of the full model's."""
+    return 1.0 / np.maximum(np.asarray(measured, dtype=float), LEAST_WEIGHED_SHARE * full_s)
+
+
+def calibrate(fitted_sums: list[float], measured: list[float],
+              weights: np.ndarray | None = None) -> tuple[float, float]:
     """(offset, scale) with measured ~ offset + scale x fitted, both >= 0, errors relative to the
-    measured time (least squares)."""
+    measured time or weighed by `weights` (least squares)."""
     x, y = np.asarray(fitted_sums, dtype=float), np.asarray(measured, dtype=float)
     if len(x) < 2 or np.ptp(x) == 0:
         return max(float(np.mean(y - x)), 0.0), 1.0
-    weight = 1.0 / y
+    weight = 1.0 / y if weights is None else np.asarray(weights, dtype=float)
     solution = nnls(np.stack([np.ones_like(x), x], axis=1) * weight[:, None], y * weight)
     return float(solution[0]), float(solution[1])
 

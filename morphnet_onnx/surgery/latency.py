@@ -37,8 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze, node_names
-from ..cost.latency import (LatencyTable, UnitFit, cache_folder, cached_table, calibrate, fit_units, load_table,
-                            machine_name, overheads, table_key)
+from ..cost.latency import (LatencyTable, UnitFit, cache_folder, cached_table, calibrate, copy_weights, fit_units,
+                            load_table, machine_name, overheads, table_key)
 from ..cost.resources import Hardware, is_measure, parse_hardware
 from ..cost.timing import (LatencySettings, Measurement, check_provider, measure_models, measure_opened, profile_nodes,
                            timing_feeds, timing_session)
@@ -277,6 +277,7 @@ def _fit_table(records: list[dict], units: dict[str, UnitFit], table: LatencyTab
     measured = [r["measured"].median_s for r in records]
     totals = [[sum(v[0] for v in r["claimed"].values()), sum(v[1] for v in r["claimed"].values())] for r in records]
     run, rate, node = overheads(measured, [t[0] for t in totals], [t[1] for t in totals])
+    weights = copy_weights(measured, measured[0])
     lost = []
     for index, (record, total, seconds) in enumerate(zip(records, totals, measured)):
         modelled = rate * total[0] + node * total[1]
@@ -286,12 +287,12 @@ def _fit_table(records: list[dict], units: dict[str, UnitFit], table: LatencyTab
         for op, (n_in, n_out) in record["counts"].items():
             if n_in > 0 and n_out > 0:
                 kernel, count = claimed.get(op, (0.0, 0.0))
-                units[op].samples.append([n_in, n_out, gamma * (rate * kernel + node * count), 1.0 / seconds, index])
+                units[op].samples.append([n_in, n_out, gamma * (rate * kernel + node * count), weights[index], index])
     copies = [(r["counts"], seconds) for r, seconds in zip(records, measured)]
     held_out = [i for i, r in enumerate(records) if r["copy"] not in ("full", "floor")]
     table.block, table.levels, table.cross_validated = fit_units(units, copies, run + float(np.mean(lost)), held_out)
     sums = [sum(float(table.op_seconds(op, *c)) for op, c in r["counts"].items()) for r in records]
-    table.offset_s, table.scale = calibrate(sums, measured)
+    table.offset_s, table.scale = calibrate(sums, measured, weights)
     for record, fitted_sum in zip(records, sums):
         m = record["measured"]
         table.structures.append({"copy": record["copy"], "measured_s": m.median_s, "noise": m.noise,
