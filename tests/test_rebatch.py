@@ -86,6 +86,31 @@ def test_hugging_face_vit_exported_at_batch_1_is_rebatched(tmp_path, exporter):
     assert _input_dims(onnx.load(str(out))) == [1, 3, 32, 32]
 
 
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_hugging_face_bert_exported_at_batch_1_is_rebatched(tmp_path, exporter):
+    """Regression: transformers' BERT exported at batch 1 was refused ("the outputs differ between
+    examples"): its attention mask picks each example's padding from the mask with indices that
+    count the examples, a constant arange(1) at the export's batch (TorchScript: multiplied by the
+    sequence length into a Gather's indices; dynamo: a GatherND's constant indices), so every example
+    got the first one's mask. That constant now counts the batch's examples; the rewrite is proven
+    example by example with masks that differ, and `shrink` trains it at batch 4."""
+    path = REPO / "tests" / "data" / "transformers" / f"bert_{exporter}.onnx"
+    loaded = mn.load(path)
+    model = materialize_weights(loaded.model)
+    changes = rebatch(model, 8).changes
+    assert sum("counts the examples of the batch" in c for c in changes) == 1, changes
+    check_rebatched(model, loaded.shapes, loaded.name, batch=3)
+    rng = np.random.default_rng(0)
+    mask = np.ones((8, 16), dtype=np.int64)
+    mask[::2, 10:] = 0  # every other example padded after 10 tokens
+    data = tmp_path / "d.npz"
+    np.savez(data, input_ids=rng.integers(0, 128, (8, 16)), attention_mask=mask, labels=rng.integers(0, 3, 8))
+    out = tmp_path / "small.onnx"
+    mn.shrink(path, data, out, method=mn.ShrinkOptions(budget=mn.Budget("flops", "0.5x")),
+              options=TrainOptions(steps=4, batch_size=4, progress=False, threads=1))
+    assert _input_dims(onnx.load(str(out))) == [1, 16]
+
+
 def test_a_graph_that_mixes_examples_is_refused_in_one_line(tmp_path):
     """An op across the batch axis of a batch-1 export (a mean over it) cannot be rebatched: one
     line naming the model, what to do, nothing written."""

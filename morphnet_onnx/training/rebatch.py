@@ -12,7 +12,11 @@ inference, at a batch no other dim has (TRACE), and rewrites
   batch starts (the first whose leading dims hold as many elements as the input's dims before the
   batch's) is multiplied by B / the export's batch;
 - a Concat of tensors that carry the batch with ones that hold the export's batch on that axis (a
-  class token, a constant of zeros): those are expanded to B first.
+  class token, a constant of zeros): those are expanded to B first;
+- a Gather or GatherND that picks from a tensor carrying the batch and loses it, where a constant
+  among its indices (or the arithmetic that makes them) holds the example numbers of the export's
+  batch, arange(1) along an axis of 1 (transformers' attention mask, built by indexing the padding
+  mask): that constant is made to hold arange(B).
 
 What is written for the user keeps the user's static shapes: only the graphs that train, measure
 and evaluate are rebatched. `check_rebatched` compares the rebatched graph with the user's graph,
@@ -155,6 +159,10 @@ def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> 
             for k in range(len(dims)):
                 if int(np.prod(dims[:k])) == before and dims[k] % fixed == 0:
                     return ("reshape", index, k, dims)
+        elif node.op_type in ("Gather", "GatherND"):
+            step = _index_fix(traced, shapes, node, index, fixed)
+            if step is not None:
+                return step
         elif node.op_type == "Concat":
             ins = [shapes.get(i) for i in node.input]
             if any(s is None or -1 in s for s in ins):
@@ -169,6 +177,70 @@ def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> 
                 if _carries(s) is None and s[axis] == fixed:
                     return ("concat", index, slot, axis, list(s))
     return None
+
+
+# Ops between a Gather's indices and a constant that holds the batch index (index arithmetic).
+INDEX_ARITHMETIC = ("Add", "Sub", "Mul", "Cast")
+
+
+def _index_fix(traced: onnx.ModelProto, shapes: dict, node: onnx.NodeProto, index: int, fixed: int) -> tuple | None:
+    """("index", node index, input slot, axis, component, the constant) for the constant that holds the
+    example numbers of a Gather/GatherND which loses the batch it picks from; component: which index
+    component holds them (GatherND), None where the whole constant does (Gather)."""
+    axis = _carries(shapes.get(node.input[0]))
+    if axis is None or _carries(shapes.get(node.output[0])) is not None:
+        return None
+    if node.op_type == "GatherND":
+        indices = _constant(traced, node.input[1])
+        if indices is None or indices.ndim < 2 or axis >= indices.shape[-1] or any(
+                a.name == "batch_dims" and a.i for a in node.attribute):
+            return None
+        along = _example_axis(indices[..., axis], fixed)
+        return None if along is None else ("index", index, 1, along, axis, indices)
+    rank = len(shapes[node.input[0]])
+    if next((a.i for a in node.attribute if a.name == "axis"), 0) % rank != axis:
+        return None
+    producers = {out: (number, n) for number, n in enumerate(traced.graph.node) for out in n.output}
+    pending, seen = [node.input[1]], set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in producers:
+            continue
+        seen.add(name)
+        number, producer = producers[name]
+        if producer.op_type not in INDEX_ARITHMETIC:
+            continue
+        for slot, value in enumerate(producer.input):
+            constant = _constant(traced, value)
+            if constant is None:
+                pending.append(value)
+            elif constant.dtype.kind in "iu" and (along := _example_axis(constant, fixed)) is not None:
+                return ("index", number, slot, along, None, constant)
+    return None
+
+
+def _example_axis(values: np.ndarray, fixed: int) -> int | None:
+    """The first axis of `values` of length `fixed` along which they count the examples 0..fixed-1."""
+    for axis, length in enumerate(values.shape):
+        shape = [1] * values.ndim
+        shape[axis] = fixed
+        if length == fixed and np.array_equal(values, np.broadcast_to(np.arange(fixed).reshape(shape), values.shape)):
+            return axis
+    return None
+
+
+def _examples_at(step: tuple, batch: int) -> np.ndarray:
+    """The constant of an "index" step, counting `batch` examples along its axis."""
+    _, _, _, axis, component, constant = step
+    first = np.take(constant, [0], axis=axis)
+    values = np.repeat(first, batch, axis=axis)
+    shape = [1] * values.ndim
+    shape[axis] = batch
+    count = np.arange(batch).reshape(shape)
+    if component is None:
+        return np.broadcast_to(count, values.shape).astype(constant.dtype)
+    values[..., component] = np.broadcast_to(count[..., 0], values.shape[:-1])
+    return values
 
 
 def _resolved(target: np.ndarray, source: tuple[int, ...], fixed: int) -> list[int]:
@@ -198,6 +270,11 @@ def _apply(model: onnx.ModelProto, batch: int, plan: list[tuple]) -> tuple[onnx.
     inserted = {}
     for number, step in enumerate(plan):
         node = graph.node[step[1]]
+        if step[0] == "index":
+            name = f"{node.input[step[2]]}__batch{number}"
+            graph.initializer.append(numpy_helper.from_array(_examples_at(step, batch), name))
+            node.input[step[2]] = name
+            continue
         dims = list(step[-1])
         if step[0] == "reshape":
             dims[step[2]] = dims[step[2]] // fixed * batch
@@ -228,4 +305,6 @@ def _describe(model: onnx.ModelProto, step: tuple, fixed: int) -> str:
     node = model.graph.node[step[1]]
     if step[0] == "reshape":
         return f"Reshape {node.name!r}: dim {step[2]} of its target carries the batch"
+    if step[0] == "index":
+        return f"{node.op_type} {node.name!r}: input {node.input[step[2]]!r} counts the examples of the batch"
     return f"Concat {node.name!r}: input {node.input[step[2]]!r} expanded from batch {fixed} to the batch"
