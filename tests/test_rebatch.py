@@ -111,6 +111,36 @@ def test_hugging_face_bert_exported_at_batch_1_is_rebatched(tmp_path, exporter):
     assert _input_dims(onnx.load(str(out))) == [1, 16]
 
 
+def test_example_indices_are_rewritten_after_a_class_tokens_expand():
+    """A class token's Concat (an Expand inserted before it) ahead of a mask picked by example
+    indices (arange(1) x 4 + arange(4), a Gather from the flattened mask): the index constant's
+    consumer is found in the user's graph, not at its place in the traced one, one node later."""
+    h = onnx.helper
+    const = {"token": np.full((1, 1, 4), 0.5, np.float32), "zero": np.zeros((1, 1), np.int64),
+             "four": np.array(4, np.int64), "steps": np.arange(4, dtype=np.int64).reshape(1, 4),
+             "axes": np.array([2], np.int64), "shape": np.array([1, 4], np.int64)}
+    nodes = [h.make_node("Concat", ["token", "x"], ["joined"], axis=1, name="cls"),
+             h.make_node("Flatten", ["mask"], ["flat"], axis=2, name="flatten"),
+             h.make_node("Mul", ["zero", "four"], ["offset"], name="offset"),
+             h.make_node("Add", ["offset", "steps"], ["picks"], name="picks"),
+             h.make_node("Gather", ["flat", "picks"], ["picked"], axis=0, name="pick"),
+             h.make_node("Reshape", ["picked", "shape"], ["row"], name="row"),
+             h.make_node("Cast", ["row"], ["weights"], to=onnx.TensorProto.FLOAT, name="weights"),
+             h.make_node("ReduceSum", ["joined", "axes"], ["sums"], keepdims=0, name="sums"),
+             h.make_node("Slice", ["sums", "one", "five", "one"], ["tokens"], name="tokens"),
+             h.make_node("Mul", ["tokens", "weights"], ["out"], name="out")]
+    const.update(one=np.array([1], np.int64), five=np.array([5], np.int64))
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 4]),
+                                      h.make_tensor_value_info("mask", onnx.TensorProto.INT64, [1, 4])],
+                         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+                         [onnx.numpy_helper.from_array(v, k) for k, v in const.items()])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    changes = rebatch(model, 3).changes
+    assert any(c.startswith("Concat 'cls'") for c in changes)
+    assert "Mul 'offset': input 'zero' counts the examples of the batch" in changes, changes
+    check_rebatched(model, {"x": (1, 4, 4), "mask": (1, 4)}, "synthetic", batch=3)
+
+
 def test_a_graph_that_mixes_examples_is_refused_in_one_line(tmp_path):
     """An op across the batch axis of a batch-1 export (a mean over it) cannot be rebatched: one
     line naming the model, what to do, nothing written."""

@@ -160,7 +160,7 @@ def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> 
                 if int(np.prod(dims[:k])) == before and dims[k] % fixed == 0:
                     return ("reshape", index, k, dims)
         elif node.op_type in ("Gather", "GatherND"):
-            step = _index_fix(traced, shapes, node, index, fixed)
+            step = _index_fix(traced, origin, shapes, node, index, fixed)
             if step is not None:
                 return step
         elif node.op_type == "Concat":
@@ -183,10 +183,11 @@ def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> 
 INDEX_ARITHMETIC = ("Add", "Sub", "Mul", "Cast")
 
 
-def _index_fix(traced: onnx.ModelProto, shapes: dict, node: onnx.NodeProto, index: int, fixed: int) -> tuple | None:
-    """("index", node index, input slot, axis, component, the constant) for the constant that holds the
-    example numbers of a Gather/GatherND which loses the batch it picks from; component: which index
-    component holds them (GatherND), None where the whole constant does (Gather)."""
+def _index_fix(traced: onnx.ModelProto, origin: list[int | None], shapes: dict, node: onnx.NodeProto, index: int,
+               fixed: int) -> tuple | None:
+    """("index", node index in the user's graph, input slot, axis, component, the constant) for the
+    constant that holds the example numbers of a Gather/GatherND which loses the batch it picks from;
+    component: which index component holds them (GatherND), None where the whole constant does."""
     axis = _carries(shapes.get(node.input[0]))
     if axis is None or _carries(shapes.get(node.output[0])) is not None:
         return None
@@ -200,7 +201,8 @@ def _index_fix(traced: onnx.ModelProto, shapes: dict, node: onnx.NodeProto, inde
     rank = len(shapes[node.input[0]])
     if next((a.i for a in node.attribute if a.name == "axis"), 0) % rank != axis:
         return None
-    producers = {out: (number, n) for number, n in enumerate(traced.graph.node) for out in n.output}
+    producers = {out: (number, n) for number, n in zip(origin, traced.graph.node) if number is not None
+                 for out in n.output}
     pending, seen = [node.input[1]], set()
     while pending:
         name = pending.pop()
