@@ -17,7 +17,8 @@ from conftest import REPO, TORCHVISION_DIR
 from morphnet_onnx import (LatencySettings, MorphNetError, analyze, inspect, latency_table, load, load_table,
                            measure_latency, shrink_family)
 from morphnet_onnx.cli import main
-from morphnet_onnx.cost.latency import CPU_FORMAT, UnitFit, copy_weights, fit_unit, nnls, unit_seconds
+from morphnet_onnx.cost.latency import (CPU_FORMAT, LatencyTable, UnitFit, copy_weights, fit_unit, nnls,
+                                        unit_seconds)
 from morphnet_onnx.cost.resources import compute_costs, parse_hardware
 from morphnet_onnx.cost.timing import Measurement, median_noise
 from morphnet_onnx.cost.widths import fast_widths, worth_having
@@ -285,6 +286,17 @@ def test_a_floor_copy_far_below_the_model_does_not_bend_the_fits():
 
     assert np.abs(fitted_error(copy_weights(measured, measured[0]))).max() < 0.05
     assert np.abs(fitted_error(1 / np.asarray(measured))).min() > 0.5  # the weights before
+
+
+def test_the_reported_fit_error_weighs_the_copies_as_the_fit_does():
+    """A floor copy at 0.001x of the model predicted 2.5x its time is 0.15% of the full model off: it
+    counts as 7.5% (of 2% of the full model's time), not as 150%."""
+    structures = [{"copy": c, "measured_s": m, "fitted_s": f, "noise": 0.01} for c, m, f in
+                  (("full", 1.0, 1.0), ("floor", 0.001, 0.0025), ("random 1", 0.5, 0.51))]
+    table = LatencyTable("k", "m", LatencySettings(threads=1), "1.19.2", "here", {}, structures=structures)
+    error = table.fit_error()
+    assert error["max"] == pytest.approx(0.075) and error["copies"] == 3
+    assert error["rms"] == pytest.approx(np.sqrt((0.075 ** 2 + 0.02 ** 2) / 3))
 
 
 def test_kernels_are_attributed_to_the_ops_of_the_original_graph():
