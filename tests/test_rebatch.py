@@ -141,6 +141,22 @@ def test_example_indices_are_rewritten_after_a_class_tokens_expand():
     check_rebatched(model, {"x": (1, 4, 4), "mask": (1, 4)}, "synthetic", batch=3)
 
 
+def test_a_constant_that_indices_carrying_the_batch_pick_from_is_expanded_to_the_batch():
+    """RoBERTa's token types: a buffer the export wrote at batch 1, picked from by GatherElements with
+    position indices that carry the batch (refused before: "indices shape should have values within
+    bounds of data shape")."""
+    h = onnx.helper
+    table = onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(1, 6) / 6, "types")
+    nodes = [h.make_node("GatherElements", ["types", "ids"], ["picked"], axis=1, name="pick"),
+             h.make_node("Mul", ["picked", "x"], ["out"], name="out")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 4]),
+                                      h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)], [table])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    assert rebatch(model, 3).changes == ["GatherElements 'pick': input 'types' expanded from batch 1 to the batch"]
+    check_rebatched(model, {"ids": (1, 4), "x": (1, 4)}, "synthetic", batch=3)
+
+
 def test_a_graph_that_mixes_examples_is_refused_in_one_line(tmp_path):
     """An op across the batch axis of a batch-1 export (a mean over it) cannot be rebatched: one
     line naming the model, what to do, nothing written."""

@@ -12,7 +12,8 @@ inference, at a batch no other dim has (TRACE), and rewrites
   batch starts (the first whose leading dims hold as many elements as the input's dims before the
   batch's) is multiplied by B / the export's batch;
 - a Concat of tensors that carry the batch with ones that hold the export's batch on that axis (a
-  class token, a constant of zeros): those are expanded to B first;
+  class token, a constant of zeros), or a GatherElements whose indices carry it picking from such a
+  tensor (RoBERTa's token types): those are expanded to B first;
 - a Gather or GatherND that picks from a tensor carrying the batch and loses it, where a constant
   among its indices (or the arithmetic that makes them) holds the example numbers of the export's
   batch, arange(1) along an axis of 1 (transformers' attention mask, built by indexing the padding
@@ -138,7 +139,8 @@ def _carries(shape: tuple[int, ...] | None) -> int | None:
 
 def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> tuple | None:
     """The first node, in graph order, where the traced batch is lost: ("reshape", node index, dim,
-    the target at the export's batch) or ("concat", node index, input slot, axis, the input's shape)."""
+    the target at the export's batch), ("expand", node index, input slot, axis, the input's shape: a
+    Concat's or a GatherElements' input) or ("index", ...: `_index_fix`)."""
     shapes = _shapes(traced)
     for node, index in zip(traced.graph.node, origin):
         if index is None:  # an Expand this rewrite inserted
@@ -159,6 +161,15 @@ def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> 
             for k in range(len(dims)):
                 if int(np.prod(dims[:k])) == before and dims[k] % fixed == 0:
                     return ("reshape", index, k, dims)
+        elif node.op_type == "GatherElements":
+            # indices that carry the batch pick from a constant the export wrote at its batch (RoBERTa's
+            # token types, a buffer expanded to the batch): the constant is expanded to B first
+            data, picks = shapes.get(node.input[0]), shapes.get(node.input[1])
+            axis = _carries(picks)
+            gather_axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if (axis is not None and data is not None and -1 not in data and _carries(data) is None
+                    and data[axis] == fixed and gather_axis % len(data) != axis):
+                return ("expand", index, 0, axis, list(data))
         elif node.op_type in ("Gather", "GatherND"):
             step = _index_fix(traced, origin, shapes, node, index, fixed)
             if step is not None:
@@ -175,7 +186,7 @@ def _next_fix(traced: onnx.ModelProto, origin: list[int | None], fixed: int) -> 
             (axis,) = axes
             for slot, s in enumerate(ins):
                 if _carries(s) is None and s[axis] == fixed:
-                    return ("concat", index, slot, axis, list(s))
+                    return ("expand", index, slot, axis, list(s))
     return None
 
 
@@ -309,4 +320,4 @@ def _describe(model: onnx.ModelProto, step: tuple, fixed: int) -> str:
         return f"Reshape {node.name!r}: dim {step[2]} of its target carries the batch"
     if step[0] == "index":
         return f"{node.op_type} {node.name!r}: input {node.input[step[2]]!r} counts the examples of the batch"
-    return f"Concat {node.name!r}: input {node.input[step[2]]!r} expanded from batch {fixed} to the batch"
+    return f"{node.op_type} {node.name!r}: input {node.input[step[2]]!r} expanded from batch {fixed} to the batch"
