@@ -17,8 +17,8 @@ from conftest import REPO, TORCHVISION_DIR
 from morphnet_onnx import (LatencySettings, MorphNetError, analyze, inspect, latency_table, load, load_table,
                            measure_latency, shrink_family)
 from morphnet_onnx.cli import main
-from morphnet_onnx.cost.latency import (CPU_FORMAT, LatencyTable, UnitFit, copy_weights, fit_unit, nnls,
-                                        unit_seconds)
+from morphnet_onnx.cost.fitting import UnitFit, copy_weights, fit_unit, nnls, unit_seconds
+from morphnet_onnx.cost.latency import CPU_FORMAT, LatencyTable
 from morphnet_onnx.cost.resources import compute_costs, parse_hardware
 from morphnet_onnx.cost.timing import Measurement, median_noise
 from morphnet_onnx.cost.widths import fast_widths, worth_having

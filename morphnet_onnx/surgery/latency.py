@@ -37,8 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..analysis.groups import Analysis
 from ..analysis.walk import analyze, node_names
-from ..cost.latency import (LatencyTable, UnitFit, cache_folder, cached_table, calibrate, copy_weights, fit_units,
-                            load_table, machine_name, overheads, table_key)
+from ..cost.fitting import UnitFit, calibrate, copy_weights, fit_units, overheads
+from ..cost.latency import LatencyTable, cache_folder, cached_table, load_table, machine_name, table_key
 from ..cost.resources import Hardware, is_measure, parse_hardware
 from ..cost.timing import (LatencySettings, Measurement, check_provider, measure_models, measure_opened, profile_nodes,
                            timing_feeds, timing_session)
